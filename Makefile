@@ -1,0 +1,42 @@
+# The two commands a fresh machine needs:
+#   make demo   # venv + install + Fashion-MNIST, then train -> evaluate -> report on configs/demo.yaml
+#   make test   # venv + install, then the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test venv data bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's dataset-fashion-mnist package; skipped (with a message) where apt-get cannot run.
+data:
+	@if [ -f $(FMNIST) ] || [ -f $$HOME/.keras/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
+	else \
+	  echo "Fashion-MNIST is missing and apt-get is not usable here: run 'sudo apt-get install dataset-fashion-mnist'"; \
+	fi
+
+demo: venv data
+	$(VENV)/bin/reprlearn train configs/demo.yaml --out $(DEMO_OUT)
+
+test: venv data
+	$(PY) -m pytest -q
+
+bench: venv data
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/retrieval_metrics.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
