@@ -1,0 +1,222 @@
+"""Typed run configuration: YAML in, validated dataclasses out.
+
+A config is five small sections. Every key is typed; an unknown key, a value of the
+wrong type or a value outside its allowed set is a `ConfigError` that names the key
+and the value received. `--set section.key=value` overrides are parsed as YAML
+scalars and checked the same way.
+
+Example:
+    cfg = load_config("configs/demo.yaml", overrides=["train.epochs=2"])
+    cfg.train.epochs  # 2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or out of range."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    protocol: str = "seen-classes"
+    data_dir: typing.Optional[str] = None
+    # unseen-classes only: the classes to train on; the rest are the test classes.
+    # None means the lower half of the class ids (Fashion-MNIST: 0-4).
+    train_classes: typing.Optional[list[int]] = None
+    validation_fraction: float = 0.1
+    max_train: typing.Optional[int] = None
+    max_test: typing.Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    tower: str = "conv"
+    embedding_dim: int = 64
+    l2_normalize: bool = True
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    filters: list[int] = field(default_factory=lambda: [32, 64])
+    dense: int = 128
+    batch_norm: bool = False
+    dropout: float = 0.0
+    backbone: str = "MobileNetV2"
+    backbone_weights: typing.Optional[str] = None
+    backbone_image_size: int = 96
+    # None freezes the backbone; a layer name fine-tunes from that layer on.
+    fine_tune_from: typing.Optional[str] = None
+
+
+@dataclass
+class LossConfig:
+    name: str = "contrastive"
+    margin: float = 0.5
+    distance: str = "L2"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    steps_per_epoch: int = 200
+    classes_per_batch: int = 8
+    examples_per_class: int = 16
+    pair_batch_size: int = 128
+    learning_rate: float = 1e-3
+    jit_compile: bool = False
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    verification_pairs: int = 20000
+    projection: str = "tsne"
+    projection_points: int = 2000
+    projector_points: int = 2000
+    grid_queries: int = 8
+    grid_neighbours: int = 8
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Allowed values for string keys, checked after typing.
+CHOICES = {
+    "data.protocol": ("seen-classes", "unseen-classes"),
+    "model.tower": ("mlp", "conv", "backbone"),
+    "loss.name": ("contrastive", "pair_contrastive"),
+    "loss.distance": ("L2", "squared-L2", "angular"),
+    "eval.projection": ("tsne", "pca"),
+}
+POSITIVE = {
+    "model.embedding_dim", "model.dense", "model.backbone_image_size",
+    "train.epochs", "train.steps_per_epoch", "train.classes_per_batch",
+    "train.examples_per_class", "train.pair_batch_size", "train.learning_rate",
+    "eval.verification_pairs", "eval.projection_points", "eval.projector_points",
+    "eval.grid_queries", "eval.grid_neighbours", "data.max_train", "data.max_test",
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value, tp):
+    """Returns `value` checked against type `tp`, or raises ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config: {key} must be a list of {_type_name(inner)}. "
+                              f"Received: {key}={value!r} ({type(value).__name__})")
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config: {key} must be a bool. Received: {key}={value!r} ({type(value).__name__})")
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"config: {key} must be a {_type_name(tp)}. "
+                          f"Received: {key}={value!r} ({type(value).__name__})")
+    return value
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"config: {key} must be one of {list(allowed)}. Received: {key}={value!r}")
+    for key in POSITIVE:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config: {key} must be > 0. Received: {key}={value!r}")
+    if not 0.0 <= cfg.data.validation_fraction < 1.0:
+        raise ConfigError("config: data.validation_fraction must be in [0, 1). "
+                          f"Received: data.validation_fraction={cfg.data.validation_fraction!r}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"config: model.dropout must be in [0, 1). Received: model.dropout={cfg.model.dropout!r}")
+    if cfg.train.examples_per_class < 2:
+        raise ConfigError("config: train.examples_per_class must be >= 2 so every batch has positive pairs. "
+                          f"Received: train.examples_per_class={cfg.train.examples_per_class!r}")
+    if cfg.loss.margin < 0:
+        raise ConfigError(f"config: loss.margin must be >= 0. Received: loss.margin={cfg.loss.margin!r}")
+
+
+def config_from_dict(raw: dict | None) -> Config:
+    """Builds a validated Config from nested dicts; missing keys take their defaults."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: the top level must be a mapping of sections. Received: {type(raw).__name__}")
+    sections = {}
+    known_sections = {f.name: f for f in dataclasses.fields(Config)}
+    for section_name, values in raw.items():
+        if section_name not in known_sections:
+            raise ConfigError(f"config: unknown section '{section_name}'. Known: {sorted(known_sections)}")
+        section_cls = known_sections[section_name].default_factory
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config: section '{section_name}' must be a mapping. Received: {values!r}")
+        hints = typing.get_type_hints(section_cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"config: unknown key '{section_name}.{key}'. "
+                                  f"Known keys of '{section_name}': {sorted(hints)}")
+            kwargs[key] = _coerce(f"{section_name}.{key}", value, hints[key])
+        sections[section_name] = section_cls(**kwargs)
+    cfg = Config(**sections)
+    _check_ranges(cfg)
+    return cfg
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Applies `section.key=value` strings (values parsed as YAML) to a raw config dict."""
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"config: an override must look like section.key=value. Received: {item!r}")
+        path, text = item.split("=", 1)
+        section, key = path.split(".", 1)
+        raw.setdefault(section, {})[key] = yaml.safe_load(text) if text != "" else None
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Reads a YAML config, applies overrides and validates the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: no such file. Received: config={str(path)!r}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path, command: str | None = None) -> None:
+    """Writes the resolved config as YAML, headed by the command that produced it."""
+    header = f"# {command}\n" if command else ""
+    Path(path).write_text(header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

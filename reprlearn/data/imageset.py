@@ -1,0 +1,89 @@
+"""The in-memory labelled image set every loader returns, and its input checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ImageSet:
+    """Images `[N, H, W, C]` (uint8, or float in [0, 255]), int64 labels `[N]`, class names.
+
+    `class_names[c]` names label `c`; labels index into it.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: np.ndarray) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.class_names)
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(int(c) for c in np.unique(self.labels))
+
+
+def check_images(images, name: str = "images") -> np.ndarray:
+    """Returns `images` as `[N, H, W, C]`, or raises ValueError naming what is wrong.
+
+    A `[N, H, W]` array gains a channel axis. Floats must be finite.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"{name} must have shape [N, H, W] or [N, H, W, C]. Received: {name}.shape={images.shape}")
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise ValueError(f"{name} must be numeric. Received: {name}.dtype={images.dtype}")
+    if np.issubdtype(images.dtype, np.floating):
+        bad = ~np.isfinite(images)
+        if bad.any():
+            first = int(np.argwhere(bad.reshape(len(images), -1).any(axis=1))[0, 0])
+            raise ValueError(f"{name} contains NaN or inf ({int(bad.sum())} values; first in example {first}). "
+                             f"Received: {name}[{first}] with non-finite values")
+    return images
+
+
+def check_labels(labels, n: int, name: str = "labels") -> np.ndarray:
+    """Returns integer labels as int64 `[N]`; `[N, 1]` is accepted, anything else raises."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must have shape [N] or [N, 1]. Received: {name}.shape={labels.shape}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} must have one label per image ({n}). Received: {name}.shape={labels.shape}")
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError(f"{name} must be integer class ids. Received: {name}.dtype={labels.dtype} "
+                             "with non-integer values")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must be integer class ids. Received: {name}.dtype={labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{name} must be >= 0. Received: min({name})={labels.min()}")
+    return labels
+
+
+def make_imageset(images, labels, class_names: list[str] | None = None, name: str = "dataset") -> ImageSet:
+    """Checks images and labels together and builds an ImageSet.
+
+    Raises ValueError for bad shapes, dtypes, NaN, or a named class with no example.
+    """
+    images = check_images(images, f"{name}.images")
+    labels = check_labels(labels, images.shape[0], f"{name}.labels")
+    if class_names is None:
+        class_names = [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
+    counts = np.bincount(labels, minlength=len(class_names))
+    if len(counts) > len(class_names):
+        raise ValueError(f"{name}.labels has label {len(counts) - 1} but only {len(class_names)} class names")
+    empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ValueError(f"{name} has an empty class: no example of {empty}. Received: class_names={class_names}")
+    return ImageSet(images, labels, list(class_names))

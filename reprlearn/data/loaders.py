@@ -1,0 +1,190 @@
+"""Dataset loaders that work offline: digits, Fashion-MNIST IDX files, TFDS, image folders.
+
+Example:
+    splits = load_dataset("fashion_mnist")   # {"train": ImageSet, "test": ImageSet}
+    splits = load_dataset("folder:/data/birds")  # {"all": ImageSet}
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from reprlearn.data.imageset import ImageSet, make_imageset
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not on this machine; the message says how to get it."""
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Reads an IDX file (the MNIST format), gzipped or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"not an IDX file (bad magic number). Received: path={str(path)!r}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=_IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"IDX file is truncated: header says {shape}, found {array.size} values. "
+                         f"Received: path={str(path)!r}")
+    return array.reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_fashion_mnist(data_dir: str | None = None) -> dict[str, ImageSet]:
+    """Fashion-MNIST's official train (60,000) and test (10,000) splits, from local files only.
+
+    Looks in `data_dir`, then /usr/share/datasets/fashion-mnist (Debian's
+    `dataset-fashion-mnist`), then ~/.keras/datasets/fashion-mnist, then a prepared
+    TFDS copy in `data_dir` (never downloading).
+
+    Raises:
+        DatasetNotFoundError: none of those has it; the message says how to install it.
+    """
+    folders = ([Path(data_dir).expanduser()] if data_dir else []) + [Path(d).expanduser() for d in FASHION_MNIST_DIRS]
+    for folder in folders:
+        files = {s: _find_idx(folder, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                   "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+        if all(files.values()):
+            return {
+                "train": make_imageset(read_idx(files["train-images-idx3-ubyte"]),
+                                       read_idx(files["train-labels-idx1-ubyte"]),
+                                       FASHION_MNIST_CLASSES, "fashion_mnist.train"),
+                "test": make_imageset(read_idx(files["t10k-images-idx3-ubyte"]),
+                                      read_idx(files["t10k-labels-idx1-ubyte"]),
+                                      FASHION_MNIST_CLASSES, "fashion_mnist.test"),
+            }
+    if data_dir:
+        try:
+            return load_tfds("fashion_mnist", data_dir)
+        except DatasetNotFoundError:
+            pass
+    raise DatasetNotFoundError(
+        "Fashion-MNIST was not found. Looked in: " + ", ".join(str(f) for f in folders)
+        + ". Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or put the four "
+        "IDX files in ~/.keras/datasets/fashion-mnist/. Received: data_dir=" + repr(data_dir))
+
+
+def load_digits() -> dict[str, ImageSet]:
+    """scikit-learn's bundled 8x8 digits (1,797 images), scaled to uint8 0-255; one split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    return {"all": make_imageset(images, bunch.target, [str(c) for c in range(10)], "digits")}
+
+
+def load_tfds(name: str, data_dir: str | None) -> dict[str, ImageSet]:
+    """A TFDS dataset already prepared under `data_dir`; `download=False` always.
+
+    Raises:
+        DatasetNotFoundError: the dataset is not prepared there (TFDS would otherwise try the network).
+    """
+    import tensorflow_datasets as tfds
+
+    if not data_dir:
+        raise DatasetNotFoundError(f"tfds:{name} needs data.data_dir, the folder where it was prepared "
+                                   f"(reprlearn never downloads). Received: data_dir={data_dir!r}")
+    try:
+        builder = tfds.builder(name, data_dir=str(Path(data_dir).expanduser()))
+    except Exception as err:  # tfds raises its own DatasetNotFoundError subclasses
+        raise DatasetNotFoundError(f"unknown TFDS dataset. Received: name='tfds:{name}' ({err})") from err
+    if not builder.is_prepared():
+        raise DatasetNotFoundError(
+            f"tfds:{name} is not prepared in {data_dir}. Prepare it where the network is reachable "
+            f"(tfds.builder('{name}', data_dir=...).download_and_prepare()) and copy the folder here. "
+            f"Received: data_dir={data_dir!r}")
+    features = builder.info.features
+    image_key = next(k for k in ("image", "img") if k in features)
+    label_key = "label"
+    class_names = list(features[label_key].names)
+    out = {}
+    for split in builder.info.splits:
+        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        out[split] = make_imageset(data[image_key], data[label_key], class_names, f"tfds:{name}.{split}")
+    return out
+
+
+def load_folder(root: str | Path) -> dict[str, ImageSet]:
+    """A folder-per-class image tree: `root/<class name>/<image file>`; one split.
+
+    Images are read with Pillow; all must share one size. Grayscale images stay one channel
+    unless any image in the tree has colour, in which case all are read as RGB.
+
+    Raises:
+        DatasetNotFoundError: `root` is not a folder.
+        ValueError: a class folder is empty, or image sizes differ.
+    """
+    from PIL import Image
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder not found. Received: path={str(root)!r}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise ValueError(f"image folder has no class sub-folders. Received: path={str(root)!r}")
+    files, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(f"image folder has an empty class: no image in {str(class_dir)!r}")
+        files += found
+        labels += [label] * len(found)
+    modes = set()
+    for path in files:
+        with Image.open(path) as im:
+            modes.add(im.mode)
+    mode = "L" if modes <= {"L", "1"} else "RGB"
+    arrays = []
+    for path in files:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert(mode), dtype=np.uint8)
+        if arrays and array.shape != arrays[0].shape:
+            raise ValueError(f"all images in a folder dataset must share one size: {arrays[0].shape} "
+                             f"first, then {array.shape}. Received: {str(path)!r}")
+        arrays.append(array)
+    return {"all": make_imageset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs],
+                                 f"folder:{root}")}
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> dict[str, ImageSet]:
+    """Loads a dataset by name: `digits`, `fashion_mnist`, `tfds:NAME` or `folder:PATH` (or a folder path).
+
+    Returns:
+        Splits by name: `{"train", "test"}` for sets with official splits, `{"all"}` otherwise.
+
+    Raises:
+        ValueError: the name is unknown.
+        DatasetNotFoundError: the data is not on this machine.
+    """
+    if name == "digits":
+        return load_digits()
+    if name == "fashion_mnist":
+        return load_fashion_mnist(data_dir)
+    if name.startswith("tfds:"):
+        return load_tfds(name[len("tfds:"):], data_dir)
+    if name.startswith("folder:"):
+        return load_folder(name[len("folder:"):])
+    if os.path.isdir(os.path.expanduser(name)):
+        return load_folder(name)
+    raise ValueError("unknown dataset; use 'digits', 'fashion_mnist', 'tfds:NAME' or 'folder:PATH'. "
+                     f"Received: name={name!r}")

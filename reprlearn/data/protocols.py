@@ -1,0 +1,100 @@
+"""Evaluation protocols: which classes and examples train, validate and test.
+
+- `seen-classes`: the official train split (less a validation part) against the official
+  test split, all classes in both.
+- `unseen-classes`: train on one class set, test on the disjoint rest. Fashion-MNIST's
+  default trains on classes 0-4 of the official train file and tests on classes 5-9 of
+  the official test file.
+
+The validation part always comes from the training side, stratified by class. A dataset
+without an official test split (digits, image folders) is split 80/20 per class first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reprlearn.data.imageset import ImageSet
+
+PROTOCOLS = ("seen-classes", "unseen-classes")
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    train_classes: list[int]
+    test_classes: list[int]
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Splits indices into (rest, part) with `fraction` of each class in `part`.
+
+    A class keeps at least one example in `rest`; `part` takes round(fraction * n) of it.
+    """
+    rng = np.random.default_rng(seed)
+    rest, part = [], []
+    for c in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == c))
+        n_part = min(int(round(fraction * len(index))), len(index) - 1)
+        part.append(index[:n_part])
+        rest.append(index[n_part:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(part))
+
+
+def _cap(imageset: ImageSet, limit: int | None, seed: int) -> ImageSet:
+    """Keeps a class-stratified subset of at most `limit` examples (for quick runs)."""
+    if limit is None or len(imageset) <= limit:
+        return imageset
+    _, keep = stratified_split(imageset.labels, limit / len(imageset), seed)
+    return imageset.subset(keep)
+
+
+def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[int] | None = None,
+                validation_fraction: float = 0.1, seed: int = 0, max_train: int | None = None,
+                max_test: int | None = None) -> Splits:
+    """Builds train/val/test sets for a protocol.
+
+    Args:
+        sets: loader output, `{"train", "test"}` or `{"all"}`.
+        protocol: `seen-classes` or `unseen-classes`.
+        train_classes: unseen-classes only; default is the lower half of the class ids.
+        validation_fraction: share of the training side held out for validation.
+        seed: fixes every random choice.
+        max_train, max_test: optional caps, stratified, for quick runs.
+
+    Raises:
+        ValueError: unknown protocol, or train classes that leave no test class.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol; use one of {list(PROTOCOLS)}. Received: protocol={protocol!r}")
+    if "all" in sets:
+        whole = sets["all"]
+        train_index, test_index = stratified_split(whole.labels, 0.2, seed)
+        train_side, test_side = whole.subset(train_index), whole.subset(test_index)
+    else:
+        train_side, test_side = sets["train"], sets["test"]
+    all_classes = sorted(set(train_side.classes) | set(test_side.classes))
+
+    if protocol == "seen-classes":
+        train_cls = test_cls = all_classes
+    else:
+        train_cls = sorted(train_classes) if train_classes is not None else all_classes[: len(all_classes) // 2]
+        unknown = sorted(set(train_cls) - set(all_classes))
+        if unknown:
+            raise ValueError(f"train_classes names classes the dataset lacks. Received: train_classes={train_classes}")
+        test_cls = [c for c in all_classes if c not in train_cls]
+        if not test_cls or not train_cls:
+            raise ValueError("unseen-classes needs at least one train and one test class. "
+                             f"Received: train_classes={train_classes}")
+        train_side = train_side.subset(np.isin(train_side.labels, train_cls))
+        test_side = test_side.subset(np.isin(test_side.labels, test_cls))
+
+    train_side = _cap(train_side, max_train, seed)
+    test_side = _cap(test_side, max_test, seed)
+    fit_index, val_index = stratified_split(train_side.labels, validation_fraction, seed + 1)
+    return Splits(train=train_side.subset(fit_index), val=train_side.subset(val_index), test=test_side,
+                  train_classes=list(train_cls), test_classes=list(test_cls))
