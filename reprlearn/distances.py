@@ -1,0 +1,73 @@
+"""Pairwise and paired distances: the one place where sqrt-at-zero is handled.
+
+Example:
+    d = pairwise_distance(embeddings, "L2")          # [N, N], diagonal 0
+    d = paired_distance(a, b, "angular")             # [B]
+
+Float16/bfloat16 inputs are computed in float32; the result is float32 (losses cast
+their final value back to the input dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import tensorflow as tf
+
+Distance = Union[str, Callable[[tf.Tensor], tf.Tensor]]
+METRICS = ("L2", "squared-L2", "angular")
+
+
+def check_metric(metric: Distance) -> Distance:
+    """Returns `metric` if it is a known name or a callable; raises ValueError otherwise."""
+    if callable(metric) or metric in METRICS:
+        return metric
+    raise ValueError(f"distance metric must be one of {list(METRICS)} or a callable. Received: metric={metric!r}")
+
+
+def _as_float32(x) -> tf.Tensor:
+    x = tf.convert_to_tensor(x)
+    return tf.cast(x, tf.float32) if x.dtype != tf.float32 else x
+
+
+def safe_sqrt(squared: tf.Tensor) -> tf.Tensor:
+    """sqrt with value 0 and gradient 0 where the input is 0 (plain sqrt has an infinite gradient there)."""
+    positive = squared > 0.0
+    return tf.where(positive, tf.sqrt(tf.where(positive, squared, 1.0)), 0.0)
+
+
+def pairwise_distance(embeddings, metric: Distance = "L2") -> tf.Tensor:
+    """All-pairs distances of a batch of embeddings.
+
+    Args:
+        embeddings: `[N, d]` float tensor.
+        metric: `"L2"`, `"squared-L2"`, `"angular"` (1 - cosine), or a callable `f(embeddings) -> [N, N]`.
+
+    Returns:
+        `[N, N]` float32 distances, clamped at 0, with a zero diagonal.
+    """
+    check_metric(metric)
+    if callable(metric):
+        return _as_float32(metric(embeddings))
+    x = _as_float32(embeddings)
+    n = tf.shape(x)[0]
+    off_diagonal = 1.0 - tf.eye(n, dtype=tf.float32)
+    if metric == "angular":
+        unit = tf.math.l2_normalize(x, axis=1)
+        return tf.maximum(1.0 - tf.matmul(unit, unit, transpose_b=True), 0.0) * off_diagonal
+    squared_norm = tf.reduce_sum(tf.square(x), axis=1)
+    squared = squared_norm[:, None] + squared_norm[None, :] - 2.0 * tf.matmul(x, x, transpose_b=True)
+    squared = tf.maximum(squared, 0.0) * off_diagonal
+    return squared if metric == "squared-L2" else safe_sqrt(squared)
+
+
+def paired_distance(a, b, metric: str = "L2") -> tf.Tensor:
+    """Row-wise distance between two `[B, d]` batches, `[B]` float32 (same metrics as `pairwise_distance`)."""
+    if metric not in METRICS:
+        raise ValueError(f"paired distance metric must be one of {list(METRICS)}. Received: metric={metric!r}")
+    a, b = _as_float32(a), _as_float32(b)
+    if metric == "angular":
+        cosine = tf.reduce_sum(tf.math.l2_normalize(a, axis=1) * tf.math.l2_normalize(b, axis=1), axis=1)
+        return tf.maximum(1.0 - cosine, 0.0)
+    squared = tf.reduce_sum(tf.square(a - b), axis=1)
+    return squared if metric == "squared-L2" else safe_sqrt(squared)

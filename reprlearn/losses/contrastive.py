@@ -1,0 +1,101 @@
+"""Contrastive loss (Hadsell, Chopra, LeCun 2006), pair and in-batch forms.
+
+Convention: **y = 1 marks a matching pair** (tensorflow-addons' convention). keras.io's
+Siamese example uses the opposite; flip its labels with `1 - y` when porting.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from reprlearn.distances import Distance, check_metric, pairwise_distance
+
+
+def _labels_vector(y) -> tf.Tensor:
+    """`[B]` or `[B, 1]` labels of any numeric or bool dtype, as a `[B]` tensor."""
+    y = tf.convert_to_tensor(y)
+    return tf.reshape(y, [-1])
+
+
+def _pair_term(match: tf.Tensor, distance: tf.Tensor, margin: float) -> tf.Tensor:
+    return match * tf.square(distance) + (1.0 - match) * tf.square(tf.maximum(margin - distance, 0.0))
+
+
+def contrastive_loss(y_true, y_pred, margin: float = 1.0) -> tf.Tensor:
+    """Per-pair contrastive loss `y·d² + (1 − y)·max(margin − d, 0)²` (tensorflow-addons numbers).
+
+    Example:
+        contrastive_loss([1, 0], [0.2, 0.3], margin=1.0)  # [0.04, 0.49]
+
+    Args:
+        y_true: `[B]` or `[B, 1]`, bool/int/float; 1 means the pair matches.
+        y_pred: `[B]` or `[B, 1]` distances (e.g. a Siamese model's output).
+        margin: distance beyond which a non-matching pair costs nothing.
+
+    Returns:
+        `[B]` per-pair losses in `y_pred`'s dtype.
+    """
+    y_pred = tf.convert_to_tensor(y_pred)
+    distance = tf.cast(_labels_vector(y_pred), tf.float32)
+    match = tf.cast(_labels_vector(y_true), tf.float32)
+    return tf.cast(_pair_term(match, distance, margin), y_pred.dtype)
+
+
+def in_batch_contrastive_loss(labels, embeddings, margin: float = 1.0, distance: Distance = "L2") -> tf.Tensor:
+    """Contrastive loss over every unordered pair i < j of a batch, averaged.
+
+    Example:
+        in_batch_contrastive_loss(labels=[0, 0, 1], embeddings=tf.random.normal([3, 8]))
+
+    Args:
+        labels: `[N]` or `[N, 1]` class ids (int or float).
+        embeddings: `[N, d]`.
+        margin: as in `contrastive_loss`.
+        distance: a metric name or callable (see `reprlearn.distances`).
+
+    Returns:
+        A scalar in the embeddings' dtype; 0 for a batch of fewer than two items.
+    """
+    embeddings = tf.convert_to_tensor(embeddings)
+    labels = _labels_vector(labels)
+    d = pairwise_distance(embeddings, distance)
+    match = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
+    n = tf.shape(d)[0]
+    upper = tf.linalg.band_part(tf.ones([n, n]), 0, -1) - tf.eye(n)
+    total = tf.reduce_sum(_pair_term(match, d, margin) * upper)
+    return tf.cast(tf.math.divide_no_nan(total, tf.reduce_sum(upper)), embeddings.dtype)
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class ContrastiveLoss(keras.losses.Loss):
+    """Contrastive loss as a Keras loss, pair form or in-batch form.
+
+    Example:
+        siamese.compile(loss=ContrastiveLoss(margin=1.0))                 # y_pred: distances
+        tower.compile(loss=ContrastiveLoss(margin=0.5, in_batch=True))    # y_pred: embeddings
+
+    Args:
+        margin: distance beyond which a non-matching pair costs nothing.
+        in_batch: False: `y_true` marks matching pairs and `y_pred` holds their distances.
+            True: `y_true` holds class labels and `y_pred` embeddings; every pair of the batch counts.
+        distance: the in-batch distance metric (name or callable).
+    """
+
+    def __init__(self, margin: float = 1.0, in_batch: bool = False, distance: Distance = "L2",
+                 name: str = "contrastive_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0. Received: margin={margin}")
+        self.margin = float(margin)
+        self.in_batch = bool(in_batch)
+        self.distance = check_metric(distance)
+
+    def call(self, y_true, y_pred):
+        if self.in_batch:
+            return in_batch_contrastive_loss(y_true, y_pred, self.margin, self.distance)
+        return contrastive_loss(y_true, y_pred, self.margin)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "in_batch": self.in_batch,
+                "distance": self.distance}
