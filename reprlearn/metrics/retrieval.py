@@ -1,0 +1,144 @@
+"""Retrieval metrics with the query set as the reference set, the query itself excluded.
+
+Exact (no approximate search) and chunked: a chunk of queries is scored against all N
+items and only its top `k_max` neighbours are kept, so memory is O(chunk × N), never N×N.
+`k_max` is the largest R (same-class items other than the query) or the largest k in
+`ks`. Ties are broken by index (lower index first), as `tf.math.top_k` does.
+
+Example:
+    m = retrieval_metrics(embeddings, labels)
+    m["map_at_r"], m["precision_at_1"], m["recall_at_4"], m["nmi"]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+RANKING_METRICS = ("L2", "squared-L2", "angular")
+# Scores per chunk: chunk × N float32 values kept under about 128 MB.
+_CHUNK_VALUES = 1 << 25
+
+
+def _check(embeddings, labels, ks, metric):
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be [N, d]. Received: embeddings.shape={embeddings.shape}")
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError("embeddings contain NaN or inf. Received: "
+                         f"{int((~np.isfinite(embeddings)).sum())} non-finite values")
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape != (embeddings.shape[0],):
+        raise ValueError(f"labels must be [N] with N = {embeddings.shape[0]}. Received: labels.shape={labels.shape}")
+    if metric not in RANKING_METRICS:
+        raise ValueError(f"metric must be one of {list(RANKING_METRICS)}. Received: metric={metric!r}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers. Received: ks={ks}")
+    return embeddings, labels
+
+
+def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int | None = None,
+                       queries=None, exclude_self: bool = True):
+    """Indices `[Q, k]` of each query's k nearest items, nearest first, ties by lower index.
+
+    Args:
+        embeddings: `[N, d]` reference items.
+        k: neighbours to return (<= N - 1 when excluding self).
+        metric: `"L2"`, `"squared-L2"` (same ranking) or `"angular"`.
+        chunk_size: queries scored at once; default keeps chunk × N under 2**25.
+        queries: `[Q, d]` query embeddings; default: the reference items themselves.
+        exclude_self: with `queries=None`, never return a query as its own neighbour.
+    """
+    reference = np.asarray(embeddings, dtype=np.float32)
+    if metric == "angular":
+        reference = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+    same = queries is None
+    query = reference if same else np.asarray(queries, dtype=np.float32)
+    if metric == "angular" and not same:
+        query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+    n = reference.shape[0]
+    chunk = chunk_size or max(1, _CHUNK_VALUES // max(n, 1))
+    reference_t = tf.constant(reference)
+    # Higher score = nearer. For L2, -||q - e||² = 2 q·e - ||e||² - ||q||²; the last term
+    # is constant per query, so it cannot change the ranking and is dropped.
+    bias = tf.zeros([n]) if metric == "angular" else tf.constant(-np.sum(reference ** 2, axis=1))
+    scale = 1.0 if metric == "angular" else 2.0
+
+    @tf.function(reduce_retracing=True)
+    def top(block, offset):
+        scores = scale * tf.matmul(block, reference_t, transpose_b=True) + bias[None, :]
+        if same and exclude_self:
+            rows = tf.range(tf.shape(block)[0]) + offset
+            self_mask = tf.equal(rows[:, None], tf.range(n)[None, :])
+            scores = tf.where(self_mask, tf.constant(-np.inf, tf.float32), scores)
+        return tf.math.top_k(scores, k=k, sorted=True).indices
+
+    out = np.empty((query.shape[0], k), dtype=np.int64)
+    for start in range(0, query.shape[0], chunk):
+        out[start:start + chunk] = top(tf.constant(query[start:start + chunk]), tf.constant(start)).numpy()
+    return out
+
+
+def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), chunk_size: int | None = None,
+                      compute_nmi: bool = True, seed: int = 0) -> dict:
+    """P@1, R-precision, MAP@R, Recall@k and NMI, as defined in ALGORITHMS.md.
+
+    For query q with label y, R = number of other items labelled y; queries with R = 0
+    are skipped by every ranking metric.
+
+    Args:
+        embeddings: `[N, d]`.
+        labels: `[N]` (or `[N, 1]`) class labels.
+        metric: `"L2"`, `"squared-L2"` or `"angular"`.
+        ks: the k of each `recall_at_k` (Song 2016: at least one of the k nearest matches).
+        chunk_size: queries per chunk (default: chunk × N ≤ 2**25 scores).
+        compute_nmi: also cluster with k-means (k = number of classes) and report NMI.
+        seed: k-means seed.
+
+    Returns:
+        A dict of floats: `precision_at_1`, `r_precision`, `map_at_r`, `recall_at_{k}`,
+        `nmi` (if asked), and `num_queries` (queries with R > 0).
+
+    Raises:
+        ValueError: shapes disagree, non-finite embeddings, unknown metric, or no query has R > 0.
+    """
+    embeddings, labels = _check(embeddings, labels, ks, metric)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    r = counts[inverse] - 1
+    valid = r > 0
+    if not valid.any():
+        raise ValueError("no query has another item of its class (every class has one item); "
+                         f"retrieval metrics are undefined. Received: {len(labels)} items")
+    k_max = int(min(max(int(r.max()), max(ks)), len(labels) - 1))
+    neighbours = nearest_neighbours(embeddings, k_max, metric, chunk_size)
+    relevant = labels[neighbours] == labels[:, None]                           # [N, k_max]
+    relevant, r = relevant[valid], r[valid]
+    rank = np.arange(1, k_max + 1)
+    within_r = rank[None, :] <= r[:, None]
+    hits = np.cumsum(relevant, axis=1)
+    precision_at_i = hits / rank[None, :]
+    out = {
+        "precision_at_1": float(relevant[:, 0].mean()),
+        "r_precision": float(np.mean((relevant & within_r).sum(axis=1) / r)),
+        "map_at_r": float(np.mean((precision_at_i * (relevant & within_r)).sum(axis=1) / r)),
+    }
+    for k in ks:
+        out[f"recall_at_{k}"] = float(relevant[:, :min(k, k_max)].any(axis=1).mean())
+    if compute_nmi:
+        out["nmi"] = normalized_mutual_information(embeddings, labels, seed)
+    out["num_queries"] = int(valid.sum())
+    return out
+
+
+def normalized_mutual_information(embeddings, labels, seed: int = 0) -> float:
+    """NMI between labels and k-means clusters (k = number of classes) of the embeddings."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    num_classes = len(np.unique(labels))
+    if num_classes < 2:
+        return 0.0
+    clusters = KMeans(n_clusters=num_classes, n_init=3, random_state=seed).fit_predict(embeddings)
+    return float(normalized_mutual_info_score(labels, clusters))

@@ -1,0 +1,163 @@
+"""Verification metrics on pairs: ROC AUC, EER, TAR@FAR and a calibrated threshold.
+
+A pair is predicted to match when its distance is <= the threshold. Every curve point is
+a distinct threshold over the sorted distances (tied distances move together).
+
+Example:
+    first, second, match = sample_pairs(labels, n_pairs=20000, seed=0)
+    d = np.linalg.norm(emb[first] - emb[second], axis=1)
+    m = verification_metrics(d, match)
+    m["roc_auc"], m["eer"], m["tar_at_far_1e-3"], m["threshold"], m["accuracy"]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_pairs(distances, match):
+    distances = np.asarray(distances, dtype=np.float64).reshape(-1)
+    match = np.asarray(match).reshape(-1).astype(bool)
+    if distances.shape != match.shape:
+        raise ValueError(f"distances and match must have one entry per pair. Received: "
+                         f"distances.shape={distances.shape}, match.shape={match.shape}")
+    if not np.all(np.isfinite(distances)):
+        raise ValueError("distances contain NaN or inf")
+    if match.all() or not match.any():
+        raise ValueError("verification needs both matching and non-matching pairs. "
+                         f"Received: {int(match.sum())} matching of {match.size}")
+    return distances, match
+
+
+def _operating_points(distances, match):
+    """Thresholds and (true, false) accept counts when accepting all pairs with d <= threshold.
+
+    The first point accepts nothing (threshold -inf); the rest sit at each distinct distance.
+    """
+    order = np.argsort(distances, kind="stable")
+    d, m = distances[order], match[order]
+    last_of_group = np.r_[d[1:] != d[:-1], True]
+    tp = np.r_[0, np.cumsum(m)[last_of_group]]
+    fp = np.r_[0, np.cumsum(~m)[last_of_group]]
+    thresholds = np.r_[-np.inf, d[last_of_group]]
+    return thresholds, tp, fp
+
+
+def roc_curve(distances, match):
+    """Returns `(far, tar, thresholds)`: false and true accept rates at each distinct threshold."""
+    distances, match = _check_pairs(distances, match)
+    thresholds, tp, fp = _operating_points(distances, match)
+    return fp / (~match).sum(), tp / match.sum(), thresholds
+
+
+def roc_auc(distances, match) -> float:
+    """P(d_match < d_nonmatch) + ½·P(tie): the area under the ROC curve."""
+    far, tar, _ = roc_curve(distances, match)
+    return float(np.sum((far[1:] - far[:-1]) * (tar[1:] + tar[:-1]) / 2.0))
+
+
+def equal_error_rate(distances, match) -> float:
+    """The rate where FAR equals FRR = 1 − TAR, on the piecewise-linear ROC curve."""
+    far, tar, _ = roc_curve(distances, match)
+    frr = 1.0 - tar
+    gap = far - frr  # rises from -1 (accept nothing) to 1 (accept all)
+    i = int(np.argmax(gap >= 0))
+    if gap[i] == 0 or i == 0:
+        return float(far[i])
+    t = -gap[i - 1] / (gap[i] - gap[i - 1])
+    return float(far[i - 1] + t * (far[i] - far[i - 1]))
+
+
+def tar_at_far(distances, match, far_target: float) -> float:
+    """The highest true accept rate among thresholds whose false accept rate is <= `far_target`."""
+    far, tar, _ = roc_curve(distances, match)
+    return float(tar[far <= far_target].max())
+
+
+def best_threshold(distances, match) -> tuple[float, float]:
+    """The distance threshold with the highest pair accuracy, and that accuracy.
+
+    The threshold is the midpoint between the last accepted and the first rejected distance.
+    """
+    distances, match = _check_pairs(distances, match)
+    thresholds, tp, fp = _operating_points(distances, match)
+    accuracy = (tp + (~match).sum() - fp) / match.size
+    i = int(np.argmax(accuracy))
+    above = distances[distances > thresholds[i]]
+    if i == 0:
+        threshold = float(distances.min()) - 1e-6
+    elif above.size:
+        threshold = float((thresholds[i] + above.min()) / 2.0)
+    else:
+        threshold = float(thresholds[i])
+    return threshold, float(accuracy[i])
+
+
+def sample_pairs(labels, n_pairs: int, seed: int = 0):
+    """Draws `n_pairs` index pairs, half matching (same label, distinct items), half not.
+
+    Returns:
+        `(first [n], second [n], match [n] bool)`.
+
+    Raises:
+        ValueError: no class with two items, or a single class.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if len(classes) < 2 or counts.max() < 2:
+        raise ValueError("pairs need two classes and a class with two items. "
+                         f"Received: {len(classes)} classes, largest of {counts.max()}")
+    members = [np.flatnonzero(inverse == c) for c in range(len(classes))]
+    n_pos = n_pairs // 2
+    # Matching: a class weighted by its number of pairs, then two distinct members.
+    pair_counts = counts * (counts - 1.0)
+    cls = rng.choice(len(classes), size=n_pos, p=pair_counts / pair_counts.sum())
+    a = rng.integers(0, counts[cls])
+    b = (a + 1 + rng.integers(0, np.maximum(counts[cls] - 1, 1))) % counts[cls]
+    pos_first = np.array([members[c][i] for c, i in zip(cls, a)], dtype=np.int64)
+    pos_second = np.array([members[c][i] for c, i in zip(cls, b)], dtype=np.int64)
+    # Non-matching: uniform item pairs, redrawn until labels differ.
+    neg_first = rng.integers(0, len(labels), size=n_pairs - n_pos)
+    neg_second = rng.integers(0, len(labels), size=n_pairs - n_pos)
+    clash = labels[neg_first] == labels[neg_second]
+    while clash.any():
+        neg_second[clash] = rng.integers(0, len(labels), size=int(clash.sum()))
+        clash = labels[neg_first] == labels[neg_second]
+    first = np.r_[pos_first, neg_first]
+    second = np.r_[pos_second, neg_second]
+    match = np.r_[np.ones(n_pos, bool), np.zeros(n_pairs - n_pos, bool)]
+    return first, second, match
+
+
+def verification_metrics(distances, match, calibration_fraction: float = 0.5, seed: int = 0) -> dict:
+    """ROC AUC, EER, TAR at FAR 1e-2 and 1e-3 (all pairs), and a threshold calibrated on one part
+    of the pairs with its accuracy on the other.
+
+    Args:
+        distances: `[P]` pair distances.
+        match: `[P]` bool, True for same-class pairs.
+        calibration_fraction: share of pairs (random, by `seed`) used to pick the threshold.
+
+    Returns:
+        A dict: `roc_auc`, `eer`, `tar_at_far_1e-2`, `tar_at_far_1e-3`, `threshold`,
+        `calibration_accuracy`, `accuracy` (held-out), `num_pairs`.
+    """
+    distances, match = _check_pairs(distances, match)
+    if not 0.0 < calibration_fraction < 1.0:
+        raise ValueError(f"calibration_fraction must be in (0, 1). Received: calibration_fraction={calibration_fraction}")
+    order = np.random.default_rng(seed).permutation(distances.size)
+    n_cal = int(round(calibration_fraction * distances.size))
+    cal, held = order[:n_cal], order[n_cal:]
+    threshold, cal_accuracy = best_threshold(distances[cal], match[cal])
+    held_accuracy = float(np.mean((distances[held] <= threshold) == match[held]))
+    return {
+        "roc_auc": roc_auc(distances, match),
+        "eer": equal_error_rate(distances, match),
+        "tar_at_far_1e-2": tar_at_far(distances, match, 1e-2),
+        "tar_at_far_1e-3": tar_at_far(distances, match, 1e-3),
+        "threshold": threshold,
+        "calibration_accuracy": cal_accuracy,
+        "accuracy": held_accuracy,
+        "num_pairs": int(distances.size),
+    }
