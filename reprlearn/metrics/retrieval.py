@@ -39,45 +39,45 @@ def _check(embeddings, labels, ks, metric):
     return embeddings, labels
 
 
+@tf.function(reduce_retracing=True)
+def _top_k_others(rows, reference, scale, bias, k: int):
+    """Top-k scores of `reference[rows]` against all of `reference`, each row's own item excluded."""
+    scores = scale * tf.matmul(tf.gather(reference, rows), reference, transpose_b=True) + bias[None, :]
+    is_self = tf.equal(rows[:, None], tf.range(tf.shape(reference, out_type=tf.int64)[0])[None, :])
+    scores = tf.where(is_self, tf.constant(-np.inf, tf.float32), scores)
+    return tf.math.top_k(scores, k=k, sorted=True).indices
+
+
 def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int | None = None,
-                       queries=None, exclude_self: bool = True):
-    """Indices `[Q, k]` of each query's k nearest items, nearest first, ties by lower index.
+                       query_index=None) -> np.ndarray:
+    """Indices `[Q, k]` of each query's k nearest other items, nearest first, ties by lower index.
 
     Args:
-        embeddings: `[N, d]` reference items.
-        k: neighbours to return (<= N - 1 when excluding self).
+        embeddings: `[N, d]` items; queries are items too and never their own neighbour.
+        k: neighbours to return (<= N - 1).
         metric: `"L2"`, `"squared-L2"` (same ranking) or `"angular"`.
         chunk_size: queries scored at once; default keeps chunk × N under 2**25.
-        queries: `[Q, d]` query embeddings; default: the reference items themselves.
-        exclude_self: with `queries=None`, never return a query as its own neighbour.
+        query_index: `[Q]` indices of the query items; default: every item.
     """
     reference = np.asarray(embeddings, dtype=np.float32)
     if metric == "angular":
         reference = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
-    same = queries is None
-    query = reference if same else np.asarray(queries, dtype=np.float32)
-    if metric == "angular" and not same:
-        query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
     n = reference.shape[0]
-    chunk = chunk_size or max(1, _CHUNK_VALUES // max(n, 1))
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k must be in [1, N - 1 = {n - 1}]. Received: k={k}")
+    query_index = np.arange(n) if query_index is None else np.asarray(query_index, dtype=np.int64)
+    chunk = chunk_size or max(1, _CHUNK_VALUES // n)
     reference_t = tf.constant(reference)
     # Higher score = nearer. For L2, -||q - e||² = 2 q·e - ||e||² - ||q||²; the last term
     # is constant per query, so it cannot change the ranking and is dropped.
-    bias = tf.zeros([n]) if metric == "angular" else tf.constant(-np.sum(reference ** 2, axis=1))
-    scale = 1.0 if metric == "angular" else 2.0
-
-    @tf.function(reduce_retracing=True)
-    def top(block, offset):
-        scores = scale * tf.matmul(block, reference_t, transpose_b=True) + bias[None, :]
-        if same and exclude_self:
-            rows = tf.range(tf.shape(block)[0]) + offset
-            self_mask = tf.equal(rows[:, None], tf.range(n)[None, :])
-            scores = tf.where(self_mask, tf.constant(-np.inf, tf.float32), scores)
-        return tf.math.top_k(scores, k=k, sorted=True).indices
-
-    out = np.empty((query.shape[0], k), dtype=np.int64)
-    for start in range(0, query.shape[0], chunk):
-        out[start:start + chunk] = top(tf.constant(query[start:start + chunk]), tf.constant(start)).numpy()
+    if metric == "angular":
+        scale, bias = tf.constant(1.0), tf.zeros([n])
+    else:
+        scale, bias = tf.constant(2.0), tf.constant(-np.sum(reference ** 2, axis=1))
+    out = np.empty((len(query_index), k), dtype=np.int64)
+    for start in range(0, len(query_index), chunk):
+        rows = tf.constant(query_index[start:start + chunk])
+        out[start:start + chunk] = _top_k_others(rows, reference_t, scale, bias, k).numpy()
     return out
 
 

@@ -161,9 +161,9 @@ def backbone_tower(input_shape, backbone: str = "MobileNetV2", weights: str | No
     return keras.Model(inputs, _embedding_head(x, _check_embedding_dim(embedding_dim), l2_normalize), name=name)
 
 
-def build_tower(model_cfg, input_shape) -> keras.Model:
+def build_tower(model_cfg, input_shape, name: str = "tower") -> keras.Model:
     """Builds the tower a `ModelConfig` describes for images of `input_shape`."""
-    common = dict(embedding_dim=model_cfg.embedding_dim, l2_normalize=model_cfg.l2_normalize)
+    common = dict(embedding_dim=model_cfg.embedding_dim, l2_normalize=model_cfg.l2_normalize, name=name)
     if model_cfg.tower == "mlp":
         return mlp_tower(input_shape, hidden=model_cfg.hidden, batch_norm=model_cfg.batch_norm,
                          dropout=model_cfg.dropout, **common)

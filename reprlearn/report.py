@@ -1,0 +1,71 @@
+"""Run reports: report.json, a readable report.md, PNG plots and the TensorBoard projector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from reprlearn import plots
+from reprlearn.metrics.retrieval import nearest_neighbours
+from reprlearn.projector import write_projector
+
+RETRIEVAL_ROWS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2", "recall_at_4",
+                  "recall_at_8", "nmi")
+VERIFICATION_ROWS = ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "threshold", "accuracy")
+
+
+def _markdown(report: dict, figures: dict[str, str]) -> str:
+    m, d, t = report["metrics"], report["data"], report["train"]
+    lines = [f"# reprlearn run: {d['name']}, {d['protocol']}", "",
+             f"Train classes {d['train_classes']} ({d['n_train']} images, {d['n_val']} for validation); "
+             f"test classes {d['test_classes']} ({d['n_test']} images).", "",
+             "## Retrieval on the test protocol", "", "| metric | model | raw pixels |", "|---|---|---|"]
+    lines += [f"| {k} | {m['test'][k]:.4f} | {m['baseline_raw'][k]:.4f} |" for k in RETRIEVAL_ROWS]
+    lines += ["", "## Verification on sampled test pairs", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {m['verification'][k]:.4f} |" for k in VERIFICATION_ROWS]
+    lines += ["", "## Training", "",
+              f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
+              f"{t['seconds']} s this session, {t['examples_per_second']} examples/s.", ""]
+    lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None:
+    """Writes every report artefact of a run into `out`."""
+    test, embeddings = splits.test, evaluation["embeddings"]
+    rng = np.random.default_rng(cfg.data.seed)
+    figures = {}
+
+    shown = rng.choice(len(test), size=min(cfg.eval.projection_points, len(test)), replace=False)
+    coords = plots.project_2d(embeddings[shown], cfg.eval.projection, cfg.data.seed)
+    plots.plot_projection(coords, test.labels[shown], test.class_names, out / "projection.png",
+                          f"Test embeddings ({cfg.eval.projection.upper()}, {len(shown)} points)")
+    figures["2-D projection of test embeddings"] = "projection.png"
+
+    pairs, verification = evaluation["pairs"], report["metrics"]["verification"]
+    plots.plot_distance_histograms(pairs["distances"], pairs["match"], verification["threshold"],
+                                   out / "distances.png")
+    figures["Positive and negative pair distances"] = "distances.png"
+    plots.plot_roc(pairs["distances"], pairs["match"], verification["eer"], verification["roc_auc"], out / "roc.png")
+    figures["ROC curve"] = "roc.png"
+
+    queries = rng.choice(len(test), size=min(cfg.eval.grid_queries, len(test)), replace=False)
+    k = min(cfg.eval.grid_neighbours, len(test) - 1)
+    neighbours = nearest_neighbours(embeddings, k, cfg.loss.distance, query_index=queries)
+    plots.plot_retrieval_grid(test.images, test.labels, queries, neighbours, out / "retrieval_grid.png",
+                              "Nearest test neighbours (green: same class, red: other)")
+    figures["Nearest-neighbour retrieval"] = "retrieval_grid.png"
+
+    if report["train"]["history"]:
+        plots.plot_history(report["train"]["history"], out / "training.png")
+        figures["Training curves"] = "training.png"
+
+    projected = rng.choice(len(test), size=min(cfg.eval.projector_points, len(test)), replace=False)
+    write_projector(out / "logs" / "projector", embeddings[projected], test.labels[projected],
+                    test.class_names, test.images[projected])
+
+    report["figures"] = figures
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(_markdown(report, figures))

@@ -1,0 +1,223 @@
+"""The training driver: config → data → tower → loss → fit → evaluate → report.
+
+Read it top to bottom; `run_training` is the whole job.
+
+Example:
+    from reprlearn.config import load_config
+    report = run_training(load_config("configs/demo.yaml"), "runs/demo")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from reprlearn.config import Config, config_to_dict, save_config
+from reprlearn.data import ImageSet, Splits, load_dataset, make_splits
+from reprlearn.data.pipelines import pair_batches, pk_batches
+from reprlearn.distances import paired_distance
+from reprlearn.losses import ContrastiveLoss
+from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
+from reprlearn.models import build_tower, siamese_pair_model
+
+TOWER_NAME = "tower"
+RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2",
+                  "recall_at_4", "recall_at_8", "nmi")
+
+
+def embed(tower: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Embeds images (pixels 0-255) with a tower, as float32 `[N, d]`."""
+    return np.asarray(tower.predict(images.astype(np.float32), batch_size=batch_size, verbose=0), np.float32)
+
+
+class RetrievalValidation(keras.callbacks.Callback):
+    """Adds `val_map_at_r` and `val_precision_at_1` to each epoch's logs (before TensorBoard sees them).
+
+    A loss cannot compare runs with different margins; a retrieval metric on held-out data can.
+    """
+
+    def __init__(self, tower: keras.Model, images: np.ndarray, labels: np.ndarray, metric: str):
+        super().__init__()
+        self.tower, self.images, self.labels, self.metric = tower, images, labels, metric
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or len(self.labels) < 2:
+            return
+        scores = retrieval_metrics(embed(self.tower, self.images), self.labels, self.metric, compute_nmi=False)
+        logs["val_map_at_r"] = scores["map_at_r"]
+        logs["val_precision_at_1"] = scores["precision_at_1"]
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights and optimizer) after every epoch, atomically.
+
+    `state.json` records the number of finished epochs; it is written after the model file
+    is renamed into place, so a kill at any moment leaves a consistent pair.
+    """
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "last.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.directory / "last.keras")
+        history = read_checkpoint_state(self.directory).get("history", [])
+        history.append({k: float(v) for k, v in (logs or {}).items()})
+        _write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history})
+
+
+def read_checkpoint_state(directory: Path) -> dict:
+    path = directory / "state.json"
+    return json.loads(path.read_text()) if path.is_file() and (directory / "last.keras").is_file() else {}
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def is_pair_loss(cfg: Config) -> bool:
+    return cfg.loss.name == "pair_contrastive"
+
+
+def build_model(cfg: Config, tower: keras.Model) -> keras.Model:
+    """The compiled training model: the tower itself for in-batch losses, a Siamese pair model for pair losses."""
+    if is_pair_loss(cfg):
+        model = siamese_pair_model(tower, distance=cfg.loss.distance)
+        loss = ContrastiveLoss(margin=cfg.loss.margin)
+    else:
+        model = tower
+        loss = ContrastiveLoss(margin=cfg.loss.margin, in_batch=True, distance=cfg.loss.distance)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss,
+                  jit_compile=cfg.train.jit_compile)
+    return model
+
+
+def training_batches(cfg: Config, train: ImageSet, start_step: int):
+    """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`."""
+    if is_pair_loss(cfg):
+        return pair_batches(train.images, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step)
+    return pk_batches(train.images, train.labels, cfg.train.classes_per_batch, cfg.train.examples_per_class,
+                      cfg.train.seed, start_step)
+
+
+def batch_size(cfg: Config) -> int:
+    if is_pair_loss(cfg):
+        return cfg.train.pair_batch_size
+    return cfg.train.classes_per_batch * cfg.train.examples_per_class
+
+
+def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
+    """Retrieval on the test protocol and the raw-pixel baseline, and verification on sampled test pairs."""
+    test = splits.test
+    embeddings = embed(tower, test.images)
+    raw = test.images.reshape(len(test), -1).astype(np.float32) / 255.0
+    first, second, match = sample_pairs(test.labels, cfg.eval.verification_pairs, seed=cfg.data.seed)
+    distances = paired_distance(embeddings[first], embeddings[second], cfg.loss.distance).numpy()
+    metrics = {
+        "test": retrieval_metrics(embeddings, test.labels, cfg.loss.distance, seed=cfg.data.seed),
+        "baseline_raw": retrieval_metrics(raw, test.labels, "L2", seed=cfg.data.seed),
+        "verification": verification_metrics(distances, match, seed=cfg.data.seed),
+    }
+    pairs = {"distances": distances, "match": match}
+    return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs}
+
+
+def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
+                 command: str | None = None, verbose: int = 1) -> dict:
+    """Trains, evaluates and reports one run; resumes from the last finished epoch if interrupted.
+
+    Args:
+        cfg: a validated Config.
+        out_dir: the run folder (created). Re-running into the same folder resumes.
+        sets: loader-style splits to use instead of `cfg.data.name` (e.g. your own arrays via
+            `reprlearn.data.make_imageset`).
+        command: the command line, written at the top of the saved config.
+        verbose: Keras progress output (0 silent, 1 progress bars).
+
+    Returns:
+        The report dict also written to `out_dir/report.json`.
+    """
+    from reprlearn.report import write_report  # plotting stays out of the import path of library users
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml", command)
+    keras.utils.set_random_seed(cfg.train.seed)
+
+    # Data: every input check (names, shapes, dtypes, NaN, empty classes) runs here, before any training.
+    if sets is None:
+        sets = load_dataset(cfg.data.name, cfg.data.data_dir)
+    splits = make_splits(sets, cfg.data.protocol, cfg.data.train_classes, cfg.data.validation_fraction,
+                         cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    if not is_pair_loss(cfg) and cfg.train.classes_per_batch > len(splits.train_classes):
+        raise ValueError(f"train.classes_per_batch exceeds the {len(splits.train_classes)} training classes. "
+                         f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
+
+    # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state).
+    checkpoints = out / "checkpoints"
+    state = read_checkpoint_state(checkpoints)
+    epochs_done = int(state.get("epochs_done", 0))
+    if epochs_done:
+        model = keras.saving.load_model(checkpoints / "last.keras")
+        tower = model.get_layer(TOWER_NAME) if is_pair_loss(cfg) else model
+        if verbose:
+            print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
+    else:
+        tower = build_tower(cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)
+        model = build_model(cfg, tower)
+    dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
+
+    # Fit. The dataset is keyed by step, so a resumed run sees exactly the batches it would have seen.
+    callbacks = [RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance),
+                 EpochCheckpoint(checkpoints),
+                 keras.callbacks.TensorBoard(log_dir=str(out / "logs"))]
+    started = time.perf_counter()
+    if epochs_done < cfg.train.epochs:
+        model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
+                  steps_per_epoch=cfg.train.steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
+    seconds = time.perf_counter() - started
+    history = read_checkpoint_state(checkpoints).get("history", [])
+    epochs_run = cfg.train.epochs - epochs_done
+    examples = epochs_run * cfg.train.steps_per_epoch * batch_size(cfg)
+
+    # Save the embedding model and prove it reloads to identical embeddings.
+    tower.save(out / "model.keras")
+    if model is not tower:
+        model.save(out / "pair_model.keras")
+    probe = splits.test.images[:256]
+    reloaded = keras.saving.load_model(out / "model.keras")
+    reload_diff = float(np.max(np.abs(embed(reloaded, probe) - embed(tower, probe))))
+    if reload_diff != 0.0:
+        raise RuntimeError(f"model.keras reloads to different embeddings (max abs diff {reload_diff})")
+
+    # Evaluate and report.
+    evaluation = evaluate(cfg, tower, splits)
+    report = {
+        "config": config_to_dict(cfg),
+        "data": {"name": cfg.data.name, "protocol": cfg.data.protocol,
+                 "train_classes": splits.train_classes, "test_classes": splits.test_classes,
+                 "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+                 "image_shape": list(splits.train.images.shape[1:])},
+        "train": {"epochs": cfg.train.epochs, "epochs_this_session": epochs_run,
+                  "resumed_from_epoch": epochs_done, "seconds": round(seconds, 2),
+                  "examples_per_second": round(examples / seconds, 1) if examples and seconds > 0 else None,
+                  "batch_size": batch_size(cfg), "steps_per_epoch": cfg.train.steps_per_epoch,
+                  "history": history},
+        "model": {"tower": cfg.model.tower, "embedding_dim": cfg.model.embedding_dim,
+                  "parameters": int(tower.count_params()), "reload_max_abs_diff": reload_diff},
+        "metrics": evaluation["metrics"],
+    }
+    write_report(report, out, splits, evaluation, cfg)
+    return report
+
