@@ -40,7 +40,7 @@ def _check(embeddings, labels, ks, metric):
 
 
 @tf.function(reduce_retracing=True)
-def _top_k_others(rows, reference, scale, bias, k: int):
+def _top_k_others(rows, reference, scale, bias, k):
     """Top-k scores of `reference[rows]` against all of `reference`, each row's own item excluded."""
     scores = scale * tf.matmul(tf.gather(reference, rows), reference, transpose_b=True) + bias[None, :]
     is_self = tf.equal(rows[:, None], tf.range(tf.shape(reference, out_type=tf.int64)[0])[None, :])
@@ -77,7 +77,7 @@ def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int |
     out = np.empty((len(query_index), k), dtype=np.int64)
     for start in range(0, len(query_index), chunk):
         rows = tf.constant(query_index[start:start + chunk])
-        out[start:start + chunk] = _top_k_others(rows, reference_t, scale, bias, k).numpy()
+        out[start:start + chunk] = _top_k_others(rows, reference_t, scale, bias, tf.constant(k)).numpy()
     return out
 
 
