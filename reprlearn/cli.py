@@ -15,7 +15,7 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    command = "reprlearn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
     report = run_training(cfg, out, command=command, verbose=0 if args.quiet else 1)
     test, raw = report["metrics"]["test"], report["metrics"]["baseline_raw"]
     print(f"\nTest MAP@R {test['map_at_r']:.4f} (raw pixels {raw['map_at_r']:.4f}), "
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from reprlearn.config import ConfigError
     from reprlearn.data import DatasetNotFoundError
 

@@ -133,7 +133,8 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
 
 
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
-                 command: str | None = None, verbose: int = 1) -> dict:
+                 command: str | None = None, verbose: int = 1,
+                 callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
     """Trains, evaluates and reports one run; resumes from the last finished epoch if interrupted.
 
     Args:
@@ -143,6 +144,7 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
             `reprlearn.data.make_imageset`).
         command: the command line, written at the top of the saved config.
         verbose: Keras progress output (0 silent, 1 progress bars).
+        callbacks: extra Keras callbacks, run after the validation, checkpoint and TensorBoard ones.
 
     Returns:
         The report dict also written to `out_dir/report.json`.
@@ -180,7 +182,8 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     # Fit. The dataset is keyed by step, so a resumed run sees exactly the batches it would have seen.
     callbacks = [RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance),
                  EpochCheckpoint(checkpoints),
-                 keras.callbacks.TensorBoard(log_dir=str(out / "logs"))]
+                 keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
+                 *(callbacks or [])]
     started = time.perf_counter()
     if epochs_done < cfg.train.epochs:
         model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,

@@ -1,0 +1,109 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from reprlearn.cli import main
+from reprlearn.config import config_from_dict
+from reprlearn.data.imageset import ImageSet
+from reprlearn.train import run_training
+
+REPORT_KEYS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2", "recall_at_4",
+               "recall_at_8", "nmi")
+
+
+def _cfg(**sections):
+    raw = {"data": {"name": "tiny", "protocol": "seen-classes"},
+           "model": {"tower": "conv", "filters": [4], "dense": 16, "embedding_dim": 8},
+           "train": {"epochs": 2, "steps_per_epoch": 5, "classes_per_batch": 4, "examples_per_class": 4},
+           "eval": {"verification_pairs": 200, "projection": "pca", "projection_points": 50,
+                    "projector_points": 20, "grid_queries": 2, "grid_neighbours": 3}}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw)
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_run_writes_every_artefact_and_learns(tmp_path, tiny_sets):
+    report = run_training(_cfg(train={"epochs": 3}), tmp_path, sets=tiny_sets, verbose=0)
+    for name in ("config.yaml", "model.keras", "report.json", "report.md", "projection.png", "distances.png",
+                 "roc.png", "retrieval_grid.png", "training.png", "logs/projector/projector_config.pbtxt",
+                 "logs/projector/sprite.png", "logs/projector/metadata.tsv"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(REPORT_KEYS) <= set(saved["metrics"]["test"]) and set(REPORT_KEYS) <= set(saved["metrics"]["baseline_raw"])
+    assert {"roc_auc", "eer", "tar_at_far_1e-3", "threshold", "accuracy"} <= set(saved["metrics"]["verification"])
+    assert {"epochs", "seconds", "examples_per_second"} <= set(saved["train"])
+    assert {"name", "protocol", "train_classes", "test_classes", "n_train", "n_test"} <= set(saved["data"])
+    assert saved["model"]["reload_max_abs_diff"] == 0.0
+    assert len(saved["train"]["history"]) == 3 and "val_map_at_r" in saved["train"]["history"][0]
+    # The blobs are trivially separable once learned: the tower must beat chance clearly.
+    assert report["metrics"]["test"]["map_at_r"] > 0.6
+    # model.keras reloads to identical embeddings.
+    tower = keras.saving.load_model(tmp_path / "model.keras")
+    assert tower.output_shape == (None, 8)
+
+
+def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path, tiny_sets):
+    cfg = _cfg(train={"epochs": 3})
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "a", sets=tiny_sets, verbose=0, callbacks=[StopAfterFirstEpoch()])
+    assert json.loads((tmp_path / "a/checkpoints/state.json").read_text())["epochs_done"] == 1
+    resumed = run_training(cfg, tmp_path / "a", sets=tiny_sets, verbose=0)
+    assert resumed["train"]["resumed_from_epoch"] == 1 and resumed["train"]["epochs_this_session"] == 2
+    assert len(resumed["train"]["history"]) == 3
+    straight = run_training(cfg, tmp_path / "b", sets=tiny_sets, verbose=0)
+    # Same batches (keyed by step) and restored optimizer state: the same final model.
+    a = keras.saving.load_model(tmp_path / "a/model.keras").get_weights()
+    b = keras.saving.load_model(tmp_path / "b/model.keras").get_weights()
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+    assert resumed["metrics"]["test"]["map_at_r"] == pytest.approx(straight["metrics"]["test"]["map_at_r"], abs=0.02)
+
+
+def test_pair_contrastive_run_trains_a_siamese_model(tmp_path, tiny_sets):
+    cfg = _cfg(loss={"name": "pair_contrastive", "margin": 1.0}, train={"pair_batch_size": 16},
+               model={"tower": "mlp", "hidden": [16]})
+    report = run_training(cfg, tmp_path, sets=tiny_sets, verbose=0)
+    assert (tmp_path / "pair_model.keras").is_file()
+    assert report["train"]["batch_size"] == 16 and np.isfinite(report["metrics"]["test"]["map_at_r"])
+
+
+def test_bad_inputs_fail_before_training(tmp_path, tiny_sets):
+    images, labels = tiny_sets["all"].images, tiny_sets["all"].labels
+    with pytest.raises(ValueError, match="too small for 4 2x2 poolings"):
+        run_training(_cfg(model={"filters": [4, 4, 4, 4]}), tmp_path, sets={"all": ImageSet(
+            images[:, :6, :6], labels, ["a", "b", "c", "d"])}, verbose=0)
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        run_training(_cfg(train={"classes_per_batch": 9}), tmp_path, sets=tiny_sets, verbose=0)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_reports_bad_config_and_unknown_dataset(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: five\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "train.epochs must be a int. Received: train.epochs='five'" in capsys.readouterr().err
+    config.write_text("data:\n  name: imagenet_typo\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "name='imagenet_typo'" in capsys.readouterr().err
+
+
+def test_cli_trains_digits_end_to_end(tmp_path, capsys):
+    config = tmp_path / "digits.yaml"
+    config.write_text("# reprlearn train digits.yaml\ndata:\n  name: digits\n  protocol: unseen-classes\n"
+                      "model:\n  tower: mlp\n  hidden: [64]\n  embedding_dim: 16\n")
+    code = main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet",
+                 "--set", "train.epochs=2", "--set", "train.steps_per_epoch=10", "--set", "train.classes_per_batch=4",
+                 "--set", "eval.projection=pca", "--set", "eval.verification_pairs=400"])
+    assert code == 0
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert report["data"]["train_classes"] == [0, 1, 2, 3, 4] and report["data"]["test_classes"] == [5, 6, 7, 8, 9]
+    assert report["metrics"]["test"]["map_at_r"] > 0.2
+    assert (tmp_path / "run/config.yaml").read_text().startswith("# reprlearn train")
+    assert "Test MAP@R" in capsys.readouterr().out
