@@ -13,7 +13,7 @@ def _assert_matches_reference(embeddings, labels, metric="L2", **kwargs):
     got = retrieval_metrics(embeddings, labels, metric=metric, compute_nmi=False, **kwargs)
     want = reference.retrieval(embeddings, labels, metric=metric)
     for key in KEYS:
-        assert got[key] == pytest.approx(want[key], abs=1e-9), key
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key  # float32 per-query sums
     return got
 
 
@@ -62,7 +62,7 @@ def test_random_inputs_match_reference_in_every_metric_and_chunking():
         _assert_matches_reference(emb, labels, metric=metric, chunk_size=7)
     whole = retrieval_metrics(emb, labels, compute_nmi=False)
     chunked = retrieval_metrics(emb, labels, compute_nmi=False, chunk_size=1)
-    assert whole == chunked
+    assert whole == pytest.approx(chunked, abs=1e-7)
 
 
 def test_nmi_is_one_for_separated_clusters_and_low_for_noise():
