@@ -26,9 +26,6 @@ from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metr
 from reprlearn.models import build_tower, siamese_pair_model
 
 TOWER_NAME = "tower"
-RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2",
-                  "recall_at_4", "recall_at_8", "nmi")
-
 
 def embed(tower: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Embeds images (pixels 0-255) with a tower, as float32 `[N, d]`."""
