@@ -27,6 +27,7 @@ from reprlearn.models import build_tower, siamese_pair_model
 
 TOWER_NAME = "tower"
 
+
 def embed(tower: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Embeds images (pixels 0-255) with a tower, as float32 `[N, d]`."""
     return np.asarray(tower.predict(images.astype(np.float32), batch_size=batch_size, verbose=0), np.float32)
