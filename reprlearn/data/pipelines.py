@@ -26,6 +26,13 @@ def _class_table(labels: np.ndarray):
     return classes, counts, table
 
 
+def _uniform_int(shape, high, seed) -> tf.Tensor:
+    """Stateless uniform integers in [0, high) (high may be a per-element tensor)."""
+    high = tf.cast(high, tf.int64)
+    return tf.minimum(tf.cast(tf.random.stateless_uniform(shape, seed) * tf.cast(high, tf.float32), tf.int64),
+                      high - 1)
+
+
 def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: int, start_step: int = 0):
     """A dataset of index batches: P distinct classes, K indices of each, `[P*K]` int64.
 
@@ -60,8 +67,7 @@ def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: in
         if max_n < k:  # every class is small; pad so both branches have K columns
             distinct = tf.pad(distinct, [[0, 0], [0, k - max_n]])
         # With replacement, for classes smaller than K.
-        drawn = tf.cast(tf.random.stateless_uniform([p, k], draw_seed) * tf.cast(n, tf.float32), tf.int64)
-        drawn = tf.minimum(drawn, n - 1)
+        drawn = _uniform_int([p, k], n, draw_seed)
         position = tf.where(n >= k, tf.cast(distinct, tf.int64), drawn)
         rows = tf.gather(table_t, chosen)
         return tf.reshape(tf.gather(rows, position, batch_dims=1), [p * k])
@@ -107,24 +113,20 @@ def pair_indices(labels, batch_size: int, seed: int, start_step: int = 0) -> tf.
     class_of_t, position_t = tf.constant(class_of, tf.int64), tf.constant(position_in_class)
     num_items = len(labels)
 
-    def uniform_int(shape, high, s):
-        return tf.minimum(tf.cast(tf.random.stateless_uniform(shape, s) * tf.cast(high, tf.float32), tf.int64),
-                          tf.cast(high, tf.int64) - 1)
-
     def make_batch(step):
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
         s = tf.unstack(tf.random.experimental.stateless_split(step_seed, 5))
-        anchor = uniform_int([batch_size], num_items, s[0])
+        anchor = _uniform_int([batch_size], num_items, s[0])
         cls = tf.gather(class_of_t, anchor)
         n = tf.gather(counts_t, cls)
         # Positive: shift the anchor's position by 1..n-1 within its class (0 if n == 1).
-        shift = 1 + uniform_int([batch_size], tf.maximum(n - 1, 1), s[1])
+        shift = 1 + _uniform_int([batch_size], tf.maximum(n - 1, 1), s[1])
         shift = tf.where(n > 1, shift, 0)
         pos_position = (tf.gather(position_t, anchor) + shift) % n
         positive = tf.gather_nd(table_t, tf.stack([cls, pos_position], axis=1))
         # Negative: another class (offset 1..C-1), then a uniform member of it.
-        other = (cls + 1 + uniform_int([batch_size], num_classes - 1, s[2])) % num_classes
-        neg_position = uniform_int([batch_size], tf.gather(counts_t, other), s[3])
+        other = (cls + 1 + _uniform_int([batch_size], num_classes - 1, s[2])) % num_classes
+        neg_position = _uniform_int([batch_size], tf.gather(counts_t, other), s[3])
         negative = tf.gather_nd(table_t, tf.stack([other, neg_position], axis=1))
         second = tf.concat([positive[:n_pos], negative[n_pos:]], axis=0)
         match = tf.concat([tf.ones([n_pos]), tf.zeros([n_neg])], axis=0)

@@ -50,15 +50,15 @@ def roc_curve(distances, match):
     return fp / (~match).sum(), tp / match.sum(), thresholds
 
 
-def roc_auc(distances, match) -> float:
+def roc_auc(distances, match, curve=None) -> float:
     """P(d_match < d_nonmatch) + ½·P(tie): the area under the ROC curve."""
-    far, tar, _ = roc_curve(distances, match)
+    far, tar, _ = curve if curve is not None else roc_curve(distances, match)
     return float(np.sum((far[1:] - far[:-1]) * (tar[1:] + tar[:-1]) / 2.0))
 
 
-def equal_error_rate(distances, match) -> float:
+def equal_error_rate(distances, match, curve=None) -> float:
     """The rate where FAR equals FRR = 1 − TAR, on the piecewise-linear ROC curve."""
-    far, tar, _ = roc_curve(distances, match)
+    far, tar, _ = curve if curve is not None else roc_curve(distances, match)
     frr = 1.0 - tar
     gap = far - frr  # rises from -1 (accept nothing) to 1 (accept all)
     i = int(np.argmax(gap >= 0))
@@ -68,9 +68,9 @@ def equal_error_rate(distances, match) -> float:
     return float(far[i - 1] + t * (far[i] - far[i - 1]))
 
 
-def tar_at_far(distances, match, far_target: float) -> float:
+def tar_at_far(distances, match, far_target: float, curve=None) -> float:
     """The highest true accept rate among thresholds whose false accept rate is <= `far_target`."""
-    far, tar, _ = roc_curve(distances, match)
+    far, tar, _ = curve if curve is not None else roc_curve(distances, match)
     return float(tar[far <= far_target].max())
 
 
@@ -151,11 +151,12 @@ def verification_metrics(distances, match, calibration_fraction: float = 0.5, se
     cal, held = order[:n_cal], order[n_cal:]
     threshold, cal_accuracy = best_threshold(distances[cal], match[cal])
     held_accuracy = float(np.mean((distances[held] <= threshold) == match[held]))
+    curve = roc_curve(distances, match)  # sorted once, shared by the four curve metrics
     return {
-        "roc_auc": roc_auc(distances, match),
-        "eer": equal_error_rate(distances, match),
-        "tar_at_far_1e-2": tar_at_far(distances, match, 1e-2),
-        "tar_at_far_1e-3": tar_at_far(distances, match, 1e-3),
+        "roc_auc": roc_auc(distances, match, curve),
+        "eer": equal_error_rate(distances, match, curve),
+        "tar_at_far_1e-2": tar_at_far(distances, match, 1e-2, curve),
+        "tar_at_far_1e-3": tar_at_far(distances, match, 1e-3, curve),
         "threshold": threshold,
         "calibration_accuracy": cal_accuracy,
         "accuracy": held_accuracy,
