@@ -10,6 +10,8 @@ their final value back to the input dtype).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Union
 
 import tensorflow as tf
@@ -23,6 +25,13 @@ def check_metric(metric: Distance) -> Distance:
     if callable(metric) or metric in METRICS:
         return metric
     raise ValueError(f"distance metric must be one of {list(METRICS)} or a callable. Received: metric={metric!r}")
+
+
+def check_margin(margin: float) -> float:
+    """Returns `margin` as a float if it is finite and >= 0; raises ValueError otherwise."""
+    if not isinstance(margin, numbers.Real) or not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be a finite number >= 0. Received: margin={margin!r}")
+    return float(margin)
 
 
 def _as_float32(x) -> tf.Tensor:
@@ -55,8 +64,13 @@ def pairwise_distance(embeddings, metric: Distance = "L2") -> tf.Tensor:
     if metric == "angular":
         unit = tf.math.l2_normalize(x, axis=1)
         return tf.maximum(1.0 - tf.matmul(unit, unit, transpose_b=True), 0.0) * off_diagonal
-    squared_norm = tf.reduce_sum(tf.square(x), axis=1)
-    squared = squared_norm[:, None] + squared_norm[None, :] - 2.0 * tf.matmul(x, x, transpose_b=True)
+    # ||a||² + ||b||² − 2ab cancels catastrophically for close points. Centring first (distances do not change)
+    # shrinks the norms and so the error; reading the norms off the Gram diagonal makes exact duplicates
+    # come out at exactly 0, since all three terms are then the same dot product.
+    x = x - tf.reduce_mean(x, axis=0, keepdims=True)
+    gram = tf.matmul(x, x, transpose_b=True)
+    squared_norm = tf.linalg.diag_part(gram)
+    squared = squared_norm[:, None] + squared_norm[None, :] - 2.0 * gram
     squared = tf.maximum(squared, 0.0) * off_diagonal
     return squared if metric == "squared-L2" else safe_sqrt(squared)
 

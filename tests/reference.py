@@ -96,3 +96,115 @@ def best_accuracy(distances, match):
         acc = np.mean([(d <= t) == m for d, m in zip(distances, match)])
         best = max(best, acc)
     return best
+
+
+def _negatives(labels, a):
+    return [n for n in range(len(labels)) if labels[n] != labels[a]]
+
+
+def _positive_pairs(labels):
+    return [(a, p) for a in range(len(labels)) for p in range(len(labels)) if a != p and labels[a] == labels[p]]
+
+
+def triplet_semihard(labels, embeddings, margin, metric="L2"):
+    """ALGORITHMS.md: per (a, p), the closest negative farther than p, else the farthest; anchors without negatives skipped."""
+    d = pairwise(embeddings, metric)
+    total, count = 0.0, 0
+    for a, p in _positive_pairs(labels):
+        negatives = [d[a, n] for n in _negatives(labels, a)]
+        if not negatives:
+            continue
+        farther = [v for v in negatives if v > d[a, p]]
+        chosen = min(farther) if farther else max(negatives)
+        total += max(margin + d[a, p] - chosen, 0.0)
+        count += 1
+    return total / count if count else 0.0
+
+
+def triplet_batch_hard(labels, embeddings, margin, soft=False, metric="L2"):
+    d = pairwise(embeddings, metric)
+    total, count = 0.0, 0
+    for a in range(len(labels)):
+        positives = [d[a, p] for p in range(len(labels)) if p != a and labels[p] == labels[a]]
+        negatives = [d[a, n] for n in _negatives(labels, a)]
+        if not positives or not negatives:
+            continue
+        gap = max(positives) - min(negatives)
+        total += math.log1p(math.exp(gap)) if soft else max(gap + margin, 0.0)
+        count += 1
+    return total / count if count else 0.0
+
+
+def triplet_batch_all(labels, embeddings, margin, active_only=False, metric="L2"):
+    d = pairwise(embeddings, metric)
+    total, count, active = 0.0, 0, 0
+    for a, p in _positive_pairs(labels):
+        for n in _negatives(labels, a):
+            term = max(margin + d[a, p] - d[a, n], 0.0)
+            total += term
+            count += 1
+            active += term > 0
+    denominator = active if active_only else count
+    return total / denominator if denominator else 0.0
+
+
+def lifted_struct(labels, embeddings, margin):
+    d = pairwise(embeddings, "L2")
+    total, count = 0.0, 0
+    for i, j in _positive_pairs(labels):
+        if i > j:
+            continue
+        s = sum(math.exp(margin - d[i, k]) for k in _negatives(labels, i))
+        s += sum(math.exp(margin - d[j, l]) for l in _negatives(labels, j))
+        objective = math.log(s) + d[i, j] if s > 0 else -math.inf
+        total += max(objective, 0.0) ** 2
+        count += 1
+    return total / (2 * count) if count else 0.0
+
+
+def addons_triplet_semihard(labels, embeddings, margin):
+    """A line-by-line NumPy port of tensorflow-addons 0.23 `triplet_semihard_loss` (L2), N²×N tile included."""
+    labels = np.asarray(labels).reshape(-1, 1)
+    pdist = pairwise(embeddings, "L2")
+    n = len(labels)
+    adjacency = labels == labels.T
+    adjacency_not = ~adjacency
+    pdist_tile = np.tile(pdist, [n, 1])
+    mask = np.tile(adjacency_not, [n, 1]) & (pdist_tile > pdist.T.reshape(-1, 1))
+    mask_final = (mask.sum(1, keepdims=True) > 0).reshape(n, n).T
+
+    def masked_minimum(data, m):
+        maxs = data.max(1, keepdims=True)
+        return ((data - maxs) * m).min(1, keepdims=True) + maxs
+
+    def masked_maximum(data, m):
+        mins = data.min(1, keepdims=True)
+        return ((data - mins) * m).max(1, keepdims=True) + mins
+
+    negatives_outside = masked_minimum(pdist_tile, mask.astype(float)).reshape(n, n).T
+    negatives_inside = np.tile(masked_maximum(pdist, adjacency_not.astype(float)), [1, n])
+    semi_hard = np.where(mask_final, negatives_outside, negatives_inside)
+    loss_mat = margin + pdist - semi_hard
+    mask_positives = adjacency.astype(float) - np.eye(n)
+    return np.maximum(loss_mat * mask_positives, 0.0).sum() / mask_positives.sum()
+
+
+def addons_lifted_struct(labels, embeddings, margin):
+    """A line-by-line NumPy port of tensorflow-addons 0.23 `lifted_struct_loss`."""
+    labels = np.asarray(labels).reshape(-1, 1)
+    pdist = pairwise(embeddings, "L2")
+    n = len(labels)
+    adjacency = labels == labels.T
+    diff = margin - pdist
+    mask = (~adjacency).astype(float)
+    row_minimums = diff.min(1, keepdims=True)
+    row_negative_maximums = ((diff - row_minimums) * mask).max(1, keepdims=True) + row_minimums
+    max_elements = np.maximum(row_negative_maximums, row_negative_maximums.T)
+    diff_tiled = np.tile(diff, [n, 1])
+    mask_tiled = np.tile(mask, [n, 1])
+    max_elements_vect = max_elements.T.reshape(-1, 1)
+    loss_exp_left = (np.exp(diff_tiled - max_elements_vect) * mask_tiled).sum(1, keepdims=True).reshape(n, n)
+    loss_mat = max_elements + np.log(loss_exp_left + loss_exp_left.T) + pdist
+    mask_positives = adjacency.astype(float) - np.eye(n)
+    num_positives = mask_positives.sum() / 2.0
+    return 0.25 * np.square(np.maximum(loss_mat * mask_positives, 0.0)).sum() / num_positives

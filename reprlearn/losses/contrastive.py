@@ -9,13 +9,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from reprlearn.distances import Distance, check_metric, pairwise_distance
-
-
-def _labels_vector(y) -> tf.Tensor:
-    """`[B]` or `[B, 1]` labels of any numeric or bool dtype, as a `[B]` tensor."""
-    y = tf.convert_to_tensor(y)
-    return tf.reshape(y, [-1])
+from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
+from reprlearn.labels import labels_vector
 
 
 def _pair_term(match: tf.Tensor, distance: tf.Tensor, margin: float) -> tf.Tensor:
@@ -37,8 +32,8 @@ def contrastive_loss(y_true, y_pred, margin: float = 1.0) -> tf.Tensor:
         `[B]` per-pair losses in `y_pred`'s dtype.
     """
     y_pred = tf.convert_to_tensor(y_pred)
-    distance = tf.cast(_labels_vector(y_pred), tf.float32)
-    match = tf.cast(_labels_vector(y_true), tf.float32)
+    distance = tf.cast(labels_vector(y_pred), tf.float32)
+    match = tf.cast(labels_vector(y_true), tf.float32)
     return tf.cast(_pair_term(match, distance, margin), y_pred.dtype)
 
 
@@ -58,13 +53,18 @@ def in_batch_contrastive_loss(labels, embeddings, margin: float = 1.0, distance:
         A scalar in the embeddings' dtype; 0 for a batch of fewer than two items.
     """
     embeddings = tf.convert_to_tensor(embeddings)
-    labels = _labels_vector(labels)
+    terms, upper = _in_batch_terms(labels, embeddings, margin, distance)
+    return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(terms), tf.reduce_sum(upper)), embeddings.dtype)
+
+
+def _in_batch_terms(labels, embeddings, margin: float, distance: Distance) -> tuple[tf.Tensor, tf.Tensor]:
+    """`[N, N]` per-pair terms on the unordered pairs i < j (zero elsewhere), and that pair mask."""
+    labels = labels_vector(labels)
     d = pairwise_distance(embeddings, distance)
     match = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
     n = tf.shape(d)[0]
     upper = tf.linalg.band_part(tf.ones([n, n]), 0, -1) - tf.eye(n)
-    total = tf.reduce_sum(_pair_term(match, d, margin) * upper)
-    return tf.cast(tf.math.divide_no_nan(total, tf.reduce_sum(upper)), embeddings.dtype)
+    return _pair_term(match, d, margin) * upper, upper
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -85,9 +85,7 @@ class ContrastiveLoss(keras.losses.Loss):
     def __init__(self, margin: float = 1.0, in_batch: bool = False, distance: Distance = "L2",
                  name: str = "contrastive_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0. Received: margin={margin}")
-        self.margin = float(margin)
+        self.margin = check_margin(margin)
         self.in_batch = bool(in_batch)
         self.distance = check_metric(distance)
 
@@ -95,6 +93,15 @@ class ContrastiveLoss(keras.losses.Loss):
         if self.in_batch:
             return in_batch_contrastive_loss(y_true, y_pred, self.margin, self.distance)
         return contrastive_loss(y_true, y_pred, self.margin)
+
+    def active_fraction(self, y_true, y_pred) -> tf.Tensor:
+        """The fraction of pairs with a non-zero loss term in this batch."""
+        if self.in_batch:
+            terms, pairs = _in_batch_terms(y_true, y_pred, self.margin, self.distance)
+        else:
+            terms = contrastive_loss(y_true, tf.cast(y_pred, tf.float32), self.margin)
+            pairs = tf.ones_like(terms)
+        return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(terms > 0, tf.float32)), tf.reduce_sum(pairs))
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "in_batch": self.in_batch,

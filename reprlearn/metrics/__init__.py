@@ -1,6 +1,8 @@
-"""Evaluation: retrieval metrics (exact, chunked) and verification metrics (pairs)."""
+"""Evaluation (retrieval, verification) and training-time metrics (active fraction, pair distances)."""
 
 from reprlearn.metrics.retrieval import retrieval_metrics
+from reprlearn.metrics.training import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance
 from reprlearn.metrics.verification import roc_curve, sample_pairs, verification_metrics
 
-__all__ = ["retrieval_metrics", "roc_curve", "sample_pairs", "verification_metrics"]
+__all__ = ["ActiveFraction", "MeanNegativeDistance", "MeanPositiveDistance", "retrieval_metrics", "roc_curve",
+           "sample_pairs", "verification_metrics"]

@@ -1,0 +1,23 @@
+"""Label vectors and the positive/negative pair masks every in-batch loss and miner starts from."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def labels_vector(y) -> tf.Tensor:
+    """`[B]` or `[B, 1]` labels of any numeric or bool dtype, as a `[B]` tensor."""
+    return tf.reshape(tf.convert_to_tensor(y), [-1])
+
+
+def pair_masks(labels) -> tuple[tf.Tensor, tf.Tensor]:
+    """`[N, N]` bool masks of ordered positive pairs (same label, i ≠ j) and negative pairs (different labels).
+
+    Example:
+        positive, negative = pair_masks([0, 0, 1])
+        # positive[0, 1] and positive[1, 0] are True; negative[0, 2] is True; the diagonal is False in both.
+    """
+    labels = labels_vector(labels)
+    same = tf.equal(labels[:, None], labels[None, :])
+    not_self = tf.logical_not(tf.cast(tf.eye(tf.shape(labels)[0]), tf.bool))
+    return tf.logical_and(same, not_self), tf.logical_not(same)

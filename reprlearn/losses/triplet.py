@@ -1,0 +1,181 @@
+"""Triplet losses with online mining: semi-hard (FaceNet), batch-hard and batch-all (Hermans et al. 2017).
+
+All run in O(N²) memory: a miner picks one negative per anchor-positive pair as an index
+into the distance matrix, and batch-all sums over every negative with sorted prefix sums
+instead of an N×N×N tensor. Numbers equal tensorflow-addons' `triplet_semihard_loss` and
+`triplet_hard_loss` wherever every anchor has a positive and a negative; where addons
+returns NaN (no positive pair) these return 0 with a zero gradient.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
+from reprlearn.labels import pair_masks
+from reprlearn.miners import BatchHardMiner, Miner, SemiHardMiner, get_miner
+
+
+class TripletTerms(NamedTuple):
+    """Per anchor-positive pair `[N, N]` float32: summed loss over its negatives, triplet count, active count."""
+    loss: tf.Tensor
+    triplets: tf.Tensor
+    active: tf.Tensor
+
+
+def _every_negative_terms(distances, negative, pair, margin) -> TripletTerms:
+    """Batch-all: for each (a, p), `Σ_n max(margin + D_ap − D_an, 0)` over every negative n of a.
+
+    The hinge is non-zero exactly for the `c` negatives with `D_an < margin + D_ap`, so with a's
+    negative distances sorted ascending the sum is `c·(margin + D_ap) − (sum of the c smallest)`.
+    """
+    n = tf.shape(distances)[0]
+    order = tf.argsort(tf.where(negative, distances, np.inf), axis=1, stable=True)
+    sorted_distances = tf.gather(distances, order, batch_dims=1)  # differentiable through the gather
+    num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
+    is_negative = tf.range(n)[None, :] < num_negatives
+    prefix_sums = tf.pad(tf.cumsum(tf.where(is_negative, sorted_distances, 0.0), axis=1), [[0, 0], [1, 0]])
+    threshold = distances + margin
+    active = tf.searchsorted(tf.where(is_negative, sorted_distances, np.inf), threshold, side="left")
+    loss = tf.cast(active, tf.float32) * threshold - tf.gather(prefix_sums, active, batch_dims=1)
+    return TripletTerms(tf.maximum(loss, 0.0) * pair, tf.cast(num_negatives, tf.float32) * pair,
+                        tf.cast(active, tf.float32) * pair)
+
+
+def triplet_terms(labels, embeddings, miner: Miner, margin: float, distance: Distance = "L2",
+                  soft: bool = False) -> TripletTerms:
+    """Mines the batch and returns each anchor-positive pair's loss, triplet and active-triplet counts."""
+    distances = pairwise_distance(embeddings, distance)
+    positive, negative = pair_masks(labels)
+    mined = miner.mine(distances, positive, negative)
+    pair = tf.cast(mined.pair_mask, tf.float32)
+    if mined.negative_index is None:
+        return _every_negative_terms(distances, negative, pair, margin)
+    gap = distances - tf.gather(distances, mined.negative_index, batch_dims=1)
+    loss = tf.nn.softplus(gap) if soft else tf.maximum(gap + margin, 0.0)
+    return TripletTerms(loss * pair, pair, tf.cast(loss > 0.0, tf.float32) * pair)
+
+
+def _mean(terms: TripletTerms, active_only: bool) -> tf.Tensor:
+    count = terms.active if active_only else terms.triplets
+    return tf.math.divide_no_nan(tf.reduce_sum(terms.loss), tf.reduce_sum(count))
+
+
+def active_triplet_fraction(terms: TripletTerms) -> tf.Tensor:
+    """The fraction of mined triplets with a non-zero loss (0 when nothing was mined)."""
+    return tf.math.divide_no_nan(tf.reduce_sum(terms.active), tf.reduce_sum(terms.triplets))
+
+
+def triplet_loss(labels, embeddings, miner="semi-hard", margin: float = 1.0, distance: Distance = "L2",
+                 soft: bool = False, active_only: bool = False) -> tf.Tensor:
+    """Triplet loss `max(margin + D_ap − D_an, 0)` over the triplets a miner selects, averaged.
+
+    Example:
+        triplet_loss(labels, embeddings, miner="batch-all", margin=0.2, active_only=True)
+
+    Args:
+        labels: `[N]` or `[N, 1]` class ids, int or float.
+        embeddings: `[N, d]`; float16/bfloat16 are computed in float32.
+        miner: `"semi-hard"`, `"batch-hard"`, `"batch-all"` or a `reprlearn.miners.Miner`.
+        margin: the hinge's margin.
+        distance: a metric name or callable (see `reprlearn.distances`).
+        soft: use `softplus(D_ap − D_an)` instead of the hinge (no margin), as in addons' `soft=True`.
+        active_only: average over the triplets with a non-zero loss only (Hermans' "batch-all ≠ 0").
+
+    Returns:
+        A scalar in the embeddings' dtype; 0 with a zero gradient when nothing was mined.
+    """
+    embeddings = tf.convert_to_tensor(embeddings)
+    terms = triplet_terms(labels, embeddings, _check_soft(get_miner(miner), soft), margin, distance, soft)
+    return tf.cast(_mean(terms, active_only), embeddings.dtype)
+
+
+def triplet_semihard_loss(y_true, y_pred, margin: float = 1.0, distance_metric: Distance = "L2") -> tf.Tensor:
+    """tensorflow-addons' `triplet_semihard_loss`, in O(N²) memory: semi-hard mining, mean over positive pairs."""
+    return triplet_loss(y_true, y_pred, SemiHardMiner(), margin, distance_metric)
+
+
+def triplet_hard_loss(y_true, y_pred, margin: float = 1.0, soft: bool = False,
+                      distance_metric: Distance = "L2") -> tf.Tensor:
+    """tensorflow-addons' `triplet_hard_loss`: hardest positive and negative per anchor, mean over anchors."""
+    return triplet_loss(y_true, y_pred, BatchHardMiner(), margin, distance_metric, soft)
+
+
+def _check_soft(miner: Miner, soft: bool) -> Miner:
+    if soft and not miner.picks_one_negative:
+        raise ValueError(f"soft=True needs a miner that picks one negative per pair. Received: miner={miner!r}")
+    return miner
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class TripletLoss(keras.losses.Loss):
+    """Triplet loss with a pluggable miner, for `compile(loss=...)`: `y_true` labels, `y_pred` embeddings.
+
+    Example:
+        model.compile(optimizer="adam", loss=TripletLoss(miner="batch-hard", margin=0.3))
+
+    Args:
+        miner: `"semi-hard"`, `"batch-hard"`, `"batch-all"` or a `reprlearn.miners.Miner`.
+        margin, distance, soft, active_only: as in `triplet_loss`.
+    """
+
+    def __init__(self, miner="semi-hard", margin: float = 1.0, distance: Distance = "L2", soft: bool = False,
+                 active_only: bool = False, name: str = "triplet_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.miner = _check_soft(get_miner(miner), soft)
+        self.margin = check_margin(margin)
+        self.distance = check_metric(distance)
+        self.soft = bool(soft)
+        self.active_only = bool(active_only)
+
+    def _terms(self, y_true, y_pred) -> TripletTerms:
+        return triplet_terms(y_true, y_pred, self.miner, self.margin, self.distance, self.soft)
+
+    def call(self, y_true, y_pred):
+        return tf.cast(_mean(self._terms(y_true, y_pred), self.active_only), y_pred.dtype)
+
+    def active_fraction(self, y_true, y_pred) -> tf.Tensor:
+        """The fraction of mined triplets with a non-zero loss in this batch."""
+        return active_triplet_fraction(self._terms(y_true, y_pred))
+
+    def get_config(self):
+        return {**super().get_config(), "miner": keras.saving.serialize_keras_object(self.miner),
+                "margin": self.margin, "distance": self.distance, "soft": self.soft,
+                "active_only": self.active_only}
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class TripletSemiHardLoss(TripletLoss):
+    """tensorflow-addons' `TripletSemiHardLoss(margin, distance_metric)`, in O(N²) memory.
+
+    Example:
+        model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.2))
+    """
+
+    def __init__(self, margin: float = 1.0, distance_metric: Distance = "L2", name: str = "triplet_semihard_loss",
+                 **kwargs):
+        super().__init__(SemiHardMiner(), margin, distance_metric, name=name, **kwargs)
+
+    def get_config(self):
+        return {**keras.losses.Loss.get_config(self), "margin": self.margin, "distance_metric": self.distance}
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class TripletHardLoss(TripletLoss):
+    """tensorflow-addons' `TripletHardLoss(margin, soft, distance_metric)`: batch-hard mining.
+
+    Example:
+        model.compile(optimizer="adam", loss=TripletHardLoss(margin=0.3, soft=False))
+    """
+
+    def __init__(self, margin: float = 1.0, soft: bool = False, distance_metric: Distance = "L2",
+                 name: str = "triplet_hard_loss", **kwargs):
+        super().__init__(BatchHardMiner(), margin, distance_metric, soft, name=name, **kwargs)
+
+    def get_config(self):
+        return {**keras.losses.Loss.get_config(self), "margin": self.margin, "soft": self.soft,
+                "distance_metric": self.distance}

@@ -1,0 +1,75 @@
+"""Keras metrics to watch during in-batch training: how much of the batch the loss still uses, and how far apart pairs are.
+
+Example:
+    loss = TripletSemiHardLoss(margin=0.2)
+    model.compile(optimizer="adam", loss=loss,
+                  metrics=[ActiveFraction(loss), MeanPositiveDistance(), MeanNegativeDistance()])
+
+Each is a batch mean of a per-batch value: `y_true` holds labels and `y_pred` embeddings.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from reprlearn.distances import Distance, check_metric, pairwise_distance
+from reprlearn.labels import pair_masks
+
+
+def mean_pair_distance(labels, embeddings, positive: bool, distance: Distance = "L2") -> tf.Tensor:
+    """The mean distance over the ordered positive (or negative) pairs of a batch; 0 if there are none."""
+    positives, negatives = pair_masks(labels)
+    mask = tf.cast(positives if positive else negatives, tf.float32)
+    d = pairwise_distance(embeddings, distance)
+    return tf.math.divide_no_nan(tf.reduce_sum(d * mask), tf.reduce_sum(mask))
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class ActiveFraction(keras.metrics.Mean):
+    """The fraction of mined triplets (or pairs) with a non-zero loss: near 0 means the loss has stopped learning.
+
+    Args:
+        loss: a reprlearn loss with an `active_fraction(y_true, y_pred)` method (every loss in `reprlearn.losses`).
+    """
+
+    def __init__(self, loss, name: str = "active_fraction", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        if not hasattr(loss, "active_fraction"):
+            raise ValueError(f"loss must be a reprlearn loss with an active_fraction method. Received: loss={loss!r}")
+        self.loss = loss
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self.loss.active_fraction(y_true, tf.cast(y_pred, tf.float32)))
+
+    def get_config(self):
+        return {**super().get_config(), "loss": keras.saving.serialize_keras_object(self.loss)}
+
+
+class _MeanPairDistance(keras.metrics.Mean):
+    positive: bool
+
+    def __init__(self, distance: Distance = "L2", name: str | None = None, **kwargs):
+        default = "mean_positive_distance" if self.positive else "mean_negative_distance"
+        super().__init__(name=name or default, **kwargs)
+        self.distance = check_metric(distance)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(mean_pair_distance(y_true, y_pred, self.positive, self.distance))
+
+    def get_config(self):
+        return {**super().get_config(), "distance": self.distance}
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class MeanPositiveDistance(_MeanPairDistance):
+    """The batch's mean distance between items of the same class."""
+    positive = True
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class MeanNegativeDistance(_MeanPairDistance):
+    """The batch's mean distance between items of different classes."""
+    positive = False
