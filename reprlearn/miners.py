@@ -4,8 +4,8 @@ A miner returns fixed-shape tensors, never ragged index lists, so it runs under
 `tf.function`, XLA, `tf.distribute` and export:
 
 - `pair_mask` `[N, N]` bool: the anchor-positive pairs (a, p) the loss uses;
-- `negative_index` `[N, N]` int32: the one negative mined for each (a, p), or `None`
-  when every negative of the anchor counts (batch-all).
+- `negative_index` `[N, N]` int32: the one negative mined for each (a, p) (`[N, 1]` when it
+  depends on the anchor only), or `None` when every negative of the anchor counts (batch-all).
 
 Example:
     d = pairwise_distance(embeddings, "L2")
@@ -75,9 +75,9 @@ class SemiHardMiner(Miner):
     """
 
     def mine(self, distances, positive, negative):
-        negative_distances = tf.where(negative, distances, np.inf)
-        order = tf.argsort(negative_distances, axis=1, stable=True)
-        sorted_negatives = tf.gather(negative_distances, order, batch_dims=1)
+        # One top_k gives each anchor's negative distances sorted ascending and their columns.
+        negated_sorted, order = tf.math.top_k(tf.where(negative, -distances, -np.inf), k=tf.shape(distances)[1])
+        sorted_negatives = -negated_sorted
         num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
         first_farther = tf.searchsorted(sorted_negatives, distances, side="right")
         rank = tf.where(first_farther < num_negatives, first_farther, num_negatives - 1)
@@ -99,7 +99,7 @@ class BatchHardMiner(Miner):
         is_hardest = tf.equal(tf.range(n)[None, :], hardest_positive[:, None])
         valid = tf.logical_and(_has_any(positive), _has_any(negative))
         pair_mask = tf.logical_and(is_hardest, valid)
-        return MinedTriplets(pair_mask, tf.broadcast_to(hardest_negative[:, None], [n, n]))
+        return MinedTriplets(pair_mask, hardest_negative[:, None])
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
