@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs:
-#   make demo   # venv + install + Fashion-MNIST, then train -> evaluate -> report on configs/demo.yaml
+#   make demo   # venv + install + Fashion-MNIST, then train -> evaluate -> report -> export on configs/demo.yaml
 #   make test   # venv + install, then the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -30,6 +30,7 @@ data:
 
 demo: venv data
 	$(VENV)/bin/reprlearn train configs/demo.yaml --out $(DEMO_OUT)
+	$(VENV)/bin/reprlearn export $(DEMO_OUT) --out $(DEMO_OUT)/serving --name demo
 
 test: venv data
 	$(PY) -m pytest -q

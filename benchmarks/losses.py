@@ -78,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024, 4096, 8192])
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES, metavar="LOSS",
+                        help="losses to measure (the first row of each N is the ratio's base)")
     parser.add_argument("--child", nargs=2, metavar=("LOSS", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -91,7 +93,7 @@ def main() -> None:
     print("-" * len(header))
     for n in args.sizes:
         base = None
-        for name in LOSSES:
+        for name in args.losses:
             out = subprocess.run([sys.executable, __file__, "--child", name, str(n), "--dim", str(args.dim)],
                                  capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])

@@ -24,6 +24,17 @@ def _train(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from reprlearn.export import export_run
+
+    print(f"Exporting {args.run_dir} → {args.out}")
+    result = export_run(args.run_dir, args.out, args.format, args.quantize, args.name, args.version, args.force)
+    if result["saved_model"]:
+        print(f"SavedModel: {result['saved_model']} (signatures: {', '.join(result['signatures'])})")
+    print(f"TFLite/ONNX and parity report: {result['artifacts']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprlearn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default runs/<config name>); re-running resumes")
     train.add_argument("--quiet", action="store_true", help="no Keras progress bars")
     train.set_defaults(handler=_train)
+    export = commands.add_parser("export", help="export a run's model to SavedModel, TFLite and ONNX, checked "
+                                                "against Keras")
+    export.add_argument("run_dir", help="a finished run folder (holds model.keras)")
+    export.add_argument("--out", required=True, help="model base folder; the SavedModel goes to OUT/NAME/VERSION")
+    export.add_argument("--format", default="saved_model,tflite,onnx", help="comma-separated formats")
+    export.add_argument("--quantize", default="none,dynamic,float16,int8", help="comma-separated TFLite variants")
+    export.add_argument("--name", help="model name (default: the run folder's name)")
+    export.add_argument("--version", type=int, help="version number (default: the next free one)")
+    export.add_argument("--force", action="store_true", help="replace an existing version")
+    export.set_defaults(handler=_export)
     return parser
 
 
@@ -44,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     from reprlearn.config import ConfigError
     from reprlearn.data import DatasetNotFoundError
+    from reprlearn.export import ExportError
 
     try:
         return args.handler(args)
-    except (ConfigError, DatasetNotFoundError, ValueError) as err:
+    except (ConfigError, DatasetNotFoundError, ExportError, ValueError) as err:
         print(f"reprlearn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

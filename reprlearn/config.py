@@ -58,9 +58,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    # contrastive: in-batch pairs of P×K batches; pair_contrastive: a Siamese pair model on balanced pairs;
+    # triplet_semihard / triplet_hard / triplet_batch_all / lifted_struct: in-batch mining on P×K batches.
     name: str = "contrastive"
     margin: float = 0.5
     distance: str = "L2"
+    # triplet_hard only: softplus(D_ap - D_an) instead of the margin hinge.
+    soft: bool = False
 
 
 @dataclass
@@ -98,7 +102,8 @@ class Config:
 CHOICES = {
     "data.protocol": ("seen-classes", "unseen-classes"),
     "model.tower": ("mlp", "conv", "backbone"),
-    "loss.name": ("contrastive", "pair_contrastive"),
+    "loss.name": ("contrastive", "pair_contrastive", "triplet_semihard", "triplet_hard", "triplet_batch_all",
+                  "lifted_struct"),
     "loss.distance": ("L2", "squared-L2", "angular"),
     "eval.projection": ("tsne", "pca"),
 }
@@ -161,6 +166,11 @@ def _check_ranges(cfg: Config) -> None:
                           f"Received: train.examples_per_class={cfg.train.examples_per_class!r}")
     if cfg.loss.margin < 0:
         raise ConfigError(f"config: loss.margin must be >= 0. Received: loss.margin={cfg.loss.margin!r}")
+    if cfg.loss.name == "lifted_struct" and cfg.loss.distance != "L2":
+        raise ConfigError("config: lifted_struct is defined on L2 distances. "
+                          f"Received: loss.distance={cfg.loss.distance!r}")
+    if cfg.loss.soft and cfg.loss.name != "triplet_hard":
+        raise ConfigError(f"config: loss.soft applies to triplet_hard only. Received: loss.name={cfg.loss.name!r}")
 
 
 def config_from_dict(raw: dict | None) -> Config:

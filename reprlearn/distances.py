@@ -59,11 +59,10 @@ def pairwise_distance(embeddings, metric: Distance = "L2") -> tf.Tensor:
     if callable(metric):
         return _as_float32(metric(embeddings))
     x = _as_float32(embeddings)
-    n = tf.shape(x)[0]
-    off_diagonal = 1.0 - tf.eye(n, dtype=tf.float32)
+    zero_diagonal = tf.zeros(tf.shape(x)[:1], tf.float32)
     if metric == "angular":
         unit = tf.math.l2_normalize(x, axis=1)
-        return tf.maximum(1.0 - tf.matmul(unit, unit, transpose_b=True), 0.0) * off_diagonal
+        return tf.linalg.set_diag(tf.maximum(1.0 - tf.matmul(unit, unit, transpose_b=True), 0.0), zero_diagonal)
     # ||a||² + ||b||² − 2ab cancels catastrophically for close points. Centring first (distances do not change)
     # shrinks the norms and so the error; reading the norms off the Gram diagonal makes exact duplicates
     # come out at exactly 0, since all three terms are then the same dot product.
@@ -71,7 +70,7 @@ def pairwise_distance(embeddings, metric: Distance = "L2") -> tf.Tensor:
     gram = tf.matmul(x, x, transpose_b=True)
     squared_norm = tf.linalg.diag_part(gram)
     squared = squared_norm[:, None] + squared_norm[None, :] - 2.0 * gram
-    squared = tf.maximum(squared, 0.0) * off_diagonal
+    squared = tf.linalg.set_diag(tf.maximum(squared, 0.0), zero_diagonal)
     return squared if metric == "squared-L2" else safe_sqrt(squared)
 
 

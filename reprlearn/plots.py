@@ -95,7 +95,8 @@ def plot_retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndar
 
 def plot_history(history: list[dict], path: Path) -> None:
     epochs = np.arange(1, len(history) + 1)
-    keys = [k for k in ("loss", "val_map_at_r", "val_precision_at_1") if history and k in history[0]]
+    keys = [k for k in ("loss", "active_fraction", "mean_positive_distance", "mean_negative_distance",
+                        "val_map_at_r", "val_precision_at_1") if history and k in history[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
         ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o")

@@ -17,12 +17,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from reprlearn.config import Config, config_to_dict, save_config
+from reprlearn.config import Config, LossConfig, config_to_dict, save_config
 from reprlearn.data import ImageSet, Splits, load_dataset, make_splits
 from reprlearn.data.pipelines import pair_batches, pk_batches
 from reprlearn.distances import paired_distance
-from reprlearn.losses import ContrastiveLoss
-from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
+from reprlearn.losses import ContrastiveLoss, LiftedStructLoss, TripletLoss
+from reprlearn.metrics import (ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics,
+                               sample_pairs, verification_metrics)
 from reprlearn.models import build_tower, siamese_pair_model
 
 TOWER_NAME = "tower"
@@ -87,15 +88,33 @@ def is_pair_loss(cfg: Config) -> bool:
     return cfg.loss.name == "pair_contrastive"
 
 
+def make_loss(cfg: LossConfig) -> keras.losses.Loss:
+    """The Keras loss a config names."""
+    if cfg.name == "pair_contrastive":
+        return ContrastiveLoss(margin=cfg.margin)
+    if cfg.name == "contrastive":
+        return ContrastiveLoss(margin=cfg.margin, in_batch=True, distance=cfg.distance)
+    if cfg.name == "lifted_struct":
+        return LiftedStructLoss(margin=cfg.margin)
+    miner = {"triplet_semihard": "semi-hard", "triplet_hard": "batch-hard", "triplet_batch_all": "batch-all"}
+    return TripletLoss(miner=miner[cfg.name], margin=cfg.margin, distance=cfg.distance, soft=cfg.soft,
+                       active_only=cfg.name == "triplet_batch_all")
+
+
 def build_model(cfg: Config, tower: keras.Model) -> keras.Model:
-    """The compiled training model: the tower itself for in-batch losses, a Siamese pair model for pair losses."""
+    """The compiled training model: the tower itself for in-batch losses, a Siamese pair model for pair losses.
+
+    In-batch runs also log the active fraction of the loss and the mean positive and negative distances.
+    """
+    loss = make_loss(cfg.loss)
     if is_pair_loss(cfg):
         model = siamese_pair_model(tower, distance=cfg.loss.distance)
-        loss = ContrastiveLoss(margin=cfg.loss.margin)
+        metrics = [ActiveFraction(loss)]
     else:
         model = tower
-        loss = ContrastiveLoss(margin=cfg.loss.margin, in_batch=True, distance=cfg.loss.distance)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss,
+        metrics = [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance),
+                   MeanNegativeDistance(cfg.loss.distance)]
+    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss, metrics=metrics,
                   jit_compile=cfg.train.jit_compile)
     return model
 

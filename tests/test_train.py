@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from reprlearn.cli import main
-from reprlearn.config import config_from_dict
+from reprlearn.config import ConfigError, config_from_dict
 from reprlearn.data.imageset import ImageSet
 from reprlearn.train import run_training
 
@@ -72,6 +72,28 @@ def test_pair_contrastive_run_trains_a_siamese_model(tmp_path, tiny_sets):
     report = run_training(cfg, tmp_path, sets=tiny_sets, verbose=0)
     assert (tmp_path / "pair_model.keras").is_file()
     assert report["train"]["batch_size"] == 16 and np.isfinite(report["metrics"]["test"]["map_at_r"])
+
+
+@pytest.mark.parametrize("loss", [{"name": "triplet_semihard", "margin": 0.2},
+                                  {"name": "triplet_hard", "margin": 0.2, "soft": True},
+                                  {"name": "triplet_batch_all", "margin": 0.2, "distance": "squared-L2"},
+                                  {"name": "lifted_struct", "margin": 1.0}], ids=lambda loss: loss["name"])
+def test_mining_losses_train_log_batch_statistics_and_learn(tmp_path, tiny_sets, loss):
+    report = run_training(_cfg(loss=loss, train={"epochs": 3}), tmp_path, sets=tiny_sets, verbose=0)
+    history = report["train"]["history"]
+    assert {"active_fraction", "mean_positive_distance", "mean_negative_distance"} <= set(history[0])
+    assert 0.0 <= history[-1]["active_fraction"] <= 1.0
+    assert history[-1]["mean_negative_distance"] > history[-1]["mean_positive_distance"]
+    assert report["metrics"]["test"]["map_at_r"] > 0.6
+
+
+def test_loss_config_combinations_are_checked():
+    with pytest.raises(ConfigError, match="loss.distance='angular'"):
+        _cfg(loss={"name": "lifted_struct", "distance": "angular"})
+    with pytest.raises(ConfigError, match="loss.name='triplet_semihard'"):
+        _cfg(loss={"name": "triplet_semihard", "soft": True})
+    with pytest.raises(ConfigError, match="loss.name='arcface'"):
+        _cfg(loss={"name": "arcface"})
 
 
 def test_bad_inputs_fail_before_training(tmp_path, tiny_sets):

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
-from reprlearn.labels import labels_vector
+from reprlearn.labels import labels_vector, pair_masks
 
 
 def _pair_term(match: tf.Tensor, distance: tf.Tensor, margin: float) -> tf.Tensor:
@@ -38,7 +38,7 @@ def contrastive_loss(y_true, y_pred, margin: float = 1.0) -> tf.Tensor:
 
 
 def in_batch_contrastive_loss(labels, embeddings, margin: float = 1.0, distance: Distance = "L2") -> tf.Tensor:
-    """Contrastive loss over every unordered pair i < j of a batch, averaged.
+    """Contrastive loss over every pair of a batch, averaged.
 
     Example:
         in_batch_contrastive_loss(labels=[0, 0, 1], embeddings=tf.random.normal([3, 8]))
@@ -58,13 +58,14 @@ def in_batch_contrastive_loss(labels, embeddings, margin: float = 1.0, distance:
 
 
 def _in_batch_terms(labels, embeddings, margin: float, distance: Distance) -> tuple[tf.Tensor, tf.Tensor]:
-    """`[N, N]` per-pair terms on the unordered pairs i < j (zero elsewhere), and that pair mask."""
-    labels = labels_vector(labels)
+    """`[N, N]` per-pair terms on the ordered pairs i ≠ j (zero on the diagonal), and that pair mask.
+
+    Every unordered pair appears twice, so the mean over ordered pairs is the mean over unordered ones.
+    """
     d = pairwise_distance(embeddings, distance)
-    match = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
-    n = tf.shape(d)[0]
-    upper = tf.linalg.band_part(tf.ones([n, n]), 0, -1) - tf.eye(n)
-    return _pair_term(match, d, margin) * upper, upper
+    positive, negative = pair_masks(labels)
+    terms = tf.where(positive, tf.square(d), tf.where(negative, tf.square(tf.maximum(margin - d, 0.0)), 0.0))
+    return terms, tf.cast(tf.logical_or(positive, negative), tf.float32)
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")

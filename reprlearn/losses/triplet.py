@@ -33,17 +33,17 @@ def _every_negative_terms(distances, negative, pair, margin) -> TripletTerms:
     The hinge is non-zero exactly for the `c` negatives with `D_an < margin + D_ap`, so with a's
     negative distances sorted ascending the sum is `c·(margin + D_ap) − (sum of the c smallest)`.
     """
-    n = tf.shape(distances)[0]
-    order = tf.argsort(tf.where(negative, distances, np.inf), axis=1, stable=True)
-    sorted_distances = tf.gather(distances, order, batch_dims=1)  # differentiable through the gather
-    num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
-    is_negative = tf.range(n)[None, :] < num_negatives
-    prefix_sums = tf.pad(tf.cumsum(tf.where(is_negative, sorted_distances, 0.0), axis=1), [[0, 0], [1, 0]])
+    # top_k's values carry the gradient back to `distances`; entries past an anchor's negatives are +inf.
+    negated_sorted, _ = tf.math.top_k(tf.where(negative, -distances, -np.inf), k=tf.shape(distances)[1])
+    sorted_negatives = -negated_sorted
+    finite = tf.math.is_finite(sorted_negatives)
+    # count <= number of negatives <= N - 1 (the anchor is not its own negative): the exclusive cumsum suffices.
+    prefix_sums = tf.cumsum(tf.where(finite, sorted_negatives, 0.0), axis=1, exclusive=True)
     threshold = distances + margin
-    active = tf.searchsorted(tf.where(is_negative, sorted_distances, np.inf), threshold, side="left")
+    active = tf.searchsorted(sorted_negatives, threshold, side="left")
     loss = tf.cast(active, tf.float32) * threshold - tf.gather(prefix_sums, active, batch_dims=1)
-    return TripletTerms(tf.maximum(loss, 0.0) * pair, tf.cast(num_negatives, tf.float32) * pair,
-                        tf.cast(active, tf.float32) * pair)
+    num_negatives = tf.reduce_sum(tf.cast(finite, tf.float32), axis=1, keepdims=True)
+    return TripletTerms(tf.maximum(loss, 0.0) * pair, num_negatives * pair, tf.cast(active, tf.float32) * pair)
 
 
 def triplet_terms(labels, embeddings, miner: Miner, margin: float, distance: Distance = "L2",

@@ -1,0 +1,190 @@
+"""`reprlearn export`: a run folder's model → SavedModel, TFLite and ONNX, each checked against Keras.
+
+Layout under `--out DIR`:
+
+    DIR/NAME/VERSION/             the SavedModel (what TF Serving polls)
+    DIR/NAME/artifacts/VERSION/   model-<quantization>.tflite, model.onnx, parity.json, parity.md
+
+Everything is written to a staging folder beside DIR and moved into place only after every
+parity gate passed: a failed export leaves DIR exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from reprlearn.config import load_config
+from reprlearn.data import load_dataset, make_splits
+from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_onnx, convert_tflite, onnx_embedder
+from reprlearn.export.savedmodel import write_saved_model
+from reprlearn.metrics import retrieval_metrics
+from reprlearn.train import embed
+
+FORMATS = ("saved_model", "tflite", "onnx")
+# Largest allowed max-abs embedding difference (float32 formats) and MAP@R drop (quantized TFLite).
+MAX_ABS_DIFF = 1e-4
+MAX_MAP_DROP = {"dynamic": 0.01, "float16": 0.01, "int8": 0.03}
+PROBE_IMAGES = 1000
+REPRESENTATIVE_IMAGES = 200
+
+
+class ExportError(RuntimeError):
+    """An export failed a parity gate or cannot start; nothing was written to the output folder."""
+
+
+def _parse_list(value: str | list[str], allowed: tuple[str, ...], argument: str) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [item.strip() for item in items if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise ValueError(f"{argument} must be a comma-separated subset of {list(allowed)}. "
+                         f"Received: {argument}={','.join(items) or value!r}")
+    return items
+
+
+def next_version(model_dir: Path) -> int:
+    """1 + the largest numeric version folder in `model_dir` (1 if there is none)."""
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _file_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _parity_row(name: str, path: Path, embeddings: np.ndarray, probe_reference: np.ndarray, labels: np.ndarray,
+                metric: str, keras_map: float) -> dict:
+    map_at_r = retrieval_metrics(embeddings, labels, metric, compute_nmi=False)["map_at_r"]
+    return {"format": name, "file": path.name, "bytes": _file_size(path),
+            "max_abs_diff": float(np.max(np.abs(embeddings[:len(probe_reference)] - probe_reference))),
+            "map_at_r": float(map_at_r), "map_at_r_drop": float(keras_map - map_at_r)}
+
+
+def _gate(row: dict) -> str | None:
+    """The failure message of a parity row, or None if it passes."""
+    quantization = row["format"].split("-", 1)[1] if row["format"].startswith("tflite-") else "none"
+    if quantization in MAX_MAP_DROP:
+        if row["map_at_r_drop"] > MAX_MAP_DROP[quantization]:
+            return (f"{row['format']}: MAP@R drop {row['map_at_r_drop']:.4f} exceeds "
+                    f"{MAX_MAP_DROP[quantization]} (MAP@R {row['map_at_r']:.4f})")
+    elif row["max_abs_diff"] > MAX_ABS_DIFF:
+        return f"{row['format']}: max abs diff {row['max_abs_diff']:.2e} exceeds {MAX_ABS_DIFF:.0e}"
+    return None
+
+
+def _write_parity(rows: list[dict], keras_map: float, directory: Path) -> None:
+    (directory / "parity.json").write_text(json.dumps({"keras_map_at_r": keras_map, "formats": rows}, indent=2))
+    lines = [f"Keras MAP@R on the test protocol: {keras_map:.4f}", "",
+             "| format | file | size (KiB) | max abs diff vs Keras | MAP@R | drop |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['format']} | {r['file']} | {r['bytes'] / 1024:.0f} | {r['max_abs_diff']:.2e} | "
+              f"{r['map_at_r']:.4f} | {r['map_at_r_drop']:+.4f} |" for r in rows]
+    (directory / "parity.md").write_text("\n".join(lines) + "\n")
+
+
+def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite,onnx",
+               quantize="none,dynamic,float16,int8", name: str | None = None, version: int | None = None,
+               force: bool = False, verbose: bool = True) -> dict:
+    """Exports a finished run and checks every artefact against the Keras model.
+
+    Args:
+        run_dir: a `reprlearn train` run folder (holds model.keras, config.yaml, report.json).
+        out: the model base folder TF Serving serves from.
+        formats: subset of `FORMATS`, as a list or comma-separated.
+        quantize: TFLite variants, subset of `QUANTIZATIONS`.
+        name: the model name (default: the run folder's name).
+        version: the version number (default: the next free one).
+        force: replace an existing version.
+
+    Returns:
+        The parity report (also written as parity.json/parity.md beside the exports).
+
+    Raises:
+        ValueError: a bad argument or run folder. ExportError: a failed parity gate. Either way `out` is unchanged.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    formats = _parse_list(formats, FORMATS, "format")
+    quantizations = _parse_list(quantize, QUANTIZATIONS, "quantize")
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file() or not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"run_dir must be a finished run folder with model.keras and config.yaml. "
+                         f"Received: run_dir={str(run_dir)!r}")
+    name = name or run_dir.resolve().name
+    version = next_version(out / name) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer. Received: version={version}")
+    targets = [out / name / str(version), out / name / "artifacts" / str(version)]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise ValueError(f"version {version} of {name!r} already exists ({existing[0]}); pass --force to replace it. "
+                         f"Received: version={version}")
+
+    cfg = load_config(run_dir / "config.yaml")
+    report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
+    is_pair = (run_dir / "pair_model.keras").is_file()
+    threshold = report.get("metrics", {}).get("verification", {}).get("threshold") if is_pair else None
+    splits = make_splits(load_dataset(cfg.data.name, cfg.data.data_dir), cfg.data.protocol, cfg.data.train_classes,
+                         cfg.data.validation_fraction, cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    tower = keras.saving.load_model(model_path)
+    test_images, test_labels = splits.test.images, splits.test.labels
+    keras_embeddings = embed(tower, test_images)
+    probe = keras_embeddings[:PROBE_IMAGES]
+    keras_map = float(retrieval_metrics(keras_embeddings, test_labels, cfg.loss.distance, compute_nmi=False)["map_at_r"])
+    rng = np.random.default_rng(cfg.data.seed)
+    representative = splits.train.images[rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)),
+                                                    replace=False)]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".reprlearn-export-", dir=out.parent))
+    try:
+        saved_model = staging / "saved_model"
+        signatures = write_saved_model(tower, saved_model, cfg.loss.distance, threshold)
+        artifacts = staging / "artifacts"
+        artifacts.mkdir()
+        rows = []
+
+        def check(row_name: str, path: Path, embeddings: np.ndarray) -> None:
+            rows.append(_parity_row(row_name, path, embeddings, probe, test_labels, cfg.loss.distance, keras_map))
+            if verbose:
+                r = rows[-1]
+                print(f"  {row_name:<16} {r['bytes'] / 1024:>8.0f} KiB  max|diff| {r['max_abs_diff']:.2e}  "
+                      f"MAP@R {r['map_at_r']:.4f}", flush=True)
+
+        if "saved_model" in formats:
+            import tensorflow as tf
+            serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+            check("saved_model", saved_model, np.concatenate(
+                [serve(images=tf.constant(test_images[i:i + 512], tf.float32))["embedding"].numpy()
+                 for i in range(0, len(test_images), 512)]))
+        if "tflite" in formats:
+            for quantization in quantizations:
+                path = artifacts / f"model-{'float32' if quantization == 'none' else quantization}.tflite"
+                path.write_bytes(convert_tflite(saved_model, quantization, representative))
+                check(f"tflite-{quantization}", path, TFLiteEmbedder(path)(test_images))
+        if "onnx" in formats:
+            path = artifacts / "model.onnx"
+            convert_onnx(saved_model, path)
+            check("onnx", path, onnx_embedder(path)(test_images))
+        _write_parity(rows, keras_map, artifacts)
+        failures = [message for message in map(_gate, rows) if message]
+        if failures:
+            raise ExportError("parity gate failed: " + "; ".join(failures))
+
+        # Every gate passed: move into place, the SavedModel last, as one rename each.
+        for target in targets:
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(artifacts, targets[1])
+        if "saved_model" in formats:
+            os.replace(saved_model, targets[0])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"name": name, "version": version, "signatures": signatures, "keras_map_at_r": keras_map, "formats": rows,
+            "saved_model": str(targets[0]) if "saved_model" in formats else None, "artifacts": str(targets[1])}

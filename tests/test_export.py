@@ -1,0 +1,129 @@
+"""Export: SavedModel signatures loadable without reprlearn, TFLite and ONNX parity, atomic and safe on failure."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from reprlearn.cli import main
+from reprlearn.config import config_from_dict
+from reprlearn.export import ExportError, TFLiteEmbedder, export_run
+from reprlearn.export import run as export_module
+from reprlearn.train import run_training
+
+TINY = {"data": {"name": "digits", "max_test": 300},
+        "model": {"tower": "conv", "filters": [4], "dense": 16, "embedding_dim": 8},
+        "train": {"epochs": 1, "steps_per_epoch": 3, "classes_per_batch": 4, "examples_per_class": 4},
+        "eval": {"verification_pairs": 200, "projection": "pca", "projection_points": 50, "projector_points": 20,
+                 "grid_queries": 2, "grid_neighbours": 3}}
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")) if directory.exists() else []
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "digits_run"
+    run_training(config_from_dict(TINY), out, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair_run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pair_run") / "digits_pairs"
+    raw = {**TINY, "model": {"tower": "mlp", "hidden": [16], "embedding_dim": 8},
+           "loss": {"name": "pair_contrastive", "margin": 1.0}, "train": {**TINY["train"], "pair_batch_size": 16}}
+    run_training(config_from_dict(raw), out, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serving")
+    return out, export_run(run_dir, out, verbose=False)
+
+
+def test_every_format_is_written_and_matches_keras(exported):
+    out, result = exported
+    assert result["version"] == 1 and (out / "digits_run" / "1" / "saved_model.pb").is_file()
+    artifacts = out / "digits_run" / "artifacts" / "1"
+    assert sorted(p.name for p in artifacts.iterdir()) == sorted(
+        ["model-float32.tflite", "model-dynamic.tflite", "model-float16.tflite", "model-int8.tflite", "model.onnx",
+         "parity.json", "parity.md"])
+    rows = {row["format"]: row for row in json.loads((artifacts / "parity.json").read_text())["formats"]}
+    assert set(rows) == {"saved_model", "tflite-none", "tflite-dynamic", "tflite-float16", "tflite-int8", "onnx"}
+    for name in ("saved_model", "tflite-none", "onnx"):
+        assert rows[name]["max_abs_diff"] <= 1e-4, name
+    assert rows["tflite-int8"]["map_at_r_drop"] <= 0.03 and rows["tflite-float16"]["map_at_r_drop"] <= 0.01
+    assert rows["tflite-int8"]["bytes"] < rows["tflite-none"]["bytes"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".reprlearn-export-")]  # staging cleaned
+
+
+def test_int8_model_is_quantized_but_called_with_float_images(exported, run_dir):
+    out, _ = exported
+    embedder = TFLiteEmbedder(out / "digits_run" / "artifacts" / "1" / "model-int8.tflite")
+    assert embedder.input["dtype"] == np.uint8 and embedder.output["dtype"] == np.int8
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1)).astype(np.float32)
+    embeddings = embedder(images)
+    assert embeddings.dtype == np.float32 and embeddings.shape == (3, 8)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=0.05)  # the tower L2-normalises
+
+
+def test_saved_model_loads_without_reprlearn(exported):
+    out, _ = exported
+    script = ("import sys; sys.modules['reprlearn'] = None\n"
+              "import numpy as np, tensorflow as tf\n"
+              f"m = tf.saved_model.load({str(out / 'digits_run' / '1')!r})\n"
+              "print(sorted(m.signatures))\n"
+              "f = m.signatures['serving_default']\n"
+              "print(sorted(f.structured_input_signature[1]), sorted(f.structured_outputs))\n"
+              "e = f(images=tf.zeros([2, 8, 8, 1]))['embedding'].numpy()\n"
+              "u = m.signatures['embed_uint8'](images=tf.zeros([2, 8, 8, 1], tf.uint8))['embedding'].numpy()\n"
+              "print(e.shape, float(np.abs(e - u).max()))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["['embed_uint8', 'serving_default']", "['images'] ['embedding']",
+                                        "(2, 8) 0.0"]
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    shown = subprocess.run([str(cli), "show", "--all", "--dir", str(out / "digits_run" / "1")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "signature_def['serving_default']" in shown and "outputs['embedding']" in shown
+
+
+def test_pair_run_adds_distance_and_verify(pair_run_dir, tmp_path):
+    result = export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False)
+    assert result["signatures"] == ["serving_default", "embed_uint8", "distance", "verify"]
+    loaded = tf.saved_model.load(result["saved_model"])
+    a = tf.random.uniform([4, 8, 8, 1], 0, 16)
+    verify = loaded.signatures["verify"](images_a=a, images_b=a)
+    assert sorted(verify) == ["distance", "match"] and verify["match"].dtype == tf.bool
+    assert np.allclose(verify["distance"].numpy(), 0.0, atol=1e-3) and verify["match"].numpy().all()
+    threshold = json.loads((pair_run_dir / "report.json").read_text())["metrics"]["verification"]["threshold"]
+    b = tf.random.uniform([4, 8, 8, 1], 0, 16)
+    pair = loaded.signatures["verify"](images_a=a, images_b=b)
+    np.testing.assert_array_equal(pair["match"].numpy(), pair["distance"].numpy() <= threshold)
+    # The next export without --version takes the next free number.
+    assert export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False)["version"] == 2
+
+
+def test_failures_leave_the_output_folder_unchanged(run_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "serving"
+    (out / "digits_run" / "1").mkdir(parents=True)
+    (out / "digits_run" / "1" / "keep.txt").write_text("an existing version")
+    before = _listing(tmp_path)
+    with pytest.raises(ValueError, match="version=1"):
+        export_run(run_dir, out, formats="saved_model", version=1, verbose=False)
+    with pytest.raises(ValueError, match="format=saved_model,coreml"):
+        export_run(run_dir, out, formats="saved_model,coreml", verbose=False)
+    with pytest.raises(ValueError, match="run_dir="):
+        export_run(tmp_path / "no_such_run", out, verbose=False)
+    monkeypatch.setattr(export_module, "MAX_ABS_DIFF", -1.0)  # every float32 format now fails its gate
+    with pytest.raises(ExportError, match="saved_model: max abs diff"):
+        export_run(run_dir, out, formats="saved_model", verbose=False)
+    assert main(["export", str(run_dir), "--out", str(out), "--format", "saved_model"]) == 2
+    assert "parity gate failed" in capsys.readouterr().err
+    assert _listing(tmp_path) == before
