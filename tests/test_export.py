@@ -117,7 +117,7 @@ def test_failures_leave_the_output_folder_unchanged(run_dir, tmp_path, monkeypat
     before = _listing(tmp_path)
     with pytest.raises(ValueError, match="version=1"):
         export_run(run_dir, out, formats="saved_model", version=1, verbose=False)
-    with pytest.raises(ValueError, match="format=saved_model,coreml"):
+    with pytest.raises(ValueError, match="format='saved_model,coreml'"):
         export_run(run_dir, out, formats="saved_model,coreml", verbose=False)
     with pytest.raises(ValueError, match="run_dir="):
         export_run(tmp_path / "no_such_run", out, verbose=False)

@@ -89,9 +89,10 @@ def convert_onnx(saved_model: Path, path: Path, opset: int = 17) -> None:
     import tf2onnx
 
     loaded = tf.saved_model.load(str(saved_model))
-    function = loaded.signatures["serving_default"]
-    spec = function.structured_input_signature[1]["images"]
-    tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset, output_path=str(path))
+    signature = loaded.signatures["serving_default"]
+    spec = signature.structured_input_signature[1]["images"]
+    embed = tf.function(lambda images: signature(images=images)["embedding"], input_signature=[spec])
+    tf2onnx.convert.from_function(embed, input_signature=[spec], opset=opset, output_path=str(path))
 
 
 def onnx_embedder(path: Path) -> Callable[[np.ndarray], np.ndarray]:
