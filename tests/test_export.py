@@ -13,6 +13,7 @@ from reprlearn.cli import main
 from reprlearn.config import config_from_dict
 from reprlearn.export import ExportError, TFLiteEmbedder, export_run
 from reprlearn.export import run as export_module
+from reprlearn.export.requests import request_bodies
 from reprlearn.train import run_training
 
 TINY = {"data": {"name": "digits", "max_test": 300},
@@ -106,6 +107,9 @@ def test_pair_run_adds_distance_and_verify(pair_run_dir, tmp_path):
     b = tf.random.uniform([4, 8, 8, 1], 0, 16)
     pair = loaded.signatures["verify"](images_a=a, images_b=b)
     np.testing.assert_array_equal(pair["match"].numpy(), pair["distance"].numpy() <= threshold)
+    # The example REST bodies name exactly each signature's inputs.
+    for name, body in request_bodies(np.zeros((2, 8, 8, 1), np.uint8)).items():
+        assert sorted(body["instances"][0]) == sorted(loaded.signatures[name].structured_input_signature[1]), name
     # The next export without --version takes the next free number.
     assert export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False)["version"] == 2
 

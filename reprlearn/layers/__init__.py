@@ -3,5 +3,6 @@
 from reprlearn.layers.channels import RepeatChannels
 from reprlearn.layers.distance import PairDistance
 from reprlearn.layers.lifted import LiftedStructLossLayer
+from reprlearn.layers.unpooling import MaxPoolingWithArgmax2D, MaxUnpooling2D
 
-__all__ = ["LiftedStructLossLayer", "PairDistance", "RepeatChannels"]
+__all__ = ["LiftedStructLossLayer", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "PairDistance", "RepeatChannels"]

@@ -1,6 +1,9 @@
-"""Model builders: embedding towers and the Siamese pair model."""
+"""Model builders: embedding towers, the Siamese pair model, autoencoders and the VAE."""
 
-from reprlearn.models.towers import backbone_tower, build_tower, conv_tower, mlp_tower
+from reprlearn.models.autoencoders import AutoencoderParts, conv_autoencoder, dense_autoencoder
 from reprlearn.models.siamese import siamese_pair_model
+from reprlearn.models.towers import backbone_tower, build_tower, conv_tower, mlp_tower
+from reprlearn.models.vae import VAE
 
-__all__ = ["backbone_tower", "build_tower", "conv_tower", "mlp_tower", "siamese_pair_model"]
+__all__ = ["AutoencoderParts", "VAE", "backbone_tower", "build_tower", "conv_autoencoder", "dense_autoencoder",
+           "conv_tower", "mlp_tower", "siamese_pair_model"]

@@ -1,0 +1,148 @@
+"""Max-unpooling against a NumPy loop, autoencoder weight sharing, the linear AE against PCA, and the VAE."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+from sklearn.decomposition import PCA
+
+from reprlearn.data import load_dataset
+from reprlearn.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
+
+
+def loop_pool_and_unpool(x, output_size):
+    """2×2 SAME max-pool with argmax, then scatter back, one window at a time."""
+    batch, height, width, channels = x.shape
+    pooled_h, pooled_w = -(-height // 2), -(-width // 2)
+    pooled = np.zeros((batch, pooled_h, pooled_w, channels), x.dtype)
+    index = np.zeros(pooled.shape, np.int64)
+    restored = np.zeros((batch, *output_size, channels), x.dtype)
+    for b in range(batch):
+        for c in range(channels):
+            for i in range(pooled_h):
+                for j in range(pooled_w):
+                    window = [(y, xx) for y in range(2 * i, min(2 * i + 2, height))
+                              for xx in range(2 * j, min(2 * j + 2, width))]
+                    y, xx = max(window, key=lambda p: x[b, p[0], p[1], c])
+                    pooled[b, i, j, c] = x[b, y, xx, c]
+                    index[b, i, j, c] = (y * width + xx) * channels + c
+                    restored[b, y, xx, c] += x[b, y, xx, c]
+    return pooled, index, restored
+
+
+@pytest.mark.parametrize("size", [(6, 8), (5, 7)])
+def test_pool_and_unpool_match_the_loop(size):
+    x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
+    pooled, index = MaxPoolingWithArgmax2D(2)(x)
+    want_pooled, want_index, want_restored = loop_pool_and_unpool(x, size)
+    np.testing.assert_array_equal(pooled.numpy(), want_pooled)
+    np.testing.assert_array_equal(index.numpy(), want_index)
+    restored = MaxUnpooling2D(2, output_size=size)(pooled, index)
+    np.testing.assert_array_equal(restored.numpy(), want_restored)
+    np.testing.assert_array_equal(MaxUnpooling2D(2, output_size=size)([pooled, index]).numpy(), want_restored)
+
+
+def test_default_output_size_follows_addons():
+    x = np.random.default_rng(1).normal(size=(1, 4, 6, 2)).astype(np.float32)
+    pooled, index = MaxPoolingWithArgmax2D(2)(x)
+    assert MaxUnpooling2D(2)(pooled, index).shape == (1, 4, 6, 2)
+
+
+def test_unpool_gradient_matches_finite_differences():
+    x = np.random.default_rng(2).normal(size=(2, 5, 5, 2))
+    pooled, index = MaxPoolingWithArgmax2D(2)(tf.constant(x, tf.float32))
+    layer = MaxUnpooling2D(2, output_size=(5, 5), dtype="float64")
+    weights = tf.constant(np.random.default_rng(3).normal(size=(2, 5, 5, 2)), tf.float64)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda p: tf.reduce_sum(layer(p, index) * weights), [tf.cast(pooled, tf.float64)])
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6)
+
+
+def test_unpooling_model_survives_save_and_load(tmp_path):
+    images = keras.Input((5, 7, 3))
+    pooled, index = MaxPoolingWithArgmax2D(2)(images)
+    model = keras.Model(images, MaxUnpooling2D(2, output_size=(5, 7))(pooled, index))
+    model.save(tmp_path / "unpool.keras")
+    x = np.random.default_rng(4).normal(size=(2, 5, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(keras.saving.load_model(tmp_path / "unpool.keras").predict(x, verbose=0),
+                                  model.predict(x, verbose=0))
+
+
+def test_bad_layer_arguments_name_the_value():
+    with pytest.raises(ValueError, match="pool_size=0"):
+        MaxUnpooling2D(pool_size=0)
+    with pytest.raises(ValueError, match="padding='full'"):
+        MaxPoolingWithArgmax2D(padding="full")
+
+
+@pytest.mark.parametrize("decoder", ["unpool", "transpose", "upsample"])
+def test_conv_autoencoder_parts_share_weights(decoder):
+    shape = (8, 8, 1) if decoder != "unpool" else (7, 9, 1)  # unpooling inverts odd sizes too
+    parts = conv_autoencoder(shape, filters=[4, 8], code_dim=5, decoder=decoder)
+    x = np.random.default_rng(5).integers(0, 256, (3, *shape)).astype(np.float32)
+    code = parts.encoder.predict(x, verbose=0)
+    assert code.shape == (3, 5)
+    inputs = [code, *parts.pooling_indices.predict(x, verbose=0)] if decoder == "unpool" else code
+    np.testing.assert_allclose(parts.decoder.predict(inputs, verbose=0), parts.autoencoder.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert {id(w) for w in parts.encoder.weights} <= {id(w) for w in parts.autoencoder.weights}
+
+
+def test_sizes_the_pooling_cannot_invert_are_rejected():
+    with pytest.raises(ValueError, match=r"input_shape=\(27, 27, 1\)"):
+        conv_autoencoder((27, 27, 1), filters=[4, 8], decoder="transpose")
+    with pytest.raises(ValueError, match=r"input_shape=\(3, 3, 1\)"):
+        conv_autoencoder((3, 3, 1), filters=[4, 8])
+    with pytest.raises(ValueError, match="latent_dim=0"):
+        VAE((8, 8, 1), latent_dim=0)
+    with pytest.raises(ValueError, match=r"input_shape=\(27, 28, 1\)"):
+        VAE((27, 28, 1), filters=[8, 8])
+
+
+def test_linear_autoencoder_matches_pca_on_digits():
+    images = load_dataset("digits")["all"].images
+    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    pca = PCA(n_components=16).fit(x)
+    pca_mse = float(np.mean((pca.inverse_transform(pca.transform(x)) - x) ** 2))
+    parts = dense_autoencoder(images.shape[1:], code_dim=16, linear=True)
+    parts.autoencoder.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    keras.utils.set_random_seed(0)
+    parts.autoencoder.fit(images, images / 255.0, batch_size=len(images), epochs=1500, verbose=0)
+    parts.autoencoder.optimizer.learning_rate.assign(0.001)
+    parts.autoencoder.fit(images, images / 255.0, batch_size=len(images), epochs=300, verbose=0)
+    ae_mse = float(np.mean((parts.autoencoder.predict(images, verbose=0) - images / 255.0) ** 2))
+    assert ae_mse <= 1.01 * pca_mse, (ae_mse, pca_mse)
+    assert ae_mse >= 0.999 * pca_mse  # PCA is optimal: the AE can only tie
+
+
+@pytest.fixture(scope="module")
+def trained_vae():
+    images = load_dataset("digits")["all"].images
+    keras.utils.set_random_seed(0)
+    vae = VAE(images.shape[1:], latent_dim=4, architecture="dense", hidden=[64])
+    vae.compile(optimizer=keras.optimizers.Adam(3e-3))
+    vae.fit(images[:1500], epochs=30, batch_size=100, verbose=0)
+    return vae, images[1500:]
+
+
+def test_importance_weighted_estimate_is_at_least_the_elbo(trained_vae):
+    vae, test = trained_vae
+    elbo = vae.log_likelihood(test[:40], k=1)
+    iwae = vae.log_likelihood(test[:40], k=1000)
+    assert iwae.mean() >= elbo.mean()
+    reconstruction, kl = vae.elbo_terms(test[:40], seed=0)
+    assert float(np.mean(reconstruction - kl)) == pytest.approx(float(elbo.mean()), rel=0.1)
+
+
+def test_trained_vae_scores_images_above_noise_and_reloads(trained_vae, tmp_path):
+    vae, test = trained_vae
+    noise = np.random.default_rng(0).integers(0, 256, test[:40].shape).astype(np.uint8)
+    assert vae.log_likelihood(test[:40], k=10).mean() > vae.log_likelihood(noise, k=10).mean() + 50
+    assert vae.sample(5, seed=1).shape == (5, 8, 8, 1)
+    mean, logvar = vae.encode(test[:3])
+    assert mean.shape == logvar.shape == (3, 4)
+    vae.save(tmp_path / "vae.keras")
+    reloaded = keras.saving.load_model(tmp_path / "vae.keras")
+    np.testing.assert_allclose(reloaded.reconstruct(test[:5]), vae.reconstruct(test[:5]), rtol=1e-5, atol=1e-6)
+    assert reloaded.get_config()["latent_dim"] == 4
