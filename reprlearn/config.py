@@ -41,6 +41,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # embedding: a metric-learning tower; autoencoder / vae: trained without labels (tower picks dense or conv).
+    kind: str = "embedding"
     tower: str = "conv"
     embedding_dim: int = 64
     l2_normalize: bool = True
@@ -54,6 +56,12 @@ class ModelConfig:
     backbone_image_size: int = 96
     # None freezes the backbone; a layer name fine-tunes from that layer on.
     fine_tune_from: typing.Optional[str] = None
+    # autoencoder / vae only.
+    code_dim: int = 32
+    decoder: str = "unpool"          # conv autoencoder: unpool | transpose | upsample
+    linear: bool = False             # dense autoencoder without hidden layers or activations (the PCA check)
+    likelihood: str = "bernoulli"    # vae: bernoulli | gaussian
+    beta: float = 1.0                # vae: KL weight
 
 
 @dataclass
@@ -76,6 +84,7 @@ class TrainConfig:
     pair_batch_size: int = 128
     learning_rate: float = 1e-3
     jit_compile: bool = False
+    batch_size: int = 128  # autoencoder / vae runs: uniformly drawn images per batch
     seed: int = 0
 
 
@@ -101,14 +110,18 @@ class Config:
 # Allowed values for string keys, checked after typing.
 CHOICES = {
     "data.protocol": ("seen-classes", "unseen-classes"),
+    "model.kind": ("embedding", "autoencoder", "vae"),
     "model.tower": ("mlp", "conv", "backbone"),
+    "model.decoder": ("unpool", "transpose", "upsample"),
+    "model.likelihood": ("bernoulli", "gaussian"),
     "loss.name": ("contrastive", "pair_contrastive", "triplet_semihard", "triplet_hard", "triplet_batch_all",
                   "lifted_struct"),
     "loss.distance": ("L2", "squared-L2", "angular"),
     "eval.projection": ("tsne", "pca"),
 }
 POSITIVE = {
-    "model.embedding_dim", "model.dense", "model.backbone_image_size",
+    "model.embedding_dim", "model.dense", "model.backbone_image_size", "model.code_dim", "model.beta",
+    "train.batch_size",
     "train.epochs", "train.steps_per_epoch", "train.classes_per_batch",
     "train.examples_per_class", "train.pair_batch_size", "train.learning_rate",
     "eval.verification_pairs", "eval.projection_points", "eval.projector_points",
@@ -169,6 +182,9 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.loss.name == "lifted_struct" and cfg.loss.distance != "L2":
         raise ConfigError("config: lifted_struct is defined on L2 distances. "
                           f"Received: loss.distance={cfg.loss.distance!r}")
+    if cfg.model.kind != "embedding" and cfg.model.tower not in ("mlp", "conv"):
+        raise ConfigError(f"config: an {cfg.model.kind} is built from an mlp or conv tower. "
+                          f"Received: model.tower={cfg.model.tower!r}")
     if cfg.loss.soft and cfg.loss.name != "triplet_hard":
         raise ConfigError(f"config: loss.soft applies to triplet_hard only. Received: loss.name={cfg.loss.name!r}")
 

@@ -149,6 +149,73 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs}
 
 
+def prepare_run(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None, command: str | None):
+    """Creates the run folder, saves the resolved config, seeds, and loads and splits the data (all input checks)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml", command)
+    keras.utils.set_random_seed(cfg.train.seed)
+    if sets is None:
+        sets = load_dataset(cfg.data.name, cfg.data.data_dir)
+    splits = make_splits(sets, cfg.data.protocol, cfg.data.train_classes, cfg.data.validation_fraction,
+                         cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    return out, splits
+
+
+def resume_or_build(out: Path, build, cfg: Config, verbose: int) -> tuple[keras.Model, int]:
+    """The checkpoint of an interrupted run (weights and optimizer state) and its finished epochs, or `build()`."""
+    checkpoints = out / "checkpoints"
+    epochs_done = int(read_checkpoint_state(checkpoints).get("epochs_done", 0))
+    if not epochs_done:
+        return build(), 0
+    if verbose:
+        print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
+    return keras.saving.load_model(checkpoints / "last.keras"), epochs_done
+
+
+def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
+                  callbacks: list[keras.callbacks.Callback], verbose: int) -> tuple[float, list[dict]]:
+    """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (seconds, full history).
+
+    The dataset is keyed by step, so a resumed run sees exactly the batches it would have seen.
+    """
+    checkpoints = out / "checkpoints"
+    callbacks = [*callbacks[:1], EpochCheckpoint(checkpoints), keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
+                 *callbacks[1:]]
+    started = time.perf_counter()
+    if epochs_done < cfg.train.epochs:
+        model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
+                  steps_per_epoch=cfg.train.steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+    return time.perf_counter() - started, read_checkpoint_state(checkpoints).get("history", [])
+
+
+def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray) -> float:
+    """Saves `model` and proves the file reloads to identical outputs on `probe`; returns the max abs diff (0)."""
+    model.save(path)
+    reload_diff = float(np.max(np.abs(embed(keras.saving.load_model(path), probe) - embed(model, probe))))
+    if reload_diff != 0.0:
+        raise RuntimeError(f"{path.name} reloads to different outputs (max abs diff {reload_diff})")
+    return reload_diff
+
+
+def run_summary(cfg: Config, splits: Splits, epochs_done: int, seconds: float, history: list[dict],
+                batch: int) -> dict:
+    """The config, data and training sections every run report starts with."""
+    epochs_run = cfg.train.epochs - epochs_done
+    examples = epochs_run * cfg.train.steps_per_epoch * batch
+    return {
+        "config": config_to_dict(cfg),
+        "data": {"name": cfg.data.name, "protocol": cfg.data.protocol,
+                 "train_classes": splits.train_classes, "test_classes": splits.test_classes,
+                 "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+                 "image_shape": list(splits.train.images.shape[1:])},
+        "train": {"epochs": cfg.train.epochs, "epochs_this_session": epochs_run,
+                  "resumed_from_epoch": epochs_done, "seconds": round(seconds, 2),
+                  "examples_per_second": round(examples / seconds, 1) if examples and seconds > 0 else None,
+                  "batch_size": batch, "steps_per_epoch": cfg.train.steps_per_epoch, "history": history},
+    }
+
+
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
                  command: str | None = None, verbose: int = 1,
                  callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
@@ -168,76 +235,34 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     """
     from reprlearn.report import write_report  # plotting stays out of the import path of library users
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml", command)
-    keras.utils.set_random_seed(cfg.train.seed)
-
-    # Data: every input check (names, shapes, dtypes, NaN, empty classes) runs here, before any training.
-    if sets is None:
-        sets = load_dataset(cfg.data.name, cfg.data.data_dir)
-    splits = make_splits(sets, cfg.data.protocol, cfg.data.train_classes, cfg.data.validation_fraction,
-                         cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    if cfg.model.kind != "embedding":
+        from reprlearn.train_autoencoder import run_autoencoder
+        return run_autoencoder(cfg, out_dir, sets, command, verbose, callbacks)
+    out, splits = prepare_run(cfg, out_dir, sets, command)
     if not is_pair_loss(cfg) and cfg.train.classes_per_batch > len(splits.train_classes):
         raise ValueError(f"train.classes_per_batch exceeds the {len(splits.train_classes)} training classes. "
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 
     # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state).
-    checkpoints = out / "checkpoints"
-    state = read_checkpoint_state(checkpoints)
-    epochs_done = int(state.get("epochs_done", 0))
-    if epochs_done:
-        model = keras.saving.load_model(checkpoints / "last.keras")
-        tower = model.get_layer(TOWER_NAME) if is_pair_loss(cfg) else model
-        if verbose:
-            print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
-    else:
-        tower = build_tower(cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)
-        model = build_model(cfg, tower)
+    model, epochs_done = resume_or_build(out, lambda: build_model(cfg, build_tower(
+        cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)), cfg, verbose)
+    tower = model.get_layer(TOWER_NAME) if is_pair_loss(cfg) else model
     dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
-
-    # Fit. The dataset is keyed by step, so a resumed run sees exactly the batches it would have seen.
-    callbacks = [RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance),
-                 EpochCheckpoint(checkpoints),
-                 keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
-                 *(callbacks or [])]
-    started = time.perf_counter()
-    if epochs_done < cfg.train.epochs:
-        model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
-                  steps_per_epoch=cfg.train.steps_per_epoch, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)
-    seconds = time.perf_counter() - started
-    history = read_checkpoint_state(checkpoints).get("history", [])
-    epochs_run = cfg.train.epochs - epochs_done
-    examples = epochs_run * cfg.train.steps_per_epoch * batch_size(cfg)
+    validation = RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, [validation, *(callbacks or [])],
+                                     verbose)
 
     # Save the embedding model and prove it reloads to identical embeddings.
-    tower.save(out / "model.keras")
+    reload_diff = save_and_check_reload(tower, out / "model.keras", splits.test.images[:256])
     if model is not tower:
         model.save(out / "pair_model.keras")
-    probe = splits.test.images[:256]
-    reloaded = keras.saving.load_model(out / "model.keras")
-    reload_diff = float(np.max(np.abs(embed(reloaded, probe) - embed(tower, probe))))
-    if reload_diff != 0.0:
-        raise RuntimeError(f"model.keras reloads to different embeddings (max abs diff {reload_diff})")
 
     # Evaluate and report.
     evaluation = evaluate(cfg, tower, splits)
-    report = {
-        "config": config_to_dict(cfg),
-        "data": {"name": cfg.data.name, "protocol": cfg.data.protocol,
-                 "train_classes": splits.train_classes, "test_classes": splits.test_classes,
-                 "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
-                 "image_shape": list(splits.train.images.shape[1:])},
-        "train": {"epochs": cfg.train.epochs, "epochs_this_session": epochs_run,
-                  "resumed_from_epoch": epochs_done, "seconds": round(seconds, 2),
-                  "examples_per_second": round(examples / seconds, 1) if examples and seconds > 0 else None,
-                  "batch_size": batch_size(cfg), "steps_per_epoch": cfg.train.steps_per_epoch,
-                  "history": history},
-        "model": {"tower": cfg.model.tower, "embedding_dim": cfg.model.embedding_dim,
-                  "parameters": int(tower.count_params()), "reload_max_abs_diff": reload_diff},
-        "metrics": evaluation["metrics"],
-    }
+    report = {**run_summary(cfg, splits, epochs_done, seconds, history, batch_size(cfg)),
+              "model": {"tower": cfg.model.tower, "embedding_dim": cfg.model.embedding_dim,
+                        "parameters": int(tower.count_params()), "reload_max_abs_diff": reload_diff},
+              "metrics": evaluation["metrics"]}
     write_report(report, out, splits, evaluation, cfg)
     return report
 

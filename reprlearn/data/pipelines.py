@@ -147,3 +147,21 @@ def pair_batches(images, labels, batch_size: int, seed: int = 0, start_step: int
                  tf.cast(tf.gather(images_t, second), tf.float32)), match)
 
     return index.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, targets: bool = True) -> tf.data.Dataset:
+    """Infinite batches of uniformly drawn images (with replacement), keyed by step, for label-free training.
+
+    Yields `(images float32, images / 255)` when `targets` (autoencoders), else `images` (a VAE's own loss).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    images_t = tf.constant(np.asarray(images))
+
+    def make_batch(step):
+        batch = tf.cast(tf.gather(images_t, _uniform_int([batch_size], len(images), tf.stack([seed, step]))),
+                        tf.float32)
+        return (batch, batch / 255.0) if targets else batch
+
+    return tf.data.Dataset.counter(start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                                                   deterministic=True).prefetch(tf.data.AUTOTUNE)
