@@ -83,6 +83,7 @@ class TrainConfig:
     examples_per_class: int = 16
     pair_batch_size: int = 128
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 over epochs × steps_per_epoch)
     jit_compile: bool = False
     batch_size: int = 128  # autoencoder / vae runs: uniformly drawn images per batch
     seed: int = 0
@@ -111,6 +112,7 @@ class Config:
 CHOICES = {
     "data.protocol": ("seen-classes", "unseen-classes"),
     "model.kind": ("embedding", "autoencoder", "vae"),
+    "train.lr_schedule": ("constant", "cosine"),
     "model.tower": ("mlp", "conv", "backbone"),
     "model.decoder": ("unpool", "transpose", "upsample"),
     "model.likelihood": ("bernoulli", "gaussian"),

@@ -95,11 +95,28 @@ def plot_retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndar
 
 def plot_history(history: list[dict], path: Path) -> None:
     epochs = np.arange(1, len(history) + 1)
-    keys = [k for k in ("loss", "active_fraction", "mean_positive_distance", "mean_negative_distance",
-                        "val_map_at_r", "val_precision_at_1") if history and k in history[0]]
+    keys = [k for k in ("loss", "reconstruction", "kl", "active_fraction", "mean_positive_distance",
+                        "mean_negative_distance", "val_map_at_r", "val_precision_at_1") if history and k in history[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
         ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o")
         ax.set_title(key)
         ax.set_xlabel("epoch")
+    _save(fig, path)
+
+
+def plot_image_grid(grid: np.ndarray, path: Path, title: str, row_labels: list[str] | None = None) -> None:
+    """Shows `grid` `[rows, cols, H, W, C]` of images in [0, 1] as one figure."""
+    rows, cols = grid.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(0.9 * cols + 0.6, 0.9 * rows + 0.5), squeeze=False)
+    cmap = "gray" if grid.shape[-1] == 1 else None
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.imshow(np.clip(grid[r, c].squeeze(), 0.0, 1.0), cmap=cmap, vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_labels:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+    fig.suptitle(title)
     _save(fig, path)

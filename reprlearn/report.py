@@ -69,3 +69,69 @@ def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None
     report["figures"] = figures
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report, figures))
+
+
+def _autoencoder_markdown(report: dict, figures: dict[str, str]) -> str:
+    m, d, t, kind = report["metrics"], report["data"], report["train"], report["model"]["kind"]
+    code_dim = report["model"]["code_dim"]
+    r = m["reconstruction"]
+    lines = [f"# reprlearn {kind} run: {d['name']}, {d['protocol']}", "",
+             f"{d['n_train']} training images (labels unused); test classes {d['test_classes']} "
+             f"({d['n_test']} images). Code size {code_dim}.", "",
+             "## Reconstruction on the test images", "", "| metric | value |", "|---|---|",
+             f"| MSE (pixels in [0, 1]) | {r['mse']:.5f} |", f"| PCA, {code_dim} components | {r['pca_mse']:.5f} |",
+             f"| MSE / PCA MSE | {r['mse_over_pca']:.4f} |"]
+    if "likelihood" in m:
+        lines += [f"| {key} | {value:.2f} |" for key, value in m["likelihood"].items()]
+    lines += ["", f"## Retrieval on the test protocol (cosine k-NN on {code_dim}-d codes)", "",
+              f"| metric | codes | PCA-{code_dim} | raw pixels |", "|---|---|---|---|"]
+    lines += [f"| {k} | {m['test'][k]:.4f} | {m['pca'][k]:.4f} | {m['baseline_raw'][k]:.4f} |"
+              for k in RETRIEVAL_ROWS]
+    lines += ["", "## Training", "",
+              f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
+              f"{t['seconds']} s this session, {t['examples_per_second']} examples/s.", ""]
+    lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_autoencoder_report(report: dict, out: Path, splits, evaluation: dict, cfg, model) -> None:
+    """Writes an autoencoder/VAE run's report.json, report.md and figures into `out`."""
+    from scipy.stats import norm
+
+    test, codes = splits.test, evaluation["codes"]
+    rng = np.random.default_rng(cfg.data.seed)
+    figures = {}
+
+    shown = rng.choice(len(test), size=min(10, len(test)), replace=False)
+    pairs = np.stack([test.images[shown] / 255.0, evaluation["reconstructions"][shown]])
+    plots.plot_image_grid(pairs, out / "reconstructions.png", "Test images and their reconstructions",
+                          ["input", "output"])
+    figures["Reconstructions"] = "reconstructions.png"
+
+    if hasattr(model, "sample"):
+        samples = model.sample(64, seed=cfg.data.seed)
+        plots.plot_image_grid(samples.reshape(8, 8, *samples.shape[1:]), out / "samples.png",
+                              "Samples: decoded z ~ N(0, I)")
+        figures["VAE samples"] = "samples.png"
+        if cfg.model.code_dim == 2:
+            steps = norm.ppf(np.linspace(0.05, 0.95, 12))
+            z = np.array([[a, b] for b in steps[::-1] for a in steps], np.float32)
+            decoded = model.decode(z).numpy()
+            plots.plot_image_grid(decoded.reshape(12, 12, *decoded.shape[1:]), out / "traversal.png",
+                                  "Latent traversal: z₁ left→right, z₂ bottom→top (5%–95% quantiles)")
+            figures["Latent traversal"] = "traversal.png"
+
+    queries = rng.choice(len(test), size=min(cfg.eval.grid_queries, len(test)), replace=False)
+    k = min(cfg.eval.grid_neighbours, len(test) - 1)
+    neighbours = nearest_neighbours(codes, k, "angular", query_index=queries)
+    plots.plot_retrieval_grid(test.images, test.labels, queries, neighbours, out / "retrieval_grid.png",
+                              "Similar images by cosine k-NN on the codes (green: same class)")
+    figures["Similar-image retrieval with codes"] = "retrieval_grid.png"
+
+    if report["train"]["history"]:
+        plots.plot_history(report["train"]["history"], out / "training.png")
+        figures["Training curves"] = "training.png"
+
+    report["figures"] = figures
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(_autoencoder_markdown(report, figures))

@@ -101,6 +101,14 @@ def make_loss(cfg: LossConfig) -> keras.losses.Loss:
                        active_only=cfg.name == "triplet_batch_all")
 
 
+def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+    """Adam at `train.learning_rate`, constant or cosine-decayed over the whole run."""
+    rate = cfg.train.learning_rate
+    if cfg.train.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, cfg.train.epochs * cfg.train.steps_per_epoch)
+    return keras.optimizers.Adam(rate)
+
+
 def build_model(cfg: Config, tower: keras.Model) -> keras.Model:
     """The compiled training model: the tower itself for in-batch losses, a Siamese pair model for pair losses.
 
@@ -114,7 +122,7 @@ def build_model(cfg: Config, tower: keras.Model) -> keras.Model:
         model = tower
         metrics = [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance),
                    MeanNegativeDistance(cfg.loss.distance)]
-    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss=loss, metrics=metrics,
+    model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=metrics,
                   jit_compile=cfg.train.jit_compile)
     return model
 

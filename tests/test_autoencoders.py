@@ -146,3 +146,46 @@ def test_trained_vae_scores_images_above_noise_and_reloads(trained_vae, tmp_path
     reloaded = keras.saving.load_model(tmp_path / "vae.keras")
     np.testing.assert_allclose(reloaded.reconstruct(test[:5]), vae.reconstruct(test[:5]), rtol=1e-5, atol=1e-6)
     assert reloaded.get_config()["latent_dim"] == 4
+
+
+def _ae_config(**model):
+    from reprlearn.config import config_from_dict
+    return config_from_dict({"data": {"name": "digits"},
+                             "model": {"tower": "conv", "filters": [8], "hidden": [32], **model},
+                             "train": {"epochs": 2, "steps_per_epoch": 10, "batch_size": 64},
+                             "eval": {"grid_queries": 2, "grid_neighbours": 3}})
+
+
+@pytest.mark.parametrize("model", [{"kind": "autoencoder", "code_dim": 8},
+                                   {"kind": "vae", "code_dim": 2, "tower": "mlp"}], ids=lambda m: m["kind"])
+def test_train_runs_label_free_configs_and_reports(tmp_path, model):
+    import json
+    from reprlearn.train import run_training
+
+    report = run_training(_ae_config(**model), tmp_path, verbose=0)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["metrics"]["reconstruction"]["mse"] > 0 and saved["metrics"]["reconstruction"]["pca_mse"] > 0
+    assert {"test", "pca", "baseline_raw"} <= set(saved["metrics"])
+    assert 0.0 < saved["metrics"]["test"]["map_at_r"] <= 1.0
+    encoder = keras.saving.load_model(tmp_path / "model.keras")
+    assert encoder.output_shape == (None, model["code_dim"])
+    figures = set(report["figures"].values())
+    assert {"reconstructions.png", "retrieval_grid.png", "training.png"} <= figures
+    if model["kind"] == "vae":
+        assert {"samples.png", "traversal.png"} <= figures and (tmp_path / "vae.keras").is_file()
+        likelihood = saved["metrics"]["likelihood"]
+        assert likelihood["negative_elbo_nats_per_image"] == pytest.approx(-likelihood["elbo_nats_per_image"])
+    else:
+        assert (tmp_path / "autoencoder.keras").is_file()
+    for name in figures:
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_label_free_config_errors_name_the_key():
+    from reprlearn.config import ConfigError
+    with pytest.raises(ConfigError, match="model.code_dim=0"):
+        _ae_config(kind="autoencoder", code_dim=0)
+    with pytest.raises(ConfigError, match="model.tower='backbone'"):
+        _ae_config(kind="vae", tower="backbone")
+    with pytest.raises(ConfigError, match="model.decoder='deconv'"):
+        _ae_config(kind="autoencoder", decoder="deconv")

@@ -1,0 +1,109 @@
+"""The label-free driver: config → data → autoencoder or VAE → fit → reconstruction / likelihood → codes → report.
+
+`reprlearn train` calls it for `model.kind: autoencoder` or `vae`. The codes (the encoder's
+output; a VAE's posterior mean) are scored for retrieval on the test protocol with cosine
+k-NN, beside PCA at the same dimension (fit on the training images) and raw pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from sklearn.decomposition import PCA
+
+from reprlearn.config import Config
+from reprlearn.data import ImageSet, Splits
+from reprlearn.data.pipelines import image_batches
+from reprlearn.metrics import retrieval_metrics
+from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
+from reprlearn.train import (embed, fit_resumable, make_optimizer, prepare_run, resume_or_build, run_summary,
+                             save_and_check_reload)
+
+CODE_METRIC = "angular"  # cosine k-NN on the codes
+IWAE_K = 100
+IWAE_IMAGES = 1000
+
+
+def build_autoencoder(cfg: Config, image_shape) -> keras.Model:
+    """The compiled training model: a `VAE`, or the autoencoder of `conv_autoencoder`/`dense_autoencoder`."""
+    m, optimizer = cfg.model, make_optimizer(cfg)
+    if m.kind == "vae":
+        model = VAE(image_shape, m.code_dim, "conv" if m.tower == "conv" else "dense", m.filters, m.hidden,
+                    m.likelihood, m.beta)
+        model.compile(optimizer=optimizer, jit_compile=cfg.train.jit_compile)
+        return model
+    if m.tower == "conv":
+        parts = conv_autoencoder(image_shape, m.filters, m.code_dim, m.decoder)
+    else:
+        parts = dense_autoencoder(image_shape, m.hidden, m.code_dim, linear=m.linear)
+    parts.autoencoder.compile(optimizer=optimizer, loss="mse", jit_compile=cfg.train.jit_compile)
+    return parts.autoencoder
+
+
+def code_model(model: keras.Model) -> keras.Model:
+    """images → code: the autoencoder's `code` layer, or the VAE encoder's mean."""
+    if isinstance(model, VAE):
+        return keras.Model(model.encoder.input, model.encoder.outputs[0], name="encoder_mean")
+    return keras.Model(model.input, model.get_layer("code").output, name="encoder")
+
+
+def reconstruct(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    return model.reconstruct(images) if isinstance(model, VAE) else model.predict(images, batch_size=512, verbose=0)
+
+
+def _flat(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def evaluate_autoencoder(cfg: Config, model: keras.Model, splits: Splits) -> dict:
+    """Reconstruction (and for a VAE, likelihood) on the test images; retrieval of codes, PCA and raw pixels."""
+    test, seed = splits.test, cfg.data.seed
+    codes = embed(code_model(model), test.images)
+    reconstructions = reconstruct(model, test.images)
+    pca = PCA(n_components=cfg.model.code_dim, random_state=seed).fit(_flat(splits.train.images))
+    pca_codes = pca.transform(_flat(test.images))
+    pca_mse = float(np.mean((pca.inverse_transform(pca_codes) - _flat(test.images)) ** 2))
+    mse = float(np.mean((reconstructions.reshape(len(test), -1) - _flat(test.images)) ** 2))
+    metrics = {"reconstruction": {"mse": mse, "pca_mse": pca_mse, "mse_over_pca": mse / pca_mse}}
+    if isinstance(model, VAE):
+        elbo = model.log_likelihood(test.images, k=1, seed=seed)
+        probe = test.images[:IWAE_IMAGES]
+        metrics["likelihood"] = {
+            "elbo_nats_per_image": float(np.mean(elbo)),
+            "negative_elbo_nats_per_image": float(-np.mean(elbo)),
+            f"iwae_k{IWAE_K}_nats_per_image": float(np.mean(model.log_likelihood(probe, k=IWAE_K, seed=seed))),
+            f"elbo_on_same_{len(probe)}_images": float(np.mean(elbo[:len(probe)])),
+        }
+    metrics["test"] = retrieval_metrics(codes, test.labels, CODE_METRIC, seed=seed)
+    metrics["pca"] = retrieval_metrics(pca_codes, test.labels, CODE_METRIC, seed=seed)
+    metrics["baseline_raw"] = retrieval_metrics(_flat(test.images), test.labels, "L2", seed=seed)
+    return {"metrics": metrics, "codes": codes, "reconstructions": reconstructions}
+
+
+def run_autoencoder(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
+                    command: str | None = None, verbose: int = 1,
+                    callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Trains, evaluates and reports an autoencoder or VAE run; resumes like `run_training`."""
+    from reprlearn.report import write_autoencoder_report
+
+    out, splits = prepare_run(cfg, out_dir, sets, command)
+    model, epochs_done = resume_or_build(out, lambda: build_autoencoder(cfg, splits.train.images.shape[1:]), cfg,
+                                         verbose)
+    dataset = image_batches(splits.train.images, cfg.train.batch_size, cfg.train.seed,
+                            start_step=epochs_done * cfg.train.steps_per_epoch, targets=not isinstance(model, VAE))
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, list(callbacks or []), verbose)
+
+    # model.keras is the encoder (images → code), what retrieval and `reprlearn export` use.
+    encoder = code_model(model)
+    reload_diff = save_and_check_reload(encoder, out / "model.keras", splits.test.images[:256])
+    model.save(out / ("vae.keras" if isinstance(model, VAE) else "autoencoder.keras"))
+
+    evaluation = evaluate_autoencoder(cfg, model, splits)
+    report = {**run_summary(cfg, splits, epochs_done, seconds, history, cfg.train.batch_size),
+              "model": {"kind": cfg.model.kind, "tower": cfg.model.tower, "code_dim": cfg.model.code_dim,
+                        "parameters": int(model.count_params()), "reload_max_abs_diff": reload_diff},
+              "metrics": evaluation["metrics"]}
+    write_autoencoder_report(report, out, splits, evaluation, cfg, model)
+    return report
