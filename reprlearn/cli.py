@@ -24,6 +24,41 @@ def _train(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from reprlearn.config import load_config, save_config
+    from reprlearn.data import load_dataset, make_splits
+    from reprlearn.train import run_training
+    from reprlearn.tuning import make_tuner, write_results
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
+    save_config(cfg, out / "config.yaml", command)
+    splits = make_splits(load_dataset(cfg.data.name, cfg.data.data_dir), cfg.data.protocol, cfg.data.train_classes,
+                         cfg.data.validation_fraction, cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    tuner = make_tuner(cfg, splits, args.tuner, args.max_trials, out, verbose=0 if args.quiet else 1)
+    tuner.search()
+    if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief":
+        return 0  # a worker: the chief holds the oracle and writes the results
+    best_cfg, rows = write_results(tuner, cfg, out)
+    finished = [r for r in rows if r["objective"] is not None]
+    print(f"\n{len(finished)} trials finished; results: {out / 'trials.csv'}")
+    if best_cfg is None:
+        return 1
+    best = max(finished, key=lambda r: r["objective"])
+    print(f"Best trial {best['trial']}: {cfg.search.objective} {best['objective']:.4f} with "
+          + ", ".join(f"{k}={best[k]}" for k in ("loss", "margin", "embedding_dim", "learning_rate",
+                                                  "classes_per_batch", "examples_per_class") if best[k] is not None))
+    print(f"Best config: {out / 'best.yaml'}")
+    if args.retrain_best:
+        report = run_training(best_cfg, out / "best_run", command=f"reprlearn train {out / 'best.yaml'}",
+                              verbose=0 if args.quiet else 1)
+        print(f"Retrained best: test MAP@R {report['metrics']['test']['map_at_r']:.4f}; "
+              f"report {out / 'best_run' / 'report.md'}")
+    return 0
+
+
 def _export(args) -> int:
     from reprlearn.export import export_run
 
@@ -45,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default runs/<config name>); re-running resumes")
     train.add_argument("--quiet", action="store_true", help="no Keras progress bars")
     train.set_defaults(handler=_train)
+    tune = commands.add_parser("tune", help="search hyperparameters on a retrieval objective (keras-tuner)")
+    tune.add_argument("config", help="YAML config; its search: section is the search space")
+    tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="bayesian")
+    tune.add_argument("--max-trials", type=int, default=12,
+                      help="trials to run (hyperband sizes its brackets from train.epochs instead)")
+    tune.add_argument("--out", required=True, help="search folder; re-running the same command resumes")
+    tune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    tune.add_argument("--retrain-best", action="store_true", help="train best.yaml and write its run report")
+    tune.add_argument("--quiet", action="store_true", help="no Keras progress bars")
+    tune.set_defaults(handler=_tune)
     export = commands.add_parser("export", help="export a run's model to SavedModel, TFLite and ONNX, checked "
                                                 "against Keras")
     export.add_argument("run_dir", help="a finished run folder (holds model.keras)")

@@ -99,6 +99,23 @@ class EvalConfig:
     grid_neighbours: int = 8
 
 
+IN_BATCH_LOSSES = ("contrastive", "triplet_semihard", "triplet_hard", "triplet_batch_all", "lifted_struct")
+TUNING_OBJECTIVES = ("val_map_at_r", "val_precision_at_1")  # what RetrievalValidation logs every epoch
+
+
+@dataclass
+class SearchConfig:
+    """`reprlearn tune` only. Ranges are `[low, high]`, sampled log-uniformly; lists are choices.
+    An empty list fixes that hyperparameter at the config's own value."""
+    margin: list[float] = field(default_factory=lambda: [0.05, 1.0])
+    embedding_dim: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    learning_rate: list[float] = field(default_factory=lambda: [1e-4, 1e-2])
+    loss: list[str] = field(default_factory=lambda: list(IN_BATCH_LOSSES))
+    classes_per_batch: list[int] = field(default_factory=list)
+    examples_per_class: list[int] = field(default_factory=list)
+    objective: str = "val_map_at_r"
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -106,6 +123,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 # Allowed values for string keys, checked after typing.
@@ -113,6 +131,7 @@ CHOICES = {
     "data.protocol": ("seen-classes", "unseen-classes"),
     "model.kind": ("embedding", "autoencoder", "vae"),
     "train.lr_schedule": ("constant", "cosine"),
+    "search.objective": TUNING_OBJECTIVES,
     "model.tower": ("mlp", "conv", "backbone"),
     "model.decoder": ("unpool", "transpose", "upsample"),
     "model.likelihood": ("bernoulli", "gaussian"),
@@ -184,11 +203,29 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.loss.name == "lifted_struct" and cfg.loss.distance != "L2":
         raise ConfigError("config: lifted_struct is defined on L2 distances. "
                           f"Received: loss.distance={cfg.loss.distance!r}")
+    _check_search(cfg.search)
     if cfg.model.kind != "embedding" and cfg.model.tower not in ("mlp", "conv"):
         raise ConfigError(f"config: an {cfg.model.kind} is built from an mlp or conv tower. "
                           f"Received: model.tower={cfg.model.tower!r}")
     if cfg.loss.soft and cfg.loss.name != "triplet_hard":
         raise ConfigError(f"config: loss.soft applies to triplet_hard only. Received: loss.name={cfg.loss.name!r}")
+
+
+def _check_search(search: SearchConfig) -> None:
+    for key in ("margin", "learning_rate"):
+        value = getattr(search, key)
+        if value and not (len(value) == 2 and 0 < value[0] < value[1]):
+            raise ConfigError(f"config: search.{key} must be a range [low, high] with 0 < low < high, or []. "
+                              f"Received: search.{key}={value!r}")
+    for key, lowest in (("embedding_dim", 1), ("classes_per_batch", 1), ("examples_per_class", 2)):
+        value = getattr(search, key)
+        if any(v < lowest for v in value) or len(set(value)) != len(value):
+            raise ConfigError(f"config: search.{key} must list distinct values >= {lowest}. "
+                              f"Received: search.{key}={value!r}")
+    unknown = [name for name in search.loss if name not in IN_BATCH_LOSSES]
+    if unknown or len(set(search.loss)) != len(search.loss):
+        raise ConfigError(f"config: search.loss must list distinct in-batch losses from {list(IN_BATCH_LOSSES)}. "
+                          f"Received: search.loss={search.loss!r}")
 
 
 def config_from_dict(raw: dict | None) -> Config:

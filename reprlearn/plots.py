@@ -120,3 +120,22 @@ def plot_image_grid(grid: np.ndarray, path: Path, title: str, row_labels: list[s
             axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def plot_objective(rows: list[dict], hyperparameter: str, objective: str, path: Path) -> None:
+    """Each finished trial's objective against one hyperparameter (log axis for margins), coloured by loss."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    losses = sorted({str(r.get("loss")) for r in rows})
+    for loss in losses:
+        points = [(r[hyperparameter], r["objective"]) for r in rows if str(r.get("loss")) == loss]
+        ax.scatter(*zip(*points), label=loss if loss != "None" else None, alpha=0.8)
+    if hyperparameter in ("margin", "learning_rate"):
+        ax.set_xscale("log")
+    if hyperparameter == "embedding_dim":
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(hyperparameter)
+    ax.set_ylabel(objective)
+    if len(losses) > 1:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{objective} per trial")
+    _save(fig, path)

@@ -1,0 +1,178 @@
+"""Keras Tuner on a retrieval objective: margin, embedding size, learning rate, loss and batch shape.
+
+A loss value cannot compare trials with different margins or losses; the objective is a
+retrieval metric (`val_map_at_r` by default) computed every epoch on a validation split drawn
+from the training classes only. The test classes are never loaded into a trial.
+
+Example:
+    cfg = load_config("tuner/fashion_mnist_unseen.yaml")
+    tuner = make_tuner(cfg, "bayesian", max_trials=12, directory="runs/tune")
+    tuner.search()
+
+Resuming and distribution are keras-tuner's own: a second run with the same directory
+continues the search (an interrupted trial is retried), and the `KERASTUNER_TUNER_ID`,
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` variables make one process the chief
+(the oracle) and the others workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+import numpy as np
+
+from reprlearn.config import Config, ConfigError, config_to_dict
+from reprlearn.data import Splits
+from reprlearn.data.pipelines import pk_batches
+from reprlearn.models import build_tower
+from reprlearn.train import RetrievalValidation, build_model
+
+TUNERS = ("random", "bayesian", "hyperband")
+PROJECT = "search"
+# Hyperparameters, each fixed to the config's own value when its search list is empty.
+HYPERPARAMETERS = ("margin", "embedding_dim", "learning_rate", "loss", "classes_per_batch", "examples_per_class")
+
+
+def check_search(cfg: Config, splits: Splits) -> None:
+    """Errors that need the data: batch shapes the training classes cannot fill."""
+    classes = len(splits.train_classes)
+    too_many = [p for p in (cfg.search.classes_per_batch or [cfg.train.classes_per_batch]) if p > classes]
+    if too_many:
+        raise ConfigError(f"config: search.classes_per_batch exceeds the {classes} training classes. "
+                          f"Received: search.classes_per_batch={cfg.search.classes_per_batch or too_many}")
+
+
+def trial_config(cfg: Config, values: dict) -> Config:
+    """The base config with one trial's hyperparameter values applied."""
+    loss = values.get("loss", cfg.loss.name)
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, embedding_dim=int(values.get("embedding_dim", cfg.model.embedding_dim))),
+        # lifted structure is defined on L2 distances; soft applies to batch-hard only.
+        loss=dataclasses.replace(cfg.loss, name=loss, margin=float(values.get("margin", cfg.loss.margin)),
+                                 distance="L2" if loss == "lifted_struct" else cfg.loss.distance,
+                                 soft=cfg.loss.soft and loss == "triplet_hard"),
+        train=dataclasses.replace(
+            cfg.train, learning_rate=float(values.get("learning_rate", cfg.train.learning_rate)),
+            classes_per_batch=int(values.get("classes_per_batch", cfg.train.classes_per_batch)),
+            examples_per_class=int(values.get("examples_per_class", cfg.train.examples_per_class))))
+
+
+def describe(values: dict) -> str:
+    """`name=value, ...` for the hyperparameters of a trial, in declaration order."""
+    return ", ".join(f"{name}={values[name]}" for name in HYPERPARAMETERS if name in values)
+
+
+class RetrievalHyperModel(keras_tuner.HyperModel):
+    """Builds a tower and loss from a config and a trial's hyperparameters; fits on P×K batches.
+
+    `fit` is overridden so the batch composition (P classes × K examples) is a hyperparameter too.
+    """
+
+    def __init__(self, cfg: Config, splits: Splits, verbose: int = 1):
+        super().__init__(name="reprlearn")
+        self.cfg, self.splits, self.verbose = cfg, splits, verbose
+
+    def declare(self, hp: keras_tuner.HyperParameters) -> dict:
+        """Declares the search space on `hp` and returns this trial's values."""
+        s, values = self.cfg.search, {}
+        if s.margin:
+            values["margin"] = hp.Float("margin", s.margin[0], s.margin[1], sampling="log")
+        if s.embedding_dim:
+            values["embedding_dim"] = hp.Choice("embedding_dim", s.embedding_dim)
+        if s.learning_rate:
+            values["learning_rate"] = hp.Float("learning_rate", s.learning_rate[0], s.learning_rate[1], sampling="log")
+        if s.loss:
+            values["loss"] = hp.Choice("loss", s.loss)
+        if s.classes_per_batch:
+            values["classes_per_batch"] = hp.Choice("classes_per_batch", s.classes_per_batch)
+        if s.examples_per_class:
+            values["examples_per_class"] = hp.Choice("examples_per_class", s.examples_per_class)
+        return values
+
+    def build(self, hp):
+        cfg = trial_config(self.cfg, self.declare(hp))
+        keras.utils.set_random_seed(cfg.train.seed)
+        return build_model(cfg, build_tower(cfg.model, self.splits.train.images.shape[1:], name="tower"))
+
+    def fit(self, hp, model, *args, callbacks=None, **kwargs):
+        cfg = trial_config(self.cfg, self.declare(hp))
+        train, val = self.splits.train, self.splits.val
+        dataset = pk_batches(train.images, train.labels, cfg.train.classes_per_batch, cfg.train.examples_per_class,
+                             cfg.train.seed)
+        # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs.
+        validation = RetrievalValidation(model, val.images, val.labels, cfg.loss.distance)
+        started = time.perf_counter()
+        history = model.fit(dataset, epochs=kwargs.get("epochs", cfg.train.epochs),
+                            initial_epoch=kwargs.get("initial_epoch", 0), steps_per_epoch=cfg.train.steps_per_epoch,
+                            callbacks=[validation, *(callbacks or [])], verbose=self.verbose, shuffle=False)
+        scores = history.history
+        best = int(np.argmax(scores[cfg.search.objective]))
+        print(f"Trial done on {os.environ.get('KERASTUNER_TUNER_ID', 'local')}: {describe(hp.values)} -> "
+              f"{cfg.search.objective} {scores[cfg.search.objective][best]:.4f}", flush=True)
+        return {"val_map_at_r": float(scores["val_map_at_r"][best]),
+                "val_precision_at_1": float(scores["val_precision_at_1"][best]),
+                "epochs": float(len(scores["val_map_at_r"])), "seconds": time.perf_counter() - started}
+
+
+def make_tuner(cfg: Config, splits: Splits, kind: str, max_trials: int, directory: str | Path,
+               verbose: int = 1) -> keras_tuner.Tuner:
+    """A keras-tuner tuner over `cfg.search`, resuming whatever `directory` already holds."""
+    if kind not in TUNERS:
+        raise ValueError(f"tuner must be one of {list(TUNERS)}. Received: tuner={kind!r}")
+    if max_trials < 1:
+        raise ValueError(f"max_trials must be >= 1. Received: max_trials={max_trials}")
+    check_search(cfg, splits)
+    common = {"hypermodel": RetrievalHyperModel(cfg, splits, verbose),
+              "objective": keras_tuner.Objective(cfg.search.objective, direction="max"),
+              "directory": str(directory), "project_name": PROJECT, "overwrite": False, "seed": cfg.train.seed}
+    if kind == "random":
+        return keras_tuner.RandomSearch(max_trials=max_trials, **common)
+    if kind == "bayesian":
+        return keras_tuner.BayesianOptimization(max_trials=max_trials, **common)
+    # Hyperband sizes its own brackets (and so its trial count) from max_epochs.
+    return keras_tuner.Hyperband(max_epochs=cfg.train.epochs, **common)
+
+
+def trial_rows(tuner: keras_tuner.Tuner) -> list[dict]:
+    """One row per trial: id, status, hyperparameters, objective, epochs, seconds."""
+    rows = []
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        def metric(name):
+            return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+        rows.append({"trial": trial.trial_id, "status": trial.status,
+                     **{name: trial.hyperparameters.values.get(name) for name in HYPERPARAMETERS},
+                     "objective": trial.score, "epochs": metric("epochs"), "seconds": metric("seconds")})
+    return rows
+
+
+def write_results(tuner: keras_tuner.Tuner, cfg: Config, out: Path) -> tuple[Config | None, list[dict]]:
+    """Writes trials.csv, objective plots and best.yaml; returns the best trial's config and the rows."""
+    from reprlearn.config import save_config
+    from reprlearn.plots import plot_objective
+
+    rows = trial_rows(tuner)
+    with open(out / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    done = [r for r in rows if r["objective"] is not None]
+    if not done:
+        return None, rows
+    for name in ("margin", "embedding_dim"):
+        if any(r[name] is not None for r in done):
+            plot_objective(done, name, cfg.search.objective, out / f"objective_vs_{name}.png")
+    best = max(done, key=lambda r: r["objective"])
+    best_cfg = trial_config(cfg, {k: v for k, v in best.items() if k in HYPERPARAMETERS and v is not None})
+    save_config(best_cfg, out / "best.yaml", f"reprlearn train {out / 'best.yaml'} --out {out / 'best_run'}")
+    (out / "best.json").write_text(json.dumps({"trial": best["trial"], "objective": best["objective"],
+                                               "hyperparameters": {k: best[k] for k in HYPERPARAMETERS},
+                                               "config": config_to_dict(best_cfg)}, indent=2))
+    return best_cfg, rows

@@ -1,0 +1,116 @@
+"""reprlearn tune: search space checks, results, resume after a kill, and chief + 2 workers on 127.0.0.1."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reprlearn.cli import main
+from reprlearn.config import ConfigError, load_config
+from reprlearn.tuning import describe
+
+SMOKE = Path(__file__).resolve().parents[1] / "tuner" / "digits_smoke.yaml"
+REPRLEARN = [sys.executable, "-m", "reprlearn.cli"]
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _trial_files(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "search").glob("trial_*/trial.json")}
+
+
+@pytest.mark.parametrize("override, match", [
+    ("search.margin=[1.0, 0.5]", r"search.margin=\[1.0, 0.5\]"),
+    ("search.learning_rate=[]", None),
+    ("search.embedding_dim=[]", None),
+    ("search.dropout=[0.1, 0.5]", "unknown key 'search.dropout'"),
+    ("search.objective=val_loss", "search.objective='val_loss'"),
+    ("search.loss=[contrastive, pair_contrastive]", "search.loss="),
+])
+def test_search_space_is_checked_before_any_trial(override, match):
+    if match is None:
+        load_config(SMOKE, [override])  # an empty list fixes the hyperparameter: allowed
+        return
+    with pytest.raises(ConfigError, match=match):
+        load_config(SMOKE, [override])
+
+
+def test_batch_shape_the_training_classes_cannot_fill_fails_before_any_trial(tmp_path, capsys):
+    assert main(["tune", str(SMOKE), "--out", str(tmp_path), "--set", "search.classes_per_batch=[4, 9]"]) == 2
+    assert "search.classes_per_batch" in capsys.readouterr().err
+    assert not (tmp_path / "search").exists()
+
+
+def test_tune_writes_trials_plots_and_a_best_config_that_trains(tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert main(["tune", str(SMOKE), "--tuner", "bayesian", "--max-trials", "3", "--out", str(out), "--quiet",
+                 "--retrain-best"]) == 0
+    rows = _rows(out)
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    assert all(r["loss"] in ("contrastive", "triplet_semihard") and r["embedding_dim"] in ("8", "16") for r in rows)
+    assert all(0.0 <= float(r["objective"]) <= 1.0 and float(r["seconds"]) > 0 and r["epochs"] == "1.0"
+               for r in rows)
+    best = max(rows, key=lambda r: float(r["objective"]))
+    best_cfg = load_config(out / "best.yaml")
+    assert best_cfg.loss.name == best["loss"] and best_cfg.model.embedding_dim == int(best["embedding_dim"])
+    assert best_cfg.loss.margin == pytest.approx(float(best["margin"]))
+    assert (out / "objective_vs_margin.png").is_file() and (out / "objective_vs_embedding_dim.png").is_file()
+    report = json.loads((out / "best_run" / "report.json").read_text())
+    assert report["config"]["loss"]["name"] == best["loss"]
+    assert "Best trial" in capsys.readouterr().out
+
+
+def test_killed_search_resumes_instead_of_restarting(tmp_path):
+    out = tmp_path / "tune"
+    command = [*REPRLEARN, "tune", str(SMOKE), "--tuner", "random", "--max-trials", "3", "--out", str(out), "--quiet"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if any(t["status"] == "COMPLETED" for t in _trial_files(out).values()):
+            break
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    first = {name: t for name, t in _trial_files(out).items() if t["status"] == "COMPLETED"}
+    assert 1 <= len(first) < 3, "the kill must land after the first trial and before the last"
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    trials = _trial_files(out)
+    assert sorted(t["status"] for t in trials.values()) == ["COMPLETED"] * 3
+    for name, trial in first.items():  # finished trials were kept, not re-run
+        assert trials[name]["score"] == trial["score"]
+        assert trials[name]["hyperparameters"]["values"] == trial["hyperparameters"]["values"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chief_and_two_workers_complete_every_trial_exactly_once(tmp_path):
+    out = tmp_path / "dist"
+    script = Path(__file__).resolve().parents[1] / "tuner" / "launch_distributed.sh"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "REPRLEARN": str(Path(sys.executable).parent / "reprlearn")}
+    done = subprocess.run(["bash", str(script), str(SMOKE), str(out), "2", str(_free_port()), "--tuner", "random",
+                           "--max-trials", "4"], env=env, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stdout + (out / "chief.log").read_text()
+    rows = _rows(out)
+    assert len(rows) == 4 and len({r["trial"] for r in rows}) == 4
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    assert sorted(_trial_files(out)) == sorted(f"trial_{r['trial']}" for r in rows)
+    # Each trial ran in exactly one worker: across the workers' logs, every trial's hyperparameters finish once.
+    finished = [line.split(": ", 1)[1].split(" -> ")[0] for i in range(2)
+                for line in (out / f"worker{i}.log").read_text().splitlines()
+                if line.startswith(f"Trial done on tuner{i}: ")]
+    trials = [describe(t["hyperparameters"]["values"]) for t in _trial_files(out).values()]
+    assert sorted(finished) == sorted(trials) and len(set(trials)) == 4
