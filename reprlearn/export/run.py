@@ -132,6 +132,8 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     splits = make_splits(load_dataset(cfg.data.name, cfg.data.data_dir), cfg.data.protocol, cfg.data.train_classes,
                          cfg.data.validation_fraction, cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
     tower = keras.saving.load_model(model_path)
+    generative_path = next((p for p in (run_dir / "vae.keras", run_dir / "autoencoder.keras") if p.is_file()), None)
+    generative = keras.saving.load_model(generative_path) if generative_path else None
     test_images, test_labels = splits.test.images, splits.test.labels
     keras_embeddings = embed(tower, test_images)
     probe = keras_embeddings[:PROBE_IMAGES]
@@ -144,7 +146,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     staging = Path(tempfile.mkdtemp(prefix=".reprlearn-export-", dir=out.parent))
     try:
         saved_model = staging / "saved_model"
-        signatures = write_saved_model(tower, saved_model, cfg.loss.distance, threshold)
+        signatures = write_saved_model(tower, saved_model, cfg.loss.distance, threshold, generative)
         artifacts = staging / "artifacts"
         artifacts.mkdir()
         rows = []

@@ -4,7 +4,11 @@ Signatures (every input and output is named):
 - `serving_default`: `images` (float32, raw 0-255 pixels) → `embedding`;
 - `embed_uint8`: the same for uint8 images;
 - pair runs add `distance` (`images_a`, `images_b` → `distance`) and `verify`
-  (→ `distance`, `match`: distance <= the threshold calibrated in the run report).
+  (→ `distance`, `match`: distance <= the threshold calibrated in the run report);
+- autoencoder runs add `encode` (→ `code`, and `indices_i` for a max-unpooling decoder),
+  `decode` and `reconstruct`; VAE runs add `encode` (→ `mean`, `logvar`), `decode` (`z`),
+  `reconstruct`, `sample` (`num_samples`, `seed`) and `log_likelihood` (`images`, `k`:
+  the importance-weighted estimate, nats per image).
 """
 
 from __future__ import annotations
@@ -21,15 +25,75 @@ def _image_spec(tower: keras.Model, name: str, dtype=tf.float32) -> tf.TensorSpe
     return tf.TensorSpec([None, *tower.input_shape[1:]], dtype, name=name)
 
 
-def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", threshold: float | None = None) -> list[str]:
+def _add_autoencoder_endpoints(archive, autoencoder: keras.Model) -> list[str]:
+    """encode / decode / reconstruct for an autoencoder from `conv_autoencoder` or `dense_autoencoder`."""
+    image_spec = _image_spec(autoencoder, "images")
+    code = autoencoder.get_layer("code").output
+    # A max-unpooling decoder also needs the encoder's argmax indices, one tensor per pooling.
+    pools = sorted((layer for layer in autoencoder.layers if layer.name.startswith("enc_pool_")), key=lambda l: l.name)
+    indices = [layer.output[1] for layer in pools if any(l.name.startswith("dec_unpool_") for l in autoencoder.layers)]
+    encoder = keras.Model(autoencoder.input, [code, *indices])
+    decoder = keras.Model([code, *indices], autoencoder.output)
+    index_names = [f"indices_{i}" for i in range(len(indices))]
+
+    def encode(images):
+        outputs = encoder(tf.cast(images, tf.float32))
+        return {"code": outputs[0], **dict(zip(index_names, outputs[1:]))} if indices else {"code": outputs}
+
+    def decode(code, *index_tensors):
+        return {"reconstruction": decoder([code, *index_tensors] if indices else code)}
+
+    archive.add_endpoint("encode", encode, input_signature=[image_spec])
+    archive.add_endpoint("decode", decode, input_signature=[
+        tf.TensorSpec(code.shape, tf.float32, name="code"),
+        *(tf.TensorSpec(t.shape, tf.int32, name=n) for t, n in zip(indices, index_names))])
+    archive.add_endpoint("reconstruct", lambda images: {"reconstruction": autoencoder(tf.cast(images, tf.float32))},
+                         input_signature=[image_spec])
+    return ["encode", "decode", "reconstruct"]
+
+
+def _add_vae_endpoints(archive, vae) -> list[str]:
+    """encode / decode / reconstruct / sample / log_likelihood for a `VAE`."""
+    image_spec = tf.TensorSpec([None, *vae.image_shape], tf.float32, name="images")
+    z_spec = tf.TensorSpec([None, vae.latent_dim], tf.float32, name="z")
+    count_spec = tf.TensorSpec([], tf.int32, name="num_samples")
+    seed_spec = tf.TensorSpec([], tf.int32, name="seed")
+
+    def encode(images):
+        mean, logvar = vae.encode(images)
+        return {"mean": mean, "logvar": logvar}
+
+    def sample(num_samples, seed):
+        z = tf.random.stateless_normal(tf.stack([num_samples, vae.latent_dim]), seed=tf.stack([seed, 0]))
+        return {"images": vae.decode(z)}
+
+    def log_likelihood(images, k):
+        weights = vae.importance_log_weights(images, k, seed=0)
+        return {"log_likelihood": tf.reduce_logsumexp(weights, axis=0) - tf.math.log(tf.cast(k, tf.float32))}
+
+    archive.add_endpoint("encode", encode, input_signature=[image_spec])
+    archive.add_endpoint("decode", lambda z: {"images": vae.decode(z)}, input_signature=[z_spec])
+    archive.add_endpoint("reconstruct", lambda images: {"reconstruction": vae(images)}, input_signature=[image_spec])
+    archive.add_endpoint("sample", sample, input_signature=[count_spec, seed_spec])
+    archive.add_endpoint("log_likelihood", log_likelihood,
+                         input_signature=[image_spec, tf.TensorSpec([], tf.int32, name="k")])
+    return ["encode", "decode", "reconstruct", "sample", "log_likelihood"]
+
+
+def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", threshold: float | None = None,
+                      generative: keras.Model | None = None) -> list[str]:
     """Writes `tower` as a SavedModel at `path`; returns the signature names.
 
     Args:
-        tower: the embedding model (raw pixels in, embedding out).
+        tower: the embedding model (raw pixels in, embedding out; an autoencoder's encoder).
         path: the version folder to write (must not exist).
         metric: the distance of the `distance` and `verify` signatures.
         threshold: the calibrated match threshold; None leaves out `distance` and `verify`.
+        generative: an autoencoder or `VAE` whose encode/decode/reconstruct (and for a VAE sample and
+            log_likelihood) signatures to add.
     """
+    from reprlearn.models import VAE
+
     archive = keras.export.ExportArchive()
     archive.track(tower)
 
@@ -50,5 +114,10 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
 
         archive.add_endpoint("distance", distance, input_signature=pair_spec)
         archive.add_endpoint("verify", verify, input_signature=pair_spec)
+    names = ["serving_default", "embed_uint8"] + (["distance", "verify"] if threshold is not None else [])
+    if generative is not None:
+        archive.track(generative)
+        names += (_add_vae_endpoints(archive, generative) if isinstance(generative, VAE)
+                  else _add_autoencoder_endpoints(archive, generative))
     archive.write_out(str(path), verbose=False)
-    return ["serving_default", "embed_uint8"] + (["distance", "verify"] if threshold is not None else [])
+    return names

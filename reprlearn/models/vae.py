@@ -150,10 +150,23 @@ class VAE(keras.Model):
         kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mean) - 1.0 - logvar, axis=-1)
         return reconstruction, kl
 
-    def log_likelihood(self, images, k: int = 1, batch_size: int = 128, seed: int = 0) -> np.ndarray:
+    def importance_log_weights(self, images, k, seed=0) -> tf.Tensor:
+        """`[k, B]` log importance weights `log p(x|z_i) + log p(z_i) − log q(z_i|x)`, z_i ~ q(z|x) (graph-safe)."""
+        mean, logvar = self.encoder(images)
+        noise = tf.random.stateless_normal(tf.concat([[k], tf.shape(mean)], 0), seed=tf.stack([seed, 7]))
+        z = mean[None] + tf.exp(0.5 * logvar)[None] * noise                                  # [k, B, L]
+        flat_z = tf.reshape(z, [-1, self.latent_dim])
+        targets = tf.repeat(self._targets(images)[None], k, axis=0)
+        targets = tf.reshape(targets, tf.concat([[-1], tf.shape(targets)[2:]], 0))
+        log_px = tf.reshape(self._log_px_given_z(targets, self.decoder(flat_z)), [k, -1])
+        return log_px + _gaussian_log_density(z, 0.0, tf.zeros_like(z)) - _gaussian_log_density(z, mean, logvar)
+
+    def log_likelihood(self, images, k: int = 1, batch_size: int = 128, seed: int = 0,
+                       samples_per_pass: int = 100) -> np.ndarray:
         """Importance-weighted estimate of log p(x) in nats per image, `[B]`; k = 1 is the ELBO (β = 1).
 
         `log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x)`, z_i ~ q(z|x). It rises towards log p(x) with k.
+        The k samples are drawn `samples_per_pass` at a time, so memory does not grow with k.
         """
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an int >= 1. Received: k={k!r}")
@@ -161,16 +174,9 @@ class VAE(keras.Model):
         out = []
         for start in range(0, len(images), batch_size):
             batch = tf.convert_to_tensor(images[start:start + batch_size])
-            mean, logvar = self.encoder(batch)
-            targets = self._targets(batch)
-            weights = []
-            for i in range(k):
-                noise = tf.random.stateless_normal(tf.shape(mean), seed=[seed, start * k + i])
-                z = mean + tf.exp(0.5 * logvar) * noise
-                log_prior = _gaussian_log_density(z, 0.0, tf.zeros_like(z))
-                weights.append(self._log_px_given_z(targets, self.decoder(z)) + log_prior
-                               - _gaussian_log_density(z, mean, logvar))
-            out.append((tf.reduce_logsumexp(tf.stack(weights), axis=0) - math.log(k)).numpy())
+            weights = [self.importance_log_weights(batch, min(samples_per_pass, k - done), seed + start + done)
+                       for done in range(0, k, samples_per_pass)]
+            out.append((tf.reduce_logsumexp(tf.concat(weights, 0), axis=0) - math.log(k)).numpy())
         return np.concatenate(out)
 
     # ---- Keras training ----
