@@ -17,9 +17,15 @@ def _train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
     report = run_training(cfg, out, command=command, verbose=0 if args.quiet else 1)
-    test, raw = report["metrics"]["test"], report["metrics"]["baseline_raw"]
-    print(f"\nTest MAP@R {test['map_at_r']:.4f} (raw pixels {raw['map_at_r']:.4f}), "
-          f"P@1 {test['precision_at_1']:.4f}, ROC AUC {report['metrics']['verification']['roc_auc']:.4f}")
+    metrics = report["metrics"]
+    test, raw = metrics["test"], metrics["baseline_raw"]
+    if "verification" in metrics:
+        print(f"\nTest MAP@R {test['map_at_r']:.4f} (raw pixels {raw['map_at_r']:.4f}), "
+              f"P@1 {test['precision_at_1']:.4f}, ROC AUC {metrics['verification']['roc_auc']:.4f}")
+    else:
+        print(f"\nTest reconstruction MSE {metrics['reconstruction']['mse']:.5f} "
+              f"(PCA {metrics['reconstruction']['pca_mse']:.5f}); codes MAP@R {test['map_at_r']:.4f} "
+              f"(PCA {metrics['pca']['map_at_r']:.4f}, raw pixels {raw['map_at_r']:.4f})")
     print(f"Report: {out / 'report.md'}")
     return 0
 

@@ -189,3 +189,13 @@ def test_label_free_config_errors_name_the_key():
         _ae_config(kind="vae", tower="backbone")
     with pytest.raises(ConfigError, match="model.decoder='deconv'"):
         _ae_config(kind="autoencoder", decoder="deconv")
+
+
+def test_cli_trains_an_autoencoder_config(tmp_path, capsys):
+    from reprlearn.cli import main
+
+    assert main(["train", "configs/digits_debug.yaml", "--out", str(tmp_path), "--quiet",
+                 "--set", "model.kind=autoencoder", "--set", "model.code_dim=4", "--set", "train.epochs=1",
+                 "--set", "train.steps_per_epoch=5", "--set", "train.batch_size=32"]) == 0
+    printed = capsys.readouterr().out
+    assert "Test reconstruction MSE" in printed and "codes MAP@R" in printed
