@@ -32,7 +32,7 @@ def _train(args) -> int:
 
 def _tune(args) -> int:
     from reprlearn.config import load_config, save_config
-    from reprlearn.data import load_dataset, make_splits
+    from reprlearn.data import splits_for
     from reprlearn.train import run_training
     from reprlearn.tuning import make_tuner, write_results
 
@@ -41,8 +41,7 @@ def _tune(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
     save_config(cfg, out / "config.yaml", command)
-    splits = make_splits(load_dataset(cfg.data.name, cfg.data.data_dir), cfg.data.protocol, cfg.data.train_classes,
-                         cfg.data.validation_fraction, cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    splits = splits_for(cfg.data)
     tuner = make_tuner(cfg, splits, args.tuner, args.max_trials, out, verbose=0 if args.quiet else 1)
     tuner.search()
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief":

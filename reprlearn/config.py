@@ -34,6 +34,9 @@ class DataConfig:
     # None means the lower half of the class ids (Fashion-MNIST: 0-4).
     train_classes: typing.Optional[list[int]] = None
     validation_fraction: float = 0.1
+    # > 0: validate on this many whole training classes held out from training (class-disjoint, like the
+    # unseen-classes test) instead of a stratified share of every class.
+    validation_classes: int = 0
     max_train: typing.Optional[int] = None
     max_test: typing.Optional[int] = None
     seed: int = 0
@@ -193,6 +196,9 @@ def _check_ranges(cfg: Config) -> None:
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         raise ConfigError("config: data.validation_fraction must be in [0, 1). "
                           f"Received: data.validation_fraction={cfg.data.validation_fraction!r}")
+    if cfg.data.validation_classes < 0:
+        raise ConfigError("config: data.validation_classes must be >= 0. "
+                          f"Received: data.validation_classes={cfg.data.validation_classes!r}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"config: model.dropout must be in [0, 1). Received: model.dropout={cfg.model.dropout!r}")
     if cfg.train.examples_per_class < 2:

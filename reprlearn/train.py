@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from reprlearn.config import Config, LossConfig, config_to_dict, save_config
-from reprlearn.data import ImageSet, Splits, load_dataset, make_splits
+from reprlearn.data import ImageSet, Splits, splits_for
 from reprlearn.data.pipelines import pair_batches, pk_batches
 from reprlearn.distances import paired_distance
 from reprlearn.losses import ContrastiveLoss, LiftedStructLoss, TripletLoss
@@ -163,10 +163,7 @@ def prepare_run(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | No
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml", command)
     keras.utils.set_random_seed(cfg.train.seed)
-    if sets is None:
-        sets = load_dataset(cfg.data.name, cfg.data.data_dir)
-    splits = make_splits(sets, cfg.data.protocol, cfg.data.train_classes, cfg.data.validation_fraction,
-                         cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    splits = splits_for(cfg.data, sets)
     return out, splits
 
 

@@ -171,6 +171,8 @@ def write_results(tuner: keras_tuner.Tuner, cfg: Config, out: Path) -> tuple[Con
             plot_objective(done, name, cfg.search.objective, out / f"objective_vs_{name}.png")
     best = max(done, key=lambda r: r["objective"])
     best_cfg = trial_config(cfg, {k: v for k, v in best.items() if k in HYPERPARAMETERS and v is not None})
+    # The final model trains on every training class; held-out validation classes were for the search only.
+    best_cfg = dataclasses.replace(best_cfg, data=dataclasses.replace(best_cfg.data, validation_classes=0))
     save_config(best_cfg, out / "best.yaml", f"reprlearn train {out / 'best.yaml'} --out {out / 'best_run'}")
     (out / "best.json").write_text(json.dumps({"trial": best["trial"], "objective": best["objective"],
                                                "hyperparameters": {k: best[k] for k in HYPERPARAMETERS},

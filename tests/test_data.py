@@ -170,3 +170,16 @@ def test_pairs_are_balanced_and_labelled_right():
         assert np.all(distinct[(match == 1) & ~singleton])
     (a, b), m = next(iter(pair_batches(np.zeros((7, 2, 2, 1), np.uint8), labels, 8)))
     assert a.shape == (8, 2, 2, 1) and m.shape == (8,)
+
+
+def test_validation_classes_hold_out_whole_training_classes():
+    from reprlearn.data import load_dataset, make_splits
+
+    sets = load_dataset("digits")
+    splits = make_splits(sets, "unseen-classes", validation_classes=2, seed=3)
+    val_classes = sorted(set(splits.val.labels.tolist()))
+    assert len(val_classes) == 2 and not set(val_classes) & set(splits.train.labels.tolist())
+    assert sorted(splits.train_classes + val_classes) == [0, 1, 2, 3, 4]
+    assert not set(val_classes) & set(splits.test_classes)
+    with pytest.raises(ValueError, match="validation_classes=4"):
+        make_splits(sets, "unseen-classes", validation_classes=4)

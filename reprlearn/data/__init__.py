@@ -2,7 +2,7 @@
 
 from reprlearn.data.imageset import ImageSet, check_images, check_labels, make_imageset
 from reprlearn.data.loaders import DatasetNotFoundError, load_dataset, read_idx
-from reprlearn.data.protocols import Splits, make_splits, stratified_split
+from reprlearn.data.protocols import Splits, make_splits, splits_for, stratified_split
 
 __all__ = ["ImageSet", "check_images", "check_labels", "make_imageset", "DatasetNotFoundError",
-           "load_dataset", "read_idx", "Splits", "make_splits", "stratified_split"]
+           "load_dataset", "read_idx", "Splits", "make_splits", "splits_for", "stratified_split"]

@@ -55,7 +55,7 @@ def _cap(imageset: ImageSet, limit: int | None, seed: int) -> ImageSet:
 
 def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[int] | None = None,
                 validation_fraction: float = 0.1, seed: int = 0, max_train: int | None = None,
-                max_test: int | None = None) -> Splits:
+                max_test: int | None = None, validation_classes: int = 0) -> Splits:
     """Builds train/val/test sets for a protocol.
 
     Args:
@@ -65,6 +65,9 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
         validation_fraction: share of the training side held out for validation.
         seed: fixes every random choice.
         max_train, max_test: optional caps, stratified, for quick runs.
+        validation_classes: if > 0, hold out this many whole training classes (chosen by `seed`) as the
+            validation set instead of a stratified share, so validation measures retrieval of classes the
+            model did not train on; `train_classes` of the result are then the classes left to train on.
 
     Raises:
         ValueError: unknown protocol, or train classes that leave no test class.
@@ -95,6 +98,24 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
 
     train_side = _cap(train_side, max_train, seed)
     test_side = _cap(test_side, max_test, seed)
+    if validation_classes:
+        if not 0 < validation_classes <= len(train_cls) - 2:
+            raise ValueError(f"validation_classes must leave at least 2 of the {len(train_cls)} training classes "
+                             f"to train on. Received: validation_classes={validation_classes}")
+        held_out = sorted(np.random.default_rng(seed + 1).choice(train_cls, validation_classes, replace=False))
+        is_val = np.isin(train_side.labels, held_out)
+        return Splits(train=train_side.subset(~is_val), val=train_side.subset(is_val), test=test_side,
+                      train_classes=[c for c in train_cls if c not in held_out], test_classes=list(test_cls))
     fit_index, val_index = stratified_split(train_side.labels, validation_fraction, seed + 1)
     return Splits(train=train_side.subset(fit_index), val=train_side.subset(val_index), test=test_side,
                   train_classes=list(train_cls), test_classes=list(test_cls))
+
+
+def splits_for(data_cfg, sets: dict[str, ImageSet] | None = None) -> Splits:
+    """The splits a config's `data` section describes, loading the dataset unless `sets` is given."""
+    from reprlearn.data.loaders import load_dataset
+
+    if sets is None:
+        sets = load_dataset(data_cfg.name, data_cfg.data_dir)
+    return make_splits(sets, data_cfg.protocol, data_cfg.train_classes, data_cfg.validation_fraction,
+                       data_cfg.seed, data_cfg.max_train, data_cfg.max_test, data_cfg.validation_classes)

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from reprlearn.config import load_config
-from reprlearn.data import load_dataset, make_splits
+from reprlearn.data import splits_for
 from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_onnx, convert_tflite, onnx_embedder
 from reprlearn.export.savedmodel import write_saved_model
 from reprlearn.metrics import retrieval_metrics
@@ -129,8 +129,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
     is_pair = (run_dir / "pair_model.keras").is_file()
     threshold = report.get("metrics", {}).get("verification", {}).get("threshold") if is_pair else None
-    splits = make_splits(load_dataset(cfg.data.name, cfg.data.data_dir), cfg.data.protocol, cfg.data.train_classes,
-                         cfg.data.validation_fraction, cfg.data.seed, cfg.data.max_train, cfg.data.max_test)
+    splits = splits_for(cfg.data)
     tower = keras.saving.load_model(model_path)
     generative_path = next((p for p in (run_dir / "vae.keras", run_dir / "autoencoder.keras") if p.is_file()), None)
     generative = keras.saving.load_model(generative_path) if generative_path else None
