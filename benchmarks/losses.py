@@ -2,9 +2,10 @@
 
 Run:  .venv/bin/python benchmarks/losses.py [--sizes 64 256 1024 4096 8192] [--dim 128]
 
-Each (loss, N) is measured in its own process, so its peak resident memory (ru_maxrss
-minus the resident size just before the first call) is its own. Times are medians of
-repeated calls to one `tf.function` after a warm-up call. Targets (issue 3, 2-core CPU,
+Times: for each N, every loss's `tf.function` is warmed up, then all are called round-robin
+in one process until each has run ≥ 5 times and ≥ 2 s; the median is reported, so machine
+load falls on all of them alike. Memory: each (loss, N) runs once in a fresh process, and
+its peak is ru_maxrss minus the resident size after tracing, just before the call. Targets (issue 3, 2-core CPU,
 N = 1024): semi-hard ≤ 5×, lifted ≤ 2×, batch-hard ≤ 2× the distance-only time; every
 loss under 4 GB at N = 8192.
 """
@@ -46,14 +47,9 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(name: str, n: int, dim: int, min_seconds: float = 2.0) -> dict:
-    """Times one loss at batch size n in this process; returns seconds per call and peak extra memory."""
-    import numpy as np
+def _step(name: str):
     import tensorflow as tf
 
-    rng = np.random.default_rng(0)
-    embeddings = tf.constant(rng.normal(size=(n, dim)).astype(np.float32))
-    labels = tf.constant(rng.integers(0, max(n // 8, 2), n))  # P×K-like: about 8 per class
     fn = _loss_fn(name)
 
     @tf.function
@@ -63,15 +59,42 @@ def measure(name: str, n: int, dim: int, min_seconds: float = 2.0) -> dict:
             value = fn(y, e)
         return value, tape.gradient(value, e)
 
+    return step
+
+
+def _batch(n: int, dim: int):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    embeddings = tf.constant(rng.normal(size=(n, dim)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, max(n // 8, 2), n))  # P×K-like: about 8 per class
+    return labels, embeddings
+
+
+def peak_memory(name: str, n: int, dim: int) -> int:
+    """Peak resident bytes one forward+backward call adds, in this (fresh) process."""
+    labels, embeddings = _batch(n, dim)
+    step = _step(name)
+    step.get_concrete_function(labels, embeddings)  # trace first: graph building is not the loss's memory
     baseline = _resident_bytes()
-    step(labels, embeddings)[1].numpy()  # trace and warm up
-    times = []
-    while sum(times) < min_seconds or len(times) < 3:
-        started = time.perf_counter()
-        step(labels, embeddings)[1].numpy()
-        times.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"loss": name, "n": n, "seconds": statistics.median(times), "peak_bytes": max(peak - baseline, 0)}
+    step(labels, embeddings)[1].numpy()
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline, 0)
+
+
+def times(names: list[str], n: int, dim: int, min_seconds: float = 2.0) -> dict[str, float]:
+    """Median seconds per call of each loss, measured round-robin in one process so load hits all alike."""
+    labels, embeddings = _batch(n, dim)
+    steps = {name: _step(name) for name in names}
+    for step in steps.values():
+        step(labels, embeddings)[1].numpy()  # trace and warm up
+    samples = {name: [] for name in names}
+    while min(sum(v) for v in samples.values()) < min_seconds or min(len(v) for v in samples.values()) < 5:
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step(labels, embeddings)[1].numpy()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def main() -> None:
@@ -83,7 +106,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("LOSS", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), args.dim)))
+        print(json.dumps({"peak_bytes": peak_memory(args.child[0], int(args.child[1]), args.dim)}))
         return
 
     import tensorflow as tf
@@ -92,14 +115,14 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for n in args.sizes:
-        base = None
+        seconds = times(args.losses, n, args.dim)
+        base = seconds[args.losses[0]]
         for name in args.losses:
             out = subprocess.run([sys.executable, __file__, "--child", name, str(n), "--dim", str(args.dim)],
                                  capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            base = base or row["seconds"]
-            print(f"{n:>6} {name:<14} {row['seconds'] * 1e3:>10.2f} {row['seconds'] / base:>10.2f}× "
-                  f"{row['peak_bytes'] / 2**20:>9.0f}", flush=True)
+            peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+            print(f"{n:>6} {name:<14} {seconds[name] * 1e3:>10.2f} {seconds[name] / base:>10.2f}× "
+                  f"{peak / 2**20:>9.0f}", flush=True)
 
 
 if __name__ == "__main__":

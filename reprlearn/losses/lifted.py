@@ -8,9 +8,8 @@ computed once, so `J` is `logaddexp(L_i, L_j) + D_ij`: no N²×N tile as in tens
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import keras
+import numpy as np
 import tensorflow as tf
 
 from reprlearn.distances import check_margin, pairwise_distance
@@ -21,37 +20,30 @@ from reprlearn.labels import pair_masks
 _NO_NEGATIVE = -1e30
 
 
-class LiftedTerms(NamedTuple):
-    """`[N, N]` float32: each ordered positive pair's `max(J, 0)²`, the positive-pair mask, and `J > 0`."""
-    loss: tf.Tensor
-    positive: tf.Tensor
-    active: tf.Tensor
-
-
 def _negative_logsumexp(logits: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
     """Per row, `log Σ_{k∈Neg} exp(logits_k)`; `_NO_NEGATIVE` for a row without negatives."""
     has_negative = tf.reduce_any(negative, axis=1)
-    row_max = tf.stop_gradient(tf.reduce_max(tf.where(negative, logits, _NO_NEGATIVE), axis=1))
-    # Mask inside the exp too: exp of an unmasked entry can overflow, and inf·0 in the backward pass is NaN.
-    total = tf.reduce_sum(tf.where(negative, tf.exp(tf.where(negative, logits - row_max[:, None], 0.0)), 0.0), axis=1)
+    # Non-negatives become -inf: exp gives 0 and so does its gradient (never inf·0).
+    masked = tf.where(negative, logits, -np.inf)
+    row_max = tf.stop_gradient(tf.where(has_negative, tf.reduce_max(masked, axis=1), 0.0))
+    total = tf.reduce_sum(tf.exp(masked - row_max[:, None]), axis=1)
     return tf.where(has_negative, row_max + tf.math.log(tf.where(has_negative, total, 1.0)), _NO_NEGATIVE)
 
 
-def lifted_terms(labels, embeddings, margin: float) -> LiftedTerms:
+def lifted_objective(labels, embeddings, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """`J` for every ordered pair `[N, N]` (meaningful on positive pairs), and the positive-pair mask."""
     distances = pairwise_distance(embeddings, "L2")
     positive, negative = pair_masks(labels)
-    row = _negative_logsumexp(margin - distances, negative)
+    row = margin + _negative_logsumexp(-distances, negative)
     high = tf.maximum(row[:, None], row[None, :])
     low = tf.minimum(row[:, None], row[None, :])
-    objective = high + tf.math.log1p(tf.exp(low - high)) + distances
-    positive = tf.cast(positive, tf.float32)
-    return LiftedTerms(tf.square(tf.maximum(objective, 0.0)) * positive, positive,
-                       tf.cast(objective > 0.0, tf.float32) * positive)
+    return high + tf.math.log1p(tf.exp(low - high)) + distances, positive
 
 
-def _mean(terms: LiftedTerms) -> tf.Tensor:
+def _mean(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
     # Σ over ordered pairs counts each unordered pair twice: Σ_u / (2|P_u|) = Σ_ordered / (2|P_ordered|).
-    return tf.math.divide_no_nan(tf.reduce_sum(terms.loss), 2.0 * tf.reduce_sum(terms.positive))
+    total = tf.reduce_sum(tf.where(positive, tf.square(tf.maximum(objective, 0.0)), 0.0))
+    return tf.math.divide_no_nan(total, 2.0 * tf.reduce_sum(tf.cast(positive, tf.float32)))
 
 
 def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
@@ -69,13 +61,14 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
         A scalar in the embeddings' dtype; 0 with a zero gradient for a batch without a positive pair.
     """
     embeddings = tf.convert_to_tensor(embeddings)
-    return tf.cast(_mean(lifted_terms(labels, embeddings, margin)), embeddings.dtype)
+    return tf.cast(_mean(*lifted_objective(labels, embeddings, margin)), embeddings.dtype)
 
 
 def lifted_active_fraction(labels, embeddings, margin: float) -> tf.Tensor:
     """The fraction of positive pairs with `J > 0` (a non-zero loss term)."""
-    terms = lifted_terms(labels, embeddings, margin)
-    return tf.math.divide_no_nan(tf.reduce_sum(terms.active), tf.reduce_sum(terms.positive))
+    objective, positive = lifted_objective(labels, embeddings, margin)
+    active = tf.logical_and(positive, objective > 0.0)
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(active, tf.float32)), tf.reduce_sum(tf.cast(positive, tf.float32)))
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
