@@ -5,7 +5,7 @@ Run:  .venv/bin/python benchmarks/losses.py [--sizes 64 256 1024 4096 8192] [--d
 Times: for each N, every loss's `tf.function` is warmed up, then all are called round-robin
 in one process until each has run ≥ 5 times and ≥ 2 s; the median is reported, so machine
 load falls on all of them alike. Memory: each (loss, N) runs once in a fresh process, and
-its peak is ru_maxrss minus the resident size after tracing, just before the call. Targets (issue 3, 2-core CPU,
+its peak is VmHWM minus the resident size after tracing, just before the call. Targets (issue 3, 2-core CPU,
 N = 1024): semi-hard ≤ 5×, lifted ≤ 2×, batch-hard ≤ 2× the distance-only time; every
 loss under 4 GB at N = 8192.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,13 @@ def _loss_fn(name: str):
         "batch-all": lambda y, e: triplet_loss(y, e, "batch-all", 0.2),
         "lifted": lambda y, e: lifted_struct_loss(y, e, 1.0),
     }[name]
+
+
+def _peak_resident_bytes() -> int:
+    """This process's peak resident size (VmHWM: unlike ru_maxrss it does not inherit the parent's peak)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def _resident_bytes() -> int:
@@ -79,7 +85,7 @@ def peak_memory(name: str, n: int, dim: int) -> int:
     step.get_concrete_function(labels, embeddings)  # trace first: graph building is not the loss's memory
     baseline = _resident_bytes()
     step(labels, embeddings)[1].numpy()
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline, 0)
+    return max(_peak_resident_bytes() - baseline, 0)
 
 
 def times(names: list[str], n: int, dim: int, min_seconds: float = 2.0) -> dict[str, float]:
