@@ -179,14 +179,17 @@ def resume_or_build(out: Path, build, cfg: Config, verbose: int) -> tuple[keras.
 
 
 def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
-                  callbacks: list[keras.callbacks.Callback], verbose: int) -> tuple[float, list[dict]]:
+                  validation: keras.callbacks.Callback | None, callbacks: list[keras.callbacks.Callback] | None,
+                  verbose: int) -> tuple[float, list[dict]]:
     """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (seconds, full history).
 
-    The dataset is keyed by step, so a resumed run sees exactly the batches it would have seen.
+    `validation` runs first, so the checkpoint's history and TensorBoard see the metrics it logs;
+    `callbacks` (the caller's) run last. The dataset is keyed by step, so a resumed run sees exactly
+    the batches it would have seen.
     """
     checkpoints = out / "checkpoints"
-    callbacks = [*callbacks[:1], EpochCheckpoint(checkpoints), keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
-                 *callbacks[1:]]
+    callbacks = [*([validation] if validation else []), EpochCheckpoint(checkpoints),
+                 keras.callbacks.TensorBoard(log_dir=str(out / "logs")), *(callbacks or [])]
     started = time.perf_counter()
     if epochs_done < cfg.train.epochs:
         model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
@@ -254,7 +257,7 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     tower = model.get_layer(TOWER_NAME) if is_pair_loss(cfg) else model
     dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
     validation = RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance)
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, [validation, *(callbacks or [])],
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks,
                                      verbose)
 
     # Save the embedding model and prove it reloads to identical embeddings.

@@ -93,7 +93,7 @@ def run_autoencoder(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] 
                                          verbose)
     dataset = image_batches(splits.train.images, cfg.train.batch_size, cfg.train.seed,
                             start_step=epochs_done * cfg.train.steps_per_epoch, targets=not isinstance(model, VAE))
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, list(callbacks or []), verbose)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, None, callbacks, verbose)
 
     # model.keras is the encoder (images → code), what retrieval and `reprlearn export` use.
     encoder = code_model(model)
