@@ -32,6 +32,19 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _add_grid_and_history(figures: dict, report: dict, out: Path, test, vectors: np.ndarray, metric: str, rng,
+                          cfg, caption: str, title: str) -> None:
+    """The nearest-neighbour grid of random test queries, and the training curves when there is a history."""
+    queries = rng.choice(len(test), size=min(cfg.eval.grid_queries, len(test)), replace=False)
+    k = min(cfg.eval.grid_neighbours, len(test) - 1)
+    neighbours = nearest_neighbours(vectors, k, metric, query_index=queries)
+    plots.plot_retrieval_grid(test.images, test.labels, queries, neighbours, out / "retrieval_grid.png", title)
+    figures[caption] = "retrieval_grid.png"
+    if report["train"]["history"]:
+        plots.plot_history(report["train"]["history"], out / "training.png")
+        figures["Training curves"] = "training.png"
+
+
 def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None:
     """Writes every report artefact of a run into `out`."""
     test, embeddings = splits.test, evaluation["embeddings"]
@@ -51,16 +64,8 @@ def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None
     plots.plot_roc(pairs["distances"], pairs["match"], verification["eer"], verification["roc_auc"], out / "roc.png")
     figures["ROC curve"] = "roc.png"
 
-    queries = rng.choice(len(test), size=min(cfg.eval.grid_queries, len(test)), replace=False)
-    k = min(cfg.eval.grid_neighbours, len(test) - 1)
-    neighbours = nearest_neighbours(embeddings, k, cfg.loss.distance, query_index=queries)
-    plots.plot_retrieval_grid(test.images, test.labels, queries, neighbours, out / "retrieval_grid.png",
-                              "Nearest test neighbours (green: same class, red: other)")
-    figures["Nearest-neighbour retrieval"] = "retrieval_grid.png"
-
-    if report["train"]["history"]:
-        plots.plot_history(report["train"]["history"], out / "training.png")
-        figures["Training curves"] = "training.png"
+    _add_grid_and_history(figures, report, out, test, embeddings, cfg.loss.distance, rng, cfg,
+                          "Nearest-neighbour retrieval", "Nearest test neighbours (green: same class, red: other)")
 
     projected = rng.choice(len(test), size=min(cfg.eval.projector_points, len(test)), replace=False)
     write_projector(out / "logs" / "projector", embeddings[projected], test.labels[projected],
@@ -121,16 +126,9 @@ def write_autoencoder_report(report: dict, out: Path, splits, evaluation: dict, 
                                   "Latent traversal: z₁ left→right, z₂ bottom→top (5%–95% quantiles)")
             figures["Latent traversal"] = "traversal.png"
 
-    queries = rng.choice(len(test), size=min(cfg.eval.grid_queries, len(test)), replace=False)
-    k = min(cfg.eval.grid_neighbours, len(test) - 1)
-    neighbours = nearest_neighbours(codes, k, "angular", query_index=queries)
-    plots.plot_retrieval_grid(test.images, test.labels, queries, neighbours, out / "retrieval_grid.png",
-                              "Similar images by cosine k-NN on the codes (green: same class)")
-    figures["Similar-image retrieval with codes"] = "retrieval_grid.png"
-
-    if report["train"]["history"]:
-        plots.plot_history(report["train"]["history"], out / "training.png")
-        figures["Training curves"] = "training.png"
+    _add_grid_and_history(figures, report, out, test, codes, "angular", rng, cfg,
+                          "Similar-image retrieval with codes",
+                          "Similar images by cosine k-NN on the codes (green: same class)")
 
     report["figures"] = figures
     (out / "report.json").write_text(json.dumps(report, indent=2))
