@@ -19,7 +19,7 @@ import tensorflow as tf  # noqa: E402
 
 from reprlearn.data import load_dataset  # noqa: E402
 from reprlearn.data.pipelines import pk_batches  # noqa: E402
-from reprlearn.losses import ContrastiveLoss  # noqa: E402
+from reprlearn.losses import InBatchContrastiveLoss  # noqa: E402
 from reprlearn.models import conv_tower  # noqa: E402
 
 P, K = 8, 16
@@ -43,7 +43,7 @@ def generator_batches(images, labels, seed=0):
 def images_per_second(dataset, steps: int) -> float:
     keras.utils.set_random_seed(0)
     tower = conv_tower((28, 28, 1))
-    tower.compile(keras.optimizers.Adam(1e-3), ContrastiveLoss(margin=0.5, in_batch=True), jit_compile=False)
+    tower.compile(keras.optimizers.Adam(1e-3), InBatchContrastiveLoss(margin=0.5), jit_compile=False)
     tower.fit(dataset, steps_per_epoch=20, epochs=1, verbose=0)  # trace and warm up
     started = time.perf_counter()
     tower.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)

@@ -69,10 +69,17 @@ class SemiHardMiner(Miner):
     """FaceNet semi-hard negatives with tensorflow-addons' fallback.
 
     For each positive pair (a, p): the closest negative farther than p, `min {D_an : D_an > D_ap}`;
-    when no negative is farther, the farthest negative. Anchors without any negative (a one-class
-    batch) mine nothing. O(N² log N) time, O(N²) memory: each anchor's negative distances are
-    sorted once and every `D_ap` is binary-searched in them.
+    when no negative is farther, the farthest negative. O(N² log N) time, O(N²) memory: each
+    anchor's negative distances are sorted once and every `D_ap` is binary-searched in them.
+
+    Args:
+        addons_edge_cases: what an anchor without any negative (a one-class batch) does. False: it mines
+            nothing. True (tensorflow-addons): its pairs stay in the loss with a negative distance of 0
+            (the anchor itself is taken as the negative), so each costs `margin + D_ap`.
     """
+
+    def __init__(self, addons_edge_cases: bool = False):
+        self.addons_edge_cases = bool(addons_edge_cases)
 
     def mine(self, distances, positive, negative):
         # One top_k gives each anchor's negative distances sorted ascending and their columns.
@@ -82,24 +89,51 @@ class SemiHardMiner(Miner):
         first_farther = tf.searchsorted(sorted_negatives, distances, side="right")
         rank = tf.where(first_farther < num_negatives, first_farther, num_negatives - 1)
         negative_index = tf.gather(order, tf.maximum(rank, 0), batch_dims=1)
+        if self.addons_edge_cases:
+            # D_aa = 0: the anchor itself stands in for the missing negative, as addons' masked maximum does.
+            anchor = tf.broadcast_to(tf.range(tf.shape(distances)[0])[:, None], tf.shape(negative_index))
+            return MinedTriplets(positive, tf.where(num_negatives > 0, negative_index, anchor))
         return MinedTriplets(tf.logical_and(positive, num_negatives > 0), negative_index)
+
+    def get_config(self) -> dict:
+        return {"addons_edge_cases": self.addons_edge_cases}
+
+    def __repr__(self):
+        return f"SemiHardMiner(addons_edge_cases={self.addons_edge_cases})"
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
 class BatchHardMiner(Miner):
     """Hermans et al. batch-hard: per anchor, its farthest positive and its closest negative.
 
-    Anchors without a positive or without a negative mine nothing.
+    Args:
+        addons_edge_cases: False: anchors without a positive or without a negative mine nothing.
+            True (tensorflow-addons' `triplet_hard_loss`): every anchor counts once; a missing positive
+            has distance 0 (the anchor itself) and a missing negative is the farthest item of the row.
     """
+
+    def __init__(self, addons_edge_cases: bool = False):
+        self.addons_edge_cases = bool(addons_edge_cases)
 
     def mine(self, distances, positive, negative):
         n = tf.shape(distances)[0]
         hardest_positive = tf.argmax(tf.where(positive, distances, -1.0), axis=1, output_type=tf.int32)
         hardest_negative = tf.argmin(tf.where(negative, distances, np.inf), axis=1, output_type=tf.int32)
+        if self.addons_edge_cases:
+            hardest_positive = tf.where(_has_any(positive)[:, 0], hardest_positive, tf.range(n))
+            farthest = tf.argmax(distances, axis=1, output_type=tf.int32)
+            hardest_negative = tf.where(_has_any(negative)[:, 0], hardest_negative, farthest)
+            return MinedTriplets(tf.equal(tf.range(n)[None, :], hardest_positive[:, None]), hardest_negative[:, None])
         is_hardest = tf.equal(tf.range(n)[None, :], hardest_positive[:, None])
         valid = tf.logical_and(_has_any(positive), _has_any(negative))
         pair_mask = tf.logical_and(is_hardest, valid)
         return MinedTriplets(pair_mask, hardest_negative[:, None])
+
+    def get_config(self) -> dict:
+        return {"addons_edge_cases": self.addons_edge_cases}
+
+    def __repr__(self):
+        return f"BatchHardMiner(addons_edge_cases={self.addons_edge_cases})"
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")

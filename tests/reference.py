@@ -208,3 +208,21 @@ def addons_lifted_struct(labels, embeddings, margin):
     mask_positives = adjacency.astype(float) - np.eye(n)
     num_positives = mask_positives.sum() / 2.0
     return 0.25 * np.square(np.maximum(loss_mat * mask_positives, 0.0)).sum() / num_positives
+
+
+def addons_triplet_hard(labels, embeddings, margin, soft=False):
+    """A line-by-line NumPy port of tensorflow-addons 0.23 `triplet_hard_loss` (L2): every anchor counts;
+    masked maximum/minimum give a missing positive distance 0 and a missing negative the row's maximum."""
+    labels = np.asarray(labels).reshape(-1, 1)
+    pdist = pairwise(embeddings, "L2")
+    n = len(labels)
+    adjacency = labels == labels.T
+    adjacency_not = ~adjacency
+    mask_positives = adjacency.astype(float) - np.eye(n)
+    mins = pdist.min(1, keepdims=True)
+    hard_positives = ((pdist - mins) * mask_positives).max(1, keepdims=True) + mins
+    maxs = pdist.max(1, keepdims=True)
+    hard_negatives = ((pdist - maxs) * adjacency_not).min(1, keepdims=True) + maxs
+    gap = hard_positives - hard_negatives
+    losses = np.log1p(np.exp(gap)) if soft else np.maximum(gap + margin, 0.0)
+    return float(losses.mean())

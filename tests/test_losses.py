@@ -4,7 +4,7 @@ import tensorflow as tf
 import keras
 
 from reprlearn.distances import paired_distance, pairwise_distance
-from reprlearn.losses import ContrastiveLoss, contrastive_loss, in_batch_contrastive_loss
+from reprlearn.losses import ContrastiveLoss, InBatchContrastiveLoss, contrastive_loss, in_batch_contrastive_loss
 from tests import reference
 
 EMB = np.array([[0.0, 0.0], [3.0, 4.0], [3.0, 4.0], [1.0, 0.0], [0.0, -2.0]], np.float32)
@@ -57,7 +57,7 @@ def test_in_batch_contrastive_matches_loop(metric):
     labels = rng.integers(0, 3, 9)
     got = in_batch_contrastive_loss(labels, emb, margin=0.7, distance=metric).numpy()
     assert got == pytest.approx(reference.in_batch_contrastive(labels, emb, 0.7, metric), rel=1e-5)
-    loss = ContrastiveLoss(margin=0.7, in_batch=True, distance=metric)
+    loss = InBatchContrastiveLoss(margin=0.7, distance=metric)
     assert loss(labels.reshape(-1, 1).astype(np.float32), emb).numpy() == pytest.approx(got, rel=1e-6)
 
 
@@ -82,8 +82,8 @@ def test_low_precision_inputs_compute_in_float32(dtype):
 
 
 def test_contrastive_loss_serializes_and_rejects_negative_margin():
-    loss = ContrastiveLoss(margin=0.3, in_batch=True, distance="angular")
+    loss = InBatchContrastiveLoss(margin=0.3, distance="angular")
     clone = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert (clone.margin, clone.in_batch, clone.distance) == (0.3, True, "angular")
+    assert type(clone) is InBatchContrastiveLoss and (clone.margin, clone.distance) == (0.3, "angular")
     with pytest.raises(ValueError, match="margin=-1"):
         ContrastiveLoss(margin=-1)

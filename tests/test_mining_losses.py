@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 from reprlearn.layers import LiftedStructLossLayer
-from reprlearn.losses import (ContrastiveLoss, LiftedStructLoss, TripletHardLoss, TripletLoss, TripletSemiHardLoss,
+from reprlearn.losses import (ContrastiveLoss, InBatchContrastiveLoss, LiftedStructLoss, TripletHardLoss, TripletLoss, TripletSemiHardLoss,
                               in_batch_contrastive_loss, lifted_struct_loss, triplet_hard_loss, triplet_loss, triplet_semihard_loss)
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance
 from reprlearn.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, get_miner
@@ -39,6 +39,7 @@ def test_semihard_matches_loop(metric, batch):
     want = reference.triplet_semihard(labels, emb, 0.5, metric)
     assert triplet_semihard_loss(labels, emb, 0.5, metric).numpy() == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert TripletSemiHardLoss(0.5, metric)(labels, emb).numpy() == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert TripletLoss("semi-hard", 0.5, metric)(labels, emb).numpy() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("batch", range(len(BATCHES)))
@@ -65,8 +66,31 @@ def test_semihard_fallback_takes_the_farthest_negative():
 def test_batch_hard_matches_loop(soft, batch):
     emb, labels = BATCHES[batch]
     want = reference.triplet_batch_hard(labels, emb, 0.3, soft)
+    assert triplet_loss(labels, emb, "batch-hard", 0.3, soft=soft).numpy() == pytest.approx(want, rel=1e-5)
+    assert TripletLoss("batch-hard", 0.3, soft=soft)(labels, emb).numpy() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_hard_equals_tensorflow_addons_with_singleton_classes(soft, seed):
+    # 20 examples of 4 random classes often leave a class with one example; addons averages over every anchor.
+    emb, labels = random_batch(seed, n=20, classes=4, duplicates=False)
+    labels[-1] = 9  # always at least one singleton
+    want = reference.addons_triplet_hard(labels, emb, 0.3, soft)
     assert triplet_hard_loss(labels, emb, 0.3, soft).numpy() == pytest.approx(want, rel=1e-5)
     assert TripletHardLoss(0.3, soft)(labels, emb).numpy() == pytest.approx(want, rel=1e-5)
+    assert TripletLoss("batch-hard", 0.3, soft=soft)(labels, emb).numpy() != pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss, port", [(triplet_semihard_loss, reference.addons_triplet_semihard),
+                                        (triplet_hard_loss, reference.addons_triplet_hard)],
+                         ids=["semihard", "hard"])
+def test_addons_named_losses_follow_addons_on_a_one_class_batch(loss, port):
+    emb, _ = random_batch(3, n=6, duplicates=False)
+    labels = np.zeros(6, np.int64)
+    want = port(labels, emb, 0.4)
+    assert want >= 0.4 - 1e-6  # every anchor is charged the margin at least
+    assert loss(labels, emb, 0.4).numpy() == pytest.approx(want, rel=1e-5)
 
 
 @pytest.mark.parametrize("active_only", [False, True])
@@ -96,10 +120,15 @@ def test_lifted_with_an_anchor_without_negatives_in_one_row():
 
 # name → (function of (labels, embeddings), its NumPy reference)
 LOSSES = {
-    "semi-hard": (lambda y, e: triplet_semihard_loss(y, e, 0.5), lambda y, e: reference.triplet_semihard(y, e, 0.5)),
-    "batch-hard": (lambda y, e: triplet_hard_loss(y, e, 0.5), lambda y, e: reference.triplet_batch_hard(y, e, 0.5)),
-    "batch-hard-soft": (lambda y, e: triplet_hard_loss(y, e, 0.5, soft=True),
+    "semi-hard": (lambda y, e: triplet_loss(y, e, "semi-hard", 0.5), lambda y, e: reference.triplet_semihard(y, e, 0.5)),
+    "batch-hard": (lambda y, e: triplet_loss(y, e, "batch-hard", 0.5),
+                   lambda y, e: reference.triplet_batch_hard(y, e, 0.5)),
+    "batch-hard-soft": (lambda y, e: triplet_loss(y, e, "batch-hard", 0.5, soft=True),
                         lambda y, e: reference.triplet_batch_hard(y, e, 0.5, soft=True)),
+    # The addons-named functions, against line-by-line ports of addons 0.23 (edge cases included).
+    "addons-semihard": (lambda y, e: triplet_semihard_loss(y, e, 0.5),
+                        lambda y, e: reference.addons_triplet_semihard(y, e, 0.5)),
+    "addons-hard": (lambda y, e: triplet_hard_loss(y, e, 0.5), lambda y, e: reference.addons_triplet_hard(y, e, 0.5)),
     "batch-all": (lambda y, e: triplet_loss(y, e, "batch-all", 0.5),
                   lambda y, e: reference.triplet_batch_all(y, e, 0.5)),
     "lifted": (lambda y, e: lifted_struct_loss(y, e, 1.0), lambda y, e: reference.lifted_struct(y, e, 1.0)),
@@ -116,7 +145,7 @@ def value_and_gradient(fn, labels, emb, dtype=tf.float32):
     return value, tape.gradient(value, x)
 
 
-@pytest.mark.parametrize("name", [name for name in LOSSES if name != "contrastive"])
+@pytest.mark.parametrize("name", [name for name in LOSSES if name not in ("contrastive", "addons-hard")])
 def test_no_positive_pair_gives_zero_with_zero_gradient(name):
     emb = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     value, grad = value_and_gradient(LOSSES[name][0], np.arange(5), emb)
@@ -140,7 +169,7 @@ def test_edge_cases_match_the_loop_and_stay_finite(name, case):
     value, grad = value_and_gradient(fn, labels, emb)
     assert value.numpy() == pytest.approx(ref(labels, emb), rel=1e-5, abs=1e-6)
     assert np.all(np.isfinite(grad.numpy())) if grad is not None else True
-    if case == "one class" and name != "contrastive":
+    if case == "one class" and name not in ("contrastive", "addons-semihard", "addons-hard"):
         assert value.numpy() == 0.0  # no negative anywhere: nothing to mine, no lifted term
 
 
@@ -179,7 +208,7 @@ def test_runs_under_xla(name):
 
 def test_gradients_match_finite_differences():
     emb, labels = random_batch(11, n=8, dim=3, duplicates=False)
-    for name in ("semi-hard", "batch-hard", "batch-all", "lifted"):
+    for name in ("semi-hard", "batch-hard", "batch-all", "lifted", "addons-semihard", "addons-hard"):
         fn = LOSSES[name][0]
         _, grad = value_and_gradient(fn, labels, emb.astype(np.float64), tf.float64)
         step, numeric = 1e-4, np.zeros_like(emb, np.float64)
@@ -253,7 +282,7 @@ def test_training_metrics_match_numpy():
 
 @pytest.mark.parametrize("loss", [TripletSemiHardLoss(0.2, "squared-L2"), TripletHardLoss(0.3, soft=True),
                                   TripletLoss(BatchAllMiner(), 0.1, "angular", active_only=True),
-                                  LiftedStructLoss(0.8), ContrastiveLoss(0.5, in_batch=True)],
+                                  LiftedStructLoss(0.8), InBatchContrastiveLoss(0.5)],
                          ids=lambda loss: type(loss).__name__)
 def test_compiled_model_survives_save_and_load(loss, tmp_path):
     inputs = keras.Input((4,))

@@ -80,7 +80,8 @@ class MaxUnpooling2D(keras.layers.Layer):
         restored = MaxUnpooling2D(2, output_size=(7, 7))(pooled, indices)   # or ([pooled, indices])
 
     Args:
-        pool_size, strides, padding: those of the pooling being inverted (strides default to pool_size).
+        pool_size, strides, padding: those of the pooling being inverted. As in tensorflow-addons, strides
+            default to `(2, 2)` whatever the pool size: pass the pooling's strides when they differ.
         output_size: `(height, width)` of the unpooled map; default: what the pooling would have come
             from without padding, `input · strides` for SAME (addons' rule), which is wrong for odd sizes.
 
@@ -88,10 +89,10 @@ class MaxUnpooling2D(keras.layers.Layer):
         `[B, height, width, C]`, zero except at the argmax positions.
     """
 
-    def __init__(self, pool_size=2, strides=None, padding: str = "SAME", output_size=None, **kwargs):
+    def __init__(self, pool_size=(2, 2), strides=(2, 2), padding: str = "SAME", output_size=None, **kwargs):
         super().__init__(**kwargs)
         self.pool_size = _pair(pool_size, "pool_size")
-        self.strides = _pair(strides if strides is not None else pool_size, "strides")
+        self.strides = _pair(strides, "strides")
         self.padding = _padding(padding)
         self.output_size = None if output_size is None else _pair(output_size, "output_size")
 

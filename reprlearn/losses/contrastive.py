@@ -70,40 +70,56 @@ def _in_batch_terms(labels, embeddings, margin: float, distance: Distance) -> tu
 
 @keras.saving.register_keras_serializable(package="reprlearn")
 class ContrastiveLoss(keras.losses.Loss):
-    """Contrastive loss as a Keras loss, pair form or in-batch form.
+    """tensorflow-addons' `ContrastiveLoss`: the pair form, `y_true` marks matching pairs, `y_pred` holds distances.
 
     Example:
-        siamese.compile(loss=ContrastiveLoss(margin=1.0))                 # y_pred: distances
-        tower.compile(loss=ContrastiveLoss(margin=0.5, in_batch=True))    # y_pred: embeddings
+        siamese.compile(loss=ContrastiveLoss(margin=1.0))   # y_pred: a Siamese model's distances
 
     Args:
         margin: distance beyond which a non-matching pair costs nothing.
-        in_batch: False: `y_true` marks matching pairs and `y_pred` holds their distances.
-            True: `y_true` holds class labels and `y_pred` embeddings; every pair of the batch counts.
-        distance: the in-batch distance metric (name or callable).
     """
 
-    def __init__(self, margin: float = 1.0, in_batch: bool = False, distance: Distance = "L2",
-                 name: str = "contrastive_loss", **kwargs):
+    def __init__(self, margin: float = 1.0, name: str = "contrastive_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.margin = check_margin(margin)
-        self.in_batch = bool(in_batch)
-        self.distance = check_metric(distance)
 
     def call(self, y_true, y_pred):
-        if self.in_batch:
-            return in_batch_contrastive_loss(y_true, y_pred, self.margin, self.distance)
         return contrastive_loss(y_true, y_pred, self.margin)
 
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
         """The fraction of pairs with a non-zero loss term in this batch."""
-        if self.in_batch:
-            terms, pairs = _in_batch_terms(y_true, y_pred, self.margin, self.distance)
-        else:
-            terms = contrastive_loss(y_true, tf.cast(y_pred, tf.float32), self.margin)
-            pairs = tf.ones_like(terms)
+        terms = contrastive_loss(y_true, tf.cast(y_pred, tf.float32), self.margin)
+        return tf.reduce_mean(tf.cast(terms > 0, tf.float32))
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class InBatchContrastiveLoss(keras.losses.Loss):
+    """Contrastive loss over every pair of a batch: `y_true` holds class labels, `y_pred` embeddings.
+
+    Example:
+        tower.compile(optimizer="adam", loss=InBatchContrastiveLoss(margin=0.5))
+
+    Args:
+        margin: distance beyond which a non-matching pair costs nothing.
+        distance: a metric name or callable (see `reprlearn.distances`).
+    """
+
+    def __init__(self, margin: float = 1.0, distance: Distance = "L2", name: str = "in_batch_contrastive_loss",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.margin = check_margin(margin)
+        self.distance = check_metric(distance)
+
+    def call(self, y_true, y_pred):
+        return in_batch_contrastive_loss(y_true, y_pred, self.margin, self.distance)
+
+    def active_fraction(self, y_true, y_pred) -> tf.Tensor:
+        """The fraction of pairs with a non-zero loss term in this batch."""
+        terms, pairs = _in_batch_terms(y_true, y_pred, self.margin, self.distance)
         return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(terms > 0, tf.float32)), tf.reduce_sum(pairs))
 
     def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "in_batch": self.in_batch,
-                "distance": self.distance}
+        return {**super().get_config(), "margin": self.margin, "distance": self.distance}

@@ -2,9 +2,12 @@
 
 All run in O(N²) memory: a miner picks one negative per anchor-positive pair as an index
 into the distance matrix, and batch-all sums over every negative with sorted prefix sums
-instead of an N×N×N tensor. Numbers equal tensorflow-addons' `triplet_semihard_loss` and
-`triplet_hard_loss` wherever every anchor has a positive and a negative; where addons
-returns NaN (no positive pair) these return 0 with a zero gradient.
+instead of an N×N×N tensor. The addons-named objects (`triplet_semihard_loss`, `TripletSemiHardLoss`,
+`triplet_hard_loss`, `TripletHardLoss`) give tensorflow-addons' numbers everywhere addons is
+finite, edge cases included (one-class batches, singleton classes: see the miners'
+`addons_edge_cases`); where addons returns NaN (no positive pair) they return 0 with a zero
+gradient. The general `TripletLoss(miner=...)` leaves anchors without a positive or a negative
+out of the sum and of the count.
 """
 
 from __future__ import annotations
@@ -96,13 +99,13 @@ def triplet_loss(labels, embeddings, miner="semi-hard", margin: float = 1.0, dis
 
 def triplet_semihard_loss(y_true, y_pred, margin: float = 1.0, distance_metric: Distance = "L2") -> tf.Tensor:
     """tensorflow-addons' `triplet_semihard_loss`, in O(N²) memory: semi-hard mining, mean over positive pairs."""
-    return triplet_loss(y_true, y_pred, SemiHardMiner(), margin, distance_metric)
+    return triplet_loss(y_true, y_pred, SemiHardMiner(addons_edge_cases=True), margin, distance_metric)
 
 
 def triplet_hard_loss(y_true, y_pred, margin: float = 1.0, soft: bool = False,
                       distance_metric: Distance = "L2") -> tf.Tensor:
     """tensorflow-addons' `triplet_hard_loss`: hardest positive and negative per anchor, mean over anchors."""
-    return triplet_loss(y_true, y_pred, BatchHardMiner(), margin, distance_metric, soft)
+    return triplet_loss(y_true, y_pred, BatchHardMiner(addons_edge_cases=True), margin, distance_metric, soft)
 
 
 def _check_soft(miner: Miner, soft: bool) -> Miner:
@@ -158,7 +161,7 @@ class TripletSemiHardLoss(TripletLoss):
 
     def __init__(self, margin: float = 1.0, distance_metric: Distance = "L2", name: str = "triplet_semihard_loss",
                  **kwargs):
-        super().__init__(SemiHardMiner(), margin, distance_metric, name=name, **kwargs)
+        super().__init__(SemiHardMiner(addons_edge_cases=True), margin, distance_metric, name=name, **kwargs)
 
     def get_config(self):
         return {**keras.losses.Loss.get_config(self), "margin": self.margin, "distance_metric": self.distance}
@@ -174,7 +177,7 @@ class TripletHardLoss(TripletLoss):
 
     def __init__(self, margin: float = 1.0, soft: bool = False, distance_metric: Distance = "L2",
                  name: str = "triplet_hard_loss", **kwargs):
-        super().__init__(BatchHardMiner(), margin, distance_metric, soft, name=name, **kwargs)
+        super().__init__(BatchHardMiner(addons_edge_cases=True), margin, distance_metric, soft, name=name, **kwargs)
 
     def get_config(self):
         return {**keras.losses.Loss.get_config(self), "margin": self.margin, "soft": self.soft,
