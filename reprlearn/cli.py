@@ -11,12 +11,13 @@ from pathlib import Path
 
 def _train(args) -> int:
     from reprlearn.config import load_config
-    from reprlearn.train import run_training
+    from reprlearn.training import run_training
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
-    report = run_training(cfg, out, command=command, verbose=0 if args.quiet else 1)
+    report = run_training(cfg, out, command=command, verbose=0 if args.quiet else 1, resume=args.resume,
+                          force=args.force)
     metrics = report["metrics"]
     test, raw = metrics["test"], metrics["baseline_raw"]
     if "verification" in metrics:
@@ -33,15 +34,16 @@ def _train(args) -> int:
 def _tune(args) -> int:
     from reprlearn.config import load_config, save_config
     from reprlearn.data import splits_for
-    from reprlearn.train import run_training
-    from reprlearn.tuning import make_tuner, write_results
+    from reprlearn.training import run_training
+    from reprlearn.tuning import check_search, make_tuner, write_results
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
+    splits = splits_for(cfg.data)
+    check_search(cfg, splits)  # before the search folder is made
     out.mkdir(parents=True, exist_ok=True)
     command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
     save_config(cfg, out / "config.yaml", command)
-    splits = splits_for(cfg.data)
     tuner = make_tuner(cfg, splits, args.tuner, args.max_trials, out, verbose=0 if args.quiet else 1)
     tuner.search()
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief":
@@ -82,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config file (see configs/)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value (repeatable), e.g. --set train.epochs=2")
-    train.add_argument("--out", help="run folder (default runs/<config name>); re-running resumes")
-    train.add_argument("--quiet", action="store_true", help="no Keras progress bars")
+    train.add_argument("--out", help="run folder (default runs/<config name>); re-running the same config continues it, "
+                                     "a different config is refused")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out (an error if there is none)")
+    train.add_argument("--force", action="store_true", help="delete the run in --out and start over")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(handler=_train)
     tune = commands.add_parser("tune", help="search hyperparameters on a retrieval objective (keras-tuner)")
     tune.add_argument("config", help="YAML config; its search: section is the search space")

@@ -20,6 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from reprlearn.data.protocols import PROTOCOLS
+from reprlearn.distances import ALIASES, METRICS
+from reprlearn.registry import IN_BATCH_LOSSES, LOSSES
+
 
 class ConfigError(ValueError):
     """A config key is unknown, mistyped or out of range."""
@@ -71,9 +75,9 @@ class ModelConfig:
 class LossConfig:
     # contrastive: in-batch pairs of P×K batches; pair_contrastive: a Siamese pair model on balanced pairs;
     # triplet_semihard / triplet_hard / triplet_batch_all / lifted_struct: in-batch mining on P×K batches.
-    name: str = "contrastive"
+    name: str = "contrastive"  # one of reprlearn.registry.LOSSES
     margin: float = 0.5
-    distance: str = "L2"
+    distance: str = "L2"       # L2 | squared-L2 | angular (alias: cosine)
     # triplet_hard only: softplus(D_ap - D_an) instead of the margin hinge.
     soft: bool = False
 
@@ -102,18 +106,18 @@ class EvalConfig:
     grid_neighbours: int = 8
 
 
-IN_BATCH_LOSSES = ("contrastive", "triplet_semihard", "triplet_hard", "triplet_batch_all", "lifted_struct")
 TUNING_OBJECTIVES = ("val_map_at_r", "val_precision_at_1")  # what RetrievalValidation logs every epoch
 
 
 @dataclass
 class SearchConfig:
     """`reprlearn tune` only. Ranges are `[low, high]`, sampled log-uniformly; lists are choices.
-    An empty list fixes that hyperparameter at the config's own value."""
-    margin: list[float] = field(default_factory=lambda: [0.05, 1.0])
-    embedding_dim: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
-    learning_rate: list[float] = field(default_factory=lambda: [1e-4, 1e-2])
-    loss: list[str] = field(default_factory=lambda: list(IN_BATCH_LOSSES))
+    The search space is what the section lists: a hyperparameter left out (or `[]`) stays at the
+    config's own value, and a search with nothing listed is an error."""
+    margin: list[float] = field(default_factory=list)
+    embedding_dim: list[int] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+    loss: list[str] = field(default_factory=list)
     classes_per_batch: list[int] = field(default_factory=list)
     examples_per_class: list[int] = field(default_factory=list)
     objective: str = "val_map_at_r"
@@ -131,16 +135,15 @@ class Config:
 
 # Allowed values for string keys, checked after typing.
 CHOICES = {
-    "data.protocol": ("seen-classes", "unseen-classes"),
+    "data.protocol": PROTOCOLS,
     "model.kind": ("embedding", "autoencoder", "vae"),
     "train.lr_schedule": ("constant", "cosine"),
     "search.objective": TUNING_OBJECTIVES,
     "model.tower": ("mlp", "conv", "backbone"),
     "model.decoder": ("unpool", "transpose", "upsample"),
     "model.likelihood": ("bernoulli", "gaussian"),
-    "loss.name": ("contrastive", "pair_contrastive", "triplet_semihard", "triplet_hard", "triplet_batch_all",
-                  "lifted_struct"),
-    "loss.distance": ("L2", "squared-L2", "angular"),
+    "loss.name": tuple(LOSSES),
+    "loss.distance": METRICS + tuple(ALIASES),
     "eval.projection": ("tsne", "pca"),
 }
 POSITIVE = {
@@ -206,15 +209,17 @@ def _check_ranges(cfg: Config) -> None:
                           f"Received: train.examples_per_class={cfg.train.examples_per_class!r}")
     if cfg.loss.margin < 0:
         raise ConfigError(f"config: loss.margin must be >= 0. Received: loss.margin={cfg.loss.margin!r}")
-    if cfg.loss.name == "lifted_struct" and cfg.loss.distance != "L2":
-        raise ConfigError("config: lifted_struct is defined on L2 distances. "
+    spec = LOSSES[cfg.loss.name]
+    if cfg.loss.distance not in spec.distances:
+        raise ConfigError(f"config: {cfg.loss.name} accepts loss.distance in {list(spec.distances)}. "
                           f"Received: loss.distance={cfg.loss.distance!r}")
     _check_search(cfg.search)
     if cfg.model.kind != "embedding" and cfg.model.tower not in ("mlp", "conv"):
         raise ConfigError(f"config: an {cfg.model.kind} is built from an mlp or conv tower. "
                           f"Received: model.tower={cfg.model.tower!r}")
-    if cfg.loss.soft and cfg.loss.name != "triplet_hard":
-        raise ConfigError(f"config: loss.soft applies to triplet_hard only. Received: loss.name={cfg.loss.name!r}")
+    if cfg.loss.soft and not spec.soft:
+        soft_losses = [name for name, s in LOSSES.items() if s.soft]
+        raise ConfigError(f"config: loss.soft applies to {soft_losses} only. Received: loss.name={cfg.loss.name!r}")
 
 
 def _check_search(search: SearchConfig) -> None:
@@ -258,6 +263,8 @@ def config_from_dict(raw: dict | None) -> Config:
             kwargs[key] = _coerce(f"{section_name}.{key}", value, hints[key])
         sections[section_name] = section_cls(**kwargs)
     cfg = Config(**sections)
+    # "cosine" is accepted as the common name; the resolved config records the canonical one.
+    cfg.loss.distance = ALIASES.get(cfg.loss.distance, cfg.loss.distance)
     _check_ranges(cfg)
     return cfg
 
@@ -279,7 +286,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config: no such file. Received: config={str(path)!r}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config: {path} is not valid YAML{line}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not a text file. Received: config={str(path)!r}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must be a mapping of sections (data:, model:, ...). "
+                          f"Received: a YAML {type(raw).__name__}")
+    bad = [name for name, values in raw.items() if values is not None and not isinstance(values, dict)]
+    if bad:
+        raise ConfigError(f"config: section '{bad[0]}' of {path} must be a mapping. Received: {raw[bad[0]]!r}")
     return config_from_dict(apply_overrides(raw, overrides or []))
 
 

@@ -17,14 +17,21 @@ from typing import Callable, Union
 import tensorflow as tf
 
 Distance = Union[str, Callable[[tf.Tensor], tf.Tensor]]
+# The distance names every loss, metric, index and config accepts; "cosine" is the common name of angular.
 METRICS = ("L2", "squared-L2", "angular")
+ALIASES = {"cosine": "angular"}
+
+
+def canonical_metric(metric: str) -> str:
+    """The canonical name of a distance metric (`"cosine"` → `"angular"`); ValueError for an unknown name."""
+    if isinstance(metric, str) and ALIASES.get(metric, metric) in METRICS:
+        return ALIASES.get(metric, metric)
+    raise ValueError(f"distance metric must be one of {list(METRICS) + list(ALIASES)}. Received: metric={metric!r}")
 
 
 def check_metric(metric: Distance) -> Distance:
-    """Returns `metric` if it is a known name or a callable; raises ValueError otherwise."""
-    if callable(metric) or metric in METRICS:
-        return metric
-    raise ValueError(f"distance metric must be one of {list(METRICS)} or a callable. Received: metric={metric!r}")
+    """Returns `metric` as a canonical name, or the callable itself; raises ValueError otherwise."""
+    return metric if callable(metric) else canonical_metric(metric)
 
 
 def check_margin(margin: float) -> float:
@@ -55,7 +62,7 @@ def pairwise_distance(embeddings, metric: Distance = "L2") -> tf.Tensor:
     Returns:
         `[N, N]` float32 distances, clamped at 0, with a zero diagonal.
     """
-    check_metric(metric)
+    metric = check_metric(metric)
     if callable(metric):
         return _as_float32(metric(embeddings))
     x = _as_float32(embeddings)
@@ -76,8 +83,7 @@ def pairwise_distance(embeddings, metric: Distance = "L2") -> tf.Tensor:
 
 def paired_distance(a, b, metric: str = "L2") -> tf.Tensor:
     """Row-wise distance between two `[B, d]` batches, `[B]` float32 (same metrics as `pairwise_distance`)."""
-    if metric not in METRICS:
-        raise ValueError(f"paired distance metric must be one of {list(METRICS)}. Received: metric={metric!r}")
+    metric = canonical_metric(metric)
     a, b = _as_float32(a), _as_float32(b)
     if metric == "angular":
         cosine = tf.reduce_sum(tf.math.l2_normalize(a, axis=1) * tf.math.l2_normalize(b, axis=1), axis=1)

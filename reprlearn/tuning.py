@@ -32,7 +32,8 @@ from reprlearn.config import Config, ConfigError, config_to_dict
 from reprlearn.data import Splits
 from reprlearn.data.pipelines import pk_batches
 from reprlearn.models import build_tower
-from reprlearn.train import RetrievalValidation, build_model
+from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model
+from reprlearn.runs import progress
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "search"
@@ -41,7 +42,11 @@ HYPERPARAMETERS = ("margin", "embedding_dim", "learning_rate", "loss", "classes_
 
 
 def check_search(cfg: Config, splits: Splits) -> None:
-    """Errors that need the data: batch shapes the training classes cannot fill."""
+    """An empty search space, and errors that need the data: batch shapes the training classes cannot fill."""
+    if not any(getattr(cfg.search, name) for name in HYPERPARAMETERS):
+        raise ConfigError(f"config: the search section lists no hyperparameter to search; give at least one of "
+                          f"{list(HYPERPARAMETERS)} a range or choices. Received: search="
+                          f"{ {name: getattr(cfg.search, name) for name in HYPERPARAMETERS} }")
     classes = len(splits.train_classes)
     too_many = [p for p in (cfg.search.classes_per_batch or [cfg.train.classes_per_batch]) if p > classes]
     if too_many:
@@ -100,7 +105,8 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         cfg = trial_config(self.cfg, self.declare(hp))
         keras.utils.set_random_seed(cfg.train.seed)
-        return build_model(cfg, build_tower(cfg.model, self.splits.train.images.shape[1:], name="tower"))
+        return compile_embedding_model(cfg, build_tower(cfg.model, self.splits.train.images.shape[1:],
+                                                        name=TOWER_NAME))
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         cfg = trial_config(self.cfg, self.declare(hp))
@@ -109,10 +115,13 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
                              cfg.train.seed)
         # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs.
         validation = RetrievalValidation(model, val.images, val.labels, cfg.loss.distance)
+        epochs = kwargs.get("epochs", cfg.train.epochs)
+        keras_verbose, progress_callbacks = progress(self.verbose, epochs)
         started = time.perf_counter()
-        history = model.fit(dataset, epochs=kwargs.get("epochs", cfg.train.epochs),
+        history = model.fit(dataset, epochs=epochs,
                             initial_epoch=kwargs.get("initial_epoch", 0), steps_per_epoch=cfg.train.steps_per_epoch,
-                            callbacks=[validation, *(callbacks or [])], verbose=self.verbose, shuffle=False)
+                            callbacks=[validation, *progress_callbacks, *(callbacks or [])], verbose=keras_verbose,
+                            shuffle=False)
         scores = history.history
         best = int(np.argmax(scores[cfg.search.objective]))
         print(f"Trial done on {os.environ.get('KERASTUNER_TUNER_ID', 'local')}: {describe(hp.values)} -> "

@@ -11,6 +11,16 @@ from reprlearn.data.imageset import ImageSet  # noqa: E402
 @pytest.fixture
 def tiny_sets():
     """A small learnable dataset: 4 classes of 12×12 one-channel blobs at class-specific places."""
+    return make_tiny_sets()
+
+
+@pytest.fixture(scope="module")
+def tiny_sets_module():
+    """`tiny_sets` shared by a module's tests."""
+    return make_tiny_sets()
+
+
+def make_tiny_sets():
     rng = np.random.default_rng(0)
     n_per_class, size = 40, 12
     images, labels = [], []

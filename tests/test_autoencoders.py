@@ -160,7 +160,7 @@ def _ae_config(**model):
                                    {"kind": "vae", "code_dim": 2, "tower": "mlp"}], ids=lambda m: m["kind"])
 def test_train_runs_label_free_configs_and_reports(tmp_path, model):
     import json
-    from reprlearn.train import run_training
+    from reprlearn.training import run_training
 
     report = run_training(_ae_config(**model), tmp_path, verbose=0)
     saved = json.loads((tmp_path / "report.json").read_text())

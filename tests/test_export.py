@@ -14,7 +14,7 @@ from reprlearn.config import config_from_dict
 from reprlearn.export import ExportError, TFLiteEmbedder, export_run
 from reprlearn.export import run as export_module
 from reprlearn.export.requests import request_bodies
-from reprlearn.train import run_training
+from reprlearn.training import run_training
 
 TINY = {"data": {"name": "digits", "max_test": 300},
         "model": {"tower": "conv", "filters": [4], "dense": 16, "embedding_dim": 8},

@@ -37,8 +37,10 @@ def test_l2_gradient_is_finite_at_zero_distance():
 
 def test_callable_distance_and_bad_name():
     np.testing.assert_allclose(pairwise_distance(EMB, lambda e: tf.ones([5, 5])).numpy(), np.ones((5, 5)))
-    with pytest.raises(ValueError, match="metric='cosine'"):
-        pairwise_distance(EMB, "cosine")
+    with pytest.raises(ValueError, match="metric='cosin'"):
+        pairwise_distance(EMB, "cosin")
+    # "cosine" is the common name of angular distance.
+    np.testing.assert_array_equal(pairwise_distance(EMB, "cosine").numpy(), pairwise_distance(EMB, "angular").numpy())
 
 
 def test_pair_contrastive_matches_loop_for_every_label_form():

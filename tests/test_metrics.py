@@ -116,14 +116,19 @@ def test_eer_on_a_symmetric_example():
     assert equal_error_rate([0.1, 0.2, 0.3, 0.4], [1, 0, 1, 0]) == pytest.approx(0.5)
 
 
-def test_verification_metrics_keys_and_held_out_accuracy():
+def test_verification_metrics_score_a_threshold_calibrated_on_other_pairs():
     rng = np.random.default_rng(0)
     match = rng.random(400) < 0.5
     distances = np.where(match, rng.normal(0.3, 0.1, 400), rng.normal(0.8, 0.1, 400))
-    out = verification_metrics(distances, match)
-    assert out["roc_auc"] > 0.99 and out["eer"] < 0.05 and out["accuracy"] > 0.95
-    assert 0.4 < out["threshold"] < 0.7
-    assert set(out) >= {"roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "threshold", "accuracy"}
+    threshold, _ = best_threshold(distances[:200], match[:200])
+    out = verification_metrics(distances[200:], match[200:], threshold)
+    assert out["threshold"] == threshold and 0.4 < threshold < 0.7
+    held = distances[200:] <= threshold
+    assert out["accuracy"] == pytest.approx(np.mean(held == match[200:]))
+    assert out["far"] == pytest.approx(held[~match[200:]].mean())
+    assert out["frr"] == pytest.approx(1 - held[match[200:]].mean())
+    assert out["roc_auc"] > 0.99 and out["eer"] < 0.05
+    assert "threshold" not in verification_metrics(distances, match)
 
 
 def test_verification_rejects_one_sided_pairs():

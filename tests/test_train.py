@@ -7,7 +7,7 @@ import pytest
 from reprlearn.cli import main
 from reprlearn.config import ConfigError, config_from_dict
 from reprlearn.data.imageset import ImageSet
-from reprlearn.train import run_training
+from reprlearn.training import run_training
 
 REPORT_KEYS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2", "recall_at_4",
                "recall_at_8", "nmi")

@@ -20,19 +20,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from reprlearn.config import load_config
-from reprlearn.data import splits_for
 from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_onnx, convert_tflite, onnx_embedder
 from reprlearn.export.savedmodel import write_saved_model
 from reprlearn.metrics import retrieval_metrics
-from reprlearn.train import embed
+from reprlearn.runs import embed, load_run
 
 FORMATS = ("saved_model", "tflite", "onnx")
 # Largest allowed max-abs embedding difference (float32 formats) and MAP@R drop (quantized TFLite).
 MAX_ABS_DIFF = 1e-4
 MAX_MAP_DROP = {"dynamic": 0.01, "float16": 0.01, "int8": 0.03}
 PROBE_IMAGES = 1000
-REPRESENTATIVE_IMAGES = 200
 
 
 class ExportError(RuntimeError):
@@ -81,7 +78,7 @@ def _gate(row: dict) -> str | None:
 
 def _write_parity(rows: list[dict], keras_map: float, directory: Path) -> None:
     (directory / "parity.json").write_text(json.dumps({"keras_map_at_r": keras_map, "formats": rows}, indent=2))
-    lines = [f"Keras MAP@R on the test protocol: {keras_map:.4f}", "",
+    lines = [f"Keras MAP@R on the run's test split (from the run folder's evaluation.npz): {keras_map:.4f}", "",
              "| format | file | size (KiB) | max abs diff vs Keras | MAP@R | drop |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['format']} | {r['file']} | {r['bytes'] / 1024:.0f} | {r['max_abs_diff']:.2e} | "
               f"{r['map_at_r']:.4f} | {r['map_at_r_drop']:+.4f} |" for r in rows]
@@ -94,7 +91,9 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     """Exports a finished run and checks every artefact against the Keras model.
 
     Args:
-        run_dir: a `reprlearn train` run folder (holds model.keras, config.yaml, report.json).
+        run_dir: a finished run folder. Its record fixes the ranking metric and its evaluation.npz the
+            test images every format is checked on and the TFLite calibration images: nothing is
+            re-derived from the dataset name, so runs on your own arrays export the same way.
         out: the model base folder TF Serving serves from.
         formats: subset of `FORMATS`, as a list or comma-separated.
         quantize: TFLite variants, subset of `QUANTIZATIONS`.
@@ -111,10 +110,9 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     run_dir, out = Path(run_dir), Path(out)
     formats = _parse_list(formats, FORMATS, "format")
     quantizations = _parse_list(quantize, QUANTIZATIONS, "quantize")
-    model_path = run_dir / "model.keras"
-    if not model_path.is_file() or not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"run_dir must be a finished run folder with model.keras and config.yaml. "
-                         f"Received: run_dir={str(run_dir)!r}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out must be a folder (the model base folder), not a file. Received: out={str(out)!r}")
+    run = load_run(run_dir)
     name = name or run_dir.resolve().name
     version = next_version(out / name) if version is None else int(version)
     if version < 1:
@@ -125,33 +123,29 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
         raise ValueError(f"version {version} of {name!r} already exists ({existing[0]}); pass --force to replace it. "
                          f"Received: version={version}")
 
-    cfg = load_config(run_dir / "config.yaml")
-    report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
-    is_pair = (run_dir / "pair_model.keras").is_file()
-    threshold = report.get("metrics", {}).get("verification", {}).get("threshold") if is_pair else None
-    splits = splits_for(cfg.data)
-    tower = keras.saving.load_model(model_path)
+    metric = run.metric
+    # The verify signature ships the threshold calibrated on validation pairs (never on test pairs).
+    threshold = run.report.get("metrics", {}).get("verification", {}).get("threshold") if run.kind == "pair" else None
+    tower = keras.saving.load_model(run_dir / "model.keras")
     generative_path = next((p for p in (run_dir / "vae.keras", run_dir / "autoencoder.keras") if p.is_file()), None)
     generative = keras.saving.load_model(generative_path) if generative_path else None
-    test_images, test_labels = splits.test.images, splits.test.labels
+    test_images, test_labels = run.evaluation["test_images"], run.evaluation["test_labels"]
     keras_embeddings = embed(tower, test_images)
     probe = keras_embeddings[:PROBE_IMAGES]
-    keras_map = float(retrieval_metrics(keras_embeddings, test_labels, cfg.loss.distance, compute_nmi=False)["map_at_r"])
-    rng = np.random.default_rng(cfg.data.seed)
-    representative = splits.train.images[rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)),
-                                                    replace=False)]
+    keras_map = float(retrieval_metrics(keras_embeddings, test_labels, metric, compute_nmi=False)["map_at_r"])
+    representative = run.evaluation["train_sample"]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".reprlearn-export-", dir=out.parent))
     try:
         saved_model = staging / "saved_model"
-        signatures = write_saved_model(tower, saved_model, cfg.loss.distance, threshold, generative)
+        signatures = write_saved_model(tower, saved_model, metric, threshold, generative)
         artifacts = staging / "artifacts"
         artifacts.mkdir()
         rows = []
 
         def check(row_name: str, path: Path, embeddings: np.ndarray) -> None:
-            rows.append(_parity_row(row_name, path, embeddings, probe, test_labels, cfg.loss.distance, keras_map))
+            rows.append(_parity_row(row_name, path, embeddings, probe, test_labels, metric, keras_map))
             if verbose:
                 r = rows[-1]
                 print(f"  {row_name:<16} {r['bytes'] / 1024:>8.0f} KiB  max|diff| {r['max_abs_diff']:.2e}  "

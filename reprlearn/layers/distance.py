@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from reprlearn.distances import METRICS, paired_distance
+from reprlearn.distances import canonical_metric, paired_distance
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -15,7 +15,7 @@ class PairDistance(keras.layers.Layer):
         d = PairDistance("L2")([embedding_a, embedding_b])   # [B]
 
     Args:
-        metric: `"L2"` (zero gradient at zero distance), `"squared-L2"` or `"angular"`.
+        metric: `"L2"` (zero gradient at zero distance), `"squared-L2"` or `"angular"` (alias `"cosine"`).
 
     Returns:
         `[B]` float32 distances.
@@ -23,9 +23,7 @@ class PairDistance(keras.layers.Layer):
 
     def __init__(self, metric: str = "L2", **kwargs):
         super().__init__(**kwargs)
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {list(METRICS)}. Received: metric={metric!r}")
-        self.metric = metric
+        self.metric = canonical_metric(metric)
 
     def call(self, inputs):
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:

@@ -1,7 +1,8 @@
 """Retrieval metrics with the query set as the reference set, the query itself excluded.
 
 Exact (no approximate search) and chunked: a chunk of queries is scored against all N
-items and only its top `k_max` neighbours are kept, so memory is O(chunk × N), never N×N.
+items, its top `k_max` neighbours are ranked, its per-query scores are summed, and the
+chunk is dropped before the next, so memory is O(chunk × N), never N×N or N × k_max.
 `k_max` is the largest R (same-class items other than the query) or the largest k in
 `ks`. Ties are broken by index (lower index first), as `tf.math.top_k` does.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-RANKING_METRICS = ("L2", "squared-L2", "angular")
+from reprlearn.distances import canonical_metric
 # Scores per chunk: chunk × N float32 values kept under about 128 MB.
 _CHUNK_VALUES = 1 << 25
 
@@ -32,11 +33,10 @@ def _check(embeddings, labels, ks, metric):
         labels = labels[:, 0]
     if labels.shape != (embeddings.shape[0],):
         raise ValueError(f"labels must be [N] with N = {embeddings.shape[0]}. Received: labels.shape={labels.shape}")
-    if metric not in RANKING_METRICS:
-        raise ValueError(f"metric must be one of {list(RANKING_METRICS)}. Received: metric={metric!r}")
+    metric = canonical_metric(metric)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers. Received: ks={ks}")
-    return embeddings, labels
+    return embeddings, labels, metric
 
 
 @tf.function(reduce_retracing=True)
@@ -59,6 +59,17 @@ def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int |
         chunk_size: queries scored at once; default keeps chunk × N under 2**25.
         query_index: `[Q]` indices of the query items; default: every item.
     """
+    chunks = neighbour_chunks(embeddings, k, metric, chunk_size, query_index)
+    return np.concatenate([neighbours for _, neighbours in chunks]) if chunks else np.empty((0, k), np.int64)
+
+
+def neighbour_chunks(embeddings, k: int, metric: str = "L2", chunk_size: int | None = None, query_index=None):
+    """`nearest_neighbours` one query chunk at a time: yields `(query rows, [chunk, k] neighbour indices)`.
+
+    Holds one chunk's scores (chunk × N) at a time; a consumer that reduces each chunk keeps memory
+    at O(chunk × N) whatever k is.
+    """
+    metric = canonical_metric(metric)
     reference = np.asarray(embeddings, dtype=np.float32)
     if metric == "angular":
         reference = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
@@ -74,15 +85,26 @@ def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int |
         scale, bias = tf.constant(1.0), tf.zeros([n])
     else:
         scale, bias = tf.constant(2.0), tf.constant(-np.sum(reference ** 2, axis=1))
-    out = np.empty((len(query_index), k), dtype=np.int64)
-    for start in range(0, len(query_index), chunk):
-        rows = tf.constant(query_index[start:start + chunk])
-        out[start:start + chunk] = _top_k_others(rows, reference_t, scale, bias, tf.constant(k)).numpy()
-    return out
+    return _NeighbourChunks(query_index, chunk, reference_t, scale, bias, k)
+
+
+class _NeighbourChunks:
+    """An iterable over query chunks (re-iterable, with a length: the number of chunks)."""
+
+    def __init__(self, query_index, chunk, reference, scale, bias, k):
+        self.query_index, self.chunk, self.args = query_index, chunk, (reference, scale, bias, tf.constant(k))
+
+    def __len__(self):
+        return -(-len(self.query_index) // self.chunk)
+
+    def __iter__(self):
+        for start in range(0, len(self.query_index), self.chunk):
+            rows = self.query_index[start:start + self.chunk]
+            yield rows, _top_k_others(tf.constant(rows), *self.args).numpy().astype(np.int64)
 
 
 def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), chunk_size: int | None = None,
-                      compute_nmi: bool = True, seed: int = 0) -> dict:
+                      compute_nmi: bool = True, seed: int = 0, query_index=None) -> dict:
     """P@1, R-precision, MAP@R, Recall@k and NMI, as defined in ALGORITHMS.md.
 
     For query q with label y, R = number of other items labelled y; queries with R = 0
@@ -96,6 +118,8 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
         chunk_size: queries per chunk (default: chunk × N ≤ 2**25 scores).
         compute_nmi: also cluster with k-means (k = number of classes) and report NMI.
         seed: k-means seed.
+        query_index: score only these items as queries (each still ranks all N items); default: every
+            item. A random subset estimates the metrics of a gallery too large to query whole.
 
     Returns:
         A dict of floats: `precision_at_1`, `r_precision`, `map_at_r`, `recall_at_{k}`,
@@ -104,31 +128,36 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
     Raises:
         ValueError: shapes disagree, non-finite embeddings, unknown metric, or no query has R > 0.
     """
-    embeddings, labels = _check(embeddings, labels, ks, metric)
+    embeddings, labels, metric = _check(embeddings, labels, ks, metric)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     r = counts[inverse] - 1
     valid = r > 0
+    if query_index is not None:
+        queries = np.zeros(len(labels), bool)
+        queries[np.asarray(query_index, dtype=np.int64)] = True
+        valid &= queries
     if not valid.any():
         raise ValueError("no query has another item of its class (every class has one item); "
                          f"retrieval metrics are undefined. Received: {len(labels)} items")
     k_max = int(min(max(int(r.max()), max(ks)), len(labels) - 1))
-    neighbours = nearest_neighbours(embeddings, k_max, metric, chunk_size)
-    relevant = labels[neighbours] == labels[:, None]                           # [N, k_max]
-    relevant, r = relevant[valid], r[valid]
     rank = np.arange(1, k_max + 1)
-    within_r = rank[None, :] <= r[:, None]
-    hits = np.cumsum(relevant, axis=1)
-    precision_at_i = hits / rank[None, :]
-    out = {
-        "precision_at_1": float(relevant[:, 0].mean()),
-        "r_precision": float(np.mean((relevant & within_r).sum(axis=1) / r)),
-        "map_at_r": float(np.mean((precision_at_i * (relevant & within_r)).sum(axis=1) / r)),
-    }
-    for k in ks:
-        out[f"recall_at_{k}"] = float(relevant[:, :min(k, k_max)].any(axis=1).mean())
+    sums = dict.fromkeys(["precision_at_1", "r_precision", "map_at_r", *(f"recall_at_{k}" for k in ks)], 0.0)
+    # Only valid queries are ranked; each chunk is reduced to sums before the next is scored.
+    for rows, neighbours in neighbour_chunks(embeddings, k_max, metric, chunk_size, np.flatnonzero(valid)):
+        relevant = labels[neighbours] == labels[rows][:, None]                    # [chunk, k_max]
+        r_rows = r[rows]
+        relevant_within_r = relevant & (rank[None, :] <= r_rows[:, None])
+        precision_at_i = np.cumsum(relevant, axis=1) / rank[None, :]
+        sums["precision_at_1"] += float(relevant[:, 0].sum())
+        sums["r_precision"] += float(np.sum(relevant_within_r.sum(axis=1) / r_rows))
+        sums["map_at_r"] += float(np.sum((precision_at_i * relevant_within_r).sum(axis=1) / r_rows))
+        for k in ks:
+            sums[f"recall_at_{k}"] += float(relevant[:, :min(k, k_max)].any(axis=1).sum())
+    num_queries = int(valid.sum())
+    out = {name: total / num_queries for name, total in sums.items()}
     if compute_nmi:
         out["nmi"] = normalized_mutual_information(embeddings, labels, seed)
-    out["num_queries"] = int(valid.sum())
+    out["num_queries"] = num_queries
     return out
 
 

@@ -1,18 +1,22 @@
-"""Verification metrics on pairs: ROC AUC, EER, TAR@FAR and a calibrated threshold.
+"""Verification metrics on pairs: ROC AUC, EER, TAR@FAR, and accuracy at a threshold calibrated elsewhere.
 
 A pair is predicted to match when its distance is <= the threshold. Every curve point is
-a distinct threshold over the sorted distances (tied distances move together).
+a distinct threshold over the sorted distances (tied distances move together); the curve is
+scikit-learn's (`roc_curve` on negated distances), tested against a NumPy loop.
+
+Calibrate on validation pairs from the training side, score on test pairs: the test split
+never picks the threshold.
 
 Example:
-    first, second, match = sample_pairs(labels, n_pairs=20000, seed=0)
-    d = np.linalg.norm(emb[first] - emb[second], axis=1)
-    m = verification_metrics(d, match)
-    m["roc_auc"], m["eer"], m["tar_at_far_1e-3"], m["threshold"], m["accuracy"]
+    threshold, _ = best_threshold(val_distances, val_match)
+    m = verification_metrics(test_distances, test_match, threshold)
+    m["roc_auc"], m["eer"], m["tar_at_far_1e-3"], m["accuracy"]
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics as sk_metrics
 
 
 def _check_pairs(distances, match):
@@ -29,31 +33,20 @@ def _check_pairs(distances, match):
     return distances, match
 
 
-def _operating_points(distances, match):
-    """Thresholds and (true, false) accept counts when accepting all pairs with d <= threshold.
-
-    The first point accepts nothing (threshold -inf); the rest sit at each distinct distance.
-    """
-    order = np.argsort(distances, kind="stable")
-    d, m = distances[order], match[order]
-    last_of_group = np.r_[d[1:] != d[:-1], True]
-    tp = np.r_[0, np.cumsum(m)[last_of_group]]
-    fp = np.r_[0, np.cumsum(~m)[last_of_group]]
-    thresholds = np.r_[-np.inf, d[last_of_group]]
-    return thresholds, tp, fp
-
-
 def roc_curve(distances, match):
-    """Returns `(far, tar, thresholds)`: false and true accept rates at each distinct threshold."""
+    """Returns `(far, tar, thresholds)`: false and true accept rates at each distinct threshold.
+
+    The first point accepts nothing (threshold -inf); the rest sit at each distinct distance, ascending.
+    """
     distances, match = _check_pairs(distances, match)
-    thresholds, tp, fp = _operating_points(distances, match)
-    return fp / (~match).sum(), tp / match.sum(), thresholds
+    far, tar, scores = sk_metrics.roc_curve(match, -distances, drop_intermediate=False)
+    return far, tar, -scores
 
 
 def roc_auc(distances, match, curve=None) -> float:
     """P(d_match < d_nonmatch) + ½·P(tie): the area under the ROC curve."""
     far, tar, _ = curve if curve is not None else roc_curve(distances, match)
-    return float(np.sum((far[1:] - far[:-1]) * (tar[1:] + tar[:-1]) / 2.0))
+    return float(sk_metrics.auc(far, tar))
 
 
 def equal_error_rate(distances, match, curve=None) -> float:
@@ -79,9 +72,9 @@ def best_threshold(distances, match) -> tuple[float, float]:
 
     The threshold is the midpoint between the last accepted and the first rejected distance.
     """
+    far, tar, thresholds = roc_curve(distances, match)
     distances, match = _check_pairs(distances, match)
-    thresholds, tp, fp = _operating_points(distances, match)
-    accuracy = (tp + (~match).sum() - fp) / match.size
+    accuracy = (tar * match.sum() + (1.0 - far) * (~match).sum()) / match.size
     i = int(np.argmax(accuracy))
     above = distances[distances > thresholds[i]]
     if i == 0:
@@ -130,35 +123,29 @@ def sample_pairs(labels, n_pairs: int, seed: int = 0):
     return first, second, match
 
 
-def verification_metrics(distances, match, calibration_fraction: float = 0.5, seed: int = 0) -> dict:
-    """ROC AUC, EER, TAR at FAR 1e-2 and 1e-3 (all pairs), and a threshold calibrated on one part
-    of the pairs with its accuracy on the other.
+def verification_metrics(distances, match, threshold: float | None = None) -> dict:
+    """ROC AUC, EER and TAR at FAR 1e-2 and 1e-3 on the pairs; with a threshold, the decisions it makes on them.
 
     Args:
         distances: `[P]` pair distances.
         match: `[P]` bool, True for same-class pairs.
-        calibration_fraction: share of pairs (random, by `seed`) used to pick the threshold.
+        threshold: a match threshold calibrated on other pairs (e.g. `best_threshold` on validation pairs).
 
     Returns:
-        A dict: `roc_auc`, `eer`, `tar_at_far_1e-2`, `tar_at_far_1e-3`, `threshold`,
-        `calibration_accuracy`, `accuracy` (held-out), `num_pairs`.
+        A dict: `roc_auc`, `eer`, `tar_at_far_1e-2`, `tar_at_far_1e-3`, `num_pairs`, and with a threshold
+        `threshold`, `accuracy`, `far` and `frr` at it.
     """
     distances, match = _check_pairs(distances, match)
-    if not 0.0 < calibration_fraction < 1.0:
-        raise ValueError(f"calibration_fraction must be in (0, 1). Received: calibration_fraction={calibration_fraction}")
-    order = np.random.default_rng(seed).permutation(distances.size)
-    n_cal = int(round(calibration_fraction * distances.size))
-    cal, held = order[:n_cal], order[n_cal:]
-    threshold, cal_accuracy = best_threshold(distances[cal], match[cal])
-    held_accuracy = float(np.mean((distances[held] <= threshold) == match[held]))
     curve = roc_curve(distances, match)  # sorted once, shared by the four curve metrics
-    return {
+    out = {
         "roc_auc": roc_auc(distances, match, curve),
         "eer": equal_error_rate(distances, match, curve),
         "tar_at_far_1e-2": tar_at_far(distances, match, 1e-2, curve),
         "tar_at_far_1e-3": tar_at_far(distances, match, 1e-3, curve),
-        "threshold": threshold,
-        "calibration_accuracy": cal_accuracy,
-        "accuracy": held_accuracy,
         "num_pairs": int(distances.size),
     }
+    if threshold is not None:
+        accepted = distances <= threshold
+        out.update(threshold=float(threshold), accuracy=float(np.mean(accepted == match)),
+                   far=float(accepted[~match].mean()), frr=float((~accepted[match]).mean()))
+    return out

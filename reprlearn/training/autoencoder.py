@@ -14,12 +14,12 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from reprlearn.config import Config
-from reprlearn.data import ImageSet, Splits
+from reprlearn.data import Splits
 from reprlearn.data.pipelines import image_batches
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
-from reprlearn.train import (embed, fit_resumable, make_optimizer, prepare_run, resume_or_build, run_summary,
-                             save_and_check_reload)
+from reprlearn.objectives import make_optimizer
+from reprlearn.runs import embed, fit_resumable, resume_or_build, run_summary, save_and_check_reload
 
 CODE_METRIC = "angular"  # cosine k-NN on the codes
 IWAE_K = 100
@@ -82,13 +82,11 @@ def evaluate_autoencoder(cfg: Config, model: keras.Model, splits: Splits) -> dic
     return {"metrics": metrics, "codes": codes, "reconstructions": reconstructions}
 
 
-def run_autoencoder(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
-                    command: str | None = None, verbose: int = 1,
+def run_autoencoder(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                     callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
-    """Trains, evaluates and reports an autoencoder or VAE run; resumes like `run_training`."""
+    """Trains, evaluates and reports an autoencoder or VAE run in an opened run folder (see `reprlearn.training`)."""
     from reprlearn.report import write_autoencoder_report
 
-    out, splits = prepare_run(cfg, out_dir, sets, command)
     model, epochs_done = resume_or_build(out, lambda: build_autoencoder(cfg, splits.train.images.shape[1:]), cfg,
                                          verbose)
     dataset = image_batches(splits.train.images, cfg.train.batch_size, cfg.train.seed,
@@ -101,7 +99,7 @@ def run_autoencoder(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] 
     model.save(out / ("vae.keras" if isinstance(model, VAE) else "autoencoder.keras"))
 
     evaluation = evaluate_autoencoder(cfg, model, splits)
-    report = {**run_summary(cfg, splits, epochs_done, seconds, history, cfg.train.batch_size),
+    report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.batch_size),
               "model": {"kind": cfg.model.kind, "tower": cfg.model.tower, "code_dim": cfg.model.code_dim,
                         "parameters": int(model.count_params()), "reload_max_abs_diff": reload_diff},
               "metrics": evaluation["metrics"]}

@@ -1,0 +1,60 @@
+"""One table of the loss names a config can use: how each is built, what batches it needs, what it accepts.
+
+Config validation, the training drivers, the tuner and the docs read this table; nothing
+else lists loss names.
+
+Example:
+    spec = LOSSES["triplet_semihard"]
+    spec.batch            # "pk": P classes × K examples per batch
+    loss = spec.build(margin=0.2, distance="L2", soft=False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+
+from reprlearn.distances import METRICS
+from reprlearn.losses import InBatchContrastiveLoss, ContrastiveLoss, LiftedStructLoss, TripletLoss
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A config loss name: its Keras loss factory, batch kind and the options it accepts."""
+    build: Callable[..., keras.losses.Loss]
+    batch: str                     # "pk": in-batch mining on P×K batches; "pairs": a Siamese model on pairs
+    distances: tuple[str, ...]     # allowed `loss.distance` values
+    soft: bool = False             # accepts `loss.soft`
+    summary: str = ""
+
+
+LOSSES: dict[str, LossSpec] = {
+    "contrastive": LossSpec(
+        lambda margin, distance, soft: InBatchContrastiveLoss(margin=margin, distance=distance), "pk", METRICS,
+        summary="contrastive loss over every pair of a P×K batch"),
+    "pair_contrastive": LossSpec(
+        lambda margin, distance, soft: ContrastiveLoss(margin=margin), "pairs", METRICS,
+        summary="contrastive loss on a Siamese pair model fed balanced pairs"),
+    "triplet_semihard": LossSpec(
+        lambda margin, distance, soft: TripletLoss("semi-hard", margin, distance), "pk", METRICS,
+        summary="triplet loss, FaceNet semi-hard negatives"),
+    "triplet_hard": LossSpec(
+        lambda margin, distance, soft: TripletLoss("batch-hard", margin, distance, soft=soft), "pk", METRICS,
+        soft=True, summary="triplet loss, hardest positive and negative per anchor (soft: softplus)"),
+    "triplet_batch_all": LossSpec(
+        lambda margin, distance, soft: TripletLoss("batch-all", margin, distance, active_only=True), "pk", METRICS,
+        summary="triplet loss over every triplet, averaged over the active ones"),
+    "lifted_struct": LossSpec(
+        lambda margin, distance, soft: LiftedStructLoss(margin=margin), "pk", ("L2",),
+        summary="lifted structured loss (defined on L2 distances)"),
+}
+IN_BATCH_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.batch == "pk")
+
+
+def make_loss(name: str, margin: float, distance: str = "L2", soft: bool = False) -> keras.losses.Loss:
+    """The Keras loss a config names; ValueError naming the loss for an unknown name."""
+    if name not in LOSSES:
+        raise ValueError(f"loss name must be one of {list(LOSSES)}. Received: name={name!r}")
+    return LOSSES[name].build(margin=margin, distance=distance, soft=soft)

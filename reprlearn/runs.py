@@ -1,0 +1,332 @@
+"""The run folder as a record: what made it, how to resume it safely, and how to reload what it holds.
+
+A run folder holds:
+
+    config.yaml        the resolved config, headed by the command that ran it
+    run.json           the record: package versions, data source (name, split sizes, classes,
+                       fingerprints of the arrays), the ranking metric, the model kind
+    evaluation.npz     the validation and test arrays the run was scored on, and a sample of
+                       training images (TFLite calibration), so export and re-scoring never
+                       re-derive the data from a dataset name
+    checkpoints/       last.keras (weights, optimizer, compile state) and state.json
+    model.keras        the embedding model alone, uncompiled: loads with `import reprlearn`
+                       (or Keras alone when it holds only Keras layers)
+
+Training, tuning and export import this module; none of them imports another.
+
+Example:
+    run = load_run("runs/demo")
+    run.config.loss.distance, run.record["data"]["splits"]["test"]["n"], run.evaluation["test_images"].shape
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+
+import reprlearn
+from reprlearn.config import Config, config_from_dict, config_to_dict, save_config
+from reprlearn.data import ImageSet, Splits
+
+RECORD_FILE = "run.json"
+EVALUATION_FILE = "evaluation.npz"
+CHECKPOINTS = "checkpoints"
+REPRESENTATIVE_IMAGES = 200
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used as asked: made by another config or other data, missing, or not a run."""
+
+
+def embed(model: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Embeds images (pixels 0-255) with a model, as float32 `[N, d]`."""
+    return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0), np.float32)
+
+
+def fingerprint(imageset: ImageSet) -> str:
+    """A SHA-256 prefix of the images' and labels' bytes: equal arrays, equal fingerprint."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(imageset.images).tobytes())
+    digest.update(np.ascontiguousarray(imageset.labels.astype(np.int64)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_record(cfg: Config, splits: Splits, from_arrays: bool) -> dict:
+    """The data section of the record: where the arrays came from and what each split holds."""
+    return {
+        "source": "arrays passed to the Python API" if from_arrays else f"dataset {cfg.data.name!r}",
+        "name": "arrays" if from_arrays else cfg.data.name,
+        "data_dir": None if from_arrays else cfg.data.data_dir,
+        "protocol": cfg.data.protocol,
+        "train_classes": splits.train_classes, "test_classes": splits.test_classes,
+        "class_names": list(splits.train.class_names),
+        "image_shape": list(splits.train.images.shape[1:]),
+        "splits": {name: {"n": len(part), "classes": part.classes, "fingerprint": fingerprint(part)}
+                   for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))},
+    }
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+    """`key: stored → current` for every key whose value differs (nested keys dotted)."""
+    old, new = _flatten(stored), _flatten(current)
+    return [f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]
+
+
+def _is_run_folder(out: Path) -> bool:
+    return (out / "config.yaml").is_file() or (out / RECORD_FILE).is_file()
+
+
+def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool, command: str | None,
+             metric: str, kind: str, resume: bool = False, force: bool = False) -> Path:
+    """Creates (or checks and re-opens) a run folder and writes its record; returns its path.
+
+    Call it after the data is loaded and checked, so bad input leaves no folder behind.
+
+    Args:
+        cfg: the resolved config.
+        out_dir: the run folder.
+        splits: the run's data, recorded (sizes, classes, fingerprints) and saved for evaluation.
+        from_arrays: the data came from the Python API rather than `cfg.data.name`.
+        command: the command line, written at the top of config.yaml.
+        metric: the distance the run ranks with (retrieval, export, galleries).
+        kind: `embedding`, `pair`, `autoencoder` or `vae`.
+        resume: require an existing run with the same config and data, and continue it.
+        force: delete whatever run the folder holds and start over.
+
+    Raises:
+        RunFolderError: the folder holds a run made by another config or other data (the message lists
+            every differing key), `resume` without a run, or a non-empty folder that is not a run.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"the run folder is a file. Received: out={str(out)!r}")
+    record = {"reprlearn_version": reprlearn.__version__, "keras_version": keras.__version__,
+              "tensorflow_version": _tensorflow_version(), "python": sys.version.split()[0],
+              "command": command, "kind": kind, "metric": metric, "data": data_record(cfg, splits, from_arrays)}
+    if force and out.is_dir() and _is_run_folder(out):
+        shutil.rmtree(out)
+    if out.is_dir() and _is_run_folder(out):
+        stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+        differences = config_differences(config_to_dict(config_from_dict(stored)), config_to_dict(cfg))
+        old_data = _read_json(out / RECORD_FILE).get("data", {}).get("splits", {})
+        differences += [f"data: the {name} split's arrays differ (fingerprint {old_data.get(name, {}).get('fingerprint')}"
+                        f" → {split['fingerprint']})" for name, split in record["data"]["splits"].items()
+                        if old_data.get(name, {}).get("fingerprint") != split["fingerprint"]]
+        if differences:
+            raise RunFolderError(
+                f"{out} holds a run made by a different config or data, so it cannot be continued: "
+                + "; ".join(differences) + ". Use another --out, or --force to delete that run and start over")
+        return out
+    if resume:
+        raise RunFolderError(f"--resume: there is no run to continue in {out}. Received: out={str(out)!r}")
+    if out.is_dir() and any(out.iterdir()):
+        raise RunFolderError(f"{out} is not empty and holds no reprlearn run; pick an empty or new folder. "
+                             f"Received: out={str(out)!r}")
+    staging = out.with_name(f".{out.name}.creating")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_config(cfg, staging / "config.yaml", command)
+    record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _write_json_atomic(staging / RECORD_FILE, record)
+    rng = np.random.default_rng(cfg.data.seed)
+    sample = rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
+    np.savez_compressed(staging / EVALUATION_FILE, test_images=splits.test.images, test_labels=splits.test.labels,
+                        val_images=splits.val.images, val_labels=splits.val.labels,
+                        train_sample=splits.train.images[np.sort(sample)])
+    if out.is_dir():
+        out.rmdir()
+    os.replace(staging, out)  # the folder appears whole or not at all
+    return out
+
+
+def _tensorflow_version() -> str:
+    import tensorflow as tf
+    return tf.__version__
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run folder, read back: its config, record and evaluation arrays."""
+    path: Path
+    config: Config
+    record: dict
+    evaluation: dict
+
+    @property
+    def metric(self) -> str:
+        return self.record["metric"]
+
+    @property
+    def kind(self) -> str:
+        return self.record["kind"]
+
+    @property
+    def report(self) -> dict:
+        return _read_json(self.path / "report.json")
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Reads a run folder's config, record and evaluation arrays; RunFolderError if it is not a finished run."""
+    path = Path(run_dir)
+    missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, "model.keras")
+               if not (path / name).is_file()]
+    if missing:
+        raise RunFolderError(f"{path} is not a finished reprlearn run (missing {', '.join(missing)}). "
+                             f"Received: run_dir={str(path)!r}")
+    config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
+    with np.load(path / EVALUATION_FILE) as arrays:
+        evaluation = {name: arrays[name] for name in arrays.files}
+    return Run(path, config, _read_json(path / RECORD_FILE), evaluation)
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same layers and weights as a new, uncompiled Functional model: no loss, metrics or optimizer."""
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray) -> float:
+    """Saves `model` uncompiled and proves the file reloads to identical outputs on `probe`; returns 0.0.
+
+    The cross-process check (a fresh interpreter that imports only keras and reprlearn) is in the tests.
+    """
+    inference_copy(model).save(path)
+    reload_diff = float(np.max(np.abs(embed(keras.saving.load_model(path), probe) - embed(model, probe))))
+    if reload_diff != 0.0:
+        raise RuntimeError(f"{path.name} reloads to different outputs (max abs diff {reload_diff})")
+    return reload_diff
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights and optimizer) after every epoch, atomically.
+
+    `state.json` records the number of finished epochs; it is written after the model file
+    is renamed into place, so a kill at any moment leaves a consistent pair.
+    """
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "last.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.directory / "last.keras")
+        history = read_checkpoint_state(self.directory).get("history", [])
+        history.append({k: float(v) for k, v in (logs or {}).items()})
+        _write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history})
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch (epoch, seconds, every logged value): the progress output when stdout is not a terminal."""
+
+    def __init__(self, epochs: int, stream=None):
+        super().__init__()
+        self.epochs, self.stream, self.started = epochs, stream, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = " ".join(f"{name} {float(value):.4f}" for name, value in (logs or {}).items())
+        print(f"epoch {epoch + 1}/{self.epochs} {time.perf_counter() - self.started:.1f}s {values}",
+              file=self.stream or sys.stdout, flush=True)
+
+
+def progress(verbose: int, epochs: int) -> tuple[int, list[keras.callbacks.Callback]]:
+    """Keras' `verbose` and extra callbacks: progress bars on a terminal, one line per epoch otherwise."""
+    if not verbose:
+        return 0, []
+    if sys.stdout.isatty():
+        return 1, []
+    return 0, [EpochLog(epochs)]
+
+
+def read_checkpoint_state(directory: Path) -> dict:
+    path = directory / "state.json"
+    return json.loads(path.read_text()) if path.is_file() and (directory / "last.keras").is_file() else {}
+
+
+def resume_or_build(out: Path, build, cfg: Config, verbose: int) -> tuple[keras.Model, int]:
+    """The checkpoint of an interrupted run (weights and optimizer state) and its finished epochs, or `build()`."""
+    checkpoints = out / CHECKPOINTS
+    epochs_done = int(read_checkpoint_state(checkpoints).get("epochs_done", 0))
+    if not epochs_done:
+        return build(), 0
+    if verbose:
+        print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
+    return keras.saving.load_model(checkpoints / "last.keras"), epochs_done
+
+
+def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
+                  validation: keras.callbacks.Callback | None, callbacks: list[keras.callbacks.Callback] | None,
+                  verbose: int) -> tuple[float, list[dict]]:
+    """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (seconds, full history).
+
+    `validation` runs first, so the checkpoint's history, TensorBoard and the progress line see the
+    metrics it logs; `callbacks` (the caller's) run last. The dataset is keyed by step, so a resumed
+    run sees exactly the batches it would have seen.
+    """
+    checkpoints = out / CHECKPOINTS
+    keras_verbose, progress_callbacks = progress(verbose, cfg.train.epochs)
+    callbacks = [*([validation] if validation else []), EpochCheckpoint(checkpoints),
+                 keras.callbacks.TensorBoard(log_dir=str(out / "logs")), *progress_callbacks, *(callbacks or [])]
+    started = time.perf_counter()
+    if epochs_done < cfg.train.epochs:
+        model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
+                  steps_per_epoch=cfg.train.steps_per_epoch, callbacks=callbacks, verbose=keras_verbose,
+                  shuffle=False)
+    return time.perf_counter() - started, read_checkpoint_state(checkpoints).get("history", [])
+
+
+def run_summary(cfg: Config, out: Path, epochs_done: int, seconds: float, history: list[dict], batch: int) -> dict:
+    """The config, record, data and training sections every run report starts with."""
+    record = _read_json(out / RECORD_FILE)
+    data = record["data"]
+    epochs_run = cfg.train.epochs - epochs_done
+    examples = epochs_run * cfg.train.steps_per_epoch * batch
+    return {
+        "config": config_to_dict(cfg),
+        "record": {key: record.get(key) for key in ("reprlearn_version", "keras_version", "tensorflow_version",
+                                                    "command", "kind", "metric", "created")},
+        "data": {"name": data["name"], "source": data["source"], "protocol": data["protocol"],
+                 "train_classes": data["train_classes"], "test_classes": data["test_classes"],
+                 "n_train": data["splits"]["train"]["n"], "n_val": data["splits"]["val"]["n"],
+                 "n_test": data["splits"]["test"]["n"], "image_shape": data["image_shape"]},
+        "train": {"epochs": cfg.train.epochs, "epochs_this_session": epochs_run,
+                  "resumed_from_epoch": epochs_done, "seconds": round(seconds, 2),
+                  "examples_per_second": round(examples / seconds, 1) if examples and seconds > 0 else None,
+                  "batch_size": batch, "steps_per_epoch": cfg.train.steps_per_epoch, "history": history},
+    }

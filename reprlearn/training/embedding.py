@@ -1,0 +1,115 @@
+"""The embedding driver: config → data → tower → loss → fit → evaluate → report.
+
+Read it top to bottom; `run_embedding` is the whole job.
+
+Example:
+    from reprlearn.config import load_config
+    report = run_embedding(load_config("configs/demo.yaml"), "runs/demo")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from reprlearn.config import Config
+from reprlearn.data import ImageSet, Splits
+from reprlearn.data.pipelines import pair_batches, pk_batches
+from reprlearn.distances import paired_distance
+from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
+from reprlearn.metrics.verification import best_threshold
+from reprlearn.models import build_tower
+from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model, is_pair_loss
+from reprlearn.runs import (embed, fit_resumable, resume_or_build, run_summary, save_and_check_reload)
+
+
+def training_batches(cfg: Config, train: ImageSet, start_step: int):
+    """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`."""
+    if is_pair_loss(cfg):
+        return pair_batches(train.images, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step)
+    return pk_batches(train.images, train.labels, cfg.train.classes_per_batch, cfg.train.examples_per_class,
+                      cfg.train.seed, start_step)
+
+
+def batch_size(cfg: Config) -> int:
+    if is_pair_loss(cfg):
+        return cfg.train.pair_batch_size
+    return cfg.train.classes_per_batch * cfg.train.examples_per_class
+
+
+def check_embedding_data(cfg: Config, splits: Splits) -> None:
+    """Errors that need the data, raised before a run folder is made."""
+    if not is_pair_loss(cfg) and cfg.train.classes_per_batch > len(splits.train_classes):
+        raise ValueError(f"train.classes_per_batch exceeds the {len(splits.train_classes)} training classes. "
+                         f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
+
+
+def _pair_distances(embeddings: np.ndarray, labels: np.ndarray, n_pairs: int, metric: str, seed: int):
+    first, second, match = sample_pairs(labels, n_pairs, seed=seed)
+    return paired_distance(embeddings[first], embeddings[second], metric).numpy(), match
+
+
+def _can_pair(labels: np.ndarray) -> bool:
+    counts = np.unique(labels, return_counts=True)[1]
+    return len(counts) >= 2 and counts.max() >= 2
+
+
+def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
+    """Retrieval on the test protocol beside raw pixels (L2 and cosine), and verification on test pairs.
+
+    The verification threshold is calibrated on validation pairs (training side) and only applied to
+    the test pairs: no test data in any fitted number.
+    """
+    test, val, metric, seed = splits.test, splits.val, cfg.loss.distance, cfg.data.seed
+    embeddings = embed(tower, test.images)
+    raw = test.images.reshape(len(test), -1).astype(np.float32) / 255.0
+    threshold, calibration = None, {"pairs": 0}
+    if _can_pair(val.labels):
+        val_distances, val_match = _pair_distances(embed(tower, val.images), val.labels,
+                                                   cfg.eval.verification_pairs, metric, seed)
+        if val_match.any() and not val_match.all():
+            threshold, accuracy = best_threshold(val_distances, val_match)
+            calibration = {"pairs": int(val_match.size), "accuracy": accuracy}
+    distances, match = _pair_distances(embeddings, test.labels, cfg.eval.verification_pairs, metric, seed)
+    verification = verification_metrics(distances, match, threshold)
+    verification["calibration"] = {"split": "val", **calibration,
+                                   "note": "threshold fit on validation pairs from the training side; "
+                                           "test pairs are only scored" if threshold is not None else
+                                           "the validation split has no pairs: no threshold was calibrated"}
+    metrics = {
+        "test": retrieval_metrics(embeddings, test.labels, metric, seed=seed),
+        "baseline_raw": retrieval_metrics(raw, test.labels, "L2", seed=seed),
+        "baseline_raw_cosine": retrieval_metrics(raw, test.labels, "angular", compute_nmi=False, seed=seed),
+        "verification": verification,
+    }
+    return {"metrics": metrics, "embeddings": embeddings, "pairs": {"distances": distances, "match": match}}
+
+
+def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
+                  callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Trains, evaluates and reports an embedding run in an opened run folder (see `reprlearn.training`)."""
+    from reprlearn.report import write_report  # plotting stays out of the import path of library users
+
+    # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state).
+    model, epochs_done = resume_or_build(out, lambda: compile_embedding_model(cfg, build_tower(
+        cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)), cfg, verbose)
+    tower = model.get_layer(TOWER_NAME) if is_pair_loss(cfg) else model
+    dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
+    validation = RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose)
+
+    # Save the embedding model (uncompiled) and prove it reloads to identical embeddings.
+    reload_diff = save_and_check_reload(tower, out / "model.keras", splits.test.images[:256])
+    if model is not tower:
+        model.save(out / "pair_model.keras")
+
+    # Evaluate and report.
+    evaluation = evaluate(cfg, tower, splits)
+    report = {**run_summary(cfg, out, epochs_done, seconds, history, batch_size(cfg)),
+              "model": {"tower": cfg.model.tower, "embedding_dim": cfg.model.embedding_dim,
+                        "parameters": int(tower.count_params()), "reload_max_abs_diff": reload_diff},
+              "metrics": evaluation["metrics"]}
+    write_report(report, out, splits, evaluation, cfg)
+    return report
