@@ -127,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError, ExportError, ValueError) as err:
         print(f"reprlearn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that cannot be read or written: say which, no traceback
+        print(f"reprlearn {args.command}: error: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nreprlearn {args.command}: interrupted; finished epochs are checkpointed, so the same command "
+              "continues from there", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -40,11 +40,11 @@ def in_batch_contrastive(labels, embeddings, margin, metric="L2"):
     return total / count if count else 0.0
 
 
-def retrieval(embeddings, labels, ks=(1, 2, 4, 8), metric="L2"):
-    """Ranks every other item by (distance, index), per query, and scores it."""
+def retrieval(embeddings, labels, ks=(1, 2, 4, 8), metric="L2", queries=None):
+    """Ranks every other item by (distance, index), per query (default: every item), and scores it."""
     n = len(labels)
     p1, rp, mapr, recall = [], [], [], {k: [] for k in ks}
-    for q in range(n):
+    for q in (range(n) if queries is None else queries):
         r = sum(1 for j in range(n) if j != q and labels[j] == labels[q])
         if r == 0:
             continue

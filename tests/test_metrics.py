@@ -84,7 +84,7 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="non-finite"):
         retrieval_metrics(np.full((4, 2), np.nan), np.zeros(4))
     with pytest.raises(ValueError, match="metric"):
-        retrieval_metrics(np.zeros((4, 2)), np.zeros(4), metric="cosine")
+        retrieval_metrics(np.zeros((4, 2)), np.zeros(4), metric="cosin")
     with pytest.raises(ValueError, match="no query"):
         retrieval_metrics(np.zeros((3, 2)), np.arange(3))
 
@@ -142,3 +142,39 @@ def test_sample_pairs_are_balanced_and_correct():
     assert match.sum() == 100
     assert np.all((labels[first] == labels[second]) == match)
     assert np.all(first[match] != second[match])
+
+
+def test_retrieval_memory_is_chunk_by_n_not_n_by_r():
+    # N = 200,000 items in 10 classes: R = 19,999 per query. An [N, max R] array alone would be 32 GB; each
+    # chunk of queries is reduced before the next, so the peak stays near the chunk × N score block.
+    # 400 random queries (each ranked against all N items) keep the test short; the per-chunk memory is the same.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np
+        from reprlearn.metrics import retrieval_metrics
+        n = 200_000
+        rng = np.random.default_rng(0)
+        labels = np.repeat(np.arange(10), n // 10)
+        embeddings = (rng.normal(size=(n, 4)) + labels[:, None] * 0.5).astype(np.float32)
+        m = retrieval_metrics(embeddings, labels, compute_nmi=False, query_index=rng.choice(n, 400, replace=False))
+        assert m["num_queries"] == 400 and 0 < m["map_at_r"] < 1
+        peak_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+        print(peak_kb)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    peak_gb = int(result.stdout.split()[-1]) / 2 ** 20
+    assert peak_gb < 2.0, f"peak {peak_gb:.2f} GB"
+
+
+def test_query_subset_scores_equal_the_full_run_on_those_queries():
+    rng = np.random.default_rng(4)
+    emb, labels = rng.normal(size=(60, 3)).astype(np.float32), rng.integers(0, 4, 60)
+    subset = np.arange(0, 60, 3)
+    got = retrieval_metrics(emb, labels, compute_nmi=False, query_index=subset, chunk_size=7)
+    want = reference.retrieval(emb, labels, queries=subset)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-6), name

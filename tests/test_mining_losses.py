@@ -252,8 +252,8 @@ def test_bad_arguments_name_the_value():
         TripletSemiHardLoss(margin=-0.1)
     with pytest.raises(ValueError, match="soft=True"):
         TripletLoss(miner="batch-all", soft=True)
-    with pytest.raises(ValueError, match="metric='cosine'"):
-        TripletHardLoss(distance_metric="cosine")
+    with pytest.raises(ValueError, match="metric='cosin'"):
+        TripletHardLoss(distance_metric="cosin")
     with pytest.raises(ValueError, match="margin=nan"):
         LiftedStructLoss(margin=float("nan"))
 

@@ -29,24 +29,70 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
-def test_run_writes_every_artefact_and_learns(tmp_path, tiny_sets):
-    report = run_training(_cfg(train={"epochs": 3}), tmp_path, sets=tiny_sets, verbose=0)
-    for name in ("config.yaml", "model.keras", "report.json", "report.md", "projection.png", "distances.png",
-                 "roc.png", "retrieval_grid.png", "training.png", "logs/projector/projector_config.pbtxt",
-                 "logs/projector/sprite.png", "logs/projector/metadata.tsv"):
+def test_run_writes_every_artefact(tmp_path, tiny_sets):
+    report = run_training(_cfg(train={"epochs": 2}), tmp_path, sets=tiny_sets, verbose=0)
+    for name in ("config.yaml", "run.json", "evaluation.npz", "model.keras", "report.json", "report.md",
+                 "projection.png", "distances.png", "roc.png", "retrieval_grid.png", "training.png",
+                 "logs/projector/projector_config.pbtxt", "logs/projector/sprite.png",
+                 "logs/projector/metadata.tsv"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(REPORT_KEYS) <= set(saved["metrics"]["test"]) and set(REPORT_KEYS) <= set(saved["metrics"]["baseline_raw"])
     assert {"roc_auc", "eer", "tar_at_far_1e-3", "threshold", "accuracy"} <= set(saved["metrics"]["verification"])
+    assert saved["metrics"]["verification"]["calibration"]["split"] == "val"
     assert {"epochs", "seconds", "examples_per_second"} <= set(saved["train"])
     assert {"name", "protocol", "train_classes", "test_classes", "n_train", "n_test"} <= set(saved["data"])
     assert saved["model"]["reload_max_abs_diff"] == 0.0
-    assert len(saved["train"]["history"]) == 3 and "val_map_at_r" in saved["train"]["history"][0]
-    # The blobs are trivially separable once learned: the tower must beat chance clearly.
-    assert report["metrics"]["test"]["map_at_r"] > 0.6
-    # model.keras reloads to identical embeddings.
-    tower = keras.saving.load_model(tmp_path / "model.keras")
-    assert tower.output_shape == (None, 8)
+    assert len(saved["train"]["history"]) == 2 and "val_map_at_r" in saved["train"]["history"][0]
+    assert report["metrics"]["test"] == saved["metrics"]["test"]
+
+
+# Digits, seen classes: raw pixels score about 0.53 MAP@R (L2 and cosine) and an untrained MLP about 0.32,
+# so a model that learns nothing (a zero loss leaves the untrained weights) fails the margin below.
+LEARNING = {"data": {"name": "digits", "protocol": "seen-classes"},
+            "model": {"tower": "mlp", "hidden": [64], "embedding_dim": 16},
+            "train": {"epochs": 3, "steps_per_epoch": 60, "learning_rate": 0.003, "classes_per_batch": 8,
+                      "examples_per_class": 8, "pair_batch_size": 64},
+            "eval": {"verification_pairs": 1000, "projection": "pca", "projection_points": 50,
+                     "projector_points": 20, "grid_queries": 2, "grid_neighbours": 3}}
+MARGIN = 0.15
+
+
+def _untrained_scores(cfg) -> dict:
+    from reprlearn.data import splits_for
+    from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
+    from reprlearn.models import build_tower
+    from reprlearn.runs import embed
+
+    test = splits_for(cfg.data).test
+    keras.utils.set_random_seed(cfg.train.seed)
+    embeddings = embed(build_tower(cfg.model, test.images.shape[1:]), test.images)
+    first, second, match = sample_pairs(test.labels, cfg.eval.verification_pairs, seed=cfg.data.seed)
+    distances = np.linalg.norm(embeddings[first] - embeddings[second], axis=1)
+    return {"map_at_r": retrieval_metrics(embeddings, test.labels, compute_nmi=False)["map_at_r"],
+            "roc_auc": verification_metrics(distances, match)["roc_auc"]}
+
+
+@pytest.mark.parametrize("loss", [{"name": "contrastive", "margin": 0.5},
+                                  {"name": "triplet_semihard", "margin": 0.2},
+                                  {"name": "triplet_hard", "margin": 0.2},
+                                  {"name": "triplet_hard", "margin": 0.2, "soft": True},
+                                  {"name": "triplet_batch_all", "margin": 0.2},
+                                  {"name": "lifted_struct", "margin": 1.0},
+                                  {"name": "pair_contrastive", "margin": 1.0}],
+                         ids=lambda loss: loss["name"] + ("-soft" if loss.get("soft") else ""))
+def test_every_loss_learns_beyond_raw_pixels_and_the_untrained_tower(tmp_path, loss):
+    cfg = config_from_dict({**LEARNING, "loss": loss})
+    report = run_training(cfg, tmp_path, verbose=0)
+    metrics, untrained = report["metrics"], _untrained_scores(cfg)
+    raw_l2, raw_cosine = metrics["baseline_raw"]["map_at_r"], metrics["baseline_raw_cosine"]["map_at_r"]
+    assert 0.4 < raw_l2 < 0.7 and 0.4 < raw_cosine < 0.7 and untrained["map_at_r"] < 0.5  # far from 1.0
+    assert metrics["test"]["map_at_r"] > max(raw_l2, raw_cosine, untrained["map_at_r"]) + MARGIN
+    # Its own objective too: verification ROC AUC rises over the untrained tower's.
+    assert metrics["verification"]["roc_auc"] > untrained["roc_auc"] + 0.05
+    if loss["name"] != "pair_contrastive":
+        history = report["train"]["history"]
+        assert history[-1]["mean_negative_distance"] > history[-1]["mean_positive_distance"]
 
 
 def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path, tiny_sets):
@@ -66,30 +112,12 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path, tiny_sets):
     assert resumed["metrics"]["test"]["map_at_r"] == pytest.approx(straight["metrics"]["test"]["map_at_r"], abs=0.02)
 
 
-def test_pair_contrastive_run_trains_a_siamese_model(tmp_path, tiny_sets):
-    cfg = _cfg(loss={"name": "pair_contrastive", "margin": 1.0}, train={"pair_batch_size": 16},
-               model={"tower": "mlp", "hidden": [16]})
-    report = run_training(cfg, tmp_path, sets=tiny_sets, verbose=0)
-    assert (tmp_path / "pair_model.keras").is_file()
-    assert report["train"]["batch_size"] == 16 and np.isfinite(report["metrics"]["test"]["map_at_r"])
-
-
-@pytest.mark.parametrize("loss", [{"name": "triplet_semihard", "margin": 0.2},
-                                  {"name": "triplet_hard", "margin": 0.2, "soft": True},
-                                  {"name": "triplet_batch_all", "margin": 0.2, "distance": "squared-L2"},
-                                  {"name": "lifted_struct", "margin": 1.0}], ids=lambda loss: loss["name"])
-def test_mining_losses_train_log_batch_statistics_and_learn(tmp_path, tiny_sets, loss):
-    report = run_training(_cfg(loss=loss, train={"epochs": 3}), tmp_path, sets=tiny_sets, verbose=0)
-    history = report["train"]["history"]
-    assert {"active_fraction", "mean_positive_distance", "mean_negative_distance"} <= set(history[0])
-    assert 0.0 <= history[-1]["active_fraction"] <= 1.0
-    assert history[-1]["mean_negative_distance"] > history[-1]["mean_positive_distance"]
-    assert report["metrics"]["test"]["map_at_r"] > 0.6
-
-
 def test_loss_config_combinations_are_checked():
     with pytest.raises(ConfigError, match="loss.distance='angular'"):
         _cfg(loss={"name": "lifted_struct", "distance": "angular"})
+    with pytest.raises(ConfigError, match=r"lifted_struct accepts loss.distance in \['L2'\]"):
+        _cfg(loss={"name": "lifted_struct", "distance": "cosine"})
+    assert _cfg(loss={"name": "triplet_semihard", "distance": "cosine"}).loss.distance == "angular"
     with pytest.raises(ConfigError, match="loss.name='triplet_semihard'"):
         _cfg(loss={"name": "triplet_semihard", "soft": True})
     with pytest.raises(ConfigError, match="loss.name='arcface'"):
@@ -126,6 +154,5 @@ def test_cli_trains_digits_end_to_end(tmp_path, capsys):
     assert code == 0
     report = json.loads((tmp_path / "run/report.json").read_text())
     assert report["data"]["train_classes"] == [0, 1, 2, 3, 4] and report["data"]["test_classes"] == [5, 6, 7, 8, 9]
-    assert report["metrics"]["test"]["map_at_r"] > 0.2
     assert (tmp_path / "run/config.yaml").read_text().startswith("# reprlearn train")
     assert "Test MAP@R" in capsys.readouterr().out

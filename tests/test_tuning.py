@@ -44,6 +44,15 @@ def test_search_space_is_checked_before_any_trial(override, match):
         load_config(SMOKE, [override])
 
 
+def test_an_empty_search_section_is_an_error_not_the_whole_default_space(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {name: digits}\nsearch: {}\n")
+    assert main(["tune", str(config), "--out", str(tmp_path / "search")]) == 2
+    err = capsys.readouterr().err
+    assert "lists no hyperparameter to search" in err and "Traceback" not in err
+    assert not (tmp_path / "search").exists()
+
+
 def test_batch_shape_the_training_classes_cannot_fill_fails_before_any_trial(tmp_path, capsys):
     assert main(["tune", str(SMOKE), "--out", str(tmp_path), "--set", "search.classes_per_batch=[4, 9]"]) == 2
     assert "search.classes_per_batch" in capsys.readouterr().err

@@ -30,8 +30,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Reads an IDX file (the MNIST format), gzipped or not."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, OSError) as err:
+        raise ValueError(f"cannot read IDX file {str(path)!r}: {err or type(err).__name__} "
+                         "(truncated or corrupt; re-install or re-copy it)") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"not an IDX file (bad magic number). Received: path={str(path)!r}")
     ndim = data[3]
@@ -53,17 +57,28 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 def load_fashion_mnist(data_dir: str | None = None) -> dict[str, ImageSet]:
     """Fashion-MNIST's official train (60,000) and test (10,000) splits, from local files only.
 
-    Looks in `data_dir`, then /usr/share/datasets/fashion-mnist (Debian's
-    `dataset-fashion-mnist`), then ~/.keras/datasets/fashion-mnist, then a prepared
-    TFDS copy in `data_dir` (never downloading).
+    With `data_dir`, only that folder is used: its four IDX files, or a TFDS copy prepared
+    there (never downloading). Without it: /usr/share/datasets/fashion-mnist (Debian's
+    `dataset-fashion-mnist`), then ~/.keras/datasets/fashion-mnist.
 
     Raises:
-        DatasetNotFoundError: none of those has it; the message says how to install it.
+        DatasetNotFoundError: the data is not there; the message names what is missing and how to install it.
     """
-    folders = ([Path(data_dir).expanduser()] if data_dir else []) + [Path(d).expanduser() for d in FASHION_MNIST_DIRS]
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    if data_dir:
+        folder = Path(data_dir).expanduser()
+        missing = [stem for stem in stems if _find_idx(folder, stem) is None]
+        if missing:
+            try:
+                return load_tfds("fashion_mnist", data_dir)
+            except DatasetNotFoundError:
+                pass
+            where = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)} (.gz or plain)"
+            raise DatasetNotFoundError(f"data.data_dir does not hold Fashion-MNIST: {folder} {where}, and holds no "
+                                       f"prepared TFDS copy. Received: data_dir={data_dir!r}")
+    folders = [Path(data_dir).expanduser()] if data_dir else [Path(d).expanduser() for d in FASHION_MNIST_DIRS]
     for folder in folders:
-        files = {s: _find_idx(folder, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                                   "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+        files = {stem: _find_idx(folder, stem) for stem in stems}
         if all(files.values()):
             return {
                 "train": make_imageset(read_idx(files["train-images-idx3-ubyte"]),
@@ -73,11 +88,6 @@ def load_fashion_mnist(data_dir: str | None = None) -> dict[str, ImageSet]:
                                       read_idx(files["t10k-labels-idx1-ubyte"]),
                                       FASHION_MNIST_CLASSES, "fashion_mnist.test"),
             }
-    if data_dir:
-        try:
-            return load_tfds("fashion_mnist", data_dir)
-        except DatasetNotFoundError:
-            pass
     raise DatasetNotFoundError(
         "Fashion-MNIST was not found. Looked in: " + ", ".join(str(f) for f in folders)
         + ". Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or put the four "
@@ -124,18 +134,46 @@ def load_tfds(name: str, data_dir: str | None) -> dict[str, ImageSet]:
     return out
 
 
+def _read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 `[H, W]` (grayscale) or `[H, W, 3]` (colour), each mode converted explicitly.
+
+    8-bit grayscale and 1-bit stay grayscale; 16-bit and 32-bit integer grayscale keep their top 8 bits
+    of the range they use; palette, RGBA, LA and CMYK become RGB or grayscale without alpha.
+
+    Raises:
+        ValueError: the file is not a readable image (corrupt, truncated) or has a mode reprlearn refuses.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("L", "1", "LA"):
+                return np.asarray(im.convert("L"), np.uint8)
+            if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
+                return np.asarray(im.convert("RGB"), np.uint8)
+            if mode.startswith("I;16") or mode == "I":
+                array = np.asarray(im, dtype=np.int64)
+                bits = 16 if mode.startswith("I;16") or array.max(initial=0) < 65536 else 32
+                return (np.clip(array, 0, 2 ** bits - 1) >> (bits - 8)).astype(np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {str(path)!r}: {err} (corrupt or truncated?)") from None
+    raise ValueError(f"image mode {mode!r} is not supported (8/16-bit grayscale, RGB, RGBA and palette images are). "
+                     f"Received: {str(path)!r}")
+
+
 def load_folder(root: str | Path) -> dict[str, ImageSet]:
     """A folder-per-class image tree: `root/<class name>/<image file>`; one split.
 
-    Images are read with Pillow; all must share one size. Grayscale images stay one channel
-    unless any image in the tree has colour, in which case all are read as RGB.
+    Images are read with Pillow (see `_read_image` for how each mode becomes 8-bit); all must share
+    one size. Grayscale images stay one channel unless any image in the tree has colour, in which
+    case grayscale ones are repeated to RGB.
 
     Raises:
         DatasetNotFoundError: `root` is not a folder.
-        ValueError: a class folder is empty, or image sizes differ.
+        ValueError: a class folder is empty, an image is unreadable, or sizes differ (naming the odd file).
     """
-    from PIL import Image
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder not found. Received: path={str(root)!r}")
@@ -149,19 +187,16 @@ def load_folder(root: str | Path) -> dict[str, ImageSet]:
             raise ValueError(f"image folder has an empty class: no image in {str(class_dir)!r}")
         files += found
         labels += [label] * len(found)
-    modes = set()
-    for path in files:
-        with Image.open(path) as im:
-            modes.add(im.mode)
-    mode = "L" if modes <= {"L", "1"} else "RGB"
-    arrays = []
-    for path in files:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert(mode), dtype=np.uint8)
-        if arrays and array.shape != arrays[0].shape:
-            raise ValueError(f"all images in a folder dataset must share one size: {arrays[0].shape} "
-                             f"first, then {array.shape}. Received: {str(path)!r}")
-        arrays.append(array)
+    arrays = [_read_image(path) for path in files]
+    sizes = [a.shape[:2] for a in arrays]
+    values, counts = np.unique(np.array(sizes), axis=0, return_counts=True)
+    if len(values) > 1:
+        common = tuple(int(v) for v in values[np.argmax(counts)])
+        odd = next(i for i, size in enumerate(sizes) if size != common)
+        raise ValueError(f"all images in a folder dataset must share one size; {counts.max()} of {len(files)} are "
+                         f"{common[0]}x{common[1]}, but {str(files[odd])!r} is {sizes[odd][0]}x{sizes[odd][1]}")
+    if any(a.ndim == 3 for a in arrays):
+        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
     return {"all": make_imageset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs],
                                  f"folder:{root}")}
 

@@ -1,0 +1,36 @@
+"""pytest plugin: every reprlearn training loss replaced by zero, to check that the learning tests can fail.
+
+    .venv/bin/python -m pytest -p tests.zero_loss tests/test_train.py tests/test_autoencoders.py -k "learns_beyond or improve_their_own"
+
+Every selected test must fail under it; it is never loaded by a plain `make test`.
+"""
+import keras
+import tensorflow as tf
+
+import reprlearn.objectives as objectives
+import reprlearn.training.autoencoder as ae
+from reprlearn.models import VAE
+
+
+class ZeroLoss(keras.losses.Loss):
+    def call(self, y_true, y_pred):
+        return 0.0 * tf.reduce_sum(tf.cast(y_pred, tf.float32), axis=-1)
+
+    def active_fraction(self, y_true, y_pred):
+        return tf.constant(0.0)
+
+
+objectives.make_loss = lambda *args, **kwargs: ZeroLoss()
+_build = ae.build_autoencoder
+
+
+def _zero_build(cfg, shape):
+    model = _build(cfg, shape)
+    if not isinstance(model, VAE):
+        model.compile(optimizer=model.optimizer, loss=ZeroLoss())
+    return model
+
+
+ae.build_autoencoder = _zero_build
+_update = VAE._update
+VAE._update = lambda self, reconstruction, kl: 0.0 * _update(self, reconstruction, kl)
