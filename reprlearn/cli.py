@@ -35,7 +35,7 @@ def _tune(args) -> int:
     from reprlearn.config import load_config, save_config
     from reprlearn.data import splits_for
     from reprlearn.training import run_training
-    from reprlearn.tuning import check_search, make_tuner, write_results
+    from reprlearn.tuning import check_search, describe, make_tuner, write_results
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
@@ -55,8 +55,7 @@ def _tune(args) -> int:
         return 1
     best = max(finished, key=lambda r: r["objective"])
     print(f"Best trial {best['trial']}: {cfg.search.objective} {best['objective']:.4f} with "
-          + ", ".join(f"{k}={best[k]}" for k in ("loss", "margin", "embedding_dim", "learning_rate",
-                                                  "classes_per_batch", "examples_per_class") if best[k] is not None))
+          f"{describe({k: v for k, v in best.items() if v is not None}) or 'the config as given'}")
     print(f"Best config: {out / 'best.yaml'}")
     if args.retrain_best:
         report = run_training(best_cfg, out / "best_run", command=f"reprlearn train {out / 'best.yaml'}",

@@ -68,7 +68,8 @@ def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None
                           "Nearest-neighbour retrieval", "Nearest test neighbours (green: same class, red: other)")
 
     projected = rng.choice(len(test), size=min(cfg.eval.projector_points, len(test)), replace=False)
-    write_projector(out / "logs" / "projector", embeddings[projected], test.labels[projected],
+    # In the log root, where `tensorboard --logdir RUN/logs` looks for a projector beside the scalar runs.
+    write_projector(out / "logs", embeddings[projected], test.labels[projected],
                     test.class_names, test.images[projected])
 
     report["figures"] = figures

@@ -33,8 +33,8 @@ def test_run_writes_every_artefact(tmp_path, tiny_sets):
     report = run_training(_cfg(train={"epochs": 2}), tmp_path, sets=tiny_sets, verbose=0)
     for name in ("config.yaml", "run.json", "evaluation.npz", "model.keras", "report.json", "report.md",
                  "projection.png", "distances.png", "roc.png", "retrieval_grid.png", "training.png",
-                 "logs/projector/projector_config.pbtxt", "logs/projector/sprite.png",
-                 "logs/projector/metadata.tsv"):
+                 "logs/projector_config.pbtxt", "logs/sprite.png",
+                 "logs/metadata.tsv"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(REPORT_KEYS) <= set(saved["metrics"]["test"]) and set(REPORT_KEYS) <= set(saved["metrics"]["baseline_raw"])

@@ -50,10 +50,16 @@ def convert_tflite(saved_model: Path, quantize: str, representative: np.ndarray 
 class TFLiteEmbedder:
     """Runs a TFLite embedding model with LiteRT: float images in, float32 embeddings out (any quantization)."""
 
-    def __init__(self, model: bytes | Path):
+    def __init__(self, model: bytes | str | Path):
+        """`model`: the path of a `.tflite` file (str or Path), or its bytes."""
         from ai_edge_litert.interpreter import Interpreter
 
-        content = Path(model).read_bytes() if isinstance(model, Path) else model
+        if isinstance(model, (str, Path)):
+            if not Path(model).is_file():
+                raise ValueError(f"model must be a .tflite file or its bytes. Received: model={str(model)!r}")
+            content = Path(model).read_bytes()
+        else:
+            content = bytes(model)
         self.interpreter = Interpreter(model_content=content)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -95,10 +101,12 @@ def convert_onnx(saved_model: Path, path: Path, opset: int = 17) -> None:
     tf2onnx.convert.from_function(embed, input_signature=[spec], opset=opset, output_path=str(path))
 
 
-def onnx_embedder(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_embedder(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     """An onnxruntime session as a function: float images in, float32 embeddings out."""
     import onnxruntime
 
+    if not Path(path).is_file():
+        raise ValueError(f"path must be an .onnx file. Received: path={str(path)!r}")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: np.asarray(images, np.float32)})[0]
