@@ -1,0 +1,29 @@
+"""Imports TensorFlow and Keras with TensorFlow's start-up notices silenced.
+
+TensorFlow 2.21 writes four lines to stderr at import (oneDNN and CPU-feature notices, printed
+before its logging is configured, whatever `TF_CPP_MIN_LOG_LEVEL` says). They drown the one-line
+errors of `reprlearn` commands and lengthen every log, so they are hidden while TensorFlow loads.
+`TF_CPP_MIN_LOG_LEVEL=0` (set by you before the import) keeps them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports tensorflow and keras with the C-level stderr sent to /dev/null for the duration."""
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -1,0 +1,118 @@
+"""The README and export/README.md run as written: every shell, console and Python block, in a scratch folder.
+
+Shell blocks run line by line with `bash`; `text` blocks whose lines start with `$ ` are console
+transcripts, run and compared with the lines that follow; the Python blocks of a file run in
+order in one fresh interpreter. The few commands a test cannot run are listed in NOT_RUN with the
+reason, and the test fails if the docs hold one that is neither run nor listed.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", "export/README.md"]
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+NOT_RUN = {
+    "make demo": "the full demo (minutes); its steps run below on a small demo run",
+    "make test": "runs this test",
+    ".venv/bin/tensorboard": "a server that does not exit",
+    "docker run": "needs Docker and the TF Serving image",
+    "curl": "needs the TF Serving container",
+    ".venv/bin/python benchmarks/": "minutes each; benchmarks print tables, tests check correctness",
+}
+# A small stand-in for `make demo`'s run, so the docs' commands on runs/demo take seconds.
+SMALL_DEMO = ["train.epochs=1", "train.steps_per_epoch=3", "data.max_train=2000", "data.max_test=600",
+              "eval.verification_pairs=600", "eval.projection=pca"]
+
+
+def blocks(doc: str) -> list[tuple[str, str]]:
+    return [(lang, body) for lang, body in BLOCK.findall((ROOT / doc).read_text())]
+
+
+def shell_commands(body: str) -> list[str]:
+    """The commands of a shell block: continuation lines joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", body)
+    return [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _skipped(command: str) -> bool:
+    return any(command.startswith(prefix) for prefix in NOT_RUN)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A folder that looks like the repository root to the docs: configs, tuner, export and .venv linked in."""
+    folder = tmp_path_factory.mktemp("docs")
+    for name in ("configs", "tuner", "export", ".venv"):
+        (folder / name).symlink_to(ROOT / name)
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    overrides = [arg for setting in SMALL_DEMO for arg in ("--set", setting)]
+    subprocess.run([str(ROOT / ".venv/bin/reprlearn"), "train", "configs/demo.yaml", "--out", "runs/demo", "--quiet",
+                    *overrides], cwd=folder, env=env, check=True, capture_output=True, timeout=600)
+    return folder, env
+
+
+def _run_shell(command: str, scratch) -> subprocess.CompletedProcess:
+    folder, env = scratch
+    return subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def shell_results(scratch):
+    """Every runnable shell command of the docs, run once in document order: `[(doc, command, result)]`."""
+    return [(doc, command, _run_shell(command, scratch)) for doc in DOCS for lang, body in blocks(doc)
+            if lang in ("bash", "sh") for command in shell_commands(body) if not _skipped(command)]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_shell_block_runs(doc, shell_results):
+    ran = [(command, result) for name, command, result in shell_results if name == doc]
+    assert ran, doc
+    for command, result in ran:
+        assert result.returncode == 0, f"{doc}: {command}\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_console_transcripts_print_what_they_show(doc, scratch):
+    for lang, body in blocks(doc):
+        lines = body.splitlines()
+        if lang not in ("text", "console") or not lines or not lines[0].startswith("$ "):
+            continue
+        result = _run_shell(lines[0][2:], scratch)
+        assert (result.stdout + result.stderr).strip().splitlines() == lines[1:], lines[0]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_python_blocks_run_in_order_in_a_fresh_interpreter(doc, scratch, shell_results):
+    # After the shell blocks (shell_results): the Python blocks use what they write.
+    code = "\n\n".join(body for lang, body in blocks(doc) if lang == "python")
+    if not code:
+        pytest.fail(f"{doc} has no Python block")
+    folder, env = scratch
+    result = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, f"{doc}\n{result.stderr[-4000:]}"
+
+
+def test_only_listed_commands_are_not_run():
+    found = {prefix for doc in DOCS for lang, body in blocks(doc) if lang in ("bash", "sh")
+             for command in shell_commands(body) for prefix in NOT_RUN if command.startswith(prefix)}
+    assert found == set(NOT_RUN), "NOT_RUN lists a command the docs no longer hold: remove it"
+    for doc in DOCS:
+        languages = {lang for lang, _ in blocks(doc)}
+        assert languages <= {"bash", "python", "text", "yaml"}, f"{doc}: a block in {languages} is never run"
+
+
+def test_yaml_blocks_are_valid_config_sections():
+    import yaml
+    from reprlearn.config import config_from_dict
+
+    found = [body for doc in DOCS for lang, body in blocks(doc) if lang == "yaml"]
+    assert found
+    for body in found:
+        config_from_dict(yaml.safe_load(body))
