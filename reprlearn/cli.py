@@ -21,8 +21,12 @@ def _train(args) -> int:
     metrics = report["metrics"]
     test, raw = metrics["test"], metrics["baseline_raw"]
     if "verification" in metrics:
-        print(f"\nTest MAP@R {test['map_at_r']:.4f} (raw pixels {raw['map_at_r']:.4f}), "
-              f"P@1 {test['precision_at_1']:.4f}, ROC AUC {metrics['verification']['roc_auc']:.4f}")
+        verification = metrics["verification"]
+        print(f"\nTest MAP@R {test['map_at_r']:.4f} (raw pixels: L2 {raw['map_at_r']:.4f}, cosine "
+              f"{metrics['baseline_raw_cosine']['map_at_r']:.4f}), P@1 {test['precision_at_1']:.4f}, "
+              f"ROC AUC {verification['roc_auc']:.4f}"
+              + (f", accuracy {verification['accuracy']:.4f} at the threshold fit on validation pairs"
+                 if "accuracy" in verification else ""))
     else:
         print(f"\nTest reconstruction MSE {metrics['reconstruction']['mse']:.5f} "
               f"(PCA {metrics['reconstruction']['pca_mse']:.5f}); codes MAP@R {test['map_at_r']:.4f} "

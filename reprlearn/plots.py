@@ -44,12 +44,14 @@ def plot_projection(coords: np.ndarray, labels: np.ndarray, class_names: list[st
     _save(fig, path)
 
 
-def plot_distance_histograms(distances: np.ndarray, match: np.ndarray, threshold: float, path: Path) -> None:
+def plot_distance_histograms(distances: np.ndarray, match: np.ndarray, threshold: float | None, path: Path) -> None:
+    """Test-pair distance histograms by class agreement, with the threshold calibrated on validation pairs."""
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(distances.min(), distances.max(), 60)
     ax.hist(distances[match], bins=bins, alpha=0.6, density=True, label="same class (positive)")
     ax.hist(distances[~match], bins=bins, alpha=0.6, density=True, label="different class (negative)")
-    ax.axvline(threshold, color="k", linestyle="--", label=f"calibrated threshold {threshold:.3f}")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f} (fit on validation pairs)")
     ax.set_xlabel("distance")
     ax.set_ylabel("density")
     ax.legend()

@@ -13,7 +13,7 @@ from reprlearn.projector import write_projector
 
 RETRIEVAL_ROWS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2", "recall_at_4",
                   "recall_at_8", "nmi")
-VERIFICATION_ROWS = ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "threshold", "accuracy")
+VERIFICATION_ROWS = ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "threshold", "accuracy", "far", "frr")
 
 
 def _markdown(report: dict, figures: dict[str, str]) -> str:
@@ -21,10 +21,14 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     lines = [f"# reprlearn run: {d['name']}, {d['protocol']}", "",
              f"Train classes {d['train_classes']} ({d['n_train']} images, {d['n_val']} for validation); "
              f"test classes {d['test_classes']} ({d['n_test']} images).", "",
-             "## Retrieval on the test protocol", "", "| metric | model | raw pixels |", "|---|---|---|"]
-    lines += [f"| {k} | {m['test'][k]:.4f} | {m['baseline_raw'][k]:.4f} |" for k in RETRIEVAL_ROWS]
-    lines += ["", "## Verification on sampled test pairs", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {m['verification'][k]:.4f} |" for k in VERIFICATION_ROWS]
+             "## Retrieval on the test protocol", "",
+             "| metric | model | raw pixels, L2 | raw pixels, cosine |", "|---|---|---|---|"]
+    cosine = m.get("baseline_raw_cosine", {})
+    lines += [f"| {k} | {m['test'][k]:.4f} | {m['baseline_raw'][k]:.4f} | "
+              + (f"{cosine[k]:.4f} |" if k in cosine else "– |") for k in RETRIEVAL_ROWS]
+    lines += ["", "## Verification on sampled test pairs", "",
+              f"Threshold: {m['verification']['calibration']['note']}.", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {m['verification'][k]:.4f} |" for k in VERIFICATION_ROWS if k in m["verification"]]
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
               f"{t['seconds']} s this session, {t['examples_per_second']} examples/s.", ""]
@@ -58,7 +62,7 @@ def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None
     figures["2-D projection of test embeddings"] = "projection.png"
 
     pairs, verification = evaluation["pairs"], report["metrics"]["verification"]
-    plots.plot_distance_histograms(pairs["distances"], pairs["match"], verification["threshold"],
+    plots.plot_distance_histograms(pairs["distances"], pairs["match"], verification.get("threshold"),
                                    out / "distances.png")
     figures["Positive and negative pair distances"] = "distances.png"
     plots.plot_roc(pairs["distances"], pairs["match"], verification["eer"], verification["roc_auc"], out / "roc.png")

@@ -33,6 +33,7 @@ from reprlearn.data import Splits
 from reprlearn.data.pipelines import pk_batches
 from reprlearn.models import build_tower
 from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model
+from reprlearn.registry import LOSSES
 from reprlearn.runs import progress
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -57,13 +58,15 @@ def check_search(cfg: Config, splits: Splits) -> None:
 def trial_config(cfg: Config, values: dict) -> Config:
     """The base config with one trial's hyperparameter values applied."""
     loss = values.get("loss", cfg.loss.name)
+    spec = LOSSES[loss]
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, embedding_dim=int(values.get("embedding_dim", cfg.model.embedding_dim))),
-        # lifted structure is defined on L2 distances; soft applies to batch-hard only.
+        # A trial's loss keeps the config's distance and soft flag where it accepts them (the registry says).
         loss=dataclasses.replace(cfg.loss, name=loss, margin=float(values.get("margin", cfg.loss.margin)),
-                                 distance="L2" if loss == "lifted_struct" else cfg.loss.distance,
-                                 soft=cfg.loss.soft and loss == "triplet_hard"),
+                                 distance=cfg.loss.distance if cfg.loss.distance in spec.distances
+                                 else spec.distances[0],
+                                 soft=cfg.loss.soft and spec.soft),
         train=dataclasses.replace(
             cfg.train, learning_rate=float(values.get("learning_rate", cfg.train.learning_rate)),
             classes_per_batch=int(values.get("classes_per_batch", cfg.train.classes_per_batch)),

@@ -34,3 +34,13 @@ def make_tiny_sets():
     images = np.asarray(images, np.uint8)
     labels = np.asarray(labels)
     return {"all": ImageSet(images, labels, ["a", "b", "c", "d"])}
+
+
+@pytest.fixture
+def digits_config(tmp_path):
+    """A seconds-long digits config file for CLI tests."""
+    config = tmp_path / "digits.yaml"
+    config.write_text("data: {name: digits}\nmodel: {tower: mlp, hidden: [16], embedding_dim: 8}\n"
+                      "train: {epochs: 1, steps_per_epoch: 2, classes_per_batch: 4, examples_per_class: 4}\n"
+                      "eval: {verification_pairs: 200, projection: pca, projection_points: 50, projector_points: 20}\n")
+    return config

@@ -70,6 +70,21 @@ def test_addons_string_identifiers_compile_and_fit(name):
     assert got == pytest.approx(want, rel=1e-6) and want[0] > 0
 
 
+@pytest.mark.parametrize("name", ["contrastive_loss", "ContrastiveLoss"])
+def test_addons_contrastive_by_string_on_a_distance_output(name):
+    # addons' contrastive loss takes a distance per pair (y = 1: matching), e.g. a Siamese head's output.
+    keras.utils.set_random_seed(0)
+    distances = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="softplus")])
+    by_string = keras.models.clone_model(distances)
+    by_string.set_weights(distances.get_weights())
+    match = (np.arange(16) % 2).astype(np.float32)
+    distances.compile("sgd", loss=ADDONS_OBJECTS[name]() if name[0].isupper() else ADDONS_OBJECTS[name])
+    by_string.compile("sgd", loss=f"Addons>{name}")
+    want = distances.fit(EMB, match, batch_size=16, epochs=2, verbose=0, shuffle=False).history["loss"]
+    got = by_string.fit(EMB, match, batch_size=16, epochs=2, verbose=0, shuffle=False).history["loss"]
+    assert got == pytest.approx(want, rel=1e-6) and want[0] > 0
+
+
 def test_addons_era_serialized_configs_resolve():
     loss = keras.losses.deserialize({"class_name": "Addons>TripletHardLoss",
                                      "config": {"margin": 0.5, "soft": True, "distance_metric": "L2"}})

@@ -101,12 +101,8 @@ def test_the_odd_sized_image_is_the_one_named(tmp_path):
     assert "6 of 7 are 6x6" in str(err.value)
 
 
-def test_export_out_pointing_at_a_file(tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text("data: {name: digits}\nmodel: {tower: mlp, hidden: [8], embedding_dim: 4}\n"
-                      "train: {epochs: 1, steps_per_epoch: 1, classes_per_batch: 4, examples_per_class: 2}\n"
-                      "eval: {verification_pairs: 100, projection: pca, projection_points: 20, projector_points: 10}\n")
-    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+def test_export_out_pointing_at_a_file(tmp_path, capsys, digits_config):
+    assert main(["train", str(digits_config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     (tmp_path / "file").write_text("x")
     capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "file")]) == 2

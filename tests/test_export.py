@@ -141,6 +141,9 @@ def test_autoencoder_runs_export_generative_signatures(kind, tmp_path):
     run_dir = tmp_path / "run"
     run_training(config_from_dict(raw), run_dir, verbose=0)
     result = export_run(run_dir, tmp_path / "serving", formats="saved_model", verbose=False)
+    # Parity is scored with the run's own metric (cosine for codes), so it equals the run report's figure.
+    report = json.loads((run_dir / "report.json").read_text())
+    assert result["keras_map_at_r"] == pytest.approx(report["metrics"]["test"]["map_at_r"], abs=1e-6)
     loaded = tf.saved_model.load(result["saved_model"])
     x = tf.random.uniform([4, 8, 8, 1], 0, 255)
     reconstruction = loaded.signatures["reconstruct"](images=x)["reconstruction"].numpy()

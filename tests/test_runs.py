@@ -143,11 +143,8 @@ def test_rerunning_with_a_changed_config_is_refused_and_lists_the_keys(tmp_path,
     assert not (tmp_path / "fresh").exists()
 
 
-def test_cli_refuses_a_changed_config_with_one_line(tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text("data: {name: digits}\nmodel: {tower: mlp, hidden: [16], embedding_dim: 8}\n"
-                      "train: {epochs: 1, steps_per_epoch: 2, classes_per_batch: 4, examples_per_class: 4}\n"
-                      "eval: {verification_pairs: 200, projection: pca, projection_points: 50, projector_points: 20}\n")
+def test_cli_refuses_a_changed_config_with_one_line(tmp_path, capsys, digits_config):
+    config = digits_config
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet", "--set", "loss.margin=0.9"]) == 2

@@ -156,3 +156,26 @@ def test_cli_trains_digits_end_to_end(tmp_path, capsys):
     assert report["data"]["train_classes"] == [0, 1, 2, 3, 4] and report["data"]["test_classes"] == [5, 6, 7, 8, 9]
     assert (tmp_path / "run/config.yaml").read_text().startswith("# reprlearn train")
     assert "Test MAP@R" in capsys.readouterr().out
+
+
+def test_without_validation_pairs_no_threshold_is_fit_and_the_test_split_is_not_used_instead(tmp_path, tiny_sets):
+    report = run_training(_cfg(data={"validation_fraction": 0.0}), tmp_path, sets=tiny_sets, verbose=0)
+    verification = report["metrics"]["verification"]
+    assert "threshold" not in verification and "accuracy" not in verification
+    assert verification["calibration"]["pairs"] == 0 and verification["roc_auc"] > 0
+    assert "no threshold" in (tmp_path / "report.md").read_text()
+
+
+def test_the_threshold_is_fit_on_validation_pairs_only(tmp_path, tiny_sets):
+    from reprlearn.metrics import sample_pairs
+    from reprlearn.metrics.verification import best_threshold
+    from reprlearn.runs import embed, load_run
+
+    cfg = _cfg()
+    report = run_training(cfg, tmp_path, sets=tiny_sets, verbose=0)
+    run, tower = load_run(tmp_path), keras.saving.load_model(tmp_path / "model.keras")
+    val_embeddings = embed(tower, run.evaluation["val_images"])
+    first, second, match = sample_pairs(run.evaluation["val_labels"], cfg.eval.verification_pairs, seed=cfg.data.seed)
+    distances = np.linalg.norm(val_embeddings[first] - val_embeddings[second], axis=1)
+    assert report["metrics"]["verification"]["threshold"] == pytest.approx(best_threshold(distances, match)[0],
+                                                                           abs=1e-5)
