@@ -64,31 +64,114 @@ def _has_any(mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_any(mask, axis=1, keepdims=True)
 
 
+# Sort-free semi-hard mining holds one [anchors, width, N] block per chunk of anchors: widths it can
+# take (the most positives an anchor may have), and about how many block elements a chunk may hold.
+SORT_FREE_WIDTHS = (16, 32)
+_CHUNK_ELEMENTS = 1 << 20
+SEMIHARD_PATHS = ("auto", "sort", "sort-free")
+
+
+def _sorted_semihard_negatives(distances, negative, num_negatives):
+    """`[N, N]` semi-hard negative per (a, p) by sorting each anchor's negatives once and binary search."""
+    negated_sorted, order = tf.math.top_k(tf.where(negative, -distances, -np.inf), k=tf.shape(distances)[1])
+    first_farther = tf.searchsorted(-negated_sorted, distances, side="right")
+    rank = tf.where(first_farther < num_negatives, first_farther, num_negatives - 1)
+    return tf.gather(order, tf.maximum(rank, 0), batch_dims=1)
+
+
+def _sort_free_semihard_negatives(distances, positive, negative, width: int):
+    """`[N, N]` semi-hard negative per (a, p) by a masked minimum: no sort.
+
+    Valid when no anchor has more than `width` positives. Each anchor's positives are listed (up to
+    `width`, `[N, width]`); for a chunk of anchors, a `[chunk, width, N]` block keeps the negatives
+    farther than each positive and takes their minimum; pairs with none fall back to the anchor's
+    farthest negative. Memory O(N² + chunk·width·N).
+    """
+    n = tf.shape(distances)[0]
+    columns = tf.range(n)
+    # The positives' columns, ascending: top_k of (n − column) on positives; zeros mark empty slots.
+    score = tf.pad(tf.where(positive, n - columns[None, :], 0), [[0, 0], [0, tf.maximum(width - n, 0)]])
+    slot_score, slot_column = tf.math.top_k(score, k=width)
+    filled = slot_score > 0                                                         # [N, W]
+    slot_column = tf.minimum(slot_column, n - 1)
+    d_ap = tf.gather(distances, slot_column, batch_dims=1)                          # [N, W]
+    d_negative = tf.where(negative, distances, np.inf)                              # [N, N]
+    static_n = distances.shape[0]
+    chunk = max(1, min(256, _CHUNK_ELEMENTS // (width * static_n))) if static_n else 64
+    chunks = (n + chunk - 1) // chunk
+    padding = chunks * chunk - n
+
+    def in_chunks(x):
+        return tf.reshape(tf.pad(x, [[0, padding], [0, 0]]), tf.concat([[chunks, chunk], tf.shape(x)[1:]], 0))
+
+    def mine_chunk(args):
+        rows, thresholds = args                                                     # [c, N], [c, W]
+        # Non-negatives are +inf in `rows`: they pass the comparison but never win the minimum.
+        candidates = tf.where(rows[:, None, :] > thresholds[:, :, None], rows[:, None, :], np.inf)  # [c, W, N]
+        nearest = tf.argmin(candidates, axis=2, output_type=tf.int32)
+        picked = tf.gather(rows, nearest, batch_dims=1)  # all-inf rows (nothing farther) give argmin 0
+        return nearest, tf.logical_and(picked > thresholds, tf.math.is_finite(picked))
+
+    nearest_farther, has_farther = tf.map_fn(
+        mine_chunk, (in_chunks(d_negative), in_chunks(d_ap)),
+        fn_output_signature=(tf.TensorSpec([chunk, width], tf.int32), tf.TensorSpec([chunk, width], tf.bool)))
+    nearest_farther = tf.reshape(nearest_farther, [-1, width])[:n]
+    has_farther = tf.reshape(has_farther, [-1, width])[:n]
+    farthest = tf.argmax(tf.where(negative, distances, -np.inf), axis=1, output_type=tf.int32)
+    chosen = tf.where(has_farther, nearest_farther, farthest[:, None])               # [N, W]
+    # Back to [N, N]: each filled slot writes its pair's column; empty slots go to a column cut off after.
+    target_column = tf.where(filled, slot_column, n)
+    anchor = tf.broadcast_to(columns[:, None], tf.shape(target_column))
+    index = tf.stack([tf.reshape(anchor, [-1]), tf.reshape(target_column, [-1])], axis=1)
+    dense = tf.scatter_nd(index, tf.reshape(chosen, [-1]), tf.stack([n, n + 1]))
+    return dense[:, :n]
+
+
 @keras.saving.register_keras_serializable(package="reprlearn")
 class SemiHardMiner(Miner):
     """FaceNet semi-hard negatives with tensorflow-addons' fallback.
 
     For each positive pair (a, p): the closest negative farther than p, `min {D_an : D_an > D_ap}`;
-    when no negative is farther, the farthest negative. O(N² log N) time, O(N²) memory: each
-    anchor's negative distances are sorted once and every `D_ap` is binary-searched in them.
+    when no negative is farther, the farthest negative. Two exact paths, chosen inside the graph
+    from M, the largest number of positives any anchor has in the batch:
+
+    - sort-free (M ≤ 32, e.g. P×K batches with K ≤ 33): a masked minimum over a
+      `[chunk, M', N]` block (M' = 16 or 32), O(N²·M') time, O(N² + chunk·M'·N) memory;
+    - sort (larger M): each anchor's negatives sorted once and every `D_ap` binary-searched in
+      them, O(N² log N) time, O(N²) memory.
 
     Args:
         addons_edge_cases: what an anchor without any negative (a one-class batch) does. False: it mines
             nothing. True (tensorflow-addons): its pairs stay in the loss with a negative distance of 0
             (the anchor itself is taken as the negative), so each costs `margin + D_ap`.
+        path: `"auto"` (above), or `"sort"` / `"sort-free"` to force one (tests; `"sort-free"` needs
+            M ≤ 32).
     """
 
-    def __init__(self, addons_edge_cases: bool = False):
+    def __init__(self, addons_edge_cases: bool = False, path: str = "auto"):
+        if path not in SEMIHARD_PATHS:
+            raise ValueError(f"path must be one of {list(SEMIHARD_PATHS)}. Received: path={path!r}")
         self.addons_edge_cases = bool(addons_edge_cases)
+        self.path = path
 
     def mine(self, distances, positive, negative):
-        # One top_k gives each anchor's negative distances sorted ascending and their columns.
-        negated_sorted, order = tf.math.top_k(tf.where(negative, -distances, -np.inf), k=tf.shape(distances)[1])
-        sorted_negatives = -negated_sorted
+        distances = tf.stop_gradient(distances)  # mining picks indices; gradients flow through the loss's gather
         num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
-        first_farther = tf.searchsorted(sorted_negatives, distances, side="right")
-        rank = tf.where(first_farther < num_negatives, first_farther, num_negatives - 1)
-        negative_index = tf.gather(order, tf.maximum(rank, 0), batch_dims=1)
+        most_positives = tf.reduce_max(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1))
+
+        def sort_free(width):
+            return lambda: _sort_free_semihard_negatives(distances, positive, negative, width)
+
+        def by_sorting():
+            return _sorted_semihard_negatives(distances, negative, num_negatives)
+
+        small, large = SORT_FREE_WIDTHS
+        if self.path == "sort":
+            negative_index = by_sorting()
+        else:
+            beyond = sort_free(large) if self.path == "sort-free" else (
+                lambda: tf.cond(most_positives <= large, sort_free(large), by_sorting))
+            negative_index = tf.cond(most_positives <= small, sort_free(small), beyond)
         if self.addons_edge_cases:
             # D_aa = 0: the anchor itself stands in for the missing negative, as addons' masked maximum does.
             anchor = tf.broadcast_to(tf.range(tf.shape(distances)[0])[:, None], tf.shape(negative_index))
@@ -96,10 +179,10 @@ class SemiHardMiner(Miner):
         return MinedTriplets(tf.logical_and(positive, num_negatives > 0), negative_index)
 
     def get_config(self) -> dict:
-        return {"addons_edge_cases": self.addons_edge_cases}
+        return {"addons_edge_cases": self.addons_edge_cases, "path": self.path}
 
     def __repr__(self):
-        return f"SemiHardMiner(addons_edge_cases={self.addons_edge_cases})"
+        return f"SemiHardMiner(addons_edge_cases={self.addons_edge_cases}, path={self.path!r})"
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")

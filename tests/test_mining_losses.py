@@ -31,22 +31,51 @@ def random_batch(seed, n=16, dim=4, classes=4, duplicates=True):
 BATCHES = [(EMB, LABELS)] + [random_batch(seed) for seed in range(4)]
 
 
+@pytest.mark.parametrize("path", ["sort", "sort-free"])
 @pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
 @pytest.mark.parametrize("batch", range(len(BATCHES)))
-def test_semihard_matches_loop(metric, batch):
+def test_semihard_matches_loop(metric, batch, path):
     emb, labels = BATCHES[batch]
     emb = emb + 1e-3 if metric == "angular" else emb  # no zero vector for cosine
     want = reference.triplet_semihard(labels, emb, 0.5, metric)
-    assert triplet_semihard_loss(labels, emb, 0.5, metric).numpy() == pytest.approx(want, rel=1e-5, abs=1e-6)
-    assert TripletSemiHardLoss(0.5, metric)(labels, emb).numpy() == pytest.approx(want, rel=1e-5, abs=1e-6)
+    got = TripletLoss(SemiHardMiner(path=path), 0.5, metric)(labels, emb).numpy()
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert TripletLoss("semi-hard", 0.5, metric)(labels, emb).numpy() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("path", ["sort", "sort-free"])
 @pytest.mark.parametrize("batch", range(len(BATCHES)))
-def test_semihard_equals_tensorflow_addons(batch):
+def test_semihard_equals_tensorflow_addons(batch, path):
     emb, labels = BATCHES[batch]
     want = reference.addons_triplet_semihard(labels, emb, 1.0)
     assert triplet_semihard_loss(labels, emb).numpy() == pytest.approx(want, rel=1e-5)
+    got = TripletLoss(SemiHardMiner(addons_edge_cases=True, path=path), 1.0)(labels, emb).numpy()
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("classes, width", [(64, "16"), (10, "32"), (8, "sort")])
+def test_semihard_paths_agree_on_every_label_layout(classes, width):
+    # 256 items: at most 8, 30 and 44 per class, so the automatic choice takes each of the three paths.
+    rng = np.random.default_rng(classes)
+    emb, labels = rng.normal(size=(256, 8)).astype(np.float32), rng.integers(0, classes, 256)
+    most = np.bincount(labels).max() - 1
+    assert (most <= 16) == (width == "16") and (16 < most <= 32) == (width == "32")
+    d = pairwise_distance(emb)
+    sorted_choice = SemiHardMiner(path="sort")(d, labels)
+    auto = SemiHardMiner()(d, labels)
+    mask = sorted_choice.pair_mask.numpy()
+    np.testing.assert_array_equal(auto.pair_mask.numpy(), mask)
+    pick = lambda mined: tf.gather(d, mined.negative_index, batch_dims=1).numpy()[mask]  # noqa: E731
+    np.testing.assert_array_equal(pick(auto), pick(sorted_choice))
+    assert float(triplet_semihard_loss(labels, emb, 0.3)) == pytest.approx(
+        reference.addons_triplet_semihard(labels, emb, 0.3), rel=1e-5)
+
+
+def test_semihard_path_is_checked_and_serialized():
+    with pytest.raises(ValueError, match="path='fast'"):
+        SemiHardMiner(path="fast")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(SemiHardMiner(path="sort")))
+    assert clone.path == "sort"
 
 
 def test_semihard_fallback_takes_the_farthest_negative():
@@ -121,6 +150,8 @@ def test_lifted_with_an_anchor_without_negatives_in_one_row():
 # name → (function of (labels, embeddings), its NumPy reference)
 LOSSES = {
     "semi-hard": (lambda y, e: triplet_loss(y, e, "semi-hard", 0.5), lambda y, e: reference.triplet_semihard(y, e, 0.5)),
+    "semi-hard-sort": (lambda y, e: triplet_loss(y, e, SemiHardMiner(path="sort"), 0.5),
+                       lambda y, e: reference.triplet_semihard(y, e, 0.5)),
     "batch-hard": (lambda y, e: triplet_loss(y, e, "batch-hard", 0.5),
                    lambda y, e: reference.triplet_batch_hard(y, e, 0.5)),
     "batch-hard-soft": (lambda y, e: triplet_loss(y, e, "batch-hard", 0.5, soft=True),
