@@ -1,13 +1,20 @@
-"""Forward+backward time and peak memory of each in-batch loss against the distance matrix alone.
+"""Forward+backward time and peak memory of each in-batch loss against the distance matrix alone,
+for each label layout, and the cost of the training metrics in a training step.
 
-Run:  .venv/bin/python benchmarks/losses.py [--sizes 64 256 1024 4096 8192] [--dim 128]
+Run:  .venv/bin/python benchmarks/losses.py [--sizes 256 1024 4096 8192] [--dim 128]
+          [--layouts pk random 4-classes] [--no-train-step]
 
-Times: for each N, every loss's `tf.function` is warmed up, then all are called round-robin
-in one process until each has run ≥ 5 times and ≥ 2 s; the median is reported, so machine
-load falls on all of them alike. Memory: each (loss, N) runs once in a fresh process, and
-its peak is VmHWM minus the resident size after tracing, just before the call. Targets (issue 3, 2-core CPU,
-N = 1024): semi-hard ≤ 5×, lifted ≤ 2×, batch-hard ≤ 2× the distance-only time; every
-loss under 4 GB at N = 8192.
+Label layouts: `pk` P×K batches of 16 per class (64 × 16 at N = 1,024), `random` uniform labels
+over N/8 classes (about 8 per class), `4-classes` uniform labels over 4 classes.
+Times: for each N and layout, every loss's `tf.function` is warmed up, then all are called
+round-robin in one process until each has run ≥ 5 times and ≥ 2 s; the median is reported, so
+machine load falls on all of them alike. Memory: each (loss, N, layout) runs once in a fresh
+process, and its peak is VmHWM minus the resident size after tracing, just before the call.
+The training step: a conv tower on N = 1,024 28×28 images (P×K 64 × 16), `train_on_batch`
+with and without the three training metrics, round-robin.
+Targets (2-core CPU, N = 1,024): semi-hard ≤ 3× for pk and random, ≤ 6× for any layout;
+batch-hard and lifted ≤ 1.8×; contrastive ≤ 1.5×; every loss under 4 GB at N = 8,192; a
+training step with the metrics ≤ 1.1× the step without.
 """
 
 from __future__ import annotations
@@ -68,19 +75,27 @@ def _step(name: str):
     return step
 
 
-def _batch(n: int, dim: int):
+LAYOUTS = ("pk", "random", "4-classes")
+
+
+def _batch(n: int, dim: int, layout: str):
     import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     embeddings = tf.constant(rng.normal(size=(n, dim)).astype(np.float32))
-    labels = tf.constant(rng.integers(0, max(n // 8, 2), n))  # P×K-like: about 8 per class
-    return labels, embeddings
+    if layout == "pk":
+        labels = np.repeat(np.arange(max(n // 16, 1)), 16)[:n]
+    elif layout == "random":
+        labels = rng.integers(0, max(n // 8, 2), n)
+    else:
+        labels = rng.integers(0, 4, n)
+    return tf.constant(labels), embeddings
 
 
-def peak_memory(name: str, n: int, dim: int) -> int:
+def peak_memory(name: str, n: int, dim: int, layout: str) -> int:
     """Peak resident bytes one forward+backward call adds, in this (fresh) process."""
-    labels, embeddings = _batch(n, dim)
+    labels, embeddings = _batch(n, dim, layout)
     step = _step(name)
     step.get_concrete_function(labels, embeddings)  # trace first: graph building is not the loss's memory
     baseline = _resident_bytes()
@@ -88,47 +103,89 @@ def peak_memory(name: str, n: int, dim: int) -> int:
     return max(_peak_resident_bytes() - baseline, 0)
 
 
-def times(names: list[str], n: int, dim: int, min_seconds: float = 2.0) -> dict[str, float]:
-    """Median seconds per call of each loss, measured round-robin in one process so load hits all alike."""
-    labels, embeddings = _batch(n, dim)
-    steps = {name: _step(name) for name in names}
-    for step in steps.values():
-        step(labels, embeddings)[1].numpy()  # trace and warm up
-    samples = {name: [] for name in names}
+def _round_robin(calls: dict, min_seconds: float = 2.0) -> dict[str, float]:
+    """Median seconds per call of each zero-argument function, called round-robin so load hits all alike."""
+    for call in calls.values():
+        call()  # trace and warm up
+    samples = {name: [] for name in calls}
     while min(sum(v) for v in samples.values()) < min_seconds or min(len(v) for v in samples.values()) < 5:
-        for name, step in steps.items():
+        for name, call in calls.items():
             started = time.perf_counter()
-            step(labels, embeddings)[1].numpy()
+            call()
             samples[name].append(time.perf_counter() - started)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def times(names: list[str], n: int, dim: int, layout: str) -> dict[str, float]:
+    """Median seconds per forward+backward call of each loss."""
+    labels, embeddings = _batch(n, dim, layout)
+    steps = {name: _step(name) for name in names}
+    return _round_robin({name: (lambda step=step: step(labels, embeddings)[1].numpy()) for name, step in steps.items()})
+
+
+def training_step_times() -> dict[str, float]:
+    """Seconds per `train_on_batch` of a conv tower on a 64 × 16 batch, per loss, without and with the metrics."""
+    import keras
+    import numpy as np
+
+    from reprlearn.config import config_from_dict
+    from reprlearn.models import build_tower
+    from reprlearn.objectives import compile_embedding_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (1024, 28, 28, 1)).astype(np.float32)
+    labels = np.repeat(np.arange(64), 16)
+    calls = {}
+    for loss in ("triplet_semihard", "contrastive", "lifted_struct"):
+        for with_metrics in (False, True):
+            cfg = config_from_dict({"loss": {"name": loss, "margin": 0.2}})
+            keras.utils.set_random_seed(0)
+            model = compile_embedding_model(cfg, build_tower(cfg.model, (28, 28, 1)))
+            if not with_metrics:
+                model.compile(optimizer=model.optimizer, loss=model.loss)
+            calls[f"{loss} {'with' if with_metrics else 'without'} metrics"] = (
+                lambda model=model: model.train_on_batch(images, labels))
+    return _round_robin(calls, min_seconds=3.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024, 4096, 8192])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096, 8192])
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES, metavar="LOSS",
                         help="losses to measure (the first row of each N is the ratio's base)")
-    parser.add_argument("--child", nargs=2, metavar=("LOSS", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
+    parser.add_argument("--no-train-step", action="store_true", help="skip the training-step benchmark")
+    parser.add_argument("--child", nargs=3, metavar=("LOSS", "N", "LAYOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps({"peak_bytes": peak_memory(args.child[0], int(args.child[1]), args.dim)}))
+        print(json.dumps({"peak_bytes": peak_memory(args.child[0], int(args.child[1]), args.dim, args.child[2])}))
         return
 
     import tensorflow as tf
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, d = {args.dim}, float32, forward+backward")
-    header = f"{'N':>6} {'loss':<14} {'ms/call':>10} {'× distance':>11} {'peak MiB':>9}"
+    header = f"{'N':>6} {'layout':<10} {'loss':<14} {'ms/call':>10} {'× distance':>11} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))
     for n in args.sizes:
-        seconds = times(args.losses, n, args.dim)
-        base = seconds[args.losses[0]]
-        for name in args.losses:
-            out = subprocess.run([sys.executable, __file__, "--child", name, str(n), "--dim", str(args.dim)],
-                                 capture_output=True, text=True, check=True)
-            peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
-            print(f"{n:>6} {name:<14} {seconds[name] * 1e3:>10.2f} {seconds[name] / base:>10.2f}× "
-                  f"{peak / 2**20:>9.0f}", flush=True)
+        for layout in args.layouts:
+            seconds = times(args.losses, n, args.dim, layout)
+            base = seconds[args.losses[0]]
+            for name in args.losses:
+                peak = "-"
+                if not args.no_memory:
+                    out = subprocess.run([sys.executable, __file__, "--child", name, str(n), layout, "--dim",
+                                          str(args.dim)], capture_output=True, text=True, check=True)
+                    peak = f"{json.loads(out.stdout.strip().splitlines()[-1])['peak_bytes'] / 2**20:.0f}"
+                print(f"{n:>6} {layout:<10} {name:<14} {seconds[name] * 1e3:>10.2f} {seconds[name] / base:>10.2f}× "
+                      f"{peak:>9}", flush=True)
+    if not args.no_train_step:
+        print("\nTraining step, conv tower, N = 1,024 (64 × 16), train_on_batch")
+        step_seconds = training_step_times()
+        for name, value in step_seconds.items():
+            without = step_seconds[name.replace("with metrics", "without metrics")]
+            print(f"  {name:<40} {value * 1e3:>8.1f} ms  {value / without:.3f}×", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def compile_embedding_model(cfg: Config, tower: keras.Model) -> keras.Model:
         metrics = [ActiveFraction(loss)]
     else:
         model = tower
-        metrics = [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance),
-                   MeanNegativeDistance(cfg.loss.distance)]
+        # Given the loss, the metrics reuse its distance matrix and mining for the same batch.
+        metrics = [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance, loss=loss),
+                   MeanNegativeDistance(cfg.loss.distance, loss=loss)]
     model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=metrics, jit_compile=cfg.train.jit_compile)
     return model
 

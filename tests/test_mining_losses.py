@@ -353,3 +353,28 @@ def test_lifted_layer_trains_a_functional_model_with_label_input(tmp_path):
     np.testing.assert_allclose(reloaded.predict([x, y], verbose=0), out, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="margin=-1"):
         LiftedStructLossLayer(margin=-1)
+
+
+@pytest.mark.parametrize("loss", [TripletSemiHardLoss(0.2), TripletLoss("batch-all", 0.2), LiftedStructLoss(1.0),
+                                  InBatchContrastiveLoss(0.5)], ids=lambda loss: loss.name)
+def test_a_training_step_computes_the_distance_matrix_once(loss, monkeypatch):
+    import reprlearn.metrics.training as training_metrics
+
+    calls = []
+    real = training_metrics.pairwise_distance
+    monkeypatch.setattr(training_metrics, "pairwise_distance", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(8)(inputs))
+    metrics = [ActiveFraction(loss), MeanPositiveDistance(loss=loss), MeanNegativeDistance(loss=loss)]
+    model.compile("sgd", loss=loss, metrics=metrics)
+    x, y = np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32), np.repeat(np.arange(6), 4)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert calls == []  # the metrics read the loss's memo: no distance matrix of their own
+    # ... and report what they would have computed themselves (the weights moved, so evaluate both after).
+    shared = model.evaluate(x, y, batch_size=24, verbose=0, return_dict=True)
+    alone = [ActiveFraction(type(loss).from_config(loss.get_config())), MeanPositiveDistance(), MeanNegativeDistance()]
+    embeddings = model(x)
+    for metric in alone:
+        metric.update_state(y, embeddings)
+        assert float(metric.result()) == pytest.approx(shared[metric.name], rel=1e-5, abs=1e-7)
+    assert set(logs) >= {"active_fraction", "mean_positive_distance", "mean_negative_distance"}

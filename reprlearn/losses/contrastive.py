@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
 from reprlearn.labels import labels_vector, pair_masks
+from reprlearn.losses.memo import BatchMemo
 
 
 def _pair_term(match: tf.Tensor, distance: tf.Tensor, margin: float) -> tf.Tensor:
@@ -62,10 +63,16 @@ def _in_batch_terms(labels, embeddings, margin: float, distance: Distance) -> tu
 
     Every unordered pair appears twice, so the mean over ordered pairs is the mean over unordered ones.
     """
-    d = pairwise_distance(embeddings, distance)
-    positive, negative = pair_masks(labels)
+    return _pair_terms(pairwise_distance(embeddings, distance), *pair_masks(labels), margin)
+
+
+def _pair_terms(d, positive, negative, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
     terms = tf.where(positive, tf.square(d), tf.where(negative, tf.square(tf.maximum(margin - d, 0.0)), 0.0))
     return terms, tf.cast(tf.logical_or(positive, negative), tf.float32)
+
+
+def _active_share(terms: tf.Tensor, pairs: tf.Tensor) -> tf.Tensor:
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(terms > 0, tf.float32)), tf.reduce_sum(pairs))
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -112,14 +119,20 @@ class InBatchContrastiveLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         self.margin = check_margin(margin)
         self.distance = check_metric(distance)
+        self.memo = BatchMemo()
 
     def call(self, y_true, y_pred):
-        return in_batch_contrastive_loss(y_true, y_pred, self.margin, self.distance)
+        distances = pairwise_distance(y_pred, self.distance)
+        positive, negative = pair_masks(y_true)
+        terms, pairs = _pair_terms(distances, positive, negative, self.margin)
+        # The step's training metrics read these instead of computing the distances again.
+        self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
+                       active_fraction=lambda: _active_share(terms, pairs))
+        return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(terms), tf.reduce_sum(pairs)), y_pred.dtype)
 
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
         """The fraction of pairs with a non-zero loss term in this batch."""
-        terms, pairs = _in_batch_terms(y_true, y_pred, self.margin, self.distance)
-        return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(terms > 0, tf.float32)), tf.reduce_sum(pairs))
+        return _active_share(*_in_batch_terms(y_true, y_pred, self.margin, self.distance))
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "distance": self.distance}

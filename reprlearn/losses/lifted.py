@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from reprlearn.distances import check_margin, pairwise_distance
 from reprlearn.labels import pair_masks
+from reprlearn.losses.memo import BatchMemo
 
 # A row without negatives has log-sum-exp −inf. A large finite stand-in keeps every
 # value and gradient finite (−inf − (−inf) would be NaN) and still zeroes its hinge.
@@ -34,10 +35,14 @@ def lifted_objective(labels, embeddings, margin: float) -> tuple[tf.Tensor, tf.T
     """`J` for every ordered pair `[N, N]` (meaningful on positive pairs), and the positive-pair mask."""
     distances = pairwise_distance(embeddings, "L2")
     positive, negative = pair_masks(labels)
+    return _objective(distances, positive, negative, margin), positive
+
+
+def _objective(distances, positive, negative, margin: float) -> tf.Tensor:
     row = margin + _negative_logsumexp(-distances, negative)
     high = tf.maximum(row[:, None], row[None, :])
     low = tf.minimum(row[:, None], row[None, :])
-    return high + tf.math.log1p(tf.exp(low - high)) + distances, positive
+    return high + tf.math.log1p(tf.exp(low - high)) + distances
 
 
 def _mean(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
@@ -66,7 +71,10 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
 
 def lifted_active_fraction(labels, embeddings, margin: float) -> tf.Tensor:
     """The fraction of positive pairs with `J > 0` (a non-zero loss term)."""
-    objective, positive = lifted_objective(labels, embeddings, margin)
+    return _active_share(*lifted_objective(labels, embeddings, margin))
+
+
+def _active_share(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
     active = tf.logical_and(positive, objective > 0.0)
     return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(active, tf.float32)), tf.reduce_sum(tf.cast(positive, tf.float32)))
 
@@ -82,12 +90,21 @@ class LiftedStructLoss(keras.losses.Loss):
         margin: α, the margin on negative distances (non-squared L2).
     """
 
+    distance = "L2"  # the distance it is defined on
+
     def __init__(self, margin: float = 1.0, name: str = "lifted_struct_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.margin = check_margin(margin)
+        self.memo = BatchMemo()
 
     def call(self, y_true, y_pred):
-        return lifted_struct_loss(y_true, y_pred, self.margin)
+        distances = pairwise_distance(y_pred, "L2")
+        positive, negative = pair_masks(y_true)
+        objective = _objective(distances, positive, negative, self.margin)
+        # The step's training metrics read these instead of computing the distances again.
+        self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
+                       active_fraction=lambda: _active_share(objective, positive))
+        return tf.cast(_mean(objective, positive), y_pred.dtype)
 
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
         return lifted_active_fraction(y_true, y_pred, self.margin)

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
 from reprlearn.labels import pair_masks
+from reprlearn.losses.memo import BatchMemo
 from reprlearn.miners import BatchHardMiner, Miner, SemiHardMiner, get_miner
 
 
@@ -53,7 +54,10 @@ def triplet_terms(labels, embeddings, miner: Miner, margin: float, distance: Dis
                   soft: bool = False) -> TripletTerms:
     """Mines the batch and returns each anchor-positive pair's loss, triplet and active-triplet counts."""
     distances = pairwise_distance(embeddings, distance)
-    positive, negative = pair_masks(labels)
+    return _mined_terms(distances, *pair_masks(labels), miner, margin, soft)
+
+
+def _mined_terms(distances, positive, negative, miner: Miner, margin: float, soft: bool) -> TripletTerms:
     mined = miner.mine(distances, positive, negative)
     pair = tf.cast(mined.pair_mask, tf.float32)
     if mined.negative_index is None:
@@ -134,16 +138,21 @@ class TripletLoss(keras.losses.Loss):
         self.distance = check_metric(distance)
         self.soft = bool(soft)
         self.active_only = bool(active_only)
-
-    def _terms(self, y_true, y_pred) -> TripletTerms:
-        return triplet_terms(y_true, y_pred, self.miner, self.margin, self.distance, self.soft)
+        self.memo = BatchMemo()
 
     def call(self, y_true, y_pred):
-        return tf.cast(_mean(self._terms(y_true, y_pred), self.active_only), y_pred.dtype)
+        distances = pairwise_distance(y_pred, self.distance)
+        positive, negative = pair_masks(y_true)
+        terms = _mined_terms(distances, positive, negative, self.miner, self.margin, self.soft)
+        # The step's training metrics read these instead of computing distances and mining again.
+        self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
+                       active_fraction=lambda: active_triplet_fraction(terms))
+        return tf.cast(_mean(terms, self.active_only), y_pred.dtype)
 
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
         """The fraction of mined triplets with a non-zero loss in this batch."""
-        return active_triplet_fraction(self._terms(y_true, y_pred))
+        return active_triplet_fraction(triplet_terms(y_true, y_pred, self.miner, self.margin, self.distance,
+                                                     self.soft))
 
     def get_config(self):
         return {**super().get_config(), "miner": keras.saving.serialize_keras_object(self.miner),

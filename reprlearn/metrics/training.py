@@ -5,7 +5,10 @@ Example:
     model.compile(optimizer="adam", loss=loss,
                   metrics=[ActiveFraction(loss), MeanPositiveDistance(), MeanNegativeDistance()])
 
-Each is a batch mean of a per-batch value: `y_true` holds labels and `y_pred` embeddings.
+Each is a batch mean of a per-batch value: `y_true` holds labels and `y_pred` embeddings. Given the
+step's reprlearn loss (`ActiveFraction` always is; the distance metrics take `loss=`), they read the
+distances, masks and mining the loss already computed for the same batch (its `memo`), so a step
+computes the distance matrix once; alone, they compute it themselves.
 """
 
 from __future__ import annotations
@@ -42,21 +45,37 @@ class ActiveFraction(keras.metrics.Mean):
         self.loss = loss
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        kept = _kept(self.loss, y_pred)
+        if kept is not None:
+            return super().update_state(kept["active_fraction"]())
         return super().update_state(self.loss.active_fraction(y_true, tf.cast(y_pred, tf.float32)))
 
     def get_config(self):
         return {**super().get_config(), "loss": keras.saving.serialize_keras_object(self.loss)}
 
 
+def _kept(loss, y_pred) -> dict | None:
+    """What `loss` kept for this very `y_pred` tensor in its memo, or None."""
+    memo = getattr(loss, "memo", None)
+    return memo.get(y_pred) if memo is not None else None
+
+
 class _MeanPairDistance(keras.metrics.Mean):
     positive: bool
 
-    def __init__(self, distance: Distance = "L2", name: str | None = None, **kwargs):
+    def __init__(self, distance: Distance = "L2", name: str | None = None, loss=None, **kwargs):
         default = "mean_positive_distance" if self.positive else "mean_negative_distance"
         super().__init__(name=name or default, **kwargs)
         self.distance = check_metric(distance)
+        # The loss whose distance matrix to reuse: only one computed with this metric's distance will do.
+        self.loss = loss if getattr(loss, "distance", None) == self.distance else None
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        kept = _kept(self.loss, y_pred)
+        if kept is not None:
+            mask = tf.cast(kept["positive"] if self.positive else kept["negative"], tf.float32)
+            return super().update_state(tf.math.divide_no_nan(tf.reduce_sum(kept["distances"] * mask),
+                                                              tf.reduce_sum(mask)))
         return super().update_state(mean_pair_distance(y_true, y_pred, self.positive, self.distance))
 
     def get_config(self):
