@@ -79,6 +79,15 @@ def _sorted_semihard_negatives(distances, negative, num_negatives):
     return tf.gather(order, tf.maximum(rank, 0), batch_dims=1)
 
 
+def _nearest_farther_negatives(rows, thresholds):
+    """Per (anchor, slot): the column of the smallest entry of `rows` [c, N] above `thresholds` [c, W], and
+    whether there is one. Non-negatives are +inf in `rows`: they pass the comparison but never win."""
+    candidates = tf.where(rows[:, None, :] > thresholds[:, :, None], rows[:, None, :], np.inf)  # [c, W, N]
+    nearest = tf.argmin(candidates, axis=2, output_type=tf.int32)
+    picked = tf.gather(rows, nearest, batch_dims=1)  # all-inf rows (nothing farther) give argmin 0
+    return nearest, tf.logical_and(picked > thresholds, tf.math.is_finite(picked))
+
+
 def _sort_free_semihard_negatives(distances, positive, negative, width: int):
     """`[N, N]` semi-hard negative per (a, p) by a masked minimum: no sort.
 
@@ -104,16 +113,8 @@ def _sort_free_semihard_negatives(distances, positive, negative, width: int):
     def in_chunks(x):
         return tf.reshape(tf.pad(x, [[0, padding], [0, 0]]), tf.concat([[chunks, chunk], tf.shape(x)[1:]], 0))
 
-    def mine_chunk(args):
-        rows, thresholds = args                                                     # [c, N], [c, W]
-        # Non-negatives are +inf in `rows`: they pass the comparison but never win the minimum.
-        candidates = tf.where(rows[:, None, :] > thresholds[:, :, None], rows[:, None, :], np.inf)  # [c, W, N]
-        nearest = tf.argmin(candidates, axis=2, output_type=tf.int32)
-        picked = tf.gather(rows, nearest, batch_dims=1)  # all-inf rows (nothing farther) give argmin 0
-        return nearest, tf.logical_and(picked > thresholds, tf.math.is_finite(picked))
-
     nearest_farther, has_farther = tf.map_fn(
-        mine_chunk, (in_chunks(d_negative), in_chunks(d_ap)),
+        lambda args: _nearest_farther_negatives(*args), (in_chunks(d_negative), in_chunks(d_ap)),
         fn_output_signature=(tf.TensorSpec([chunk, width], tf.int32), tf.TensorSpec([chunk, width], tf.bool)))
     nearest_farther = tf.reshape(nearest_farther, [-1, width])[:n]
     has_farther = tf.reshape(has_farther, [-1, width])[:n]
