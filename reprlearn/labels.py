@@ -21,3 +21,17 @@ def pair_masks(labels) -> tuple[tf.Tensor, tf.Tensor]:
     same = tf.equal(labels[:, None], labels[None, :])
     not_self = tf.logical_not(tf.cast(tf.eye(tf.shape(labels)[0]), tf.bool))
     return tf.logical_and(same, not_self), tf.logical_not(same)
+
+
+def positive_slots(positive: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each row's positive columns, ascending, in `width` slots: `(columns [N, width] int32, filled [N, width])`.
+
+    Rows with fewer positives leave slots unfilled (their column is a valid index, to be masked out);
+    rows with more lose the rest, so call it with `width` >= the largest positive count.
+    """
+    n = tf.shape(positive)[0]
+    # top_k of (n − column) on the positives lists them by ascending column; zeros mark empty slots.
+    score = tf.where(positive, n - tf.range(n)[None, :], 0)
+    score = tf.pad(score, [[0, 0], [0, tf.maximum(width - n, 0)]])
+    slot_score, columns = tf.math.top_k(score, k=width)
+    return tf.minimum(columns, n - 1), slot_score > 0

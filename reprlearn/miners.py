@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.labels import pair_masks
+from reprlearn.labels import pair_masks, positive_slots
 
 
 class MinedTriplets(NamedTuple):
@@ -98,11 +98,7 @@ def _sort_free_semihard_negatives(distances, positive, negative, width: int):
     """
     n = tf.shape(distances)[0]
     columns = tf.range(n)
-    # The positives' columns, ascending: top_k of (n − column) on positives; zeros mark empty slots.
-    score = tf.pad(tf.where(positive, n - columns[None, :], 0), [[0, 0], [0, tf.maximum(width - n, 0)]])
-    slot_score, slot_column = tf.math.top_k(score, k=width)
-    filled = slot_score > 0                                                         # [N, W]
-    slot_column = tf.minimum(slot_column, n - 1)
+    slot_column, filled = positive_slots(positive, width)                          # [N, W]
     d_ap = tf.gather(distances, slot_column, batch_dims=1)                          # [N, W]
     d_negative = tf.where(negative, distances, np.inf)                              # [N, N]
     static_n = distances.shape[0]

@@ -378,3 +378,17 @@ def test_a_training_step_computes_the_distance_matrix_once(loss, monkeypatch):
         metric.update_state(y, embeddings)
         assert float(metric.result()) == pytest.approx(shared[metric.name], rel=1e-5, abs=1e-7)
     assert set(logs) >= {"active_fraction", "mean_positive_distance", "mean_negative_distance"}
+
+
+@pytest.mark.parametrize("classes", [64, 10, 8], ids=["16-slots", "32-slots", "all-pairs"])
+def test_lifted_slot_and_all_pair_paths_equal_addons(classes):
+    # 256 items with at most 8, 30 and 44 per class: J on 16 or 32 positive slots, or on all N² pairs.
+    rng = np.random.default_rng(classes)
+    emb, labels = rng.normal(size=(256, 8)).astype(np.float32), rng.integers(0, classes, 256)
+    want = reference.addons_lifted_struct(labels, emb, 1.0)
+    assert float(lifted_struct_loss(labels, emb, 1.0)) == pytest.approx(want, rel=1e-5)
+    loss = LiftedStructLoss(1.0)
+    assert float(loss(labels, emb)) == pytest.approx(want, rel=1e-5)
+    _, grad = value_and_gradient(lambda y, e: lifted_struct_loss(y, e, 1.0), labels, emb.astype(np.float64),
+                                 tf.float64)
+    assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).sum() > 0

@@ -4,6 +4,8 @@ For every positive pair (i, j), with non-squared L2 distances D and margin α:
 `J_ij = log(Σ_{k∈Neg(i)} exp(α − D_ik) + Σ_{l∈Neg(j)} exp(α − D_jl)) + D_ij` and the loss is
 `Σ_{unordered (i,j)} max(J_ij, 0)² / (2·|P_u|)`. Each row's log-sum-exp over its negatives is
 computed once, so `J` is `logaddexp(L_i, L_j) + D_ij`: no N²×N tile as in tensorflow-addons.
+`J` is needed on positive pairs only: when no item has more than 32 positives (P×K batches),
+it is computed on `[N, 16 or 32]` positive slots instead of all N² pairs (chosen in the graph).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.distances import check_margin, pairwise_distance
-from reprlearn.labels import pair_masks
+from reprlearn.labels import pair_masks, positive_slots
 from reprlearn.losses.memo import BatchMemo
 
 # A row without negatives has log-sum-exp −inf. A large finite stand-in keeps every
@@ -31,18 +33,37 @@ def _negative_logsumexp(logits: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
     return tf.where(has_negative, row_max + tf.math.log(tf.where(has_negative, total, 1.0)), _NO_NEGATIVE)
 
 
-def lifted_objective(labels, embeddings, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """`J` for every ordered pair `[N, N]` (meaningful on positive pairs), and the positive-pair mask."""
-    distances = pairwise_distance(embeddings, "L2")
-    positive, negative = pair_masks(labels)
-    return _objective(distances, positive, negative, margin), positive
-
-
-def _objective(distances, positive, negative, margin: float) -> tf.Tensor:
-    row = margin + _negative_logsumexp(-distances, negative)
+def _pairwise_objective(row: tf.Tensor, distances: tf.Tensor) -> tf.Tensor:
+    """`logaddexp(row_i, row_j) + D_ij` for every pair `[N, N]`."""
     high = tf.maximum(row[:, None], row[None, :])
     low = tf.minimum(row[:, None], row[None, :])
     return high + tf.math.log1p(tf.exp(low - high)) + distances
+
+
+SLOT_WIDTHS = (16, 32)
+
+
+def _mean_and_active_share(distances, positive, negative, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The loss and the share of positive pairs with `J > 0`, from positive slots where they fit, else all pairs."""
+    row = margin + _negative_logsumexp(-distances, negative)
+    most_positives = tf.reduce_max(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1))
+
+    def on_slots(width):
+        def compute():
+            columns, filled = positive_slots(positive, width)                   # [N, W]
+            other = tf.gather(row, columns)
+            high, low = tf.maximum(row[:, None], other), tf.minimum(row[:, None], other)
+            objective = high + tf.math.log1p(tf.exp(low - high)) + tf.gather(distances, columns, batch_dims=1)
+            return _mean(objective, filled), _active_share(objective, filled)
+        return compute
+
+    def on_all_pairs():
+        objective = _pairwise_objective(row, distances)
+        return _mean(objective, positive), _active_share(objective, positive)
+
+    small, large = SLOT_WIDTHS
+    return tf.cond(most_positives <= small, on_slots(small),
+                   lambda: tf.cond(most_positives <= large, on_slots(large), on_all_pairs))
 
 
 def _mean(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
@@ -66,12 +87,13 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
         A scalar in the embeddings' dtype; 0 with a zero gradient for a batch without a positive pair.
     """
     embeddings = tf.convert_to_tensor(embeddings)
-    return tf.cast(_mean(*lifted_objective(labels, embeddings, margin)), embeddings.dtype)
+    mean, _ = _mean_and_active_share(pairwise_distance(embeddings, "L2"), *pair_masks(labels), margin)
+    return tf.cast(mean, embeddings.dtype)
 
 
 def lifted_active_fraction(labels, embeddings, margin: float) -> tf.Tensor:
     """The fraction of positive pairs with `J > 0` (a non-zero loss term)."""
-    return _active_share(*lifted_objective(labels, embeddings, margin))
+    return _mean_and_active_share(pairwise_distance(embeddings, "L2"), *pair_masks(labels), margin)[1]
 
 
 def _active_share(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
@@ -100,11 +122,11 @@ class LiftedStructLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         distances = pairwise_distance(y_pred, "L2")
         positive, negative = pair_masks(y_true)
-        objective = _objective(distances, positive, negative, self.margin)
+        mean, active_fraction = _mean_and_active_share(distances, positive, negative, self.margin)
         # The step's training metrics read these instead of computing the distances again.
         self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
-                       active_fraction=lambda: _active_share(objective, positive))
-        return tf.cast(_mean(objective, positive), y_pred.dtype)
+                       active_fraction=lambda: active_fraction)
+        return tf.cast(mean, y_pred.dtype)
 
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
         return lifted_active_fraction(y_true, y_pred, self.margin)
