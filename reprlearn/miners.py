@@ -88,16 +88,17 @@ def _nearest_farther_negatives(rows, thresholds):
     return nearest, tf.logical_and(picked > thresholds, tf.math.is_finite(picked))
 
 
-def _sort_free_semihard_negatives(distances, positive, negative, width: int):
-    """`[N, N]` semi-hard negative per (a, p) by a masked minimum: no sort.
+def _semihard_slots(distances, positive, negative, width: int):
+    """Semi-hard negatives for each anchor's positives in `width` slots, by a masked minimum: no sort.
 
-    Valid when no anchor has more than `width` positives. Each anchor's positives are listed (up to
-    `width`, `[N, width]`); for a chunk of anchors, a `[chunk, width, N]` block keeps the negatives
-    farther than each positive and takes their minimum; pairs with none fall back to the anchor's
-    farthest negative. Memory O(N² + chunk·width·N).
+    Valid when no anchor has more than `width` positives. For a chunk of anchors, a
+    `[chunk, width, N]` block keeps the negatives farther than each positive and takes their minimum;
+    pairs with none fall back to the anchor's farthest negative. Memory O(N² + chunk·width·N).
+
+    Returns:
+        `(positive columns, filled, negative columns)`, each `[N, width]`.
     """
     n = tf.shape(distances)[0]
-    columns = tf.range(n)
     slot_column, filled = positive_slots(positive, width)                          # [N, W]
     d_ap = tf.gather(distances, slot_column, batch_dims=1)                          # [N, W]
     d_negative = tf.where(negative, distances, np.inf)                              # [N, N]
@@ -115,13 +116,17 @@ def _sort_free_semihard_negatives(distances, positive, negative, width: int):
     nearest_farther = tf.reshape(nearest_farther, [-1, width])[:n]
     has_farther = tf.reshape(has_farther, [-1, width])[:n]
     farthest = tf.argmax(tf.where(negative, distances, -np.inf), axis=1, output_type=tf.int32)
-    chosen = tf.where(has_farther, nearest_farther, farthest[:, None])               # [N, W]
-    # Back to [N, N]: each filled slot writes its pair's column; empty slots go to a column cut off after.
+    return slot_column, filled, tf.where(has_farther, nearest_farther, farthest[:, None])
+
+
+def _slots_to_dense(slot_column, filled, values):
+    """`[N, N]` with `values[a, w]` at `(a, slot_column[a, w])` for filled slots, 0 elsewhere."""
+    n = tf.shape(slot_column)[0]
+    # Empty slots write to an extra column that is cut off after.
     target_column = tf.where(filled, slot_column, n)
-    anchor = tf.broadcast_to(columns[:, None], tf.shape(target_column))
+    anchor = tf.broadcast_to(tf.range(n)[:, None], tf.shape(target_column))
     index = tf.stack([tf.reshape(anchor, [-1]), tf.reshape(target_column, [-1])], axis=1)
-    dense = tf.scatter_nd(index, tf.reshape(chosen, [-1]), tf.stack([n, n + 1]))
-    return dense[:, :n]
+    return tf.scatter_nd(index, tf.reshape(values, [-1]), tf.stack([n, n + 1]))[:, :n]
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -151,24 +156,48 @@ class SemiHardMiner(Miner):
         self.addons_edge_cases = bool(addons_edge_cases)
         self.path = path
 
-    def mine(self, distances, positive, negative):
-        distances = tf.stop_gradient(distances)  # mining picks indices; gradients flow through the loss's gather
-        num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
+    def slot_width(self, positive) -> tuple[tf.Tensor, tf.Tensor]:
+        """Whether the sort-free path runs for this batch, `(use 16 slots, use 32 slots)` (scalar bools)."""
         most_positives = tf.reduce_max(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1))
+        small, large = SORT_FREE_WIDTHS
+        if self.path == "sort":
+            return tf.constant(False), tf.constant(False)
+        if self.path == "sort-free":
+            return most_positives <= small, most_positives > small
+        return most_positives <= small, tf.logical_and(most_positives > small, most_positives <= large)
+
+    def mine_slots(self, distances, positive, negative, width: int):
+        """The sort-free path in slot form: `(positive columns, pair mask, negative columns)`, each `[N, width]`.
+
+        Valid when no anchor has more than `width` positives (see `slot_width`); a loss can then work
+        on N × width pairs instead of N².
+        """
+        distances = tf.stop_gradient(distances)  # mining picks indices; gradients flow through the loss's gather
+        columns, filled, chosen = _semihard_slots(distances, positive, negative, width)
+        has_negative = tf.reduce_any(negative, axis=1, keepdims=True)
+        if self.addons_edge_cases:
+            # D_aa = 0: the anchor itself stands in for the missing negative, as addons' masked maximum does.
+            anchor = tf.broadcast_to(tf.range(tf.shape(distances)[0])[:, None], tf.shape(chosen))
+            return columns, filled, tf.where(has_negative, chosen, anchor)
+        return columns, tf.logical_and(filled, has_negative), chosen
+
+    def mine(self, distances, positive, negative):
+        distances = tf.stop_gradient(distances)
+        num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
 
         def sort_free(width):
-            return lambda: _sort_free_semihard_negatives(distances, positive, negative, width)
+            def dense():
+                columns, filled, chosen = _semihard_slots(distances, positive, negative, width)
+                return _slots_to_dense(columns, filled, chosen)
+            return dense
 
         def by_sorting():
             return _sorted_semihard_negatives(distances, negative, num_negatives)
 
+        use_small, use_large = self.slot_width(positive)
         small, large = SORT_FREE_WIDTHS
-        if self.path == "sort":
-            negative_index = by_sorting()
-        else:
-            beyond = sort_free(large) if self.path == "sort-free" else (
-                lambda: tf.cond(most_positives <= large, sort_free(large), by_sorting))
-            negative_index = tf.cond(most_positives <= small, sort_free(small), beyond)
+        negative_index = tf.cond(use_small, sort_free(small),
+                                 lambda: tf.cond(use_large, sort_free(large), by_sorting))
         if self.addons_edge_cases:
             # D_aa = 0: the anchor itself stands in for the missing negative, as addons' masked maximum does.
             anchor = tf.broadcast_to(tf.range(tf.shape(distances)[0])[:, None], tf.shape(negative_index))

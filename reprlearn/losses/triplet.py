@@ -21,11 +21,12 @@ import tensorflow as tf
 from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
 from reprlearn.labels import pair_masks
 from reprlearn.losses.memo import BatchMemo
-from reprlearn.miners import BatchHardMiner, Miner, SemiHardMiner, get_miner
+from reprlearn.miners import SORT_FREE_WIDTHS, BatchHardMiner, Miner, SemiHardMiner, get_miner
 
 
 class TripletTerms(NamedTuple):
-    """Per anchor-positive pair `[N, N]` float32: summed loss over its negatives, triplet count, active count."""
+    """Per anchor-positive pair (`[N, N]`, or their batch sums) float32: loss over its negatives, triplet count,
+    active count."""
     loss: tf.Tensor
     triplets: tf.Tensor
     active: tf.Tensor
@@ -58,12 +59,45 @@ def triplet_terms(labels, embeddings, miner: Miner, margin: float, distance: Dis
 
 
 def _mined_terms(distances, positive, negative, miner: Miner, margin: float, soft: bool) -> TripletTerms:
+    """The batch's triplet terms; summed to scalars when the semi-hard miner works on positive slots."""
+    if isinstance(miner, SemiHardMiner):
+        return _semihard_terms(distances, positive, negative, miner, margin, soft)
+    return _dense_terms(distances, positive, negative, miner, margin, soft)
+
+
+def _hinge(gap, margin: float, soft: bool):
+    return tf.nn.softplus(gap) if soft else tf.maximum(gap + margin, 0.0)
+
+
+def _semihard_terms(distances, positive, negative, miner: SemiHardMiner, margin: float, soft: bool) -> TripletTerms:
+    """Semi-hard terms on `[N, 16 or 32]` positive slots when every anchor has that few positives (no N²
+    gather), on all N² pairs after sorting otherwise; summed over the batch so both branches agree in shape."""
+    def on_slots(width):
+        def terms():
+            columns, pair, chosen = miner.mine_slots(distances, positive, negative, width)
+            loss = _hinge(tf.gather(distances, columns, batch_dims=1) - tf.gather(distances, chosen, batch_dims=1),
+                          margin, soft)
+            pair = tf.cast(pair, tf.float32)
+            return TripletTerms(tf.reduce_sum(loss * pair), tf.reduce_sum(pair),
+                                tf.reduce_sum(tf.cast(loss > 0.0, tf.float32) * pair))
+        return terms
+
+    def on_all_pairs():
+        return TripletTerms(*(tf.reduce_sum(t) for t in _dense_terms(distances, positive, negative, miner, margin,
+                                                                      soft)))
+
+    use_small, use_large = miner.slot_width(positive)
+    small, large = SORT_FREE_WIDTHS
+    return TripletTerms(*tf.cond(use_small, on_slots(small),
+                                 lambda: tf.cond(use_large, on_slots(large), on_all_pairs)))
+
+
+def _dense_terms(distances, positive, negative, miner: Miner, margin: float, soft: bool) -> TripletTerms:
     mined = miner.mine(distances, positive, negative)
     pair = tf.cast(mined.pair_mask, tf.float32)
     if mined.negative_index is None:
         return _every_negative_terms(distances, negative, pair, margin)
-    gap = distances - tf.gather(distances, mined.negative_index, batch_dims=1)
-    loss = tf.nn.softplus(gap) if soft else tf.maximum(gap + margin, 0.0)
+    loss = _hinge(distances - tf.gather(distances, mined.negative_index, batch_dims=1), margin, soft)
     return TripletTerms(loss * pair, pair, tf.cast(loss > 0.0, tf.float32) * pair)
 
 
