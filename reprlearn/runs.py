@@ -7,7 +7,10 @@ A run folder holds:
                        fingerprints of the arrays), the ranking metric, the model kind
     evaluation.npz     the validation and test arrays the run was scored on, and a sample of
                        training images (TFLite calibration), so export and re-scoring never
-                       re-derive the data from a dataset name
+                       re-derive the data from a dataset name. Arrays from the Python API are
+                       always kept; a named dataset whose arrays exceed EVALUATION_LIMIT_BYTES
+                       (large image folders) keeps only the sample, and `load_run` reloads the
+                       rest from the recorded source and refuses if their fingerprints changed
     checkpoints/       last.keras (weights, optimizer, compile state) and state.json
     model.keras        the embedding model alone, uncompiled: loads with `import reprlearn`
                        (or Keras alone when it holds only Keras layers)
@@ -43,6 +46,7 @@ RECORD_FILE = "run.json"
 EVALUATION_FILE = "evaluation.npz"
 CHECKPOINTS = "checkpoints"
 REPRESENTATIVE_IMAGES = 200
+EVALUATION_LIMIT_BYTES = 256 * 2**20
 
 
 class RunFolderError(ValueError):
@@ -152,9 +156,11 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     _write_json_atomic(staging / RECORD_FILE, record)
     rng = np.random.default_rng(cfg.data.seed)
     sample = rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
-    np.savez_compressed(staging / EVALUATION_FILE, test_images=splits.test.images, test_labels=splits.test.labels,
-                        val_images=splits.val.images, val_labels=splits.val.labels,
-                        train_sample=splits.train.images[np.sort(sample)])
+    held = {"test_images": splits.test.images, "test_labels": splits.test.labels,
+            "val_images": splits.val.images, "val_labels": splits.val.labels}
+    if not from_arrays and sum(a.nbytes for a in held.values()) > EVALUATION_LIMIT_BYTES:
+        held = {}  # reloaded from the recorded dataset by `load_run`, fingerprints checked
+    np.savez_compressed(staging / EVALUATION_FILE, train_sample=splits.train.images[np.sort(sample)], **held)
     if out.is_dir():
         out.rmdir()
     os.replace(staging, out)  # the folder appears whole or not at all
@@ -208,7 +214,24 @@ def load_run(run_dir: str | Path) -> Run:
     config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
     with np.load(path / EVALUATION_FILE) as arrays:
         evaluation = {name: arrays[name] for name in arrays.files}
-    return Run(path, config, _read_json(path / RECORD_FILE), evaluation)
+    record = _read_json(path / RECORD_FILE)
+    if "test_images" not in evaluation:
+        evaluation.update(_reload_evaluation(config, record, path))
+    return Run(path, config, record, evaluation)
+
+
+def _reload_evaluation(config: Config, record: dict, path: Path) -> dict:
+    """The validation and test arrays of a run that did not keep them, from its recorded dataset, checked."""
+    from reprlearn.data import splits_for
+
+    splits = splits_for(config.data)
+    for name, part in (("val", splits.val), ("test", splits.test)):
+        if fingerprint(part) != record["data"]["splits"][name]["fingerprint"]:
+            raise RunFolderError(f"the {name} split of {record['data']['source']} has changed since {path} was "
+                                 f"trained (fingerprint {fingerprint(part)}, recorded "
+                                 f"{record['data']['splits'][name]['fingerprint']}); restore the data or retrain")
+    return {"test_images": splits.test.images, "test_labels": splits.test.labels,
+            "val_images": splits.val.images, "val_labels": splits.val.labels}
 
 
 def inference_copy(model: keras.Model) -> keras.Model:

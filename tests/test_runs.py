@@ -175,3 +175,26 @@ def test_export_and_tuning_never_import_the_training_driver():
               "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_large_named_dataset_is_reloaded_from_its_record_and_checked(tmp_path, monkeypatch):
+    import reprlearn.runs as runs
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray((rng.integers(0, 60, (8, 8)) + 50 * c).astype(np.uint8)).save(root / f"class{c}/{i}.png")
+    monkeypatch.setattr(runs, "EVALUATION_LIMIT_BYTES", 100)  # any named dataset counts as large
+    cfg = config_from_dict({"data": {"name": f"folder:{root}"}, "model": {"tower": "mlp", "hidden": [8], "embedding_dim": 4},
+                            "train": SHORT, "eval": EVAL})
+    report = run_training(cfg, tmp_path / "run", verbose=0)
+    with np.load(tmp_path / "run/evaluation.npz") as kept:
+        assert kept.files == ["train_sample"]
+    run = load_run(tmp_path / "run")
+    assert len(run.evaluation["test_labels"]) == report["data"]["n_test"]
+    (root / "class0/0.png").unlink()  # the data changed since training
+    with pytest.raises(RunFolderError, match="has changed since"):
+        load_run(tmp_path / "run")
