@@ -36,9 +36,11 @@ RUNS = {
     "backbone": _cfg({"tower": "backbone", "backbone": "MobileNetV2", "backbone_image_size": 32,
                       "embedding_dim": 8}, {"name": "contrastive"}),
 }
-FILES = {"in_batch": ["model.keras", "checkpoints/last.keras"], "pair": ["model.keras", "pair_model.keras"],
-         "autoencoder": ["model.keras", "autoencoder.keras"], "vae": ["model.keras", "vae.keras"],
-         "backbone": ["model.keras"]}
+FILES = {"in_batch": ["model.keras", "checkpoints/last.keras"],
+         "pair": ["model.keras", "pair_model.keras", "checkpoints/last.keras"],
+         "autoencoder": ["model.keras", "autoencoder.keras", "checkpoints/last.keras"],
+         "vae": ["model.keras", "vae.keras", "checkpoints/last.keras"],
+         "backbone": ["model.keras", "checkpoints/last.keras"]}
 
 
 def _outputs(model, probe):
