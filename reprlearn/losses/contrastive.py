@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
 from reprlearn.labels import labels_vector, pair_masks
-from reprlearn.losses.memo import BatchMemo
+from reprlearn.losses.in_batch import InBatchLoss
 
 
 def _pair_term(match: tf.Tensor, distance: tf.Tensor, margin: float) -> tf.Tensor:
@@ -103,7 +103,7 @@ class ContrastiveLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class InBatchContrastiveLoss(keras.losses.Loss):
+class InBatchContrastiveLoss(InBatchLoss):
     """Contrastive loss over every pair of a batch: `y_true` holds class labels, `y_pred` embeddings.
 
     Example:
@@ -119,20 +119,10 @@ class InBatchContrastiveLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         self.margin = check_margin(margin)
         self.distance = check_metric(distance)
-        self.memo = BatchMemo()
 
-    def call(self, y_true, y_pred):
-        distances = pairwise_distance(y_pred, self.distance)
-        positive, negative = pair_masks(y_true)
+    def batch_loss(self, distances, positive, negative):
         terms, pairs = _pair_terms(distances, positive, negative, self.margin)
-        # The step's training metrics read these instead of computing the distances again.
-        self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
-                       active_fraction=lambda: _active_share(terms, pairs))
-        return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(terms), tf.reduce_sum(pairs)), y_pred.dtype)
-
-    def active_fraction(self, y_true, y_pred) -> tf.Tensor:
-        """The fraction of pairs with a non-zero loss term in this batch."""
-        return _active_share(*_in_batch_terms(y_true, y_pred, self.margin, self.distance))
+        return tf.math.divide_no_nan(tf.reduce_sum(terms), tf.reduce_sum(pairs)), lambda: _active_share(terms, pairs)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "distance": self.distance}

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from reprlearn.distances import check_margin, pairwise_distance
 from reprlearn.labels import pair_masks, positive_slots
-from reprlearn.losses.memo import BatchMemo
+from reprlearn.losses.in_batch import InBatchLoss
 
 # A row without negatives has log-sum-exp −inf. A large finite stand-in keeps every
 # value and gradient finite (−inf − (−inf) would be NaN) and still zeroes its hinge.
@@ -91,18 +91,13 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
     return tf.cast(mean, embeddings.dtype)
 
 
-def lifted_active_fraction(labels, embeddings, margin: float) -> tf.Tensor:
-    """The fraction of positive pairs with `J > 0` (a non-zero loss term)."""
-    return _mean_and_active_share(pairwise_distance(embeddings, "L2"), *pair_masks(labels), margin)[1]
-
-
 def _active_share(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
     active = tf.logical_and(positive, objective > 0.0)
     return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(active, tf.float32)), tf.reduce_sum(tf.cast(positive, tf.float32)))
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class LiftedStructLoss(keras.losses.Loss):
+class LiftedStructLoss(InBatchLoss):
     """The lifted structured loss for `compile(loss=...)`: `y_true` labels, `y_pred` embeddings.
 
     Example:
@@ -117,19 +112,10 @@ class LiftedStructLoss(keras.losses.Loss):
     def __init__(self, margin: float = 1.0, name: str = "lifted_struct_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.margin = check_margin(margin)
-        self.memo = BatchMemo()
 
-    def call(self, y_true, y_pred):
-        distances = pairwise_distance(y_pred, "L2")
-        positive, negative = pair_masks(y_true)
+    def batch_loss(self, distances, positive, negative):
         mean, active_fraction = _mean_and_active_share(distances, positive, negative, self.margin)
-        # The step's training metrics read these instead of computing the distances again.
-        self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
-                       active_fraction=lambda: active_fraction)
-        return tf.cast(mean, y_pred.dtype)
-
-    def active_fraction(self, y_true, y_pred) -> tf.Tensor:
-        return lifted_active_fraction(y_true, y_pred, self.margin)
+        return mean, lambda: active_fraction
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin}

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
 from reprlearn.labels import pair_masks
-from reprlearn.losses.memo import BatchMemo
+from reprlearn.losses.in_batch import InBatchLoss
 from reprlearn.miners import SORT_FREE_WIDTHS, BatchHardMiner, Miner, SemiHardMiner, get_miner
 
 
@@ -153,7 +153,7 @@ def _check_soft(miner: Miner, soft: bool) -> Miner:
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class TripletLoss(keras.losses.Loss):
+class TripletLoss(InBatchLoss):
     """Triplet loss with a pluggable miner, for `compile(loss=...)`: `y_true` labels, `y_pred` embeddings.
 
     Example:
@@ -172,21 +172,10 @@ class TripletLoss(keras.losses.Loss):
         self.distance = check_metric(distance)
         self.soft = bool(soft)
         self.active_only = bool(active_only)
-        self.memo = BatchMemo()
 
-    def call(self, y_true, y_pred):
-        distances = pairwise_distance(y_pred, self.distance)
-        positive, negative = pair_masks(y_true)
+    def batch_loss(self, distances, positive, negative):
         terms = _mined_terms(distances, positive, negative, self.miner, self.margin, self.soft)
-        # The step's training metrics read these instead of computing distances and mining again.
-        self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
-                       active_fraction=lambda: active_triplet_fraction(terms))
-        return tf.cast(_mean(terms, self.active_only), y_pred.dtype)
-
-    def active_fraction(self, y_true, y_pred) -> tf.Tensor:
-        """The fraction of mined triplets with a non-zero loss in this batch."""
-        return active_triplet_fraction(triplet_terms(y_true, y_pred, self.miner, self.margin, self.distance,
-                                                     self.soft))
+        return _mean(terms, self.active_only), lambda: active_triplet_fraction(terms)
 
     def get_config(self):
         return {**super().get_config(), "miner": keras.saving.serialize_keras_object(self.miner),

@@ -1,0 +1,69 @@
+"""The base of every in-batch loss: one distance matrix per batch, kept for the training metrics of the step."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from reprlearn.distances import pairwise_distance
+from reprlearn.labels import pair_masks
+
+
+class BatchMemo:
+    """What a loss computed for the batch `y_pred` (distances, pair masks, its active fraction), until the next batch.
+
+    Keras calls a compiled model's loss and then its metrics on the same `y_pred` tensor within one
+    train step. A metric that finds its `y_pred` here reads the loss's numbers instead of computing the
+    distance matrix (and, for triplets, the mining) again. Any other tensor is a miss, and the metric
+    computes for itself, so the metrics stay correct on their own or with a loss they were not given.
+
+    Example:
+        loss = TripletSemiHardLoss()
+        loss(labels, embeddings)
+        loss.memo.get(embeddings)["distances"]   # the [N, N] matrix the loss used
+    """
+
+    def __init__(self):
+        self._y_pred, self._values = None, None
+
+    def keep(self, y_pred, **values) -> None:
+        """Remembers `values` (tensors, or zero-argument functions computing them) for the batch `y_pred`."""
+        self._y_pred, self._values = y_pred, values
+
+    def get(self, y_pred) -> dict | None:
+        """The values kept for exactly this `y_pred` tensor, or None."""
+        return self._values if self._values is not None and self._y_pred is y_pred else None
+
+
+class InBatchLoss(keras.losses.Loss):
+    """A loss over the pairs of a batch: `y_true` labels `[N]` or `[N, 1]`, `y_pred` embeddings `[N, d]`.
+
+    `call` computes the distance matrix and pair masks once, hands them to `batch_loss`, and keeps
+    them with the batch's active fraction in `memo` for `ActiveFraction` and the mean-distance
+    metrics. Subclasses set `self.distance` and implement `batch_loss`.
+    """
+
+    distance = "L2"
+
+    def __init__(self, name: str, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.memo = BatchMemo()
+
+    def batch_loss(self, distances, positive, negative) -> tuple[tf.Tensor, Callable[[], tf.Tensor]]:
+        """`(loss, active_fraction)`: the scalar loss and a function computing the batch's active fraction."""
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        distances = pairwise_distance(y_pred, self.distance)
+        positive, negative = pair_masks(y_true)
+        value, active_fraction = self.batch_loss(distances, positive, negative)
+        self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
+                       active_fraction=active_fraction)
+        return tf.cast(value, y_pred.dtype)
+
+    def active_fraction(self, y_true, y_pred) -> tf.Tensor:
+        """The fraction of mined triplets (or pairs) with a non-zero loss in this batch."""
+        distances = pairwise_distance(tf.cast(y_pred, tf.float32), self.distance)
+        return self.batch_loss(distances, *pair_masks(y_true))[1]()
