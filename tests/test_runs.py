@@ -200,3 +200,14 @@ def test_a_large_named_dataset_is_reloaded_from_its_record_and_checked(tmp_path,
     (root / "class0/0.png").unlink()  # the data changed since training
     with pytest.raises(RunFolderError, match="has changed since"):
         load_run(tmp_path / "run")
+
+
+def test_off_a_terminal_progress_is_one_line_per_epoch_and_quiet_is_quiet(tmp_path, capsys, digits_config):
+    assert main(["train", str(digits_config), "--out", str(tmp_path / "run"), "--set", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert all("loss" in line and "val_map_at_r" in line for line in epochs)
+    assert "\r" not in out and "━" not in out and len(out.splitlines()) < 10
+    assert main(["train", str(digits_config), "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
