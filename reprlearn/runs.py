@@ -134,10 +134,11 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     if out.is_dir() and _is_run_folder(out):
         stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
         differences = config_differences(config_to_dict(config_from_dict(stored)), config_to_dict(cfg))
-        old_data = _read_json(out / RECORD_FILE).get("data", {}).get("splits", {})
-        differences += [f"data: the {name} split's arrays differ (fingerprint {old_data.get(name, {}).get('fingerprint')}"
-                        f" → {split['fingerprint']})" for name, split in record["data"]["splits"].items()
-                        if old_data.get(name, {}).get("fingerprint") != split["fingerprint"]]
+        old_prints = {name: split.get("fingerprint") for name, split
+                      in _read_json(out / RECORD_FILE).get("data", {}).get("splits", {}).items()}
+        differences += [f"data: the {name} split's arrays differ (fingerprint {old_prints.get(name)} → "
+                        f"{split['fingerprint']})" for name, split in record["data"]["splits"].items()
+                        if old_prints.get(name) != split["fingerprint"]]
         if differences:
             raise RunFolderError(
                 f"{out} holds a run made by a different config or data, so it cannot be continued: "

@@ -6,8 +6,9 @@ import tensorflow as tf
 import keras
 
 from reprlearn.layers import LiftedStructLossLayer
-from reprlearn.losses import (ContrastiveLoss, InBatchContrastiveLoss, LiftedStructLoss, TripletHardLoss, TripletLoss, TripletSemiHardLoss,
-                              in_batch_contrastive_loss, lifted_struct_loss, triplet_hard_loss, triplet_loss, triplet_semihard_loss)
+from reprlearn.losses import (InBatchContrastiveLoss, LiftedStructLoss, TripletHardLoss, TripletLoss,
+                              TripletSemiHardLoss, in_batch_contrastive_loss, lifted_struct_loss, triplet_hard_loss,
+                              triplet_loss, triplet_semihard_loss)
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance
 from reprlearn.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, get_miner
 from reprlearn.distances import pairwise_distance

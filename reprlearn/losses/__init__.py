@@ -15,6 +15,6 @@ from reprlearn.losses.lifted import LiftedStructLoss, lifted_struct_loss
 from reprlearn.losses.triplet import (TripletHardLoss, TripletLoss, TripletSemiHardLoss, triplet_hard_loss,
                                       triplet_loss, triplet_semihard_loss)
 
-__all__ = ["BatchMemo", "ContrastiveLoss", "InBatchContrastiveLoss", "InBatchLoss", "LiftedStructLoss", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss",
-           "contrastive_loss", "in_batch_contrastive_loss", "lifted_struct_loss", "triplet_hard_loss",
-           "triplet_loss", "triplet_semihard_loss"]
+__all__ = ["BatchMemo", "ContrastiveLoss", "InBatchContrastiveLoss", "InBatchLoss", "LiftedStructLoss",
+           "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "contrastive_loss", "in_batch_contrastive_loss",
+           "lifted_struct_loss", "triplet_hard_loss", "triplet_loss", "triplet_semihard_loss"]

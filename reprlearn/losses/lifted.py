@@ -92,8 +92,8 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
 
 
 def _active_share(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
-    active = tf.logical_and(positive, objective > 0.0)
-    return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(active, tf.float32)), tf.reduce_sum(tf.cast(positive, tf.float32)))
+    active = tf.cast(tf.logical_and(positive, objective > 0.0), tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(active), tf.reduce_sum(tf.cast(positive, tf.float32)))
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
