@@ -62,8 +62,16 @@ def _tune(args) -> int:
           f"{describe({k: v for k, v in best.items() if v is not None}) or 'the config as given'}")
     print(f"Best config: {out / 'best.yaml'}")
     if args.retrain_best:
-        report = run_training(best_cfg, out / "best_run", command=f"reprlearn train {out / 'best.yaml'}",
-                              verbose=0 if args.quiet else 1)
+        from reprlearn.config import config_to_dict
+
+        best_run = out / "best_run"
+        # A resumed search may have found a new best: best_run/ then holds the old one, and is replaced.
+        stale = (best_run / "config.yaml").is_file() and config_to_dict(load_config(best_run / "config.yaml")) \
+            != config_to_dict(best_cfg)
+        if stale:
+            print(f"{best_run} holds an earlier best trial; retraining the new one there")
+        report = run_training(best_cfg, best_run, command=f"reprlearn train {out / 'best.yaml'}",
+                              verbose=0 if args.quiet else 1, force=stale)
         print(f"Retrained best: test MAP@R {report['metrics']['test']['map_at_r']:.4f}; "
               f"report {out / 'best_run' / 'report.md'}")
     return 0

@@ -123,3 +123,15 @@ def test_chief_and_two_workers_complete_every_trial_exactly_once(tmp_path):
                 if line.startswith(f"Trial done on tuner{i}: ")]
     trials = [describe(t["hyperparameters"]["values"]) for t in _trial_files(out).values()]
     assert sorted(finished) == sorted(trials) and len(set(trials)) == 4
+
+
+def test_retrain_best_replaces_a_best_run_left_by_an_earlier_search(tmp_path, capsys):
+    from reprlearn.training import run_training
+
+    out = tmp_path / "search"
+    earlier = load_config(SMOKE, ["model.embedding_dim=12"])  # a config no trial of this search can have
+    run_training(earlier, out / "best_run", verbose=0)
+    assert main(["tune", str(SMOKE), "--tuner", "random", "--max-trials", "2", "--out", str(out), "--quiet",
+                 "--retrain-best"]) == 0
+    assert "holds an earlier best trial" in capsys.readouterr().out
+    assert load_config(out / "best_run" / "config.yaml") == load_config(out / "best.yaml")
