@@ -62,12 +62,9 @@ def _tune(args) -> int:
           f"{describe({k: v for k, v in best.items() if v is not None}) or 'the config as given'}")
     print(f"Best config: {out / 'best.yaml'}")
     if args.retrain_best:
-        from reprlearn.config import config_to_dict
-
         best_run = out / "best_run"
         # A resumed search may have found a new best: best_run/ then holds the old one, and is replaced.
-        stale = (best_run / "config.yaml").is_file() and config_to_dict(load_config(best_run / "config.yaml")) \
-            != config_to_dict(best_cfg)
+        stale = (best_run / "config.yaml").is_file() and load_config(best_run / "config.yaml") != best_cfg
         if stale:
             print(f"{best_run} holds an earlier best trial; retraining the new one there")
         report = run_training(best_cfg, best_run, command=f"reprlearn train {out / 'best.yaml'}",
@@ -95,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config file (see configs/)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value (repeatable), e.g. --set train.epochs=2")
-    train.add_argument("--out", help="run folder (default runs/<config name>); re-running the same config continues it, "
-                                     "a different config is refused")
+    train.add_argument("--out", help="run folder (default runs/<config name>); re-running the same config "
+                                     "continues it, a different config is refused")
     train.add_argument("--resume", action="store_true", help="continue the run in --out (an error if there is none)")
     train.add_argument("--force", action="store_true", help="delete the run in --out and start over")
     train.add_argument("--quiet", action="store_true", help="no progress output")

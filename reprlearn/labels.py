@@ -23,6 +23,23 @@ def pair_masks(labels) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.logical_and(same, not_self), tf.logical_not(same)
 
 
+# Slot widths: when no row has more positives than a width, per-positive work can use `[N, width]`.
+SLOT_WIDTHS = (16, 32)
+
+
+def by_positive_count(positive: tf.Tensor, on_slots, otherwise, slots_only: bool = False):
+    """`on_slots(16)()` when no row of `positive` has more than 16 positives, else `on_slots(32)()` when none
+    has more than 32, else `otherwise()`; chosen inside the graph, so each must return the same structure.
+
+    `slots_only=True` takes 32 slots where it would take `otherwise` (valid only up to 32 positives).
+    """
+    most_positives = tf.reduce_max(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1))
+    small, large = SLOT_WIDTHS
+    beyond = on_slots(large) if slots_only else (
+        lambda: tf.cond(most_positives <= large, on_slots(large), otherwise))
+    return tf.cond(most_positives <= small, on_slots(small), beyond)
+
+
 def positive_slots(positive: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Each row's positive columns, ascending, in `width` slots: `(columns [N, width] int32, filled [N, width])`.
 

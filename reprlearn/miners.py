@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.labels import pair_masks, positive_slots
+from reprlearn.labels import by_positive_count, pair_masks, positive_slots
 
 
 class MinedTriplets(NamedTuple):
@@ -64,9 +64,8 @@ def _has_any(mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_any(mask, axis=1, keepdims=True)
 
 
-# Sort-free semi-hard mining holds one [anchors, width, N] block per chunk of anchors: widths it can
-# take (the most positives an anchor may have), and about how many block elements a chunk may hold.
-SORT_FREE_WIDTHS = (16, 32)
+# Sort-free semi-hard mining holds one [anchors, width, N] block per chunk of anchors: about how many
+# block elements a chunk may hold.
 _CHUNK_ELEMENTS = 1 << 20
 SEMIHARD_PATHS = ("auto", "sort", "sort-free")
 
@@ -119,6 +118,12 @@ def _semihard_slots(distances, positive, negative, width: int):
     return slot_column, filled, tf.where(has_farther, nearest_farther, farthest[:, None])
 
 
+def _anchor_without_negative(negative_index, has_negative):
+    """D_aa = 0: the anchor itself stands in for a missing negative, as addons' masked maximum does."""
+    anchor = tf.broadcast_to(tf.range(tf.shape(negative_index)[0])[:, None], tf.shape(negative_index))
+    return tf.where(has_negative, negative_index, anchor)
+
+
 def _slots_to_dense(slot_column, filled, values):
     """`[N, N]` with `values[a, w]` at `(a, slot_column[a, w])` for filled slots, 0 elsewhere."""
     n = tf.shape(slot_column)[0]
@@ -156,29 +161,24 @@ class SemiHardMiner(Miner):
         self.addons_edge_cases = bool(addons_edge_cases)
         self.path = path
 
-    def slot_width(self, positive) -> tuple[tf.Tensor, tf.Tensor]:
-        """Whether the sort-free path runs for this batch, `(use 16 slots, use 32 slots)` (scalar bools)."""
-        most_positives = tf.reduce_max(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1))
-        small, large = SORT_FREE_WIDTHS
+    def choose_path(self, positive, on_slots, by_sorting):
+        """`on_slots(width)()` (the sort-free path on 16 or 32 slots) or `by_sorting()`, as `path` and the batch's
+        positive counts say; chosen inside the graph."""
         if self.path == "sort":
-            return tf.constant(False), tf.constant(False)
-        if self.path == "sort-free":
-            return most_positives <= small, most_positives > small
-        return most_positives <= small, tf.logical_and(most_positives > small, most_positives <= large)
+            return by_sorting()
+        return by_positive_count(positive, on_slots, by_sorting, slots_only=self.path == "sort-free")
 
     def mine_slots(self, distances, positive, negative, width: int):
         """The sort-free path in slot form: `(positive columns, pair mask, negative columns)`, each `[N, width]`.
 
-        Valid when no anchor has more than `width` positives (see `slot_width`); a loss can then work
+        Valid when no anchor has more than `width` positives (see `choose_path`); a loss can then work
         on N × width pairs instead of N².
         """
         distances = tf.stop_gradient(distances)  # mining picks indices; gradients flow through the loss's gather
         columns, filled, chosen = _semihard_slots(distances, positive, negative, width)
         has_negative = tf.reduce_any(negative, axis=1, keepdims=True)
         if self.addons_edge_cases:
-            # D_aa = 0: the anchor itself stands in for the missing negative, as addons' masked maximum does.
-            anchor = tf.broadcast_to(tf.range(tf.shape(distances)[0])[:, None], tf.shape(chosen))
-            return columns, filled, tf.where(has_negative, chosen, anchor)
+            return columns, filled, _anchor_without_negative(chosen, has_negative)
         return columns, tf.logical_and(filled, has_negative), chosen
 
     def mine(self, distances, positive, negative):
@@ -194,14 +194,9 @@ class SemiHardMiner(Miner):
         def by_sorting():
             return _sorted_semihard_negatives(distances, negative, num_negatives)
 
-        use_small, use_large = self.slot_width(positive)
-        small, large = SORT_FREE_WIDTHS
-        negative_index = tf.cond(use_small, sort_free(small),
-                                 lambda: tf.cond(use_large, sort_free(large), by_sorting))
+        negative_index = self.choose_path(positive, sort_free, by_sorting)
         if self.addons_edge_cases:
-            # D_aa = 0: the anchor itself stands in for the missing negative, as addons' masked maximum does.
-            anchor = tf.broadcast_to(tf.range(tf.shape(distances)[0])[:, None], tf.shape(negative_index))
-            return MinedTriplets(positive, tf.where(num_negatives > 0, negative_index, anchor))
+            return MinedTriplets(positive, _anchor_without_negative(negative_index, num_negatives > 0))
         return MinedTriplets(tf.logical_and(positive, num_negatives > 0), negative_index)
 
     def get_config(self) -> dict:

@@ -1,7 +1,7 @@
 """One table of the loss names a config can use: how each is built, what batches it needs, what it accepts.
 
-Config validation, the training drivers, the tuner and the docs read this table; nothing
-else lists loss names.
+Config validation, the training drivers and the tuner read this table; nothing else in the
+package lists loss names.
 
 Example:
     spec = LOSSES["triplet_semihard"]
@@ -27,28 +27,26 @@ class LossSpec:
     batch: str                     # "pk": in-batch mining on P×K batches; "pairs": a Siamese model on pairs
     distances: tuple[str, ...]     # allowed `loss.distance` values
     soft: bool = False             # accepts `loss.soft`
-    summary: str = ""
 
 
 LOSSES: dict[str, LossSpec] = {
+    # Contrastive loss over every pair of a P×K batch.
     "contrastive": LossSpec(
-        lambda margin, distance, soft: InBatchContrastiveLoss(margin=margin, distance=distance), "pk", METRICS,
-        summary="contrastive loss over every pair of a P×K batch"),
-    "pair_contrastive": LossSpec(
-        lambda margin, distance, soft: ContrastiveLoss(margin=margin), "pairs", METRICS,
-        summary="contrastive loss on a Siamese pair model fed balanced pairs"),
+        lambda margin, distance, soft: InBatchContrastiveLoss(margin=margin, distance=distance), "pk", METRICS),
+    # Contrastive loss on a Siamese pair model fed balanced pairs.
+    "pair_contrastive": LossSpec(lambda margin, distance, soft: ContrastiveLoss(margin=margin), "pairs", METRICS),
+    # Triplet loss, FaceNet semi-hard negatives.
     "triplet_semihard": LossSpec(
-        lambda margin, distance, soft: TripletLoss("semi-hard", margin, distance), "pk", METRICS,
-        summary="triplet loss, FaceNet semi-hard negatives"),
+        lambda margin, distance, soft: TripletLoss("semi-hard", margin, distance), "pk", METRICS),
+    # Triplet loss, hardest positive and negative per anchor (soft: softplus instead of the hinge).
     "triplet_hard": LossSpec(
         lambda margin, distance, soft: TripletLoss("batch-hard", margin, distance, soft=soft), "pk", METRICS,
-        soft=True, summary="triplet loss, hardest positive and negative per anchor (soft: softplus)"),
+        soft=True),
+    # Triplet loss over every triplet, averaged over the active ones.
     "triplet_batch_all": LossSpec(
-        lambda margin, distance, soft: TripletLoss("batch-all", margin, distance, active_only=True), "pk", METRICS,
-        summary="triplet loss over every triplet, averaged over the active ones"),
-    "lifted_struct": LossSpec(
-        lambda margin, distance, soft: LiftedStructLoss(margin=margin), "pk", ("L2",),
-        summary="lifted structured loss (defined on L2 distances)"),
+        lambda margin, distance, soft: TripletLoss("batch-all", margin, distance, active_only=True), "pk", METRICS),
+    # Lifted structured loss, defined on L2 distances.
+    "lifted_struct": LossSpec(lambda margin, distance, soft: LiftedStructLoss(margin=margin), "pk", ("L2",)),
 }
 IN_BATCH_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.batch == "pk")
 

@@ -65,17 +65,6 @@ def load_fashion_mnist(data_dir: str | None = None) -> dict[str, ImageSet]:
         DatasetNotFoundError: the data is not there; the message names what is missing and how to install it.
     """
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if data_dir:
-        folder = Path(data_dir).expanduser()
-        missing = [stem for stem in stems if _find_idx(folder, stem) is None]
-        if missing:
-            try:
-                return load_tfds("fashion_mnist", data_dir)
-            except DatasetNotFoundError:
-                pass
-            where = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)} (.gz or plain)"
-            raise DatasetNotFoundError(f"data.data_dir does not hold Fashion-MNIST: {folder} {where}, and holds no "
-                                       f"prepared TFDS copy. Received: data_dir={data_dir!r}")
     folders = [Path(data_dir).expanduser()] if data_dir else [Path(d).expanduser() for d in FASHION_MNIST_DIRS]
     for folder in folders:
         files = {stem: _find_idx(folder, stem) for stem in stems}
@@ -88,6 +77,15 @@ def load_fashion_mnist(data_dir: str | None = None) -> dict[str, ImageSet]:
                                       read_idx(files["t10k-labels-idx1-ubyte"]),
                                       FASHION_MNIST_CLASSES, "fashion_mnist.test"),
             }
+    if data_dir:  # that folder only: its IDX files were not all there, so a TFDS copy, or an error naming them
+        try:
+            return load_tfds("fashion_mnist", data_dir)
+        except DatasetNotFoundError:
+            pass
+        missing = [stem for stem, path in files.items() if path is None]
+        where = "does not exist" if not folders[0].is_dir() else f"lacks {', '.join(missing)} (.gz or plain)"
+        raise DatasetNotFoundError(f"data.data_dir does not hold Fashion-MNIST: {folders[0]} {where}, and holds no "
+                                   f"prepared TFDS copy. Received: data_dir={data_dir!r}")
     raise DatasetNotFoundError(
         "Fashion-MNIST was not found. Looked in: " + ", ".join(str(f) for f in folders)
         + ". Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or put the four "

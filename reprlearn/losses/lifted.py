@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.distances import check_margin, pairwise_distance
-from reprlearn.labels import pair_masks, positive_slots
+from reprlearn.labels import by_positive_count, pair_masks, positive_slots
 from reprlearn.losses.in_batch import InBatchLoss
 
 # A row without negatives has log-sum-exp −inf. A large finite stand-in keeps every
@@ -33,37 +33,28 @@ def _negative_logsumexp(logits: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
     return tf.where(has_negative, row_max + tf.math.log(tf.where(has_negative, total, 1.0)), _NO_NEGATIVE)
 
 
-def _pairwise_objective(row: tf.Tensor, distances: tf.Tensor) -> tf.Tensor:
-    """`logaddexp(row_i, row_j) + D_ij` for every pair `[N, N]`."""
-    high = tf.maximum(row[:, None], row[None, :])
-    low = tf.minimum(row[:, None], row[None, :])
-    return high + tf.math.log1p(tf.exp(low - high)) + distances
-
-
-SLOT_WIDTHS = (16, 32)
+def _logaddexp(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """`log(exp(a) + exp(b))`, broadcast, stable for large and very negative values alike."""
+    high, low = tf.maximum(a, b), tf.minimum(a, b)
+    return high + tf.math.log1p(tf.exp(low - high))
 
 
 def _mean_and_active_share(distances, positive, negative, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
     """The loss and the share of positive pairs with `J > 0`, from positive slots where they fit, else all pairs."""
     row = margin + _negative_logsumexp(-distances, negative)
-    most_positives = tf.reduce_max(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1))
 
     def on_slots(width):
         def compute():
             columns, filled = positive_slots(positive, width)                   # [N, W]
-            other = tf.gather(row, columns)
-            high, low = tf.maximum(row[:, None], other), tf.minimum(row[:, None], other)
-            objective = high + tf.math.log1p(tf.exp(low - high)) + tf.gather(distances, columns, batch_dims=1)
+            objective = _logaddexp(row[:, None], tf.gather(row, columns)) + tf.gather(distances, columns, batch_dims=1)
             return _mean(objective, filled), _active_share(objective, filled)
         return compute
 
     def on_all_pairs():
-        objective = _pairwise_objective(row, distances)
+        objective = _logaddexp(row[:, None], row[None, :]) + distances
         return _mean(objective, positive), _active_share(objective, positive)
 
-    small, large = SLOT_WIDTHS
-    return tf.cond(most_positives <= small, on_slots(small),
-                   lambda: tf.cond(most_positives <= large, on_slots(large), on_all_pairs))
+    return by_positive_count(positive, on_slots, on_all_pairs)
 
 
 def _mean(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:

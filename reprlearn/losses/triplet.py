@@ -21,7 +21,7 @@ import tensorflow as tf
 from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
 from reprlearn.labels import pair_masks
 from reprlearn.losses.in_batch import InBatchLoss
-from reprlearn.miners import SORT_FREE_WIDTHS, BatchHardMiner, Miner, SemiHardMiner, get_miner
+from reprlearn.miners import BatchHardMiner, Miner, SemiHardMiner, get_miner
 
 
 class TripletTerms(NamedTuple):
@@ -86,10 +86,7 @@ def _semihard_terms(distances, positive, negative, miner: SemiHardMiner, margin:
         return TripletTerms(*(tf.reduce_sum(t) for t in _dense_terms(distances, positive, negative, miner, margin,
                                                                       soft)))
 
-    use_small, use_large = miner.slot_width(positive)
-    small, large = SORT_FREE_WIDTHS
-    return TripletTerms(*tf.cond(use_small, on_slots(small),
-                                 lambda: tf.cond(use_large, on_slots(large), on_all_pairs)))
+    return TripletTerms(*miner.choose_path(positive, on_slots, on_all_pairs))
 
 
 def _dense_terms(distances, positive, negative, miner: Miner, margin: float, soft: bool) -> TripletTerms:

@@ -59,8 +59,8 @@ def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int |
         chunk_size: queries scored at once; default keeps chunk × N under 2**25.
         query_index: `[Q]` indices of the query items; default: every item.
     """
-    chunks = neighbour_chunks(embeddings, k, metric, chunk_size, query_index)
-    return np.concatenate([neighbours for _, neighbours in chunks]) if chunks else np.empty((0, k), np.int64)
+    parts = [neighbours for _, neighbours in neighbour_chunks(embeddings, k, metric, chunk_size, query_index)]
+    return np.concatenate(parts) if parts else np.empty((0, k), np.int64)
 
 
 def neighbour_chunks(embeddings, k: int, metric: str = "L2", chunk_size: int | None = None, query_index=None):
@@ -85,27 +85,15 @@ def neighbour_chunks(embeddings, k: int, metric: str = "L2", chunk_size: int | N
         scale, bias = tf.constant(1.0), tf.zeros([n])
     else:
         scale, bias = tf.constant(2.0), tf.constant(-np.sum(reference ** 2, axis=1))
-    return _NeighbourChunks(query_index, chunk, reference_t, scale, bias, k)
-
-
-class _NeighbourChunks:
-    """An iterable over query chunks (re-iterable, with a length: the number of chunks)."""
-
-    def __init__(self, query_index, chunk, reference, scale, bias, k):
-        self.query_index, self.chunk, self.args = query_index, chunk, (reference, scale, bias, tf.constant(k))
-
-    def __len__(self):
-        return -(-len(self.query_index) // self.chunk)
-
-    def __iter__(self):
-        for start in range(0, len(self.query_index), self.chunk):
-            rows = self.query_index[start:start + self.chunk]
-            yield rows, _top_k_others(tf.constant(rows), *self.args).numpy().astype(np.int64)
+    args = (reference_t, scale, bias, tf.constant(k))
+    # Checked and set up now; each chunk is scored only when the consumer asks for it.
+    return ((rows, _top_k_others(tf.constant(rows), *args).numpy().astype(np.int64))
+            for rows in (query_index[start:start + chunk] for start in range(0, len(query_index), chunk)))
 
 
 def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), chunk_size: int | None = None,
                       compute_nmi: bool = True, seed: int = 0, query_index=None) -> dict:
-    """P@1, R-precision, MAP@R, Recall@k and NMI, as defined in ALGORITHMS.md.
+    """P@1, R-precision, MAP@R, Recall@k and NMI, as defined in docs/math.md.
 
     For query q with label y, R = number of other items labelled y; queries with R = 0
     are skipped by every ranking metric.

@@ -23,9 +23,12 @@ from reprlearn.labels import pair_masks
 def mean_pair_distance(labels, embeddings, positive: bool, distance: Distance = "L2") -> tf.Tensor:
     """The mean distance over the ordered positive (or negative) pairs of a batch; 0 if there are none."""
     positives, negatives = pair_masks(labels)
-    mask = tf.cast(positives if positive else negatives, tf.float32)
-    d = pairwise_distance(embeddings, distance)
-    return tf.math.divide_no_nan(tf.reduce_sum(d * mask), tf.reduce_sum(mask))
+    return _masked_mean(pairwise_distance(embeddings, distance), positives if positive else negatives)
+
+
+def _masked_mean(distances: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    mask = tf.cast(mask, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(distances * mask), tf.reduce_sum(mask))
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -73,9 +76,8 @@ class _MeanPairDistance(keras.metrics.Mean):
     def update_state(self, y_true, y_pred, sample_weight=None):
         kept = _kept(self.loss, y_pred)
         if kept is not None:
-            mask = tf.cast(kept["positive"] if self.positive else kept["negative"], tf.float32)
-            return super().update_state(tf.math.divide_no_nan(tf.reduce_sum(kept["distances"] * mask),
-                                                              tf.reduce_sum(mask)))
+            return super().update_state(_masked_mean(kept["distances"],
+                                                     kept["positive"] if self.positive else kept["negative"]))
         return super().update_state(mean_pair_distance(y_true, y_pred, self.positive, self.distance))
 
     def get_config(self):
