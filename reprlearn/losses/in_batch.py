@@ -9,6 +9,10 @@ import tensorflow as tf
 
 from reprlearn.distances import pairwise_distance
 from reprlearn.labels import pair_masks
+from reprlearn.replicas import global_batch, per_replica_share
+
+# Replicas of one step (tf.distribute traces one per device) each keep an entry; a few more are harmless.
+_MEMO_ENTRIES = 16
 
 
 class BatchMemo:
@@ -26,15 +30,15 @@ class BatchMemo:
     """
 
     def __init__(self):
-        self._y_pred, self._values = None, None
+        self._entries: list[tuple[object, dict]] = []
 
     def keep(self, y_pred, **values) -> None:
         """Remembers `values` (tensors, or zero-argument functions computing them) for the batch `y_pred`."""
-        self._y_pred, self._values = y_pred, values
+        self._entries = [*self._entries[1 - _MEMO_ENTRIES:], (y_pred, values)]
 
     def get(self, y_pred) -> dict | None:
         """The values kept for exactly this `y_pred` tensor, or None."""
-        return self._values if self._values is not None and self._y_pred is y_pred else None
+        return next((values for kept, values in reversed(self._entries) if kept is y_pred), None)
 
 
 class InBatchLoss(keras.losses.Loss):
@@ -43,12 +47,21 @@ class InBatchLoss(keras.losses.Loss):
     `call` computes the distance matrix and pair masks once, hands them to `batch_loss`, and keeps
     them with the batch's active fraction in `memo` for `ActiveFraction` and the mean-distance
     metrics. Subclasses set `self.distance` and implement `batch_loss`.
+
+    Under a `tf.distribute` strategy with `cross_replica=True` (the default) the loss is that of
+    the global batch: embeddings and labels are all-gathered across replicas and each replica's
+    gradient flows into its own slice only, so one step equals the single-device step on the same
+    global batch (see `reprlearn.replicas`). With `cross_replica=False` each replica mines only its
+    own slice. Either way each replica returns its share (value / replicas), as Keras expects.
     """
 
     distance = "L2"
 
-    def __init__(self, name: str, **kwargs):
+    def __init__(self, name: str, cross_replica: bool = True, **kwargs):
         super().__init__(name=name, **kwargs)
+        if not isinstance(cross_replica, bool):
+            raise ValueError(f"cross_replica must be True or False. Received: cross_replica={cross_replica!r}")
+        self.cross_replica = cross_replica
         self.memo = BatchMemo()
 
     def batch_loss(self, distances, positive, negative) -> tuple[tf.Tensor, Callable[[], tf.Tensor]]:
@@ -56,14 +69,20 @@ class InBatchLoss(keras.losses.Loss):
         raise NotImplementedError
 
     def call(self, y_true, y_pred):
-        distances = pairwise_distance(y_pred, self.distance)
-        positive, negative = pair_masks(y_true)
+        labels, embeddings = global_batch(y_true, y_pred) if self.cross_replica else (y_true, y_pred)
+        distances = pairwise_distance(embeddings, self.distance)
+        positive, negative = pair_masks(labels)
         value, active_fraction = self.batch_loss(distances, positive, negative)
         self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
                        active_fraction=active_fraction)
-        return tf.cast(value, y_pred.dtype)
+        return per_replica_share(tf.cast(value, y_pred.dtype))
 
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
-        """The fraction of mined triplets (or pairs) with a non-zero loss in this batch."""
-        distances = pairwise_distance(tf.cast(y_pred, tf.float32), self.distance)
-        return self.batch_loss(distances, *pair_masks(y_true))[1]()
+        """The fraction of mined triplets (or pairs) with a non-zero loss in this batch (the global batch
+        under a strategy when `cross_replica`)."""
+        labels, embeddings = global_batch(y_true, y_pred) if self.cross_replica else (y_true, y_pred)
+        distances = pairwise_distance(tf.cast(embeddings, tf.float32), self.distance)
+        return self.batch_loss(distances, *pair_masks(labels))[1]()
+
+    def get_config(self):
+        return {**super().get_config(), "cross_replica": self.cross_replica}

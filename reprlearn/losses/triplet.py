@@ -193,7 +193,7 @@ class TripletSemiHardLoss(TripletLoss):
         super().__init__(SemiHardMiner(addons_edge_cases=True), margin, distance_metric, name=name, **kwargs)
 
     def get_config(self):
-        return {**keras.losses.Loss.get_config(self), "margin": self.margin, "distance_metric": self.distance}
+        return {**InBatchLoss.get_config(self), "margin": self.margin, "distance_metric": self.distance}
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -209,5 +209,5 @@ class TripletHardLoss(TripletLoss):
         super().__init__(BatchHardMiner(addons_edge_cases=True), margin, distance_metric, soft, name=name, **kwargs)
 
     def get_config(self):
-        return {**keras.losses.Loss.get_config(self), "margin": self.margin, "soft": self.soft,
+        return {**InBatchLoss.get_config(self), "margin": self.margin, "soft": self.soft,
                 "distance_metric": self.distance}

@@ -8,7 +8,8 @@ Example:
 Each is a batch mean of a per-batch value: `y_true` holds labels and `y_pred` embeddings. Given the
 step's reprlearn loss (`ActiveFraction` always is; the distance metrics take `loss=`), they read the
 distances, masks and mining the loss already computed for the same batch (its `memo`), so a step
-computes the distance matrix once; alone, they compute it themselves.
+computes the distance matrix once; alone, they compute it themselves. Under a `tf.distribute`
+strategy they describe the global batch (all replicas), like the losses.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from reprlearn.distances import Distance, check_metric, pairwise_distance
 from reprlearn.labels import pair_masks
+from reprlearn.replicas import global_batch
 
 
 def mean_pair_distance(labels, embeddings, positive: bool, distance: Distance = "L2") -> tf.Tensor:
@@ -78,7 +80,7 @@ class _MeanPairDistance(keras.metrics.Mean):
         if kept is not None:
             return super().update_state(_masked_mean(kept["distances"],
                                                      kept["positive"] if self.positive else kept["negative"]))
-        return super().update_state(mean_pair_distance(y_true, y_pred, self.positive, self.distance))
+        return super().update_state(mean_pair_distance(*global_batch(y_true, y_pred), self.positive, self.distance))
 
     def get_config(self):
         return {**super().get_config(), "distance": self.distance}

@@ -1,0 +1,52 @@
+"""The global batch under `tf.distribute`: every replica's embeddings and labels, in replica order.
+
+Under `MirroredStrategy` or `MultiWorkerMirroredStrategy` each replica holds only its slice of
+the batch, so a loss that mines inside its slice mines within `batch / replicas` examples
+(tensorflow/tensorflow#47344). `global_batch` all-gathers the slices so that each replica
+evaluates the loss of the whole batch. The gathered copies carry no gradient; only the replica's
+own slice is its live tensor, so replica r's gradient is `∂L/∂e_r`, and the sum over replicas
+(what the optimizer's all-reduce computes) is the single-device gradient of `L` on the global batch.
+
+Keras and `tf.distribute` sum the replicas' loss values and gradients (each replica's value is
+meant to be its share of the global loss). `per_replica_share` returns `L / R` as the value
+while keeping `∂L/∂e_r` as the gradient, so the logged loss is `L` and the step is the
+single-device step.
+
+Example:
+    labels, embeddings = global_batch(labels, embeddings)   # inside strategy.run or model.fit
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def replica_count() -> int:
+    """The number of replicas in sync in the current replica context (1 outside any strategy)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
+
+
+def global_batch(labels: tf.Tensor, embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(labels, embeddings)` of every replica, concatenated in replica order; the inputs when there is one replica.
+
+    Only this replica's slice of the returned embeddings is differentiable (it is `embeddings` itself).
+    Replicas may hold slices of different sizes.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return labels, embeddings
+    local_size = tf.shape(embeddings)[:1]
+    sizes = context.all_gather(local_size, axis=0)
+    start = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
+    gathered = tf.stop_gradient(context.all_gather(embeddings, axis=0))
+    every_embedding = tf.concat([gathered[:start], embeddings, gathered[start + local_size[0]:]], axis=0)
+    return context.all_gather(labels, axis=0), every_embedding
+
+
+def per_replica_share(value: tf.Tensor) -> tf.Tensor:
+    """`value / R` with the gradient of `value`: summed over R replicas, the global loss and its gradient."""
+    replicas = replica_count()
+    if replicas == 1:
+        return value
+    return value + tf.stop_gradient(value / replicas - value)

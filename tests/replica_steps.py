@@ -1,0 +1,83 @@
+"""One training step of each in-batch loss on one device and under MirroredStrategy on two logical CPUs.
+
+Run by tests/test_distributed.py in a fresh interpreter (logical devices must be configured before
+TensorFlow starts). Prints one JSON object: for each loss, the step (new weights − initial weights,
+flattened; SGD, so −learning rate × gradient) on one device and on two replicas with
+`cross_replica` True and False, and the logged loss and training metrics of each.
+
+    python tests/replica_steps.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import tensorflow as tf
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import reprlearn  # noqa: E402
+from reprlearn.losses import InBatchContrastiveLoss, LiftedStructLoss, TripletLoss  # noqa: E402
+from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance  # noqa: E402
+
+LOSSES = {
+    "contrastive": lambda cross: InBatchContrastiveLoss(margin=0.5, cross_replica=cross),
+    "triplet_semihard": lambda cross: TripletLoss("semi-hard", margin=0.5, cross_replica=cross),
+    "triplet_hard": lambda cross: TripletLoss("batch-hard", margin=0.5, cross_replica=cross),
+    "triplet_batch_all": lambda cross: TripletLoss("batch-all", margin=0.5, active_only=True, cross_replica=cross),
+    "lifted_struct": lambda cross: LiftedStructLoss(margin=1.0, cross_replica=cross),
+    "addons_semihard": lambda cross: reprlearn.losses.TripletSemiHardLoss(margin=0.5, cross_replica=cross),
+}
+
+# A P×K batch: 8 classes × 4 examples, classes contiguous, so each replica holds 4 whole classes.
+rng = np.random.default_rng(0)
+LABELS = np.repeat(np.arange(8), 4).astype(np.int32)
+INPUTS = (rng.normal(size=(32, 12)) + LABELS[:, None] * 0.15).astype(np.float32)
+
+
+def tower() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((12,))
+    hidden = keras.layers.Dense(16, activation="tanh")(inputs)
+    outputs = keras.layers.UnitNormalization()(keras.layers.Dense(8)(hidden))
+    return keras.Model(inputs, outputs)
+
+
+def one_step(make_loss, strategy=None) -> tuple[list[np.ndarray], dict]:
+    scope = strategy.scope() if strategy else keras.utils.custom_object_scope({})
+    with scope:
+        model = tower()
+        loss = make_loss()
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss,
+                      metrics=[ActiveFraction(loss), MeanPositiveDistance(loss=loss), MeanNegativeDistance(loss=loss)])
+    history = model.fit(INPUTS, LABELS, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    return model.get_weights(), {name: float(values[-1]) for name, values in history.history.items()}
+
+
+def flat_step(weights, initial) -> list[float]:
+    return np.concatenate([(w - w0).ravel() for w, w0 in zip(weights, initial)]).tolist()
+
+
+def main() -> None:
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    initial = tower().get_weights()
+    results = {"replicas": mirrored.num_replicas_in_sync}
+    for name, make in LOSSES.items():
+        single, single_logs = one_step(lambda: make(True))
+        gathered, gathered_logs = one_step(lambda: make(True), mirrored)
+        local, local_logs = one_step(lambda: make(False), mirrored)
+        results[name] = {
+            "steps": {"single": flat_step(single, initial), "cross_replica": flat_step(gathered, initial),
+                      "local": flat_step(local, initial)},
+            "logs": {"single": single_logs, "cross_replica": gathered_logs, "local": local_logs},
+        }
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
