@@ -11,13 +11,18 @@ from pathlib import Path
 
 def _train(args) -> int:
     from reprlearn.config import load_config
+
+    cfg = load_config(args.config, args.set)  # a bad config fails here, before any worker starts
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.workers is not None:
+        return _train_workers(args, out)
     from reprlearn.training import run_training
 
-    cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
     report = run_training(cfg, out, command=command, verbose=0 if args.quiet else 1, resume=args.resume,
                           force=args.force)
+    if not report:
+        return 0  # a non-chief worker: the chief reports
     metrics = report["metrics"]
     test, raw = metrics["test"], metrics["baseline_raw"]
     if "verification" in metrics:
@@ -33,6 +38,17 @@ def _train(args) -> int:
               f"(PCA {metrics['pca']['map_at_r']:.4f}, raw pixels {raw['map_at_r']:.4f})")
     print(f"Report: {out / 'report.md'}")
     return 0
+
+
+def _train_workers(args, out: Path) -> int:
+    from reprlearn.launch import launch_local_workers
+    from reprlearn.runs import remove_run
+
+    if args.force:  # here, before any worker could read the old run
+        remove_run(out)
+    train_args = [args.config, "--out", str(out), *[f"--set={item}" for item in args.set],
+                  *(["--resume"] if args.resume else []), *(["--quiet"] if args.quiet else [])]
+    return launch_local_workers(train_args, args.workers, out)
 
 
 def _tune(args) -> int:
@@ -97,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out (an error if there is none)")
     train.add_argument("--force", action="store_true", help="delete the run in --out and start over")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="train with N processes on this machine under MultiWorkerMirroredStrategy")
     train.set_defaults(handler=_train)
     tune = commands.add_parser("tune", help="search hyperparameters on a retrieval objective (keras-tuner)")
     tune.add_argument("config", help="YAML config; its search: section is the search space")

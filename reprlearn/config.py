@@ -78,6 +78,8 @@ class LossConfig:
     name: str = "contrastive"  # one of reprlearn.registry.LOSSES
     margin: float = 0.5
     distance: str = "L2"       # L2 | squared-L2 | angular (alias: cosine)
+    # Under a multi-replica strategy: mine the global batch (all replicas) rather than each replica's slice.
+    cross_replica: bool = True
     # triplet_hard only: softplus(D_ap - D_an) instead of the margin hinge.
     soft: bool = False
 
@@ -94,6 +96,9 @@ class TrainConfig:
     jit_compile: bool = False
     batch_size: int = 128  # autoencoder / vae runs: uniformly drawn images per batch
     seed: int = 0
+    # auto | one_device | mirrored | multi_worker (see reprlearn.training.strategy); batch sizes are global.
+    strategy: str = "auto"
+    mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16 (embeddings stay float32)
 
 
 @dataclass
@@ -107,6 +112,8 @@ class EvalConfig:
 
 
 TUNING_OBJECTIVES = ("val_map_at_r", "val_precision_at_1")  # what RetrievalValidation logs every epoch
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass
@@ -138,6 +145,8 @@ CHOICES = {
     "data.protocol": PROTOCOLS,
     "model.kind": ("embedding", "autoencoder", "vae"),
     "train.lr_schedule": ("constant", "cosine"),
+    "train.strategy": STRATEGIES,
+    "train.mixed_precision": PRECISIONS,
     "search.objective": TUNING_OBJECTIVES,
     "model.tower": ("mlp", "conv", "backbone"),
     "model.decoder": ("unpool", "transpose", "upsample"),

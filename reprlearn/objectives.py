@@ -38,7 +38,7 @@ def compile_embedding_model(cfg: Config, tower: keras.Model) -> keras.Model:
 
     In-batch runs also log the active fraction of the loss and the mean positive and negative distances.
     """
-    loss = make_loss(cfg.loss.name, cfg.loss.margin, cfg.loss.distance, cfg.loss.soft)
+    loss = make_loss(cfg.loss.name, cfg.loss.margin, cfg.loss.distance, cfg.loss.soft, cfg.loss.cross_replica)
     if is_pair_loss(cfg):
         model = siamese_pair_model(tower, distance=cfg.loss.distance)
         metrics = [ActiveFraction(loss)]

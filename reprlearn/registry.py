@@ -6,7 +6,7 @@ package lists loss names.
 Example:
     spec = LOSSES["triplet_semihard"]
     spec.batch            # "pk": P classes × K examples per batch
-    loss = spec.build(margin=0.2, distance="L2", soft=False)
+    loss = spec.build(margin=0.2, distance="L2", soft=False, cross_replica=True)
 """
 
 from __future__ import annotations
@@ -29,30 +29,38 @@ class LossSpec:
     soft: bool = False             # accepts `loss.soft`
 
 
+# Every factory takes (margin, distance, soft, cross_replica); a pair loss has no batch to gather.
 LOSSES: dict[str, LossSpec] = {
     # Contrastive loss over every pair of a P×K batch.
     "contrastive": LossSpec(
-        lambda margin, distance, soft: InBatchContrastiveLoss(margin=margin, distance=distance), "pk", METRICS),
+        lambda margin, distance, soft, cross_replica: InBatchContrastiveLoss(
+            margin=margin, distance=distance, cross_replica=cross_replica), "pk", METRICS),
     # Contrastive loss on a Siamese pair model fed balanced pairs.
-    "pair_contrastive": LossSpec(lambda margin, distance, soft: ContrastiveLoss(margin=margin), "pairs", METRICS),
+    "pair_contrastive": LossSpec(
+        lambda margin, distance, soft, cross_replica: ContrastiveLoss(margin=margin), "pairs", METRICS),
     # Triplet loss, FaceNet semi-hard negatives.
     "triplet_semihard": LossSpec(
-        lambda margin, distance, soft: TripletLoss("semi-hard", margin, distance), "pk", METRICS),
+        lambda margin, distance, soft, cross_replica: TripletLoss(
+            "semi-hard", margin, distance, cross_replica=cross_replica), "pk", METRICS),
     # Triplet loss, hardest positive and negative per anchor (soft: softplus instead of the hinge).
     "triplet_hard": LossSpec(
-        lambda margin, distance, soft: TripletLoss("batch-hard", margin, distance, soft=soft), "pk", METRICS,
-        soft=True),
+        lambda margin, distance, soft, cross_replica: TripletLoss(
+            "batch-hard", margin, distance, soft=soft, cross_replica=cross_replica), "pk", METRICS, soft=True),
     # Triplet loss over every triplet, averaged over the active ones.
     "triplet_batch_all": LossSpec(
-        lambda margin, distance, soft: TripletLoss("batch-all", margin, distance, active_only=True), "pk", METRICS),
+        lambda margin, distance, soft, cross_replica: TripletLoss(
+            "batch-all", margin, distance, active_only=True, cross_replica=cross_replica), "pk", METRICS),
     # Lifted structured loss, defined on L2 distances.
-    "lifted_struct": LossSpec(lambda margin, distance, soft: LiftedStructLoss(margin=margin), "pk", ("L2",)),
+    "lifted_struct": LossSpec(
+        lambda margin, distance, soft, cross_replica: LiftedStructLoss(margin=margin, cross_replica=cross_replica),
+        "pk", ("L2",)),
 }
 IN_BATCH_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.batch == "pk")
 
 
-def make_loss(name: str, margin: float, distance: str = "L2", soft: bool = False) -> keras.losses.Loss:
+def make_loss(name: str, margin: float, distance: str = "L2", soft: bool = False,
+              cross_replica: bool = True) -> keras.losses.Loss:
     """The Keras loss a config names; ValueError naming the loss for an unknown name."""
     if name not in LOSSES:
         raise ValueError(f"loss name must be one of {list(LOSSES)}. Received: name={name!r}")
-    return LOSSES[name].build(margin=margin, distance=distance, soft=soft)
+    return LOSSES[name].build(margin=margin, distance=distance, soft=soft, cross_replica=cross_replica)

@@ -12,6 +12,7 @@ A run folder holds:
                        (large image folders) keeps only the sample, and `load_run` reloads the
                        rest from the recorded source and refuses if their fingerprints changed
     checkpoints/       last.keras (weights, optimizer, compile state) and state.json
+                       (written by `reprlearn.training.loop` after each epoch)
     model.keras        the embedding model alone, uncompiled: loads with `import reprlearn`
                        (or Keras alone when it holds only Keras layers)
 
@@ -54,8 +55,16 @@ class RunFolderError(ValueError):
 
 
 def embed(model: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Embeds images (pixels 0-255) with a model, as float32 `[N, d]`."""
-    return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0), np.float32)
+    """Embeds images (pixels 0-255) with a model, as float32 `[N, d]`.
+
+    Calls the model batch by batch rather than `predict`, which under a multi-worker strategy is a
+    collective step that every worker would have to join; this runs on the chief alone.
+    """
+    if len(images) == 0:
+        return np.zeros((0, *model.output_shape[1:]), np.float32)
+    return np.concatenate([keras.ops.convert_to_numpy(model(images[start:start + batch_size].astype(np.float32),
+                                                            training=False)).astype(np.float32)
+                           for start in range(0, len(images), batch_size)])
 
 
 def fingerprint(imageset: ImageSet) -> str:
@@ -102,6 +111,13 @@ def _is_run_folder(out: Path) -> bool:
     return (out / "config.yaml").is_file() or (out / RECORD_FILE).is_file()
 
 
+def remove_run(out_dir: str | Path) -> None:
+    """Deletes the run a folder holds (`--force`); a folder that holds no run is left alone."""
+    out = Path(out_dir)
+    if out.is_dir() and _is_run_folder(out):
+        shutil.rmtree(out)
+
+
 def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool, command: str | None,
              metric: str, kind: str, resume: bool = False, force: bool = False) -> Path:
     """Creates (or checks and re-opens) a run folder and writes its record; returns its path.
@@ -129,20 +145,10 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     record = {"reprlearn_version": reprlearn.__version__, "keras_version": keras.__version__,
               "tensorflow_version": _tensorflow_version(), "python": sys.version.split()[0],
               "command": command, "kind": kind, "metric": metric, "data": data_record(cfg, splits, from_arrays)}
-    if force and out.is_dir() and _is_run_folder(out):
-        shutil.rmtree(out)
+    if force:
+        remove_run(out)
     if out.is_dir() and _is_run_folder(out):
-        stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
-        differences = config_differences(config_to_dict(config_from_dict(stored)), config_to_dict(cfg))
-        old_prints = {name: split.get("fingerprint") for name, split
-                      in _read_json(out / RECORD_FILE).get("data", {}).get("splits", {}).items()}
-        differences += [f"data: the {name} split's arrays differ (fingerprint {old_prints.get(name)} → "
-                        f"{split['fingerprint']})" for name, split in record["data"]["splits"].items()
-                        if old_prints.get(name) != split["fingerprint"]]
-        if differences:
-            raise RunFolderError(
-                f"{out} holds a run made by a different config or data, so it cannot be continued: "
-                + "; ".join(differences) + ". Use another --out, or --force to delete that run and start over")
+        _check_same_run(out, cfg, record["data"])
         return out
     if resume:
         raise RunFolderError(f"--resume: there is no run to continue in {out}. Received: out={str(out)!r}")
@@ -154,7 +160,7 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     staging.mkdir(parents=True)
     save_config(cfg, staging / "config.yaml", command)
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    _write_json_atomic(staging / RECORD_FILE, record)
+    write_json_atomic(staging / RECORD_FILE, record)
     rng = np.random.default_rng(cfg.data.seed)
     sample = rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
     held = {"test_images": splits.test.images, "test_labels": splits.test.labels,
@@ -168,6 +174,39 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     return out
 
 
+def _check_same_run(out: Path, cfg: Config, data: dict) -> None:
+    """RunFolderError listing every key and split where the run in `out` differs from `cfg` and `data`."""
+    stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+    differences = config_differences(config_to_dict(config_from_dict(stored)), config_to_dict(cfg))
+    old_prints = {name: split.get("fingerprint") for name, split
+                  in _read_json(out / RECORD_FILE).get("data", {}).get("splits", {}).items()}
+    differences += [f"data: the {name} split's arrays differ (fingerprint {old_prints.get(name)} → "
+                    f"{split['fingerprint']})" for name, split in data["splits"].items()
+                    if old_prints.get(name) != split["fingerprint"]]
+    if differences:
+        raise RunFolderError(
+            f"{out} holds a run made by a different config or data, so it cannot be continued: "
+            + "; ".join(differences) + ". Use another --out, or --force to delete that run and start over")
+
+
+def wait_for_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool,
+                 timeout_s: float = 600.0) -> Path:
+    """The read-only `open_run` of a non-chief worker: waits for the chief to open the folder, then checks it.
+
+    Raises:
+        RunFolderError: no run folder after `timeout_s`, or one made by another config or data.
+    """
+    out = Path(out_dir)
+    deadline = time.monotonic() + timeout_s
+    while not (out / RECORD_FILE).is_file():
+        if time.monotonic() > deadline:
+            raise RunFolderError(f"the chief worker opened no run in {out} within {timeout_s:.0f} s. "
+                                 f"Received: out={str(out)!r}")
+        time.sleep(0.2)
+    _check_same_run(out, cfg, data_record(cfg, splits, from_arrays))
+    return out
+
+
 def _tensorflow_version() -> str:
     import tensorflow as tf
     return tf.__version__
@@ -177,7 +216,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
@@ -237,40 +276,25 @@ def _reload_evaluation(config: Config, record: dict, path: Path) -> dict:
 
 def inference_copy(model: keras.Model) -> keras.Model:
     """The same layers and weights as a new, uncompiled Functional model: no loss, metrics or optimizer."""
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    # A single input stays a single tensor (not a one-element list), so `model(images)` matches its structure.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    return keras.Model(inputs, outputs, name=model.name)
 
 
-def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray) -> float:
-    """Saves `model` uncompiled and proves the file reloads to identical outputs on `probe`; returns 0.0.
+def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray) -> keras.Model:
+    """Saves `model` uncompiled, proves the file reloads to identical outputs on `probe`, and returns the reload.
 
-    The cross-process check (a fresh interpreter that imports only keras and reprlearn) is in the tests.
+    The reloaded model lives outside any `tf.distribute` strategy, so the chief of a multi-worker run
+    can evaluate it alone. The cross-process check (a fresh interpreter that imports only keras and
+    reprlearn) is in the tests.
     """
     inference_copy(model).save(path)
-    reload_diff = float(np.max(np.abs(embed(keras.saving.load_model(path), probe) - embed(model, probe))))
+    reloaded = keras.saving.load_model(path)
+    reload_diff = float(np.max(np.abs(embed(reloaded, probe) - embed(model, probe))))
     if reload_diff != 0.0:
         raise RuntimeError(f"{path.name} reloads to different outputs (max abs diff {reload_diff})")
-    return reload_diff
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model (weights and optimizer) after every epoch, atomically.
-
-    `state.json` records the number of finished epochs; it is written after the model file
-    is renamed into place, so a kill at any moment leaves a consistent pair.
-    """
-
-    def __init__(self, directory: Path):
-        super().__init__()
-        self.directory = directory
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / "last.tmp.keras"
-        self.model.save(tmp)
-        os.replace(tmp, self.directory / "last.keras")
-        history = read_checkpoint_state(self.directory).get("history", [])
-        history.append({k: float(v) for k, v in (logs or {}).items()})
-        _write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history})
+    return reloaded
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -301,38 +325,6 @@ def progress(verbose: int, epochs: int) -> tuple[int, list[keras.callbacks.Callb
 def read_checkpoint_state(directory: Path) -> dict:
     path = directory / "state.json"
     return json.loads(path.read_text()) if path.is_file() and (directory / "last.keras").is_file() else {}
-
-
-def resume_or_build(out: Path, build, cfg: Config, verbose: int) -> tuple[keras.Model, int]:
-    """The checkpoint of an interrupted run (weights and optimizer state) and its finished epochs, or `build()`."""
-    checkpoints = out / CHECKPOINTS
-    epochs_done = int(read_checkpoint_state(checkpoints).get("epochs_done", 0))
-    if not epochs_done:
-        return build(), 0
-    if verbose:
-        print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
-    return keras.saving.load_model(checkpoints / "last.keras"), epochs_done
-
-
-def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
-                  validation: keras.callbacks.Callback | None, callbacks: list[keras.callbacks.Callback] | None,
-                  verbose: int) -> tuple[float, list[dict]]:
-    """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (seconds, full history).
-
-    `validation` runs first, so the checkpoint's history, TensorBoard and the progress line see the
-    metrics it logs; `callbacks` (the caller's) run last. The dataset is keyed by step, so a resumed
-    run sees exactly the batches it would have seen.
-    """
-    checkpoints = out / CHECKPOINTS
-    keras_verbose, progress_callbacks = progress(verbose, cfg.train.epochs)
-    callbacks = [*([validation] if validation else []), EpochCheckpoint(checkpoints),
-                 keras.callbacks.TensorBoard(log_dir=str(out / "logs")), *progress_callbacks, *(callbacks or [])]
-    started = time.perf_counter()
-    if epochs_done < cfg.train.epochs:
-        model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
-                  steps_per_epoch=cfg.train.steps_per_epoch, callbacks=callbacks, verbose=keras_verbose,
-                  shuffle=False)
-    return time.perf_counter() - started, read_checkpoint_state(checkpoints).get("history", [])
 
 
 def run_summary(cfg: Config, out: Path, epochs_done: int, seconds: float, history: list[dict], batch: int) -> dict:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +51,93 @@ def test_without_cross_replica_each_replica_mines_its_own_slice(replica_steps, n
     assert np.abs(local - single).max() > 1e-3
     assert logs["local"]["mean_negative_distance"] != pytest.approx(logs["single"]["mean_negative_distance"],
                                                                     rel=1e-5)
+
+
+# ---- Multi-worker: `reprlearn train --workers 2` on 127.0.0.1 against one process ----------------------------
+
+MULTI_WORKER_CONFIG = """\
+data: {name: digits}
+model: {tower: mlp, hidden: [32], embedding_dim: 16}
+loss: {name: triplet_semihard, margin: 0.2}
+train: {epochs: 3, steps_per_epoch: STEPS, classes_per_batch: 4, examples_per_class: 8}
+eval: {verification_pairs: 300, projection: pca, projection_points: 100, projector_points: 50}
+"""
+REPRLEARN = [sys.executable, "-m", "reprlearn.cli", "train"]
+
+
+def _config(tmp_path, steps: int) -> Path:
+    path = tmp_path / f"mw{steps}.yaml"
+    path.write_text(MULTI_WORKER_CONFIG.replace("STEPS", str(steps)))
+    return path
+
+
+def _train(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([*REPRLEARN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def _weights(run) -> list[np.ndarray]:
+    import keras
+    import reprlearn  # noqa: F401  (registers the layers model.keras holds)
+    return keras.saving.load_model(run / "model.keras").get_weights()
+
+
+def _epochs_done(run) -> int:
+    state = run / "checkpoints" / "state.json"
+    try:
+        return json.loads(state.read_text())["epochs_done"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory):
+    """The same configs trained in one process: what the workers must reproduce."""
+    root = tmp_path_factory.mktemp("one_process")
+    for steps in (5, 60):
+        done = _train(_config(root, steps), "--out", root / f"steps{steps}", "--quiet")
+        assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path, one_process_runs):
+    run = tmp_path / "mw"
+    done = _train(_config(tmp_path, 5), "--out", run, "--workers", 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for got, want in zip(_weights(run), _weights(one_process_runs / "steps5")):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    report = json.loads((run / "report.json").read_text())
+    assert report["config"]["train"]["strategy"] == "multi_worker"
+    # One writer: one TensorBoard event file per folder, one history entry per epoch, one progress stream.
+    for folder in ("train", "validation"):
+        events = list((run / "logs" / folder).glob("events.out.tfevents.*"))
+        assert len(events) <= 1, events
+    assert len(list((run / "logs" / "train").glob("events.out.tfevents.*"))) == 1
+    assert len(report["train"]["history"]) == 3
+    assert done.stdout.count("epoch 1/3") == 1
+
+
+def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path, one_process_runs):
+    run, config = tmp_path / "mw", _config(tmp_path, 60)
+    launcher = subprocess.Popen([*REPRLEARN, str(config), "--out", str(run), "--workers", "2", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _epochs_done(run) < 1 and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        assert len(children) == 2 and _epochs_done(run) == 1, (children, _epochs_done(run))
+        os.kill(int(children[1]), signal.SIGKILL)  # worker 1, not the chief
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    assert "worker 1 exited" in stderr and "run the same command to resume" in stderr
+    assert 1 <= _epochs_done(run) < 3
+
+    resumed = _train(config, "--out", run, "--workers", 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout
+    # The resumed job ends where an uninterrupted single process ends.
+    for got, want in zip(_weights(run), _weights(one_process_runs / "steps60")):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

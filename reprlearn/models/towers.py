@@ -38,9 +38,10 @@ def _check_embedding_dim(embedding_dim) -> int:
 
 
 def _embedding_head(x, embedding_dim: int, l2_normalize: bool):
-    x = keras.layers.Dense(embedding_dim, name="embedding_dense")(x)
+    # float32 whatever the dtype policy: under mixed precision the embedding (and the loss) stay float32.
+    x = keras.layers.Dense(embedding_dim, name="embedding_dense", dtype="float32")(x)
     if l2_normalize:
-        x = keras.layers.UnitNormalization(name="l2_normalize")(x)
+        x = keras.layers.UnitNormalization(name="l2_normalize", dtype="float32")(x)
     return x
 
 

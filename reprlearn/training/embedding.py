@@ -13,6 +13,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
@@ -22,7 +23,9 @@ from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metr
 from reprlearn.metrics.verification import best_threshold
 from reprlearn.models import build_tower
 from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model, is_pair_loss
-from reprlearn.runs import (embed, fit_resumable, resume_or_build, run_summary, save_and_check_reload)
+from reprlearn.runs import embed, run_summary, save_and_check_reload
+from reprlearn.training.loop import fit_resumable, resume_or_build
+from reprlearn.training.strategy import is_chief
 
 
 def training_batches(cfg: Config, train: ImageSet, start_step: int):
@@ -88,28 +91,34 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
 
 
 def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
-                  callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+                  callbacks: list[keras.callbacks.Callback] | None = None,
+                  strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains, evaluates and reports an embedding run in an opened run folder (see `reprlearn.training`)."""
     from reprlearn.report import write_report  # plotting stays out of the import path of library users
 
-    # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state).
+    # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state),
+    # made under the strategy; batches are global batches, split over the replicas by the loop.
+    strategy = strategy or tf.distribute.get_strategy()
     model, epochs_done = resume_or_build(out, lambda: compile_embedding_model(cfg, build_tower(
-        cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)), cfg, verbose)
+        cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)), cfg, strategy, verbose)
     tower = model.get_layer(TOWER_NAME) if is_pair_loss(cfg) else model
     dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
     validation = RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance)
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose,
+                                     strategy)
+    if not is_chief(strategy):
+        return {}
 
-    # Save the embedding model (uncompiled) and prove it reloads to identical embeddings.
-    reload_diff = save_and_check_reload(tower, out / "model.keras", splits.test.images[:256])
-    if model is not tower:
+    # Save the embedding model (uncompiled) and prove it reloads to identical embeddings; evaluate that file.
+    tower = save_and_check_reload(tower, out / "model.keras", splits.test.images[:256])
+    if is_pair_loss(cfg):
         model.save(out / "pair_model.keras")
 
     # Evaluate and report.
     evaluation = evaluate(cfg, tower, splits)
     report = {**run_summary(cfg, out, epochs_done, seconds, history, batch_size(cfg)),
               "model": {"tower": cfg.model.tower, "embedding_dim": cfg.model.embedding_dim,
-                        "parameters": int(tower.count_params()), "reload_max_abs_diff": reload_diff},
+                        "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0},
               "metrics": evaluation["metrics"]}
     write_report(report, out, splits, evaluation, cfg)
     return report

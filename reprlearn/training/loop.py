@@ -1,0 +1,165 @@
+"""The training loop under a `tf.distribute` strategy, with per-epoch checkpoints and resumption.
+
+One device and `MirroredStrategy` train with Keras' own `model.fit`. Under
+`MultiWorkerMirroredStrategy`, Keras 3's `fit` fails on the versions pinned here
+(keras-team/keras#20585: "Attempt to convert a value (PerReplica ...) to a Tensor"), so
+`fit_custom_loop` runs the model's own `train_step` under `strategy.run`, with the same
+callbacks, so the checkpoints, logs, history and report are those of `fit`. Only the chief runs
+the callbacks that write (checkpoints, TensorBoard, progress); every worker trains.
+
+Example:
+    model, epochs_done = resume_or_build(out, build, cfg, strategy, verbose=1)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, None, None, 1, strategy)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from reprlearn.config import Config
+from reprlearn.runs import CHECKPOINTS, progress, read_checkpoint_state, write_json_atomic
+from reprlearn.training.strategy import dtype_policy, is_chief, is_multi_worker
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights and optimizer) after every epoch, atomically.
+
+    `state.json` records the number of finished epochs; it is written after the model file
+    is renamed into place, so a kill at any moment leaves a consistent pair.
+    """
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "last.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.directory / "last.keras")
+        history = read_checkpoint_state(self.directory).get("history", [])
+        history.append({k: float(v) for k, v in (logs or {}).items()})
+        write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history})
+
+
+def resume_or_build(out: Path, build, cfg: Config, strategy: tf.distribute.Strategy,
+                    verbose: int) -> tuple[keras.Model, int]:
+    """The checkpoint of an interrupted run (weights and optimizer state) and its finished epochs, or `build()`.
+
+    The model is made under `strategy` and the run's dtype policy. A checkpoint's weights and
+    optimizer state are loaded into a freshly built and compiled model, so the loss and its metrics
+    are wired as `build` wires them (the metrics read the loss's distance matrix; a reloaded compile
+    config would give each metric its own copy of the loss). In a multi-worker run every worker
+    reads the same checkpoint, and the workers check that they agree on the epochs done.
+    """
+    checkpoints = out / CHECKPOINTS
+    epochs_done = int(read_checkpoint_state(checkpoints).get("epochs_done", 0))
+    with strategy.scope(), dtype_policy(cfg.train.mixed_precision):
+        model = build()
+        if epochs_done:
+            if verbose and is_chief(strategy):
+                print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(checkpoints / "last.keras")
+    if is_multi_worker(strategy):
+        _check_workers_agree(strategy, epochs_done)
+    return model, epochs_done
+
+
+def _check_workers_agree(strategy: tf.distribute.Strategy, epochs_done: int) -> None:
+    every = strategy.gather(strategy.run(lambda: tf.constant([epochs_done])), axis=0).numpy()
+    if every.min() != every.max():
+        raise RuntimeError(f"the workers found different checkpoints ({every.min()} to {every.max()} epochs done): "
+                           "they must share the run folder; restart the job")
+
+
+def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
+                  validation: keras.callbacks.Callback | None, callbacks: list[keras.callbacks.Callback] | None,
+                  verbose: int, strategy: tf.distribute.Strategy) -> tuple[float, list[dict]]:
+    """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (seconds, full history).
+
+    `validation` runs first, so the checkpoint's history, TensorBoard and the progress line see the
+    metrics it logs; `callbacks` (the caller's) run last. The dataset yields global batches keyed by
+    step, so a resumed run sees exactly the batches it would have seen.
+    """
+    checkpoints = out / CHECKPOINTS
+    chief = is_chief(strategy)
+    keras_verbose, progress_callbacks = progress(verbose if chief else 0, cfg.train.epochs)
+    writers = [*([validation] if validation else []), EpochCheckpoint(checkpoints),
+               keras.callbacks.TensorBoard(log_dir=str(out / "logs")), *progress_callbacks, *(callbacks or [])]
+    started = time.perf_counter()
+    if epochs_done < cfg.train.epochs:
+        if is_multi_worker(strategy):
+            fit_custom_loop(model, dataset, strategy, cfg.train.epochs, epochs_done, cfg.train.steps_per_epoch,
+                            writers if chief else [])
+        else:
+            model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
+                      steps_per_epoch=cfg.train.steps_per_epoch, callbacks=writers, verbose=keras_verbose,
+                      shuffle=False)
+    return time.perf_counter() - started, read_checkpoint_state(checkpoints).get("history", [])
+
+
+def replica_slices(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
+    """Distributes a dataset of global batches: replica r of R gets rows `[r·B/R, (r+1)·B/R)` of each batch.
+
+    Worker w builds only its own rows; its local replicas take consecutive slices of them, in the
+    replica order `reprlearn.replicas.global_batch` concatenates.
+    """
+    def worker_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        workers, worker = context.num_input_pipelines, context.input_pipeline_id
+        local_replicas = context.num_replicas_in_sync // workers
+
+        def own_rows(*batch):
+            def rows(tensor):
+                per_worker = tf.shape(tensor)[0] // workers
+                return tensor[worker * per_worker:(worker + 1) * per_worker]
+            return tf.nest.map_structure(rows, batch)
+
+        def per_replica(*batch):
+            def split(tensor):
+                size = tf.shape(tensor)[0] // local_replicas
+                return tf.reshape(tensor, tf.concat([[local_replicas, size], tf.shape(tensor)[1:]], 0))
+            return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, batch))
+
+        return dataset.map(own_rows).flat_map(per_replica)
+
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    return strategy.distribute_datasets_from_function(worker_batches, options)
+
+
+def fit_custom_loop(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, epochs: int,
+                    initial_epoch: int, steps_per_epoch: int, callbacks: list[keras.callbacks.Callback]) -> None:
+    """`model.fit` for a compiled model under `strategy`, written out: `train_step` per replica, callbacks per epoch.
+
+    Every process of the strategy calls it (the metric reads at the end of each epoch are collective);
+    pass the writing callbacks to the chief only.
+    """
+    iterator = iter(replica_slices(dataset, strategy))
+    with strategy.scope():
+        # Keras makes the optimizer's and the metrics' variables on the first batch; here they are made
+        # before the step is traced, in the strategy's scope, from one local batch.
+        images, labels = next(iter(dataset))
+        predictions = model(images, training=False)
+        model.compute_loss(images, labels, predictions)
+        model.compute_metrics(images, labels, predictions, sample_weight=None)
+        model.optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def train_steps(iterator):
+        strategy.run(model.train_step, args=(next(iterator),))
+
+    callback_list = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, steps=steps_per_epoch)
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        for _ in range(steps_per_epoch):
+            train_steps(iterator)
+        logs = {name: float(value) for name, value in model.get_metrics_result().items()}
+        callback_list.on_epoch_end(epoch, logs)
+    callback_list.on_train_end()
