@@ -5,7 +5,10 @@ TensorFlow starts). Prints one JSON object: for each loss, the step (new weights
 flattened; SGD, so −learning rate × gradient) on one device and on two replicas with
 `cross_replica` True and False, and the logged loss and training metrics of each.
 
-    python tests/replica_steps.py
+    python tests/replica_steps.py RUNS_DIR
+
+It also trains one small run with `reprlearn.training.run_training` under `train.strategy`
+one_device and mirrored into RUNS_DIR, and reports how far their final weights differ.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np  # noqa: E402
 import reprlearn  # noqa: E402
 from reprlearn.losses import InBatchContrastiveLoss, LiftedStructLoss, TripletLoss  # noqa: E402
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance  # noqa: E402
+from reprlearn.training.strategy import make_strategy  # noqa: E402
 
 LOSSES = {
     "contrastive": lambda cross: InBatchContrastiveLoss(margin=0.5, cross_replica=cross),
@@ -63,8 +67,31 @@ def flat_step(weights, initial) -> list[float]:
     return np.concatenate([(w - w0).ravel() for w, w0 in zip(weights, initial)]).tolist()
 
 
+def whole_runs(root: str) -> dict:
+    """`run_training` with `train.strategy` one_device and mirrored (two logical CPUs) on the same config."""
+    from reprlearn.config import config_from_dict
+    from reprlearn.training import run_training
+
+    reports, weights = {}, {}
+    for strategy in ("one_device", "mirrored"):
+        cfg = config_from_dict({
+            "data": {"name": "digits"}, "model": {"tower": "mlp", "hidden": [32], "embedding_dim": 16},
+            "loss": {"name": "triplet_semihard", "margin": 0.2},
+            "train": {"epochs": 2, "steps_per_epoch": 5, "classes_per_batch": 4, "examples_per_class": 8,
+                      "strategy": strategy},
+            "eval": {"verification_pairs": 300, "projection": "pca", "projection_points": 100,
+                     "projector_points": 50}})
+        reports[strategy] = run_training(cfg, f"{root}/{strategy}", verbose=0)
+        weights[strategy] = keras.saving.load_model(f"{root}/{strategy}/model.keras").get_weights()
+    return {"max_weight_difference": max(float(np.max(np.abs(a - b)))
+                                         for a, b in zip(weights["one_device"], weights["mirrored"])),
+            "map_at_r": {name: report["metrics"]["test"]["map_at_r"] for name, report in reports.items()},
+            "loss": {name: report["train"]["history"][-1]["loss"] for name, report in reports.items()}}
+
+
 def main() -> None:
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # The strategy `train.strategy: mirrored` uses (one per process: see make_strategy).
+    mirrored = make_strategy("mirrored")
     initial = tower().get_weights()
     results = {"replicas": mirrored.num_replicas_in_sync}
     for name, make in LOSSES.items():
@@ -76,6 +103,7 @@ def main() -> None:
                       "local": flat_step(local, initial)},
             "logs": {"single": single_logs, "cross_replica": gathered_logs, "local": local_logs},
         }
+    results["whole_runs"] = whole_runs(sys.argv[1])
     json.dump(results, sys.stdout)
 
 

@@ -19,10 +19,11 @@ ROUNDING = 1e-7
 
 
 @pytest.fixture(scope="module")
-def replica_steps() -> dict:
+def replica_steps(tmp_path_factory) -> dict:
     """One `model.fit` step per loss on one device and on two logical CPUs, from a fresh interpreter."""
-    done = subprocess.run([sys.executable, str(HERE / "replica_steps.py")], capture_output=True, text=True,
-                          timeout=300)
+    root = tmp_path_factory.mktemp("strategies")
+    done = subprocess.run([sys.executable, str(HERE / "replica_steps.py"), str(root)], capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -51,6 +52,72 @@ def test_without_cross_replica_each_replica_mines_its_own_slice(replica_steps, n
     assert np.abs(local - single).max() > 1e-3
     assert logs["local"]["mean_negative_distance"] != pytest.approx(logs["single"]["mean_negative_distance"],
                                                                     rel=1e-5)
+
+
+def test_a_mirrored_run_trains_like_a_one_device_run(replica_steps):
+    runs = replica_steps["whole_runs"]
+    assert runs["max_weight_difference"] < 1e-5
+    assert runs["map_at_r"]["mirrored"] == pytest.approx(runs["map_at_r"]["one_device"], abs=1e-4)
+    assert runs["loss"]["mirrored"] == pytest.approx(runs["loss"]["one_device"], rel=1e-5)
+
+
+def test_a_global_batch_that_does_not_split_into_whole_classes_is_refused():
+    from reprlearn.training.strategy import check_global_batch
+
+    check_global_batch(64, 8, 2)
+    with pytest.raises(ValueError, match=r"multiple of the 2 replicas.*Received: train.classes_per_batch=3"):
+        check_global_batch(48, 3, 2)
+    with pytest.raises(ValueError, match="Received: a batch of 33"):
+        check_global_batch(33, None, 2)
+
+
+def test_multi_worker_without_tf_config_is_refused(monkeypatch):
+    from reprlearn.training.strategy import make_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        make_strategy("multi_worker")
+
+
+def test_launching_one_worker_is_refused(tmp_path, digits_config):
+    done = _train(digits_config, "--out", tmp_path / "run", "--workers", 1)
+    assert done.returncode == 2 and "--workers must be >= 2" in done.stderr and "Received: --workers=1" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ---- Mixed precision -------------------------------------------------------------------------------------
+
+PRECISION_RUNS = {
+    "embedding": {"data": {"name": "digits"}, "model": {"tower": "conv", "filters": [8], "dense": 32,
+                                                        "embedding_dim": 16},
+                  "loss": {"name": "triplet_semihard", "margin": 0.5},
+                  "train": {"epochs": 1, "steps_per_epoch": 3, "classes_per_batch": 4, "examples_per_class": 8}},
+    "vae": {"data": {"name": "digits"}, "model": {"kind": "vae", "tower": "conv", "filters": [8], "code_dim": 4},
+            "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 32}},
+}
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("kind", list(PRECISION_RUNS))
+def test_mixed_precision_runs_finish_with_finite_losses_and_float32_outputs(tmp_path, kind, policy):
+    import keras
+
+    from reprlearn.config import config_from_dict
+    from reprlearn.training import run_training
+
+    raw = PRECISION_RUNS[kind]
+    cfg = config_from_dict({**raw, "train": {**raw["train"], "mixed_precision": policy},
+                            "eval": {"verification_pairs": 300, "projection": "pca", "projection_points": 100,
+                                     "projector_points": 50}})
+    report = run_training(cfg, tmp_path / "run", verbose=0)
+    loss = report["train"]["history"][-1]["loss"]
+    assert np.isfinite(loss) and loss > 0
+    assert keras.config.dtype_policy().name == "float32"  # the caller's policy is restored
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert {layer.dtype_policy.name for layer in model.layers if layer.weights} >= {policy}
+    embeddings = model(np.zeros((2, *model.input_shape[1:]), np.float32))
+    assert embeddings.dtype == "float32"
+    assert (tmp_path / "run" / "report.md").is_file()
 
 
 # ---- Multi-worker: `reprlearn train --workers 2` on 127.0.0.1 against one process ----------------------------

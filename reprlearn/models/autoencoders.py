@@ -55,11 +55,11 @@ def dense_autoencoder(input_shape: Sequence[int], hidden: Sequence[int] = (256,)
     if linear:
         hidden, activation = (), None
     down = [keras.layers.Dense(width, activation=activation, name=f"enc_dense_{i}") for i, width in enumerate(hidden)]
-    to_code = keras.layers.Dense(code_dim, name="code")
+    to_code = keras.layers.Dense(code_dim, name="code", dtype="float32")
     up = [keras.layers.Dense(width, activation=activation, name=f"dec_dense_{i}")
           for i, width in enumerate(reversed(hidden))]
-    to_pixels = keras.layers.Dense(size, activation=None if linear else "sigmoid", name="pixels")
-    reshape = keras.layers.Reshape(input_shape, name="image")
+    to_pixels = keras.layers.Dense(size, activation=None if linear else "sigmoid", name="pixels", dtype="float32")
+    reshape = keras.layers.Reshape(input_shape, name="image", dtype="float32")
 
     images = keras.Input(input_shape, name="images")
     x = keras.layers.Flatten()(keras.layers.Rescaling(1.0 / 255.0)(images))
@@ -118,7 +118,7 @@ def conv_autoencoder(input_shape: Sequence[int], filters: Sequence[int] = (32, 6
     for _ in filters:
         sizes.append(tuple(-(-s // 2) for s in sizes[-1]))
     bottom = (*sizes[-1], filters[-1])
-    to_code = keras.layers.Dense(code_dim, name="code")
+    to_code = keras.layers.Dense(code_dim, name="code", dtype="float32")
     from_code = keras.layers.Dense(int(np.prod(bottom)), activation="relu", name="dec_dense")
     unshape = keras.layers.Reshape(bottom, name="dec_reshape")
     widths = list(reversed(filters[:-1])) + [filters[0]]
@@ -134,7 +134,8 @@ def conv_autoencoder(input_shape: Sequence[int], filters: Sequence[int] = (32, 6
         else:
             ups.append(keras.layers.UpSampling2D(2, name=f"dec_up_{i}"))
             dec_convs.append(keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"dec_conv_{i}"))
-    to_pixels = keras.layers.Conv2D(input_shape[2], 3, padding="same", activation="sigmoid", name="pixels")
+    to_pixels = keras.layers.Conv2D(input_shape[2], 3, padding="same", activation="sigmoid", name="pixels",
+                                  dtype="float32")
 
     images = keras.Input(input_shape, name="images")
     x = keras.layers.Rescaling(1.0 / 255.0)(images)

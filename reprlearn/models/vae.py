@@ -86,8 +86,9 @@ class VAE(keras.Model):
             x = keras.layers.Flatten()(x)
             for width in self.hidden:
                 x = keras.layers.Dense(width, activation="relu")(x)
-        mean = keras.layers.Dense(self.latent_dim, name="mean")(x)
-        logvar = keras.layers.Dense(self.latent_dim, name="logvar")(x)
+        # The posterior and the likelihood stay float32 under mixed precision (exp, sums over pixels).
+        mean = keras.layers.Dense(self.latent_dim, name="mean", dtype="float32")(x)
+        logvar = keras.layers.Dense(self.latent_dim, name="logvar", dtype="float32")(x)
         return keras.Model(images, [mean, logvar], name="encoder")
 
     def _build_decoder(self) -> keras.Model:
@@ -98,12 +99,13 @@ class VAE(keras.Model):
             y = keras.layers.Reshape(bottom)(keras.layers.Dense(int(np.prod(bottom)), activation="relu")(z))
             for f in reversed(self.filters):
                 y = keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu")(y)
-            logits = keras.layers.Conv2D(self.image_shape[2], 3, padding="same", name="logits")(y)
+            logits = keras.layers.Conv2D(self.image_shape[2], 3, padding="same", name="logits", dtype="float32")(y)
         else:
             y = z
             for width in reversed(self.hidden):
                 y = keras.layers.Dense(width, activation="relu")(y)
-            logits = keras.layers.Reshape(self.image_shape)(keras.layers.Dense(int(np.prod(self.image_shape)))(y))
+            logits = keras.layers.Reshape(self.image_shape, dtype="float32")(
+                keras.layers.Dense(int(np.prod(self.image_shape)), dtype="float32")(y))
         return keras.Model(z, logits, name="decoder")
 
     # ---- the model's parts, usable on their own ----
@@ -200,7 +202,8 @@ class VAE(keras.Model):
         with tf.GradientTape() as tape:
             reconstruction, kl = self.elbo_terms(self._images(data), training=True)
             loss = self._update(reconstruction, kl)
-        grads = tape.gradient(loss, self.trainable_weights)
+            scaled = self.optimizer.scale_loss(loss)  # mixed_float16: the loss-scale optimizer's scaling
+        grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return {m.name: m.result() for m in self.metrics}
 

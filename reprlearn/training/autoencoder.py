@@ -104,7 +104,7 @@ def run_autoencoder(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     save_and_check_reload(code_model(model), out / "model.keras", splits.test.images[:256])
     whole = out / ("vae.keras" if isinstance(model, VAE) else "autoencoder.keras")
     model.save(whole)
-    model = keras.saving.load_model(whole)  # evaluate the file users load, outside any strategy
+    model = keras.saving.load_model(whole, compile=False)  # evaluate the file users load, outside any strategy
 
     evaluation = evaluate_autoencoder(cfg, model, splits)
     report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.batch_size),

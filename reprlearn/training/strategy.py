@@ -1,4 +1,4 @@
-"""Where a run trains: the `tf.distribute` strategy `train.strategy` names, and the dtype policy of `train.mixed_precision`.
+"""Where a run trains: the `tf.distribute` strategy of `train.strategy`, the dtype policy of `train.mixed_precision`.
 
     auto          MirroredStrategy over the visible GPUs when there are two or more, else one device
     one_device    one GPU if there is one, else the CPU
@@ -30,9 +30,22 @@ from reprlearn.config import PRECISIONS, STRATEGIES
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The strategy `train.strategy` names (see the module docstring); ValueError for an unknown name."""
+    """The strategy `train.strategy` names (see the module docstring); ValueError for an unknown name.
+
+    One strategy of each name per process, reused by later runs: two mirrored strategies over the
+    same devices would hand out the same collective-op keys and mix up each other's all-gathers.
+    """
     if name not in STRATEGIES:
         raise ValueError(f"train.strategy must be one of {list(STRATEGIES)}. Received: train.strategy={name!r}")
+    if name not in _STRATEGIES:
+        _STRATEGIES[name] = _new_strategy(name)
+    return _STRATEGIES[name]
+
+
+_STRATEGIES: dict[str, tf.distribute.Strategy] = {}
+
+
+def _new_strategy(name: str) -> tf.distribute.Strategy:
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("train.strategy='multi_worker' needs the TF_CONFIG environment variable describing the "
