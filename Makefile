@@ -14,6 +14,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# tensorflow-cpu (required before 0.3) and tensorflow share one package folder: keep only tensorflow.
+	$(PY) -m pip uninstall -q -y tensorflow-cpu 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -1,9 +1,12 @@
 """Imports TensorFlow and Keras with TensorFlow's start-up notices silenced.
 
 TensorFlow 2.21 writes four lines to stderr at import (oneDNN and CPU-feature notices, printed
-before its logging is configured, whatever `TF_CPP_MIN_LOG_LEVEL` says). They drown the one-line
-errors of `reprlearn` commands and lengthen every log, so they are hidden while TensorFlow loads.
-`TF_CPP_MIN_LOG_LEVEL=0` (set by you before the import) keeps them.
+before its logging is configured, whatever `TF_CPP_MIN_LOG_LEVEL` says), and on a machine without
+an NVIDIA driver its CUDA-enabled wheel logs a failed `cuInit` the first time it looks for GPUs.
+They drown the one-line errors of `reprlearn` commands and lengthen every log, so they are hidden
+while TensorFlow loads and looks for GPUs once (which does not yet start its runtime, so a
+multi-worker strategy can still be made). `TF_CPP_MIN_LOG_LEVEL=0` (set by you before the import)
+keeps them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ def import_tensorflow_quietly() -> None:
     os.dup2(devnull, 2)
     try:
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        tensorflow.config.list_physical_devices("GPU")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

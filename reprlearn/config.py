@@ -96,7 +96,7 @@ class TrainConfig:
     jit_compile: bool = False
     batch_size: int = 128  # autoencoder / vae runs: uniformly drawn images per batch
     seed: int = 0
-    # auto | one_device | mirrored | multi_worker (see reprlearn.training.strategy); batch sizes are global.
+    # auto | one_device | mirrored | multi_worker (see reprlearn.strategies); batch sizes are global.
     strategy: str = "auto"
     mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16 (embeddings stay float32)
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -22,6 +23,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_launcher() -> None:
+    """In a worker, before it starts: Linux sends it SIGTERM when the launcher dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -61,16 +70,18 @@ def launch_local_workers(train_args: list[str], workers: int, out: Path) -> int:
     if workers < 2:
         raise ValueError(f"--workers must be >= 2 (one process trains without it). Received: --workers={workers}")
     processes, logs = [], []
+    # A stopped launcher stops its workers (which would otherwise wait for each other forever).
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         for index, env in enumerate(worker_environments(workers)):
             command = [sys.executable, "-m", "reprlearn.cli", "train", *train_args,
                        "--set", "train.strategy=multi_worker"]
             if index == 0:
-                processes.append(subprocess.Popen(command, env=env))
+                processes.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_launcher))
             else:  # non-chief workers print nothing unless they fail
                 logs.append(tempfile.TemporaryFile(mode="w+"))
                 processes.append(subprocess.Popen([*command, "--quiet"], env=env, stdout=logs[-1],
-                                                  stderr=subprocess.STDOUT))
+                                                  stderr=subprocess.STDOUT, preexec_fn=_die_with_launcher))
         while True:
             codes = [process.poll() for process in processes]
             failed = [(i, code) for i, code in enumerate(codes) if code not in (None, 0)]
@@ -86,9 +97,8 @@ def launch_local_workers(train_args: list[str], workers: int, out: Path) -> int:
             if all(code == 0 for code in codes):
                 return 0
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        _stop(processes)
-        raise
     finally:
+        _stop(processes)
+        signal.signal(signal.SIGTERM, previous)
         for log in logs:
             log.close()

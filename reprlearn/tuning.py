@@ -35,6 +35,7 @@ from reprlearn.models import build_tower
 from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model
 from reprlearn.registry import LOSSES
 from reprlearn.runs import progress
+from reprlearn.strategies import check_global_batch, check_jit_compile, dtype_policy, make_strategy
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "search"
@@ -53,6 +54,16 @@ def check_search(cfg: Config, splits: Splits) -> None:
     if too_many:
         raise ConfigError(f"config: search.classes_per_batch exceeds the {classes} training classes. "
                           f"Received: search.classes_per_batch={cfg.search.classes_per_batch or too_many}")
+    if cfg.train.strategy == "multi_worker":
+        raise ConfigError("config: reprlearn tune runs each trial in one process (one_device or mirrored); to "
+                          "spread a search over processes or hosts use keras-tuner's chief/worker mode "
+                          "(tuner/launch_distributed.sh). Received: train.strategy='multi_worker'")
+    strategy = make_strategy(cfg.train.strategy)
+    check_jit_compile(cfg.train.jit_compile, strategy)
+    replicas = strategy.num_replicas_in_sync
+    for p in cfg.search.classes_per_batch or [cfg.train.classes_per_batch]:
+        for k in cfg.search.examples_per_class or [cfg.train.examples_per_class]:
+            check_global_batch(p * k, p, replicas)
 
 
 def trial_config(cfg: Config, values: dict) -> Config:
@@ -106,10 +117,12 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
         return values
 
     def build(self, hp):
+        # keras-tuner calls this inside the scope of the tuner's distribution strategy (train.strategy).
         cfg = trial_config(self.cfg, self.declare(hp))
         keras.utils.set_random_seed(cfg.train.seed)
-        return compile_embedding_model(cfg, build_tower(cfg.model, self.splits.train.images.shape[1:],
-                                                        name=TOWER_NAME))
+        with dtype_policy(cfg.train.mixed_precision):
+            return compile_embedding_model(cfg, build_tower(cfg.model, self.splits.train.images.shape[1:],
+                                                            name=TOWER_NAME))
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         cfg = trial_config(self.cfg, self.declare(hp))
@@ -144,7 +157,8 @@ def make_tuner(cfg: Config, splits: Splits, kind: str, max_trials: int, director
     check_search(cfg, splits)
     common = {"hypermodel": RetrievalHyperModel(cfg, splits, verbose),
               "objective": keras_tuner.Objective(cfg.search.objective, direction="max"),
-              "directory": str(directory), "project_name": PROJECT, "overwrite": False, "seed": cfg.train.seed}
+              "directory": str(directory), "project_name": PROJECT, "overwrite": False, "seed": cfg.train.seed,
+              "distribution_strategy": make_strategy(cfg.train.strategy)}
     if kind == "random":
         return keras_tuner.RandomSearch(max_trials=max_trials, **common)
     if kind == "bayesian":

@@ -14,6 +14,7 @@ one_device and mirrored into RUNS_DIR, and reports how far their final weights d
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import tensorflow as tf
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 import reprlearn  # noqa: E402
 from reprlearn.losses import InBatchContrastiveLoss, LiftedStructLoss, TripletLoss  # noqa: E402
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance  # noqa: E402
-from reprlearn.training.strategy import make_strategy  # noqa: E402
+from reprlearn.strategies import make_strategy  # noqa: E402
 
 LOSSES = {
     "contrastive": lambda cross: InBatchContrastiveLoss(margin=0.5, cross_replica=cross),
@@ -83,7 +84,13 @@ def whole_runs(root: str) -> dict:
                      "projector_points": 50}})
         reports[strategy] = run_training(cfg, f"{root}/{strategy}", verbose=0)
         weights[strategy] = keras.saving.load_model(f"{root}/{strategy}/model.keras").get_weights()
-    return {"max_weight_difference": max(float(np.max(np.abs(a - b)))
+    cfg.train.jit_compile = True  # XLA cannot compile a step over two logical CPU devices: refused up front
+    try:
+        run_training(cfg, f"{root}/jit", verbose=0)
+        jit_refusal = None
+    except ValueError as err:
+        jit_refusal = str(err)
+    return {"jit_refusal": jit_refusal, "jit_left_a_folder": os.path.exists(f"{root}/jit"),"max_weight_difference": max(float(np.max(np.abs(a - b)))
                                          for a, b in zip(weights["one_device"], weights["mirrored"])),
             "map_at_r": {name: report["metrics"]["test"]["map_at_r"] for name, report in reports.items()},
             "loss": {name: report["train"]["history"][-1]["loss"] for name, report in reports.items()}}

@@ -61,8 +61,14 @@ def test_a_mirrored_run_trains_like_a_one_device_run(replica_steps):
     assert runs["loss"]["mirrored"] == pytest.approx(runs["loss"]["one_device"], rel=1e-5)
 
 
+def test_xla_over_several_cpu_replicas_is_refused_before_a_folder_is_made(replica_steps):
+    refusal = replica_steps["whole_runs"]["jit_refusal"]
+    assert refusal and "train.jit_compile cannot compile a step over 2 CPU replicas" in refusal
+    assert not replica_steps["whole_runs"]["jit_left_a_folder"]
+
+
 def test_a_global_batch_that_does_not_split_into_whole_classes_is_refused():
-    from reprlearn.training.strategy import check_global_batch
+    from reprlearn.strategies import check_global_batch
 
     check_global_batch(64, 8, 2)
     with pytest.raises(ValueError, match=r"multiple of the 2 replicas.*Received: train.classes_per_batch=3"):
@@ -72,7 +78,7 @@ def test_a_global_batch_that_does_not_split_into_whole_classes_is_refused():
 
 
 def test_multi_worker_without_tf_config_is_refused(monkeypatch):
-    from reprlearn.training.strategy import make_strategy
+    from reprlearn.strategies import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
@@ -208,3 +214,41 @@ def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path, on
     # The resumed job ends where an uninterrupted single process ends.
     for got, want in zip(_weights(run), _weights(one_process_runs / "steps60")):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+OTHER_KINDS = {
+    "pair": "model: {tower: mlp, hidden: [32], embedding_dim: 16}\nloss: {name: pair_contrastive, margin: 0.5}\n"
+            "train: {epochs: 2, steps_per_epoch: 5, pair_batch_size: 32}\n",
+    "vae": "model: {kind: vae, tower: conv, filters: [8], code_dim: 4}\n"
+           "train: {epochs: 2, steps_per_epoch: 5, batch_size: 32}\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(OTHER_KINDS))
+def test_two_workers_train_pair_models_and_vaes(tmp_path, kind):
+    config = tmp_path / f"{kind}.yaml"
+    config.write_text("data: {name: digits}\n" + OTHER_KINDS[kind] +
+                      "eval: {verification_pairs: 300, projection: pca, projection_points: 100, projector_points: 50}\n")
+    done = _train(config, "--out", tmp_path / "mw", "--workers", 2, "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = _train(config, "--out", tmp_path / "one", "--quiet")
+    assert one.returncode == 0, one.stderr[-3000:]
+    if kind == "pair":  # deterministic: the same weights
+        for got, want in zip(_weights(tmp_path / "mw"), _weights(tmp_path / "one")):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    else:  # each replica draws its own sampling noise: the same run up to that noise
+        mw, single = (json.loads((tmp_path / run / "report.json").read_text()) for run in ("mw", "one"))
+        assert mw["metrics"]["reconstruction"]["mse"] == pytest.approx(single["metrics"]["reconstruction"]["mse"],
+                                                                      rel=0.05)
+
+
+def test_the_gpu_extra_can_install_next_to_the_default_requirements():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(HERE.parent / "setup.cfg")
+    required = [line.split(";")[0].split(">")[0].strip() for line in setup["options"]["install_requires"].splitlines()]
+    gpu = [line.strip() for line in setup["options.extras_require"]["gpu"].splitlines() if line.strip()]
+    # An extra adds requirements and never removes one: a required tensorflow-cpu would sit beside the CUDA wheel.
+    assert "tensorflow" in required and "tensorflow-cpu" not in required
+    assert gpu == ["tensorflow[and-cuda]>=2.21,<2.22"]

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.models.autoencoders import check_poolable
+from reprlearn.replicas import replica_count
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 ARCHITECTURES = ("conv", "dense")
@@ -202,7 +203,9 @@ class VAE(keras.Model):
         with tf.GradientTape() as tape:
             reconstruction, kl = self.elbo_terms(self._images(data), training=True)
             loss = self._update(reconstruction, kl)
-            scaled = self.optimizer.scale_loss(loss)  # mixed_float16: the loss-scale optimizer's scaling
+            # Under R replicas the optimizer sums their gradients: each contributes its batch mean / R.
+            # mixed_float16: scale_loss applies the loss-scale optimizer's scaling.
+            scaled = self.optimizer.scale_loss(loss / replica_count())
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return {m.name: m.result() for m in self.metrics}

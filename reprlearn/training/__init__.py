@@ -19,7 +19,7 @@ from reprlearn.objectives import is_pair_loss
 from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
 from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
-from reprlearn.training.strategy import check_global_batch, is_chief, make_strategy
+from reprlearn.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
 
 
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
@@ -55,12 +55,12 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     if cfg.model.kind == "embedding":
         check_embedding_data(cfg, splits)
         kind, metric = ("pair" if is_pair_loss(cfg) else "embedding"), cfg.loss.distance
-        pk = cfg.model.kind == "embedding" and not is_pair_loss(cfg)
-        check_global_batch(batch_size(cfg), cfg.train.classes_per_batch if pk else None,
+        check_global_batch(batch_size(cfg), None if is_pair_loss(cfg) else cfg.train.classes_per_batch,
                            strategy.num_replicas_in_sync)
     else:
         kind, metric = cfg.model.kind, CODE_METRIC
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
+    check_jit_compile(cfg.train.jit_compile, strategy)
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
         keras.utils.set_random_seed(cfg.train.seed)

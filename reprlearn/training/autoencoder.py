@@ -22,7 +22,7 @@ from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
 from reprlearn.objectives import make_optimizer
 from reprlearn.runs import embed, run_summary, save_and_check_reload
 from reprlearn.training.loop import fit_resumable, resume_or_build
-from reprlearn.training.strategy import is_chief
+from reprlearn.strategies import is_chief
 
 CODE_METRIC = "angular"  # cosine k-NN on the codes
 IWAE_K = 100

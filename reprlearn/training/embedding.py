@@ -25,7 +25,7 @@ from reprlearn.models import build_tower
 from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model, is_pair_loss
 from reprlearn.runs import embed, run_summary, save_and_check_reload
 from reprlearn.training.loop import fit_resumable, resume_or_build
-from reprlearn.training.strategy import is_chief
+from reprlearn.strategies import is_chief
 
 
 def training_batches(cfg: Config, train: ImageSet, start_step: int):

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from reprlearn.config import Config
 from reprlearn.runs import CHECKPOINTS, progress, read_checkpoint_state, write_json_atomic
-from reprlearn.training.strategy import dtype_policy, is_chief, is_multi_worker
+from reprlearn.strategies import dtype_policy, is_chief, is_multi_worker
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -128,8 +128,7 @@ def replica_slices(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
 
         return dataset.map(own_rows).flat_map(per_replica)
 
-    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
-    return strategy.distribute_datasets_from_function(worker_batches, options)
+    return strategy.distribute_datasets_from_function(worker_batches)
 
 
 def fit_custom_loop(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, epochs: int,
@@ -141,12 +140,14 @@ def fit_custom_loop(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.d
     """
     iterator = iter(replica_slices(dataset, strategy))
     with strategy.scope():
-        # Keras makes the optimizer's and the metrics' variables on the first batch; here they are made
-        # before the step is traced, in the strategy's scope, from one local batch.
-        images, labels = next(iter(dataset))
-        predictions = model(images, training=False)
-        model.compute_loss(images, labels, predictions)
-        model.compute_metrics(images, labels, predictions, sample_weight=None)
+        # Keras makes the optimizer's and the compiled metrics' variables on the first batch; here they are
+        # made before the step is traced, in the strategy's scope, from one local batch. (A model with its own
+        # train_step and no compiled loss, like the VAE, owns its metrics already.)
+        if model.loss is not None:
+            inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(next(iter(dataset)))
+            predictions = model(inputs, training=False)
+            model.compute_loss(inputs, targets, predictions)
+            model.compute_metrics(inputs, targets, predictions, sample_weight=None)
         model.optimizer.build(model.trainable_variables)
 
     @tf.function

@@ -85,6 +85,24 @@ def check_global_batch(batch: int, classes_per_batch: int | None, replicas: int)
                          f"Received: a batch of {batch}")
 
 
+def check_jit_compile(jit_compile: bool, strategy: tf.distribute.Strategy) -> None:
+    """ValueError for `train.jit_compile` where it cannot run: several CPU replicas, or the multi-worker loop.
+
+    XLA cannot compile a step whose replicas' variables sit on other logical CPU devices (TensorFlow's
+    known issue "tf.Variable on a different device"; measured here with plain Keras and an MSE loss),
+    and the multi-worker custom loop does not compile its step with XLA.
+    """
+    if not jit_compile:
+        return
+    if is_multi_worker(strategy):
+        raise ValueError("train.jit_compile is not supported under train.strategy='multi_worker'. "
+                         "Received: train.jit_compile=True")
+    if strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        raise ValueError(f"train.jit_compile cannot compile a step over {strategy.num_replicas_in_sync} CPU replicas "
+                         "(XLA cannot reach variables on another logical CPU device); set train.jit_compile=false "
+                         "or train.strategy=one_device. Received: train.jit_compile=True")
+
+
 @contextlib.contextmanager
 def dtype_policy(name: str):
     """Builds models under Keras' `name` policy (`none`: float32), restoring the caller's policy afterwards.
