@@ -1,8 +1,9 @@
 """Retrieval metrics with the query set as the reference set, the query itself excluded.
 
-Exact (no approximate search) and chunked: a chunk of queries is scored against all N
-items, its top `k_max` neighbours are ranked, its per-query scores are summed, and the
-chunk is dropped before the next, so memory is O(chunk × N), never N×N or N × k_max.
+Exact (no approximate search) and chunked, on the search kernel of `reprlearn.index`: a chunk
+of queries is scored against all N items, its top `k_max` neighbours are ranked, its per-query
+scores are summed, and the chunk is dropped before the next, so memory is O(chunk × N), never
+N×N or N × k_max.
 `k_max` is the largest R (same-class items other than the query) or the largest k in
 `ks`. Ties are broken by index (lower index first), as `tf.math.top_k` does.
 
@@ -14,11 +15,9 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from reprlearn.distances import canonical_metric
-# Scores per chunk: chunk × N float32 values kept under about 128 MB.
-_CHUNK_VALUES = 1 << 25
+from reprlearn.index.search import search_chunks
 
 
 def _check(embeddings, labels, ks, metric):
@@ -39,15 +38,6 @@ def _check(embeddings, labels, ks, metric):
     return embeddings, labels, metric
 
 
-@tf.function(reduce_retracing=True)
-def _top_k_others(rows, reference, scale, bias, k):
-    """Top-k scores of `reference[rows]` against all of `reference`, each row's own item excluded."""
-    scores = scale * tf.matmul(tf.gather(reference, rows), reference, transpose_b=True) + bias[None, :]
-    is_self = tf.equal(rows[:, None], tf.range(tf.shape(reference, out_type=tf.int64)[0])[None, :])
-    scores = tf.where(is_self, tf.constant(-np.inf, tf.float32), scores)
-    return tf.math.top_k(scores, k=k, sorted=True).indices
-
-
 def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int | None = None,
                        query_index=None) -> np.ndarray:
     """Indices `[Q, k]` of each query's k nearest other items, nearest first, ties by lower index.
@@ -59,36 +49,9 @@ def nearest_neighbours(embeddings, k: int, metric: str = "L2", chunk_size: int |
         chunk_size: queries scored at once; default keeps chunk × N under 2**25.
         query_index: `[Q]` indices of the query items; default: every item.
     """
-    parts = [neighbours for _, neighbours in neighbour_chunks(embeddings, k, metric, chunk_size, query_index)]
+    parts = [indices for _, _, indices in search_chunks(embeddings, k, metric, query_rows=query_index,
+                                                        chunk_size=chunk_size)]
     return np.concatenate(parts) if parts else np.empty((0, k), np.int64)
-
-
-def neighbour_chunks(embeddings, k: int, metric: str = "L2", chunk_size: int | None = None, query_index=None):
-    """`nearest_neighbours` one query chunk at a time: yields `(query rows, [chunk, k] neighbour indices)`.
-
-    Holds one chunk's scores (chunk × N) at a time; a consumer that reduces each chunk keeps memory
-    at O(chunk × N) whatever k is.
-    """
-    metric = canonical_metric(metric)
-    reference = np.asarray(embeddings, dtype=np.float32)
-    if metric == "angular":
-        reference = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
-    n = reference.shape[0]
-    if not 1 <= k <= n - 1:
-        raise ValueError(f"k must be in [1, N - 1 = {n - 1}]. Received: k={k}")
-    query_index = np.arange(n) if query_index is None else np.asarray(query_index, dtype=np.int64)
-    chunk = chunk_size or max(1, _CHUNK_VALUES // n)
-    reference_t = tf.constant(reference)
-    # Higher score = nearer. For L2, -||q - e||² = 2 q·e - ||e||² - ||q||²; the last term
-    # is constant per query, so it cannot change the ranking and is dropped.
-    if metric == "angular":
-        scale, bias = tf.constant(1.0), tf.zeros([n])
-    else:
-        scale, bias = tf.constant(2.0), tf.constant(-np.sum(reference ** 2, axis=1))
-    args = (reference_t, scale, bias, tf.constant(k))
-    # Checked and set up now; each chunk is scored only when the consumer asks for it.
-    return ((rows, _top_k_others(tf.constant(rows), *args).numpy().astype(np.int64))
-            for rows in (query_index[start:start + chunk] for start in range(0, len(query_index), chunk)))
 
 
 def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), chunk_size: int | None = None,
@@ -131,7 +94,8 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
     rank = np.arange(1, k_max + 1)
     sums = dict.fromkeys(["precision_at_1", "r_precision", "map_at_r", *(f"recall_at_{k}" for k in ks)], 0.0)
     # Only valid queries are ranked; each chunk is reduced to sums before the next is scored.
-    for rows, neighbours in neighbour_chunks(embeddings, k_max, metric, chunk_size, np.flatnonzero(valid)):
+    for rows, _, neighbours in search_chunks(embeddings, k_max, metric, query_rows=np.flatnonzero(valid),
+                                             chunk_size=chunk_size):
         relevant = labels[neighbours] == labels[rows][:, None]                    # [chunk, k_max]
         r_rows = r[rows]
         relevant_within_r = relevant & (rank[None, :] <= r_rows[:, None])

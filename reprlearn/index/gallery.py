@@ -1,0 +1,263 @@
+"""A gallery of enrolled embeddings: search, classify, identify with "unknown", calibrate, save and load.
+
+Exact search (the default) uses `reprlearn.index.search`, the kernel `retrieval_metrics` ranks
+with, so a gallery and the metrics agree on neighbours, distances and ties (lower index first).
+`backend="faiss-flat"` searches with faiss' exact flat index and `"faiss-hnsw"` with its
+approximate HNSW graph, for galleries too large to scan (`pip install reprlearn[faiss]`).
+
+Labels are non-negative class ids (a run's `class_names` name them); `UNKNOWN` (-1) is what
+`identify` answers for a query farther than the threshold from every enrolled item.
+
+Example:
+    gallery = Gallery(metric="angular")
+    gallery.add(embeddings, labels)
+    threshold = gallery.calibrate(val_embeddings, val_labels, far=1e-2)   # impostors: classes not enrolled
+    result = gallery.identify(probe_embeddings)                           # result.labels: class id or UNKNOWN
+    gallery.save("runs/demo/gallery")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from reprlearn.distances import canonical_metric
+from reprlearn.index.search import search_chunks, unit_rows
+
+UNKNOWN = -1
+BACKENDS = ("exact", "faiss-flat", "faiss-hnsw")
+VOTES = ("majority", "distance")
+EMBEDDINGS_FILE, META_FILE = "gallery.npz", "gallery.json"
+FORMAT_VERSION = 1
+
+
+class GalleryError(ValueError):
+    """A gallery cannot be used as asked: bad input, an empty gallery, or a folder that holds no valid gallery."""
+
+
+class Identification(NamedTuple):
+    """`identify`'s answer per query: the decided label (or UNKNOWN), whether it was accepted, and the top k."""
+    labels: np.ndarray         # [Q] the nearest item's label where accepted, else UNKNOWN
+    accepted: np.ndarray       # [Q] bool: the nearest distance is within the threshold
+    distances: np.ndarray      # [Q, k] nearest first
+    neighbour_labels: np.ndarray  # [Q, k]
+    neighbour_ids: np.ndarray     # [Q, k]
+
+
+def _as_embeddings(values, name: str, dim: int | None) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float32)
+    if array.ndim != 2:
+        raise GalleryError(f"{name} must be [N, d]. Received: {name}.shape={array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise GalleryError(f"{name} must have the gallery's dimension {dim}. Received: {name}.shape={array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise GalleryError(f"{name} contain NaN or inf. Received: {int((~np.isfinite(array)).sum())} non-finite values")
+    return array
+
+
+class Gallery:
+    """Enrolled embeddings with labels and ids, searched exactly (or with faiss).
+
+    Args:
+        metric: `"L2"` (default, as `retrieval_metrics`), `"squared-L2"` or `"angular"` (alias `"cosine"`).
+        backend: `"exact"`, `"faiss-flat"` or `"faiss-hnsw"`.
+        model_fingerprint: what embedded the items (a run's model fingerprint); `load` can require it.
+        threshold: the rejection distance `identify` uses when given none (set by `calibrate`).
+    """
+
+    def __init__(self, metric: str = "L2", backend: str = "exact", model_fingerprint: str | None = None,
+                 threshold: float | None = None):
+        try:
+            self.metric = canonical_metric(metric)
+        except ValueError as err:
+            raise GalleryError(str(err)) from None
+        if backend not in BACKENDS:
+            raise GalleryError(f"backend must be one of {list(BACKENDS)}. Received: backend={backend!r}")
+        self.backend, self.model_fingerprint, self.threshold = backend, model_fingerprint, threshold
+        self.embeddings = np.zeros((0, 0), np.float32)
+        self.labels = np.zeros(0, np.int64)
+        self.ids = np.zeros(0, dtype=str)
+        self._faiss_index = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def dim(self) -> int | None:
+        return self.embeddings.shape[1] if len(self) else None
+
+    def add(self, embeddings, labels, ids: Sequence[str] | None = None) -> None:
+        """Enrols `[N, d]` embeddings with their class ids `[N]` and optional unique string ids (default: running numbers)."""
+        embeddings = _as_embeddings(embeddings, "embeddings", self.dim)
+        labels = np.asarray(labels)
+        if labels.shape != (len(embeddings),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+            raise GalleryError(f"labels must be [N] non-negative class ids with N = {len(embeddings)}. "
+                               f"Received: labels of shape {labels.shape} and dtype {labels.dtype}")
+        if ids is None:
+            start = len(self)
+            ids = [str(i) for i in range(start, start + len(embeddings))]
+        ids = np.asarray([str(i) for i in ids])
+        if ids.shape != (len(embeddings),):
+            raise GalleryError(f"ids must list one id per embedding ({len(embeddings)}). Received: {len(ids)} ids")
+        unique, counts = np.unique(ids, return_counts=True)
+        clashes = sorted(set(unique[counts > 1].tolist()) | set(np.intersect1d(ids, self.ids).tolist()))
+        if clashes:
+            raise GalleryError(f"ids must be unique in the gallery. Received: repeated ids {clashes[:5]}")
+        self.embeddings = embeddings if not len(self) else np.concatenate([self.embeddings, embeddings])
+        self.labels = np.concatenate([self.labels, labels.astype(np.int64)])
+        self.ids = np.concatenate([self.ids, ids]) if len(self.ids) else ids
+        self._faiss_index = None
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Removes the items with these ids; an id the gallery lacks is an error and nothing is removed."""
+        ids = [str(i) for i in ids]
+        missing = np.setdiff1d(ids, self.ids).tolist()
+        if missing:
+            raise GalleryError(f"the gallery has no item with id {missing[0]!r}. Received: ids={ids[:5]}")
+        keep = ~np.isin(self.ids, ids)
+        self.embeddings, self.labels, self.ids = self.embeddings[keep], self.labels[keep], self.ids[keep]
+        self._faiss_index = None
+
+    # ---- search ----
+
+    def search(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """`(distances [Q, k], indices [Q, k])` of each query's k nearest items, nearest first (ties: lower index)."""
+        if not len(self):
+            raise GalleryError("the gallery is empty: add embeddings before searching. Received: 0 items")
+        queries = _as_embeddings(queries, "queries", self.dim)
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self):
+            raise GalleryError(f"k must be an int in [1, {len(self)}] (the gallery's size). Received: k={k!r}")
+        if self.backend != "exact":
+            return self._faiss_search(queries, int(k))
+        distances, indices = [], []
+        for _, chunk_distances, chunk_indices in search_chunks(self.embeddings, int(k), self.metric, queries=queries):
+            distances.append(chunk_distances)
+            indices.append(chunk_indices)
+        return (np.concatenate(distances), np.concatenate(indices)) if distances else (
+            np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+
+    def classify(self, queries, k: int = 1, vote: str = "majority") -> np.ndarray:
+        """The class id of each query by its k nearest items: `"majority"` (ties: the nearest such class) or
+        `"distance"` (votes weighted by 1 / distance)."""
+        if vote not in VOTES:
+            raise GalleryError(f"vote must be one of {list(VOTES)}. Received: vote={vote!r}")
+        distances, indices = self.search(queries, k)
+        neighbour_labels = self.labels[indices]
+        decided = np.empty(len(indices), np.int64)
+        for row, (labels, dists) in enumerate(zip(neighbour_labels, distances)):
+            weights = np.ones_like(dists) if vote == "majority" else 1.0 / np.maximum(dists, 1e-12)
+            totals: dict[int, float] = {}
+            for label, weight in zip(labels.tolist(), weights.tolist()):
+                totals[label] = totals.get(label, 0.0) + weight
+            best = max(totals.values())
+            decided[row] = next(label for label in labels.tolist() if totals[label] == best)  # nearest among ties
+        return decided
+
+    def identify(self, queries, threshold: float | None = None, k: int = 1) -> Identification:
+        """Open-set identification: the nearest item's label if it lies within `threshold`, else UNKNOWN.
+
+        Args:
+            queries: `[Q, d]`.
+            threshold: the largest accepted distance; default: the one `calibrate` set.
+            k: how many nearest items to return beside the decision.
+        """
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is None or not math.isfinite(float(threshold)):
+            raise GalleryError("identify needs a finite threshold: pass threshold= or call calibrate first. "
+                               f"Received: threshold={threshold!r}")
+        distances, indices = self.search(queries, k)
+        accepted = distances[:, 0] <= threshold
+        labels = np.where(accepted, self.labels[indices[:, 0]], UNKNOWN)
+        return Identification(labels, accepted, distances, self.labels[indices], self.ids[indices])
+
+    def calibrate(self, queries, labels, far: float = 1e-3) -> float:
+        """Sets and returns the rejection threshold for a false-accept rate `far`.
+
+        Queries whose class is not enrolled are impostors: the threshold is the largest distance at
+        which at most `far` of their nearest-item distances are accepted. Use validation data from the
+        training side, never the test split.
+        """
+        if not 0.0 < far < 1.0:
+            raise GalleryError(f"far must be in (0, 1). Received: far={far!r}")
+        labels = np.asarray(labels)
+        impostor = ~np.isin(labels, self.labels)
+        if not impostor.any():
+            raise GalleryError("calibrate needs impostor queries (classes that are not enrolled). "
+                               f"Received: {len(labels)} queries, all of enrolled classes")
+        nearest = np.sort(self.search(np.asarray(queries)[impostor], 1)[0][:, 0])
+        allowed = int(math.floor(far * len(nearest)))  # impostors that may be accepted
+        # Accept distance <= threshold: just below the (allowed + 1)-th nearest impostor (allowed < len, as far < 1).
+        self.threshold = float(np.nextafter(nearest[allowed], np.float32(-np.inf)))
+        return self.threshold
+
+    # ---- faiss ----
+
+    def _faiss_search(self, queries, k):
+        try:
+            import faiss
+        except ImportError:
+            raise GalleryError(f"backend={self.backend!r} needs faiss: pip install 'reprlearn[faiss]'. "
+                               "Received: faiss is not installed") from None
+        reference, queries = self.embeddings, queries
+        if self.metric == "angular":
+            reference, queries = unit_rows(reference), unit_rows(queries)
+        if self._faiss_index is None:
+            dim = reference.shape[1]
+            if self.backend == "faiss-flat":
+                index = faiss.IndexFlatIP(dim) if self.metric == "angular" else faiss.IndexFlatL2(dim)
+            else:
+                index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT if self.metric == "angular"
+                                            else faiss.METRIC_L2)
+            index.add(np.ascontiguousarray(reference))
+            self._faiss_index = index
+        scores, indices = self._faiss_index.search(np.ascontiguousarray(queries), k)
+        if self.metric == "angular":
+            distances = np.maximum(1.0 - scores, 0.0)
+        else:  # faiss returns squared L2
+            distances = np.maximum(scores, 0.0) if self.metric == "squared-L2" else np.sqrt(np.maximum(scores, 0.0))
+        return distances.astype(np.float32), indices.astype(np.int64)
+
+    # ---- files ----
+
+    def save(self, directory: str | Path) -> Path:
+        """Writes `gallery.npz` (embeddings, labels, ids) and `gallery.json` (metric, threshold, ...); no pickle."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / EMBEDDINGS_FILE, embeddings=self.embeddings, labels=self.labels, ids=self.ids)
+        meta = {"format_version": FORMAT_VERSION, "metric": self.metric, "backend": self.backend, "size": len(self),
+                "dim": self.dim, "threshold": self.threshold, "model_fingerprint": self.model_fingerprint}
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, directory: str | Path, model_fingerprint: str | None = None) -> Gallery:
+        """Reads a saved gallery; with `model_fingerprint`, refuses one enrolled by another model.
+
+        Raises:
+            GalleryError: a missing or corrupt folder, or a gallery of another model.
+        """
+        folder = Path(directory)
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as arrays:
+                embeddings, labels, ids = arrays["embeddings"], arrays["labels"], arrays["ids"]
+            gallery = cls(meta["metric"], meta["backend"], meta.get("model_fingerprint"), meta.get("threshold"))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise GalleryError(f"{folder} holds no readable gallery ({type(err).__name__}: {err}). "
+                               f"Received: gallery={str(folder)!r}") from None
+        if len(labels) != meta.get("size") or embeddings.shape[0] != len(labels) or len(ids) != len(labels):
+            raise GalleryError(f"{folder} is corrupt: {META_FILE} lists {meta.get('size')} items, {EMBEDDINGS_FILE} "
+                               f"holds {embeddings.shape[0]} embeddings, {len(labels)} labels, {len(ids)} ids. "
+                               f"Received: gallery={str(folder)!r}")
+        if model_fingerprint is not None and gallery.model_fingerprint != model_fingerprint:
+            raise GalleryError(f"{folder} was enrolled by another model (fingerprint {gallery.model_fingerprint}), "
+                               f"not this one ({model_fingerprint}); enrol it again with this run. "
+                               f"Received: gallery={str(folder)!r}")
+        if len(labels):
+            gallery.add(embeddings, labels, ids.tolist())
+        return gallery
