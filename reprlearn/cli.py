@@ -101,6 +101,82 @@ def _export(args) -> int:
     return 0
 
 
+def _embed(args) -> int:
+    import numpy as np
+
+    from reprlearn.data import load_spec
+    from reprlearn.runs import load_run
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise ValueError(f"--out must name a .npz file. Received: --out={args.out!r}")
+    run, data = load_run(args.run_dir), load_spec(args.data, args.data_dir)
+    embeddings = run.embed(data.images)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, embeddings=embeddings, labels=data.labels, names=np.asarray(data.names),
+             class_names=np.asarray(data.class_names))
+    print(f"{len(embeddings)} embeddings of dimension {embeddings.shape[1]} ({run.metric} metric) → {out}")
+    return 0
+
+
+def _index(args) -> int:
+    from reprlearn.data import load_spec
+    from reprlearn.runs import load_run
+
+    run, data = load_run(args.run_dir), load_spec(args.data, args.data_dir)
+    gallery = run.gallery(data.images, data.labels, data.names, backend=args.backend)
+    gallery.threshold = run.rejection_threshold(args.far)
+    gallery.save(args.out)
+    print(f"Enrolled {len(gallery)} items of {len(set(data.labels.tolist()))} classes → {args.out}; "
+          f"rejection threshold {gallery.threshold:.4f} ({run.metric}) for FAR {args.far:g}, fit on {run.path}'s "
+          "validation split")
+    return 0
+
+
+def _identify(args) -> int:
+    import csv
+
+    from reprlearn.data import load_spec
+    from reprlearn.index import Gallery
+    from reprlearn.runs import load_run
+
+    run = load_run(args.run_dir)
+    gallery = Gallery.load(args.gallery, model_fingerprint=run.model_fingerprint)
+    threshold = run.rejection_threshold(args.far) if args.far is not None else gallery.threshold
+    data = load_spec(args.data, args.data_dir)
+    result = gallery.identify(run.embed(data.images), threshold, k=min(args.k, len(gallery)))
+    names = run.class_names
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        k = result.distances.shape[1]
+        writer.writerow(["query", "query_class", "decision", "accepted", "distance",
+                         *[f"{field}_{i + 1}" for i in range(k) for field in ("id", "class", "distance")]])
+        for i, query in enumerate(data.names):
+            decision = names[result.labels[i]] if result.accepted[i] else "unknown"
+            neighbours = [value for j in range(k) for value in (
+                result.neighbour_ids[i, j], names[result.neighbour_labels[i, j]], f"{result.distances[i, j]:.6f}")]
+            writer.writerow([query, data.class_names[data.labels[i]], decision, bool(result.accepted[i]),
+                             f"{result.distances[i, 0]:.6f}", *neighbours])
+    print(f"{int(result.accepted.sum())} of {len(data)} queries identified, {int((~result.accepted).sum())} unknown "
+          f"(threshold {threshold:.4f}) → {out}")
+    return 0
+
+
+def _verify(args) -> int:
+    from reprlearn.data.loaders import read_image_file
+    from reprlearn.runs import load_run
+
+    run = load_run(args.run_dir)
+    result = run.verify(read_image_file(args.image_a), read_image_file(args.image_b))
+    decision = ("no threshold (the run calibrated none)" if result["match"] is None
+                else "match" if result["match"] else "no match")
+    threshold = "none" if result["threshold"] is None else f"{result['threshold']:.4f}"
+    print(f"distance {result['distance']:.4f} ({run.metric}), threshold {threshold}: {decision}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprlearn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +212,40 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=int, help="version number (default: the next free one)")
     export.add_argument("--force", action="store_true", help="replace an existing version")
     export.set_defaults(handler=_export)
+
+    def add_data(command, what: str):
+        command.add_argument("--data", required=True, metavar="SPEC",
+                             help=f"{what}: NAME[:SPLIT] (fashion_mnist:test, digits), tfds:NAME[:SPLIT] or "
+                                  "folder:PATH")
+        command.add_argument("--data-dir", help="where fashion_mnist or tfds data lives (default: the usual places)")
+
+    embed = commands.add_parser("embed", help="embed a dataset with a trained run; write embeddings, labels, names")
+    embed.add_argument("run_dir", help="a finished run folder")
+    add_data(embed, "the images to embed")
+    embed.add_argument("--out", required=True, help="a .npz file: embeddings, labels, names, class_names")
+    embed.set_defaults(handler=_embed)
+    index = commands.add_parser("index", help="enrol a dataset into a gallery with a trained run")
+    index.add_argument("run_dir", help="a finished run folder")
+    add_data(index, "the images to enrol")
+    index.add_argument("--out", required=True, help="gallery folder (gallery.npz + gallery.json)")
+    index.add_argument("--backend", default="exact", help="exact (default), faiss-flat or faiss-hnsw")
+    index.add_argument("--far", type=float, default=1e-3,
+                       help="false-accept rate of the stored rejection threshold (fit on the run's validation split)")
+    index.set_defaults(handler=_index)
+    identify = commands.add_parser("identify", help="identify images against a gallery, with 'unknown'")
+    identify.add_argument("run_dir", help="the run that enrolled the gallery")
+    identify.add_argument("--gallery", required=True, help="a gallery folder written by `reprlearn index`")
+    add_data(identify, "the query images")
+    identify.add_argument("--k", type=int, default=5, help="matches listed per query")
+    identify.add_argument("--far", type=float, help="refit the rejection threshold for this false-accept rate "
+                                                    "(default: the gallery's)")
+    identify.add_argument("--out", required=True, help="results .csv: decision and top-k matches per query")
+    identify.set_defaults(handler=_identify)
+    verify = commands.add_parser("verify", help="are two images of the same class? (1:1 verification)")
+    verify.add_argument("run_dir", help="a finished run folder")
+    verify.add_argument("image_a")
+    verify.add_argument("image_b")
+    verify.set_defaults(handler=_verify)
     return parser
 
 

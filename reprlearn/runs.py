@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -41,7 +41,9 @@ import yaml
 
 import reprlearn
 from reprlearn.config import Config, config_from_dict, config_to_dict, save_config
-from reprlearn.data import ImageSet, Splits
+from reprlearn.data import ImageSet, Splits, check_images
+from reprlearn.distances import paired_distance
+from reprlearn.index import Gallery
 
 RECORD_FILE = "run.json"
 EVALUATION_FILE = "evaluation.npz"
@@ -224,11 +226,19 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 @dataclass
 class Run:
-    """A finished (or interrupted) run folder, read back: its config, record and evaluation arrays."""
+    """A finished (or interrupted) run folder, read back: its config, record and evaluation arrays, and its model.
+
+    Example:
+        run = load_run("runs/demo")
+        embeddings = run.embed(images)                       # pixels 0-255, the run's image shape
+        gallery = run.gallery(images, labels)                # enrolled with the run's metric and fingerprint
+        run.verify(image_a, image_b)                         # {"distance", "threshold", "match"}
+    """
     path: Path
     config: Config
     record: dict
     evaluation: dict
+    _model: keras.Model | None = field(default=None, repr=False, compare=False)
 
     @property
     def metric(self) -> str:
@@ -241,6 +251,65 @@ class Run:
     @property
     def report(self) -> dict:
         return _read_json(self.path / "report.json")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.record["data"]["class_names"])
+
+    @property
+    def model(self) -> keras.Model:
+        """`model.keras`, the embedding model (an autoencoder's encoder), loaded once."""
+        if self._model is None:
+            self._model = keras.saving.load_model(self.path / "model.keras", compile=False)
+        return self._model
+
+    @property
+    def model_fingerprint(self) -> str:
+        """A SHA-256 prefix of `model.keras`: galleries record it, so one enrolled by another model is refused."""
+        return hashlib.sha256((self.path / "model.keras").read_bytes()).hexdigest()[:16]
+
+    def embed(self, images, batch_size: int = 512) -> np.ndarray:
+        """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming the shape."""
+        images = check_images(images, "images")
+        expected = tuple(int(s) for s in self.model.input_shape[1:])
+        if images.shape[1:] != expected:
+            raise ValueError(f"images must be [N, {', '.join(map(str, expected))}] for this run's model. "
+                             f"Received: images.shape={images.shape}")
+        return embed(self.model, images, batch_size)
+
+    def gallery(self, images, labels, ids=None, backend: str = "exact") -> Gallery:
+        """A gallery of these images, embedded by this run, ranked with its metric and marked with its fingerprint."""
+        gallery = Gallery(self.metric, backend, self.model_fingerprint)
+        gallery.add(self.embed(images), labels, ids)
+        return gallery
+
+    def rejection_threshold(self, far: float = 1e-3) -> float:
+        """The open-set rejection distance for a false-accept rate `far`, fit on the validation split only.
+
+        Half of the validation classes (drawn with `data.seed`) are enrolled and the other half act as
+        impostors: the threshold lets at most `far` of the impostors match an enrolled item.
+        """
+        labels = self.evaluation["val_labels"]
+        classes = np.unique(labels)
+        if len(classes) < 2:
+            raise ValueError(f"the validation split needs two classes to calibrate a rejection threshold. "
+                             f"Received: {len(classes)} class in {self.path}")
+        enrolled = np.random.default_rng(self.config.data.seed).permutation(classes)[:(len(classes) + 1) // 2]
+        embeddings = self.embed(self.evaluation["val_images"])
+        known = np.isin(labels, enrolled)
+        gallery = Gallery(self.metric)
+        gallery.add(embeddings[known], labels[known])
+        return gallery.calibrate(embeddings[~known], labels[~known], far)
+
+    def verify(self, image_a, image_b) -> dict:
+        """1:1 verification of two images: their distance, the run's threshold (fit on validation pairs) and
+        the decision (None when the run has no threshold, e.g. an autoencoder)."""
+        images = check_images(np.stack([np.asarray(image_a), np.asarray(image_b)]), "images")
+        first, second = self.embed(images)
+        distance = float(paired_distance(first[None], second[None], self.metric).numpy()[0])
+        threshold = self.report.get("metrics", {}).get("verification", {}).get("threshold")
+        return {"distance": distance, "threshold": threshold,
+                "match": None if threshold is None else bool(distance <= threshold)}
 
 
 def load_run(run_dir: str | Path) -> Run:

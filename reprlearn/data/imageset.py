@@ -9,20 +9,23 @@ import numpy as np
 
 @dataclass
 class ImageSet:
-    """Images `[N, H, W, C]` (uint8, or float in [0, 255]), int64 labels `[N]`, class names.
+    """Images `[N, H, W, C]` (uint8, or float in [0, 255]), int64 labels `[N]`, class names, item names.
 
-    `class_names[c]` names label `c`; labels index into it.
+    `class_names[c]` names label `c`; labels index into it. `names[i]` names item i where the source
+    has names (a folder dataset's file paths, relative to its root); None otherwise.
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
+    names: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: np.ndarray) -> "ImageSet":
-        return ImageSet(self.images[index], self.labels[index], self.class_names)
+        names = None if self.names is None else [self.names[i] for i in np.asarray(index).reshape(-1)]
+        return ImageSet(self.images[index], self.labels[index], self.class_names, names)
 
     @property
     def classes(self) -> list[int]:

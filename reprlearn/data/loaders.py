@@ -132,7 +132,7 @@ def load_tfds(name: str, data_dir: str | None) -> dict[str, ImageSet]:
     return out
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image_file(path: Path) -> np.ndarray:
     """One image file as uint8 `[H, W]` (grayscale) or `[H, W, 3]` (colour), each mode converted explicitly.
 
     8-bit grayscale and 1-bit stay grayscale; 16-bit and 32-bit integer grayscale keep their top 8 bits
@@ -164,7 +164,7 @@ def _read_image(path: Path) -> np.ndarray:
 def load_folder(root: str | Path) -> dict[str, ImageSet]:
     """A folder-per-class image tree: `root/<class name>/<image file>`; one split.
 
-    Images are read with Pillow (see `_read_image` for how each mode becomes 8-bit); all must share
+    Images are read with Pillow (see `read_image_file` for how each mode becomes 8-bit); all must share
     one size. Grayscale images stay one channel unless any image in the tree has colour, in which
     case grayscale ones are repeated to RGB.
 
@@ -185,7 +185,7 @@ def load_folder(root: str | Path) -> dict[str, ImageSet]:
             raise ValueError(f"image folder has an empty class: no image in {str(class_dir)!r}")
         files += found
         labels += [label] * len(found)
-    arrays = [_read_image(path) for path in files]
+    arrays = [read_image_file(path) for path in files]
     sizes = [a.shape[:2] for a in arrays]
     values, counts = np.unique(np.array(sizes), axis=0, return_counts=True)
     if len(values) > 1:
@@ -195,8 +195,35 @@ def load_folder(root: str | Path) -> dict[str, ImageSet]:
                          f"{common[0]}x{common[1]}, but {str(files[odd])!r} is {sizes[odd][0]}x{sizes[odd][1]}")
     if any(a.ndim == 3 for a in arrays):
         arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
-    return {"all": make_imageset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs],
-                                 f"folder:{root}")}
+    imageset = make_imageset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs], f"folder:{root}")
+    imageset.names = [str(path.relative_to(root)) for path in files]
+    return {"all": imageset}
+
+
+def load_spec(spec: str, data_dir: str | None = None) -> ImageSet:
+    """One split named on a command line: `NAME[:SPLIT]` (`fashion_mnist:test`, `digits`), `tfds:NAME[:SPLIT]`,
+    or `folder:PATH` (every image of the tree). Without a split, a dataset's `test` split, or its only one.
+
+    Items without names (every source but folders) are named `SPLIT:INDEX`.
+
+    Raises:
+        ValueError: an unknown dataset or split (naming the splits there are).
+        DatasetNotFoundError: the data is not on this machine.
+    """
+    if spec.startswith("folder:") or os.path.isdir(os.path.expanduser(spec)):
+        name, split = spec, None
+    else:
+        prefix = "tfds:" if spec.startswith("tfds:") else ""
+        name, _, split = spec[len(prefix):].partition(":")
+        name, split = prefix + name, split or None
+    sets = load_dataset(name, data_dir)
+    split = split or ("test" if "test" in sets else next(iter(sets)))
+    if split not in sets:
+        raise ValueError(f"{name} has the splits {sorted(sets)}. Received: data={spec!r}")
+    chosen = sets[split]
+    if chosen.names is None:
+        chosen.names = [f"{split}:{i}" for i in range(len(chosen))]
+    return chosen
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> dict[str, ImageSet]:

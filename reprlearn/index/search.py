@@ -23,18 +23,47 @@ from reprlearn.distances import canonical_metric
 _CHUNK_VALUES = 1 << 25
 
 
+def unit_rows(x):
+    """Rows scaled to unit L2 norm (zero rows stay zero): how angular search compares vectors (NumPy or TF)."""
+    if isinstance(x, np.ndarray):
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x / tf.maximum(tf.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def prepare_reference(reference, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(reference, squared norms)` as the kernel searches them: unit rows for angular, as given otherwise."""
+    reference = np.asarray(reference, dtype=np.float32)
+    if metric == "angular":
+        reference = unit_rows(reference)
+    return reference, np.sum(reference ** 2, axis=1)
+
+
+def nearest(queries, reference, squared_norms, k, metric: str, excluded=None) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(distances [Q, k], indices [Q, k])` in TensorFlow: the kernel's one formula, also served by SavedModels.
+
+    `reference` and `squared_norms` come from `prepare_reference`; `excluded[i]` (or -1) is an item
+    query i may not match. Higher score = nearer: for L2, −||q − e||² = 2 q·e − ||e||² − ||q||², and
+    the last term, constant per query, is added back only to turn scores into distances.
+    """
+    queries = tf.cast(queries, tf.float32)
+    if metric == "angular":
+        queries = unit_rows(queries)
+        scores = tf.matmul(queries, reference, transpose_b=True)
+    else:
+        scores = 2.0 * tf.matmul(queries, reference, transpose_b=True) - squared_norms[None, :]
+    if excluded is not None:
+        is_excluded = tf.equal(excluded[:, None], tf.range(tf.shape(reference, out_type=tf.int64)[0])[None, :])
+        scores = tf.where(is_excluded, tf.constant(-np.inf, tf.float32), scores)
+    top, indices = tf.math.top_k(scores, k=k, sorted=True)
+    if metric == "angular":
+        return tf.maximum(1.0 - top, 0.0), indices
+    squared = tf.maximum(tf.reduce_sum(tf.square(queries), axis=1, keepdims=True) - top, 0.0)
+    return (tf.sqrt(squared) if metric == "L2" else squared), indices
+
+
 @tf.function(reduce_retracing=True)
-def _top_k(queries, reference, scale, bias, excluded, k):
-    """Top-k scores of `queries` against `reference` (higher = nearer); `excluded[i]` (or -1) is skipped for row i."""
-    scores = scale * tf.matmul(queries, reference, transpose_b=True) + bias[None, :]
-    is_excluded = tf.equal(excluded[:, None], tf.range(tf.shape(reference, out_type=tf.int64)[0])[None, :])
-    scores = tf.where(is_excluded, tf.constant(-np.inf, tf.float32), scores)
-    return tf.math.top_k(scores, k=k, sorted=True)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero): how angular search compares vectors."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _nearest_chunk(queries, reference, squared_norms, excluded, k, metric):
+    return nearest(queries, reference, squared_norms, k, metric, excluded)
 
 
 def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_rows=None,
@@ -55,9 +84,7 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
         ValueError: k outside [1, number of candidates], or an unknown metric.
     """
     metric = canonical_metric(metric)
-    reference = np.asarray(reference, dtype=np.float32)
-    if metric == "angular":
-        reference = unit_rows(reference)
+    reference, squared_norms = prepare_reference(reference, metric)
     n = reference.shape[0]
     self_search = queries is None
     candidates = n - 1 if self_search else n
@@ -68,31 +95,15 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
         query_vectors = reference
     else:
         query_vectors = np.asarray(queries, dtype=np.float32)
-        if metric == "angular":
-            query_vectors = unit_rows(query_vectors)
         rows_all = np.arange(len(query_vectors))
     chunk = chunk_size or max(1, _CHUNK_VALUES // max(n, 1))
-    reference_t = tf.constant(reference)
-    # Higher score = nearer. For L2, -||q - e||² = 2 q·e - ||e||² - ||q||²; the last term is constant per
-    # query, so it cannot change the ranking and is added back only to report distances.
-    if metric == "angular":
-        scale, bias = tf.constant(1.0), tf.zeros([n])
-    else:
-        scale, bias = tf.constant(2.0), tf.constant(-np.sum(reference ** 2, axis=1))
+    reference_t, squared_norms_t = tf.constant(reference), tf.constant(squared_norms)
 
     def scored(rows):
-        vectors = query_vectors[rows]
         excluded = rows if self_search else np.full(len(rows), -1, np.int64)
-        scores, indices = _top_k(tf.constant(vectors), reference_t, scale, bias, tf.constant(excluded, tf.int64),
-                                 tf.constant(k))
-        scores = scores.numpy()
-        if metric == "angular":
-            distances = np.maximum(1.0 - scores, 0.0)
-        else:
-            distances = np.maximum(np.sum(vectors ** 2, axis=1, keepdims=True) - scores, 0.0)
-            if metric == "L2":
-                distances = np.sqrt(distances)
-        return rows, distances.astype(np.float32), indices.numpy().astype(np.int64)
+        distances, indices = _nearest_chunk(tf.constant(query_vectors[rows]), reference_t, squared_norms_t,
+                                            tf.constant(excluded, tf.int64), tf.constant(k), metric)
+        return rows, distances.numpy(), indices.numpy().astype(np.int64)
 
     # Checked and set up now; each chunk is scored only when the consumer asks for it.
     return (scored(rows_all[start:start + chunk]) for start in range(0, len(rows_all), chunk))
