@@ -94,7 +94,8 @@ def _export(args) -> int:
     from reprlearn.export import export_run
 
     print(f"Exporting {args.run_dir} → {args.out}")
-    result = export_run(args.run_dir, args.out, args.format, args.quantize, args.name, args.version, args.force)
+    result = export_run(args.run_dir, args.out, args.format, args.quantize, args.name, args.version, args.force,
+                        gallery=args.gallery, identify_k=args.k)
     if result["saved_model"]:
         print(f"SavedModel: {result['saved_model']} (signatures: {', '.join(result['signatures'])})")
     print(f"TFLite/ONNX and parity report: {result['artifacts']}")
@@ -124,7 +125,7 @@ def _index(args) -> int:
     from reprlearn.runs import load_run
 
     run, data = load_run(args.run_dir), load_spec(args.data, args.data_dir)
-    gallery = run.gallery(data.images, data.labels, data.names, backend=args.backend)
+    gallery = run.gallery(data.images, data.labels, data.names, backend=args.backend, class_names=data.class_names)
     gallery.threshold = run.rejection_threshold(args.far)
     gallery.save(args.out)
     print(f"Enrolled {len(gallery)} items of {len(set(data.labels.tolist()))} classes → {args.out}; "
@@ -145,7 +146,6 @@ def _identify(args) -> int:
     threshold = run.rejection_threshold(args.far) if args.far is not None else gallery.threshold
     data = load_spec(args.data, args.data_dir)
     result = gallery.identify(run.embed(data.images), threshold, k=min(args.k, len(gallery)))
-    names = run.class_names
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
@@ -154,9 +154,10 @@ def _identify(args) -> int:
         writer.writerow(["query", "query_class", "decision", "accepted", "distance",
                          *[f"{field}_{i + 1}" for i in range(k) for field in ("id", "class", "distance")]])
         for i, query in enumerate(data.names):
-            decision = names[result.labels[i]] if result.accepted[i] else "unknown"
+            decision = gallery.class_name(result.labels[i])
             neighbours = [value for j in range(k) for value in (
-                result.neighbour_ids[i, j], names[result.neighbour_labels[i, j]], f"{result.distances[i, j]:.6f}")]
+                result.neighbour_ids[i, j], gallery.class_name(result.neighbour_labels[i, j]),
+                f"{result.distances[i, j]:.6f}")]
             writer.writerow([query, data.class_names[data.labels[i]], decision, bool(result.accepted[i]),
                              f"{result.distances[i, 0]:.6f}", *neighbours])
     print(f"{int(result.accepted.sum())} of {len(data)} queries identified, {int((~result.accepted).sum())} unknown "
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name (default: the run folder's name)")
     export.add_argument("--version", type=int, help="version number (default: the next free one)")
     export.add_argument("--force", action="store_true", help="replace an existing version")
+    export.add_argument("--gallery", help="a gallery this run enrolled (`reprlearn index`): adds the identify signature")
+    export.add_argument("--k", type=int, default=5, help="matches the identify signature returns per image")
     export.set_defaults(handler=_export)
 
     def add_data(command, what: str):

@@ -270,16 +270,21 @@ class Run:
 
     def embed(self, images, batch_size: int = 512) -> np.ndarray:
         """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming the shape."""
-        images = check_images(images, "images")
-        expected = tuple(int(s) for s in self.model.input_shape[1:])
-        if images.shape[1:] != expected:
-            raise ValueError(f"images must be [N, {', '.join(map(str, expected))}] for this run's model. "
-                             f"Received: images.shape={images.shape}")
-        return embed(self.model, images, batch_size)
+        return embed(self.model, self._checked(images, "images"), batch_size)
 
-    def gallery(self, images, labels, ids=None, backend: str = "exact") -> Gallery:
+    def _checked(self, images, name: str, single: bool = False) -> np.ndarray:
+        """`images` (or one image) as the model's `[N, H, W, C]` input, or ValueError naming `name` and the shape."""
+        given = np.asarray(images)
+        batch = check_images(given[None] if single else given, name)
+        expected = tuple(int(s) for s in self.model.input_shape[1:])
+        if batch.shape[1:] != expected:
+            want = ", ".join(map(str, expected)) if single else "N, " + ", ".join(map(str, expected))
+            raise ValueError(f"{name} must be [{want}] for this run's model. Received: {name}.shape={given.shape}")
+        return batch
+
+    def gallery(self, images, labels, ids=None, backend: str = "exact", class_names=None) -> Gallery:
         """A gallery of these images, embedded by this run, ranked with its metric and marked with its fingerprint."""
-        gallery = Gallery(self.metric, backend, self.model_fingerprint)
+        gallery = Gallery(self.metric, backend, self.model_fingerprint, class_names=class_names)
         gallery.add(self.embed(images), labels, ids)
         return gallery
 
@@ -304,8 +309,8 @@ class Run:
     def verify(self, image_a, image_b) -> dict:
         """1:1 verification of two images: their distance, the run's threshold (fit on validation pairs) and
         the decision (None when the run has no threshold, e.g. an autoencoder)."""
-        images = check_images(np.stack([np.asarray(image_a), np.asarray(image_b)]), "images")
-        first, second = self.embed(images)
+        first, second = self.embed(np.concatenate([self._checked(image_a, "image_a", single=True),
+                                                   self._checked(image_b, "image_b", single=True)]))
         distance = float(paired_distance(first[None], second[None], self.metric).numpy()[0])
         threshold = self.report.get("metrics", {}).get("verification", {}).get("threshold")
         return {"distance": distance, "threshold": threshold,

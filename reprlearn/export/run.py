@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -22,6 +23,7 @@ import numpy as np
 
 from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_onnx, convert_tflite, onnx_embedder
 from reprlearn.export.savedmodel import write_saved_model
+from reprlearn.index import Gallery
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.runs import embed, load_run
 
@@ -85,9 +87,31 @@ def _write_parity(rows: list[dict], keras_map: float, directory: Path) -> None:
     (directory / "parity.md").write_text("\n".join(lines) + "\n")
 
 
+def _check_identify(saved_model: Path, gallery: Gallery, embeddings: np.ndarray, images: np.ndarray,
+                    k: int) -> dict:
+    """The served `identify` against `Gallery.identify` on the same images, and its latency for 16 images."""
+    import tensorflow as tf
+
+    identify = tf.saved_model.load(str(saved_model)).signatures["identify"]
+    want = gallery.identify(embeddings, k=min(k, len(gallery)))
+    got = [identify(images=tf.constant(images[i:i + 512], tf.float32)) for i in range(0, len(images), 512)]
+    labels = np.concatenate([g["label"].numpy() for g in got])
+    neighbours = np.concatenate([g["labels"].numpy() for g in got])
+    batch = tf.constant(images[:16], tf.float32)
+    identify(images=batch)  # warm-up
+    started, repeats = time.perf_counter(), 20
+    for _ in range(repeats):
+        identify(images=batch)
+    return {"queries": len(labels), "decisions_equal": int(np.sum(labels == want.labels)),
+            "neighbours_equal": bool(np.array_equal(neighbours, want.neighbour_labels)),
+            "gallery_size": len(gallery), "threshold": gallery.threshold,
+            "ms_per_batch_of_16": (time.perf_counter() - started) / repeats * 1000}
+
+
 def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite,onnx",
                quantize="none,dynamic,float16,int8", name: str | None = None, version: int | None = None,
-               force: bool = False, verbose: bool = True) -> dict:
+               force: bool = False, verbose: bool = True, gallery: str | Path | None = None,
+               identify_k: int = 5) -> dict:
     """Exports a finished run and checks every artefact against the Keras model.
 
     Args:
@@ -100,6 +124,9 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
         name: the model name (default: the run folder's name).
         version: the version number (default: the next free one).
         force: replace an existing version.
+        gallery: a gallery folder enrolled by this run (`reprlearn index`): the SavedModel gains an
+            `identify` signature holding it, checked against `Gallery.identify` on the test images.
+        identify_k: matches per image from `identify`.
 
     Returns:
         The parity report (also written as parity.json/parity.md beside the exports).
@@ -123,6 +150,15 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
         raise ValueError(f"version {version} of {name!r} already exists ({existing[0]}); pass --force to replace it. "
                          f"Received: version={version}")
 
+    enrolled = None
+    if gallery is not None:
+        if "saved_model" not in formats:
+            raise ValueError(f"gallery needs the saved_model format (identify is a SavedModel signature). "
+                             f"Received: format={','.join(formats)}")
+        enrolled = Gallery.load(gallery, model_fingerprint=run.model_fingerprint)
+        if enrolled.threshold is None or not len(enrolled):
+            raise ValueError(f"the gallery needs items and a rejection threshold (`reprlearn index` sets one). "
+                             f"Received: gallery={str(gallery)!r}")
     metric = run.metric
     # The verify signature ships the threshold calibrated on validation pairs (never on test pairs).
     threshold = run.report.get("metrics", {}).get("verification", {}).get("threshold") if run.kind == "pair" else None
@@ -139,7 +175,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     staging = Path(tempfile.mkdtemp(prefix=".reprlearn-export-", dir=out.parent))
     try:
         saved_model = staging / "saved_model"
-        signatures = write_saved_model(tower, saved_model, metric, threshold, generative)
+        signatures = write_saved_model(tower, saved_model, metric, threshold, generative, enrolled, identify_k)
         artifacts = staging / "artifacts"
         artifacts.mkdir()
         rows = []
@@ -157,6 +193,12 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             check("saved_model", saved_model, np.concatenate(
                 [serve(images=tf.constant(test_images[i:i + 512], tf.float32))["embedding"].numpy()
                  for i in range(0, len(test_images), 512)]))
+            if enrolled is not None:
+                identify_row = _check_identify(saved_model, enrolled, keras_embeddings, test_images, identify_k)
+                if verbose:
+                    print(f"  identify         {identify_row['decisions_equal']} decisions equal Gallery.identify; "
+                          f"{identify_row['ms_per_batch_of_16']:.2f} ms per 16 images against "
+                          f"{identify_row['gallery_size']} items", flush=True)
         if "tflite" in formats:
             for quantization in quantizations:
                 path = artifacts / f"model-{'float32' if quantization == 'none' else quantization}.tflite"
@@ -168,6 +210,11 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             check("onnx", path, onnx_embedder(path)(test_images))
         _write_parity(rows, keras_map, artifacts)
         failures = [message for message in map(_gate, rows) if message]
+        if enrolled is not None:
+            (artifacts / "identify.json").write_text(json.dumps(identify_row, indent=2))
+            if identify_row["decisions_equal"] != identify_row["queries"]:
+                failures.append(f"identify: {identify_row['queries'] - identify_row['decisions_equal']} of "
+                                f"{identify_row['queries']} decisions differ from Gallery.identify")
         if failures:
             raise ExportError("parity gate failed: " + "; ".join(failures))
 

@@ -5,6 +5,11 @@ Signatures (every input and output is named):
 - `embed_uint8`: the same for uint8 images;
 - pair runs add `distance` (`images_a`, `images_b` → `distance`) and `verify`
   (→ `distance`, `match`: distance <= the threshold calibrated in the run report);
+- with a gallery, `identify`: `images` → `labels`, `ids`, `distances` (the k nearest enrolled
+  items, nearest first), `accepted` (the nearest is within the gallery's rejection threshold)
+  and `label` (the nearest item's label, or -1 for unknown). The gallery travels inside the
+  SavedModel as variables and is searched with `reprlearn.index`'s own formula, so the answers
+  equal `Gallery.identify`;
 - autoencoder runs add `encode` (→ `code`, and `indices_i` for a max-unpooling decoder),
   `decode` and `reconstruct`; VAE runs add `encode` (→ `mean`, `logvar`), `decode` (`z`),
   `reconstruct`, `sample` (`num_samples`, `seed`) and `log_likelihood` (`images`, `k`:
@@ -19,6 +24,8 @@ import keras
 import tensorflow as tf
 
 from reprlearn.distances import paired_distance
+from reprlearn.index import UNKNOWN, Gallery
+from reprlearn.index.search import nearest, prepare_reference
 
 
 def _image_spec(tower: keras.Model, name: str, dtype=tf.float32) -> tf.TensorSpec:
@@ -80,8 +87,37 @@ def _add_vae_endpoints(archive, vae) -> list[str]:
     return ["encode", "decode", "reconstruct", "sample", "log_likelihood"]
 
 
+class _GalleryState(tf.Module):
+    """A gallery as SavedModel variables: searched reference rows, their squared norms, labels and ids."""
+
+    def __init__(self, gallery: Gallery):
+        super().__init__(name="gallery")
+        reference, squared_norms = prepare_reference(gallery.embeddings, gallery.metric)
+        self.reference = tf.Variable(reference, trainable=False)
+        self.squared_norms = tf.Variable(squared_norms, trainable=False)
+        self.labels = tf.Variable(gallery.labels, trainable=False)
+        self.ids = tf.Variable(gallery.ids.astype(object).astype(bytes), trainable=False, dtype=tf.string)
+
+
+def _add_identify_endpoint(archive, embed, image_spec: tf.TensorSpec, gallery: Gallery, k: int) -> None:
+    state = _GalleryState(gallery)
+    archive.track(state)
+    k, threshold = min(k, len(gallery)), tf.constant(gallery.threshold, tf.float32)
+
+    def identify(images):
+        distances, indices = nearest(embed(images)["embedding"], state.reference, state.squared_norms, k,
+                                     gallery.metric)
+        labels = tf.gather(state.labels, indices)
+        accepted = distances[:, 0] <= threshold
+        return {"labels": labels, "ids": tf.gather(state.ids, indices), "distances": distances,
+                "accepted": accepted, "label": tf.where(accepted, labels[:, 0], tf.constant(UNKNOWN, tf.int64))}
+
+    archive.add_endpoint("identify", identify, input_signature=[image_spec])
+
+
 def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", threshold: float | None = None,
-                      generative: keras.Model | None = None) -> list[str]:
+                      generative: keras.Model | None = None, gallery: Gallery | None = None,
+                      identify_k: int = 5) -> list[str]:
     """Writes `tower` as a SavedModel at `path`; returns the signature names.
 
     Args:
@@ -91,6 +127,8 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
         threshold: the calibrated match threshold; None leaves out `distance` and `verify`.
         generative: an autoencoder or `VAE` whose encode/decode/reconstruct (and for a VAE sample and
             log_likelihood) signatures to add.
+        gallery: a gallery enrolled by `tower`, with a rejection threshold: adds `identify`.
+        identify_k: the matches `identify` returns per image (at most the gallery's size).
     """
     from reprlearn.models import VAE
 
@@ -115,6 +153,9 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
         archive.add_endpoint("distance", distance, input_signature=pair_spec)
         archive.add_endpoint("verify", verify, input_signature=pair_spec)
     names = ["serving_default", "embed_uint8"] + (["distance", "verify"] if threshold is not None else [])
+    if gallery is not None:
+        _add_identify_endpoint(archive, embed, _image_spec(tower, "images"), gallery, identify_k)
+        names.append("identify")
     if generative is not None:
         archive.track(generative)
         names += (_add_vae_endpoints(archive, generative) if isinstance(generative, VAE)

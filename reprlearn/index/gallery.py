@@ -68,10 +68,11 @@ class Gallery:
         backend: `"exact"`, `"faiss-flat"` or `"faiss-hnsw"`.
         model_fingerprint: what embedded the items (a run's model fingerprint); `load` can require it.
         threshold: the rejection distance `identify` uses when given none (set by `calibrate`).
+        class_names: names of the class ids (`class_names[label]`), kept with the gallery for display.
     """
 
     def __init__(self, metric: str = "L2", backend: str = "exact", model_fingerprint: str | None = None,
-                 threshold: float | None = None):
+                 threshold: float | None = None, class_names: Sequence[str] | None = None):
         try:
             self.metric = canonical_metric(metric)
         except ValueError as err:
@@ -79,6 +80,7 @@ class Gallery:
         if backend not in BACKENDS:
             raise GalleryError(f"backend must be one of {list(BACKENDS)}. Received: backend={backend!r}")
         self.backend, self.model_fingerprint, self.threshold = backend, model_fingerprint, threshold
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.embeddings = np.zeros((0, 0), np.float32)
         self.labels = np.zeros(0, np.int64)
         self.ids = np.zeros(0, dtype=str)
@@ -86,6 +88,12 @@ class Gallery:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def class_name(self, label: int) -> str:
+        """The name of a class id (its number where the gallery has no names); "unknown" for UNKNOWN."""
+        if label == UNKNOWN:
+            return "unknown"
+        return self.class_names[label] if self.class_names and label < len(self.class_names) else str(label)
 
     @property
     def dim(self) -> int | None:
@@ -230,7 +238,8 @@ class Gallery:
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / EMBEDDINGS_FILE, embeddings=self.embeddings, labels=self.labels, ids=self.ids)
         meta = {"format_version": FORMAT_VERSION, "metric": self.metric, "backend": self.backend, "size": len(self),
-                "dim": self.dim, "threshold": self.threshold, "model_fingerprint": self.model_fingerprint}
+                "dim": self.dim, "threshold": self.threshold, "model_fingerprint": self.model_fingerprint,
+                "class_names": self.class_names}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         return folder
 
@@ -246,7 +255,8 @@ class Gallery:
             meta = json.loads((folder / META_FILE).read_text())
             with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as arrays:
                 embeddings, labels, ids = arrays["embeddings"], arrays["labels"], arrays["ids"]
-            gallery = cls(meta["metric"], meta["backend"], meta.get("model_fingerprint"), meta.get("threshold"))
+            gallery = cls(meta["metric"], meta["backend"], meta.get("model_fingerprint"), meta.get("threshold"),
+                          meta.get("class_names"))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise GalleryError(f"{folder} holds no readable gallery ({type(err).__name__}: {err}). "
                                f"Received: gallery={str(folder)!r}") from None

@@ -1,0 +1,174 @@
+"""Using a trained run: embed, enrol, identify with "unknown", verify, and serve identify, from a user's process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reprlearn.data import load_spec
+from reprlearn.index import UNKNOWN, Gallery
+from reprlearn.runs import load_run
+
+CONFIG = """\
+data: {name: digits, protocol: unseen-classes}
+model: {tower: mlp, hidden: [64], embedding_dim: 16}
+loss: {name: triplet_semihard, margin: 0.2}
+train: {epochs: 2, steps_per_epoch: 20, classes_per_batch: 4, examples_per_class: 8}
+eval: {verification_pairs: 500, projection: pca, projection_points: 100, projector_points: 50}
+"""
+
+
+def reprlearn(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reprlearn.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(image[..., 0], np.uint8)).save(root / f"class{label}" / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def used(tmp_path_factory):
+    """A digits run trained on classes 0-4, a gallery folder of classes 5-7 and a query folder of 5-9."""
+    root = tmp_path_factory.mktemp("use")
+    (root / "run.yaml").write_text(CONFIG)
+    done = reprlearn("train", root / "run.yaml", "--out", root / "run", "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    test = load_spec("digits:all")
+    rng = np.random.default_rng(0)
+    enrolled, queries = [], []
+    for label in range(5, 10):
+        members = rng.permutation(np.flatnonzero(test.labels == label))
+        if label <= 7:
+            enrolled += members[:10].tolist()
+        queries += members[10:30].tolist()
+    _write_folder(root / "gallery_images", test.images[enrolled], test.labels[enrolled])
+    _write_folder(root / "query_images", test.images[queries], test.labels[queries])
+    return root
+
+
+def test_embed_index_identify_from_the_command_line_agree_with_the_library(used):
+    done = reprlearn("embed", used / "run", "--data", f"folder:{used / 'query_images'}", "--out", used / "q.npz")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = reprlearn("index", used / "run", "--data", f"folder:{used / 'gallery_images'}", "--out", used / "gallery",
+                     "--far", 0.01)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = reprlearn("identify", used / "run", "--gallery", used / "gallery", "--data",
+                     f"folder:{used / 'query_images'}", "--k", 3, "--out", used / "results.csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run, gallery = load_run(used / "run"), Gallery.load(used / "gallery")
+    queries = load_spec(f"folder:{used / 'query_images'}")
+    with np.load(used / "q.npz") as saved:
+        np.testing.assert_array_equal(saved["embeddings"], run.embed(queries.images))
+        assert saved["names"].tolist() == queries.names
+    assert gallery.threshold == run.rejection_threshold(0.01)  # fit on the run's validation split
+    assert gallery.model_fingerprint == run.model_fingerprint and len(gallery) == 30
+    want = gallery.identify(run.embed(queries.images), k=3)
+    rows = list(csv.DictReader(open(used / "results.csv")))
+    assert [r["query"] for r in rows] == queries.names
+    gallery_classes = load_spec(f"folder:{used / 'gallery_images'}").class_names
+    decided = [gallery_classes[label] if label != UNKNOWN else "unknown" for label in want.labels]
+    assert [r["decision"] for r in rows] == decided
+    assert [r["id_1"] for r in rows] == want.neighbour_ids[:, 0].tolist()
+    np.testing.assert_allclose([float(r["distance_3"]) for r in rows], want.distances[:, 2], atol=1e-6)
+
+
+def test_the_run_api_works_in_a_fresh_process_that_imports_only_reprlearn(used):
+    probe = load_spec(f"folder:{used / 'query_images'}")
+    np.save(used / "probe.npy", probe.images)
+    script = textwrap.dedent(f"""
+        import json, numpy as np, reprlearn
+        run = reprlearn.load_run({str(used / 'run')!r})
+        images = np.load({str(used / 'probe.npy')!r})
+        labels = np.arange(len(images)) % 3
+        gallery = run.gallery(images, labels)
+        same, other = run.verify(images[0], images[0]), run.verify(images[0], images[-1])
+        print(json.dumps({{"embedding": run.embed(images[:2]).tolist(), "n": len(gallery),
+                          "fingerprint": gallery.model_fingerprint, "same": same, "other": other}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    run = load_run(used / "run")
+    np.testing.assert_array_equal(np.float32(out["embedding"]), run.embed(probe.images[:2]))
+    assert out["n"] == len(probe) and out["fingerprint"] == run.model_fingerprint
+    threshold = run.report["metrics"]["verification"]["threshold"]
+    assert out["same"] == {"distance": 0.0, "threshold": threshold, "match": True}
+    assert out["other"]["distance"] > 0 and out["other"]["match"] == (out["other"]["distance"] <= threshold)
+
+
+def test_the_served_identify_signature_answers_like_the_gallery(used):
+    if not (used / "gallery").is_dir():
+        assert reprlearn("index", used / "run", "--data", f"folder:{used / 'gallery_images'}", "--out",
+                         used / "gallery").returncode == 0
+    done = reprlearn("export", used / "run", "--out", used / "serving", "--format", "saved_model", "--gallery",
+                     used / "gallery", "--k", 4)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "identify" in done.stdout
+    queries = load_spec(f"folder:{used / 'query_images'}")
+    np.save(used / "query.npy", queries.images.astype(np.float32))
+    script = textwrap.dedent(f"""
+        import json, numpy as np, tensorflow as tf
+        served = tf.saved_model.load({str(used / 'serving' / 'run' / '1')!r}).signatures["identify"]
+        out = served(images=tf.constant(np.load({str(used / 'query.npy')!r})))
+        print(json.dumps({{"label": out["label"].numpy().tolist(), "accepted": out["accepted"].numpy().tolist(),
+                          "ids": [[i.decode() for i in row] for row in out["ids"].numpy()],
+                          "distances": out["distances"].numpy().tolist()}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    run, gallery = load_run(used / "run"), Gallery.load(used / "gallery")
+    want = gallery.identify(run.embed(queries.images), k=4)
+    assert served["label"] == want.labels.tolist() and served["accepted"] == want.accepted.tolist()
+    assert served["ids"] == want.neighbour_ids.tolist()
+    np.testing.assert_allclose(served["distances"], want.distances, atol=1e-6)
+    # Export's own gate ran the same comparison on the run's test split.
+    check = json.loads((used / "serving" / "run" / "artifacts" / "1" / "identify.json").read_text())
+    assert check["decisions_equal"] == check["queries"] == len(run.evaluation["test_labels"])
+
+
+def test_verify_from_the_command_line(used):
+    files = sorted((used / "query_images").rglob("*.png"))
+    done = reprlearn("verify", used / "run", files[0], files[-1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = load_run(used / "run").verify(np.asarray(Image.open(files[0]))[..., None],
+                                         np.asarray(Image.open(files[-1]))[..., None])
+    assert f"distance {want['distance']:.4f}" in done.stdout
+    assert done.stdout.strip().endswith("no match" if not want["match"] else ": match")
+
+
+def test_bad_input_is_refused_with_the_argument_named(used, tmp_path):
+    (tmp_path / "big").mkdir()
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "big" / "a.png")
+    files = sorted((used / "query_images").rglob("*.png"))
+    done = reprlearn("verify", used / "run", files[0], tmp_path / "big.png")
+    assert done.returncode == 2 and "image_b must be [8, 8, 1] for this run's model. Received: image_b.shape=(10, 10)" \
+        in done.stderr
+    done = reprlearn("embed", used / "run", "--data", f"folder:{tmp_path}", "--out", tmp_path / "e.npz")
+    assert done.returncode == 2 and "images must be [N, 8, 8, 1] for this run's model" in done.stderr
+    done = reprlearn("embed", used / "run", "--data", "digits", "--out", tmp_path / "e.csv")
+    assert done.returncode == 2 and "--out must name a .npz file" in done.stderr
+    done = reprlearn("embed", used / "run", "--data", "digits:val", "--out", tmp_path / "e.npz")
+    assert done.returncode == 2 and "digits has the splits ['all']" in done.stderr
+    assert not (tmp_path / "e.npz").exists()
+    # A gallery enrolled by another model is refused.
+    gallery = Gallery(model_fingerprint="another-run", threshold=1.0)
+    gallery.add(np.zeros((2, 16), np.float32), [0, 1])
+    gallery.save(tmp_path / "other")
+    done = reprlearn("identify", used / "run", "--gallery", tmp_path / "other", "--data", "digits", "--out",
+                     tmp_path / "r.csv")
+    assert done.returncode == 2 and "enrolled by another model" in done.stderr
+    assert not (tmp_path / "r.csv").exists()
