@@ -178,6 +178,19 @@ def _verify(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from reprlearn.data import load_spec
+    from reprlearn.runs import load_run
+    from reprlearn.scoring import evaluate_run
+
+    report, folder = evaluate_run(load_run(args.run_dir), load_spec(args.data, args.data_dir), args.data)
+    test, raw, cosine = (report["metrics"][k] for k in ("test", "baseline_raw", "baseline_raw_cosine"))
+    print(f"MAP@R {test['map_at_r']:.4f} (raw pixels: L2 {raw['map_at_r']:.4f}, cosine {cosine['map_at_r']:.4f}), "
+          f"P@1 {test['precision_at_1']:.4f} on {report['n']} images of {report['classes']} classes")
+    print(f"Report: {folder / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprlearn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name (default: the run folder's name)")
     export.add_argument("--version", type=int, help="version number (default: the next free one)")
     export.add_argument("--force", action="store_true", help="replace an existing version")
-    export.add_argument("--gallery", help="a gallery this run enrolled (`reprlearn index`): adds the identify signature")
+    export.add_argument("--gallery",
+                        help="a gallery this run enrolled (`reprlearn index`): adds the identify signature")
     export.add_argument("--k", type=int, default=5, help="matches the identify signature returns per image")
     export.set_defaults(handler=_export)
 
@@ -249,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("image_a")
     verify.add_argument("image_b")
     verify.set_defaults(handler=_verify)
+    evaluate = commands.add_parser("evaluate", help="re-score a trained run on other data (retrieval, verification)")
+    evaluate.add_argument("run_dir", help="a finished run folder; the report goes to RUN/evaluations/<data>/")
+    add_data(evaluate, "the labelled images to score")
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 

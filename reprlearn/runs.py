@@ -269,7 +269,7 @@ class Run:
         return hashlib.sha256((self.path / "model.keras").read_bytes()).hexdigest()[:16]
 
     def embed(self, images, batch_size: int = 512) -> np.ndarray:
-        """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming the shape."""
+        """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it."""
         return embed(self.model, self._checked(images, "images"), batch_size)
 
     def _checked(self, images, name: str, single: bool = False) -> np.ndarray:

@@ -90,7 +90,8 @@ def whole_runs(root: str) -> dict:
         jit_refusal = None
     except ValueError as err:
         jit_refusal = str(err)
-    return {"jit_refusal": jit_refusal, "jit_left_a_folder": os.path.exists(f"{root}/jit"),"max_weight_difference": max(float(np.max(np.abs(a - b)))
+    return {"jit_refusal": jit_refusal, "jit_left_a_folder": os.path.exists(f"{root}/jit"),
+            "max_weight_difference": max(float(np.max(np.abs(a - b)))
                                          for a, b in zip(weights["one_device"], weights["mirrored"])),
             "map_at_r": {name: report["metrics"]["test"]["map_at_r"] for name, report in reports.items()},
             "loss": {name: report["train"]["history"][-1]["loss"] for name, report in reports.items()}}

@@ -228,7 +228,8 @@ OTHER_KINDS = {
 def test_two_workers_train_pair_models_and_vaes(tmp_path, kind):
     config = tmp_path / f"{kind}.yaml"
     config.write_text("data: {name: digits}\n" + OTHER_KINDS[kind] +
-                      "eval: {verification_pairs: 300, projection: pca, projection_points: 100, projector_points: 50}\n")
+                      "eval: {verification_pairs: 300, projection: pca, projection_points: 100, "
+                      "projector_points: 50}\n")
     done = _train(config, "--out", tmp_path / "mw", "--workers", 2, "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     one = _train(config, "--out", tmp_path / "one", "--quiet")

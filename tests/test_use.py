@@ -172,3 +172,18 @@ def test_bad_input_is_refused_with_the_argument_named(used, tmp_path):
                      tmp_path / "r.csv")
     assert done.returncode == 2 and "enrolled by another model" in done.stderr
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_evaluate_rescores_a_run_on_other_data_without_touching_it(used):
+    before = {path: path.read_bytes() for path in (used / "run").iterdir() if path.is_file()}
+    done = reprlearn("evaluate", used / "run", "--data", f"folder:{used / 'query_images'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {path: path.read_bytes() for path in (used / "run").iterdir() if path.is_file()} == before
+    folders = list((used / "run" / "evaluations").iterdir())
+    assert len(folders) == 1 and (folders[0] / "report.md").is_file()
+    report = json.loads((folders[0] / "report.json").read_text())
+    run, queries = load_run(used / "run"), load_spec(f"folder:{used / 'query_images'}")
+    from reprlearn.metrics import retrieval_metrics
+    want = retrieval_metrics(run.embed(queries.images), queries.labels, run.metric, seed=run.config.data.seed)
+    assert report["metrics"]["test"]["map_at_r"] == pytest.approx(want["map_at_r"])
+    assert report["metrics"]["verification"]["threshold"] == run.report["metrics"]["verification"]["threshold"]

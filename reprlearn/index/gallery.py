@@ -100,7 +100,7 @@ class Gallery:
         return self.embeddings.shape[1] if len(self) else None
 
     def add(self, embeddings, labels, ids: Sequence[str] | None = None) -> None:
-        """Enrols `[N, d]` embeddings with their class ids `[N]` and optional unique string ids (default: running numbers)."""
+        """Enrols `[N, d]` embeddings with class ids `[N]` and optional unique string ids (default: running numbers)."""
         embeddings = _as_embeddings(embeddings, "embeddings", self.dim)
         labels = np.asarray(labels)
         if labels.shape != (len(embeddings),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():

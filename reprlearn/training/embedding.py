@@ -12,18 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.pipelines import pair_batches, pk_batches
-from reprlearn.distances import paired_distance
-from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
 from reprlearn.metrics.verification import best_threshold
 from reprlearn.models import build_tower
 from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model, is_pair_loss
 from reprlearn.runs import embed, run_summary, save_and_check_reload
+from reprlearn.scoring import can_pair, pair_distances, score_embeddings
 from reprlearn.training.loop import fit_resumable, resume_or_build
 from reprlearn.strategies import is_chief
 
@@ -49,16 +47,6 @@ def check_embedding_data(cfg: Config, splits: Splits) -> None:
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 
 
-def _pair_distances(embeddings: np.ndarray, labels: np.ndarray, n_pairs: int, metric: str, seed: int):
-    first, second, match = sample_pairs(labels, n_pairs, seed=seed)
-    return paired_distance(embeddings[first], embeddings[second], metric).numpy(), match
-
-
-def _can_pair(labels: np.ndarray) -> bool:
-    counts = np.unique(labels, return_counts=True)[1]
-    return len(counts) >= 2 and counts.max() >= 2
-
-
 def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     """Retrieval on the test protocol beside raw pixels (L2 and cosine), and verification on test pairs.
 
@@ -67,27 +55,20 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     """
     test, val, metric, seed = splits.test, splits.val, cfg.loss.distance, cfg.data.seed
     embeddings = embed(tower, test.images)
-    raw = test.images.reshape(len(test), -1).astype(np.float32) / 255.0
     threshold, calibration = None, {"pairs": 0}
-    if _can_pair(val.labels):
-        val_distances, val_match = _pair_distances(embed(tower, val.images), val.labels,
-                                                   cfg.eval.verification_pairs, metric, seed)
+    if can_pair(val.labels):
+        val_distances, val_match = pair_distances(embed(tower, val.images), val.labels,
+                                                  cfg.eval.verification_pairs, metric, seed)
         if val_match.any() and not val_match.all():
             threshold, accuracy = best_threshold(val_distances, val_match)
             calibration = {"pairs": int(val_match.size), "accuracy": accuracy}
-    distances, match = _pair_distances(embeddings, test.labels, cfg.eval.verification_pairs, metric, seed)
-    verification = verification_metrics(distances, match, threshold)
-    verification["calibration"] = {"split": "val", **calibration,
-                                   "note": "threshold fit on validation pairs from the training side; "
-                                           "test pairs are only scored" if threshold is not None else
-                                           "the validation split has no pairs: no threshold was calibrated"}
-    metrics = {
-        "test": retrieval_metrics(embeddings, test.labels, metric, seed=seed),
-        "baseline_raw": retrieval_metrics(raw, test.labels, "L2", seed=seed),
-        "baseline_raw_cosine": retrieval_metrics(raw, test.labels, "angular", compute_nmi=False, seed=seed),
-        "verification": verification,
-    }
-    return {"metrics": metrics, "embeddings": embeddings, "pairs": {"distances": distances, "match": match}}
+    metrics, pairs = score_embeddings(embeddings, test.images, test.labels, metric, threshold,
+                                      cfg.eval.verification_pairs, seed)
+    metrics["verification"]["calibration"] = {
+        "split": "val", **calibration,
+        "note": "threshold fit on validation pairs from the training side; test pairs are only scored"
+        if threshold is not None else "the validation split has no pairs: no threshold was calibrated"}
+    return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs}
 
 
 def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,

@@ -1,0 +1,88 @@
+"""Scoring embeddings of a labelled set: retrieval beside raw pixels (L2 and cosine), and verification on pairs.
+
+The training report scores its test split with `score_embeddings`; `evaluate_run` re-scores a
+finished run on other data (`reprlearn evaluate RUN --data SPEC`), with the verification threshold
+the run fit on its own validation pairs: the new data is only scored.
+
+Example:
+    report = evaluate_run(load_run("runs/demo"), load_spec("folder:/data/new_products"))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from reprlearn.data import ImageSet
+from reprlearn.distances import paired_distance
+from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
+from reprlearn.runs import Run
+
+
+def can_pair(labels: np.ndarray) -> bool:
+    """Two classes and a class with two items: matching and non-matching pairs both exist."""
+    counts = np.unique(labels, return_counts=True)[1]
+    return len(counts) >= 2 and counts.max() >= 2
+
+
+def pair_distances(embeddings: np.ndarray, labels: np.ndarray, n_pairs: int, metric: str, seed: int):
+    """`(distances [P], match [P])` of `n_pairs` pairs sampled as `sample_pairs` does (half matching)."""
+    first, second, match = sample_pairs(labels, n_pairs, seed=seed)
+    return paired_distance(embeddings[first], embeddings[second], metric).numpy(), match
+
+
+def score_embeddings(embeddings: np.ndarray, images: np.ndarray, labels: np.ndarray, metric: str,
+                     threshold: float | None, n_pairs: int, seed: int) -> tuple[dict, dict]:
+    """`(metrics, pairs)`: retrieval of the embeddings and of raw pixels (L2, cosine), and verification.
+
+    `threshold` must come from other data (validation pairs); it is only applied here.
+    """
+    raw = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    metrics = {
+        "test": retrieval_metrics(embeddings, labels, metric, seed=seed),
+        "baseline_raw": retrieval_metrics(raw, labels, "L2", seed=seed),
+        "baseline_raw_cosine": retrieval_metrics(raw, labels, "angular", compute_nmi=False, seed=seed),
+    }
+    pairs = {}
+    if can_pair(labels):
+        distances, match = pair_distances(embeddings, labels, n_pairs, metric, seed)
+        metrics["verification"] = verification_metrics(distances, match, threshold)
+        pairs = {"distances": distances, "match": match}
+    return metrics, pairs
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "data"
+
+
+def evaluate_run(run: Run, data: ImageSet, spec: str, n_pairs: int | None = None) -> tuple[dict, Path]:
+    """Re-scores `run` on `data`; writes `RUN/evaluations/<spec>/report.json` and `report.md`, nothing else.
+
+    Returns:
+        `(report, folder)`.
+    """
+    threshold = run.report.get("metrics", {}).get("verification", {}).get("threshold")
+    metrics, _ = score_embeddings(run.embed(data.images), data.images, data.labels, run.metric, threshold,
+                                  n_pairs or run.config.eval.verification_pairs, run.config.data.seed)
+    report = {"run": str(run.path), "data": spec, "n": len(data), "classes": len(np.unique(data.labels)),
+              "metric": run.metric, "model_fingerprint": run.model_fingerprint,
+              "threshold_from": "the run's validation pairs" if threshold is not None else None, "metrics": metrics}
+    folder = run.path / "evaluations" / _slug(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    rows = [("embedding", metrics["test"]), ("raw pixels, L2", metrics["baseline_raw"]),
+            ("raw pixels, cosine", metrics["baseline_raw_cosine"])]
+    lines = [f"# {run.path.name} on {spec}", "", f"{len(data)} images, {report['classes']} classes, "
+             f"{run.metric} distance.", "", "| | MAP@R | R-precision | P@1 |", "|---|---|---|---|"]
+    lines += [f"| {name} | {m['map_at_r']:.4f} | {m['r_precision']:.4f} | {m['precision_at_1']:.4f} |"
+              for name, m in rows]
+    if "verification" in metrics:
+        v = metrics["verification"]
+        lines += ["", f"Verification on {v['num_pairs']} pairs: ROC AUC {v['roc_auc']:.4f}, EER {v['eer']:.4f}"
+                  + (f"; at the run's threshold {v['threshold']:.4f} (fit on its validation pairs): accuracy "
+                     f"{v['accuracy']:.4f}, FAR {v['far']:.4f}, FRR {v['frr']:.4f}" if "threshold" in v else "")]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return report, folder
