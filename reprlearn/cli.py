@@ -191,6 +191,18 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _transfer(args) -> int:
+    from reprlearn.runs import load_run
+    from reprlearn.transfer import transfer_study, write_transfer_report
+
+    run = load_run(args.run_dir)
+    report = transfer_study(run, args.shots, args.draws, args.steps, args.far, seed=args.seed)
+    folder = write_transfer_report(report, run.path / "transfer")
+    print((folder / "report.md").read_text())
+    print(f"Report: {folder / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprlearn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="a finished run folder; the report goes to RUN/evaluations/<data>/")
     add_data(evaluate, "the labelled images to score")
     evaluate.set_defaults(handler=_evaluate)
+    transfer = commands.add_parser("transfer", help="n-shot transfer to the run's unseen test classes: k-NN, a new "
+                                                    "head, fine-tuning, beside raw pixels")
+    transfer.add_argument("run_dir", help="a run trained with data.protocol=unseen-classes")
+    transfer.add_argument("--shots", type=int, nargs="+", default=[1, 5, 20], help="examples per class (n)")
+    transfer.add_argument("--draws", type=int, default=5, help="seeded draws of the n-shot set per n")
+    transfer.add_argument("--steps", type=int, default=100, help="full-batch steps for the head and fine-tuning")
+    transfer.add_argument("--far", type=float, default=0.01, help="false-accept rate of the open-set threshold")
+    transfer.add_argument("--seed", type=int, default=0)
+    transfer.set_defaults(handler=_transfer)
     return parser
 
 

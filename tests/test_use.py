@@ -187,3 +187,53 @@ def test_evaluate_rescores_a_run_on_other_data_without_touching_it(used):
     want = retrieval_metrics(run.embed(queries.images), queries.labels, run.metric, seed=run.config.data.seed)
     assert report["metrics"]["test"]["map_at_r"] == pytest.approx(want["map_at_r"])
     assert report["metrics"]["verification"]["threshold"] == run.report["metrics"]["verification"]["threshold"]
+
+
+def test_n_shot_draws_take_n_per_class_and_query_the_rest():
+    from reprlearn.transfer import n_shot_draw
+
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    support, queries = n_shot_draw(labels, 2, np.random.default_rng(0))
+    assert np.bincount(labels[support]).tolist() == [2, 2, 1]  # a 2-item class keeps one query
+    assert sorted(support.tolist() + queries.tolist()) == list(range(10))
+    assert np.bincount(labels[queries]).tolist() == [3, 1, 1]
+
+
+def test_transfer_scores_every_approach_on_the_same_draws(used):
+    from reprlearn.transfer import APPROACHES, n_shot_draw, transfer_study
+
+    run = load_run(used / "run")
+    report = transfer_study(run, shots=(1, 5), draws=2, steps=20)
+    images, labels = run.evaluation["test_images"], run.evaluation["test_labels"]
+    assert report["target_classes"] == [5, 6, 7, 8, 9]
+    # The raw-pixel L2 baseline, recomputed with a plain 1-NN loop on the same draws.
+    for n in (1, 5):
+        accuracies = []
+        for draw in range(2):
+            support, queries = n_shot_draw(labels, n, np.random.default_rng([0, n, draw]))
+            pixels = images.reshape(len(images), -1).astype(np.float64) / 255.0
+            nearest = [support[np.argmin(np.sum((pixels[support] - pixels[q]) ** 2, axis=1))] for q in queries]
+            accuracies.append(np.mean(labels[nearest] == labels[queries]))
+        assert report["shots"][str(n)]["top1"]["raw pixels k-NN (L2)"]["mean"] == pytest.approx(np.mean(accuracies))
+        for name in APPROACHES:
+            assert 0.0 <= report["shots"][str(n)]["top1"][name]["mean"] <= 1.0
+            assert len(report["shots"][str(n)]["top1"][name]["draws"]) == 2
+        for scores in report["shots"][str(n)]["open_set"].values():
+            assert 0.0 <= scores["dir_mean"] <= 1.0 and 0.0 <= scores["far_reached"] <= 1.0
+    # More examples per class help the frozen embedding's k-NN.
+    assert report["shots"]["5"]["top1"]["frozen k-NN"]["mean"] > report["shots"]["1"]["top1"]["frozen k-NN"]["mean"]
+    assert report["thresholds"]["frozen k-NN"] == run.rejection_threshold(0.01)
+
+
+def test_transfer_refuses_a_run_whose_test_classes_it_trained_on(used):
+    from dataclasses import replace
+
+    from reprlearn.transfer import transfer_study
+
+    run = load_run(used / "run")
+    seen = replace(run, record={**run.record, "data": {**run.record["data"], "train_classes": [0, 1, 5]}})
+    with pytest.raises(ValueError, match=r"never trained on: its test split holds training classes \[5\]"):
+        transfer_study(seen)
+    done = reprlearn("transfer", used / "run", "--shots", 1, "--draws", 1, "--steps", 5)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (used / "run" / "transfer" / "report.md").is_file() and "frozen + head" in done.stdout

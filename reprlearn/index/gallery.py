@@ -33,6 +33,7 @@ UNKNOWN = -1
 BACKENDS = ("exact", "faiss-flat", "faiss-hnsw")
 VOTES = ("majority", "distance")
 HNSW_EF_SEARCH = 128
+_VOTE_EPSILON = 1e-12  # distance votes weigh 1 / (d + ε): an exact match outvotes everything
 EMBEDDINGS_FILE, META_FILE = "gallery.npz", "gallery.json"
 FORMAT_VERSION = 1
 
@@ -152,14 +153,14 @@ class Gallery:
 
     def classify(self, queries, k: int = 1, vote: str = "majority") -> np.ndarray:
         """The class id of each query by its k nearest items: `"majority"` (ties: the nearest such class) or
-        `"distance"` (votes weighted by 1 / distance)."""
+        `"distance"` (votes weighted by 1 / (distance + 1e-12))."""
         if vote not in VOTES:
             raise GalleryError(f"vote must be one of {list(VOTES)}. Received: vote={vote!r}")
         distances, indices = self.search(queries, k)
         neighbour_labels = self.labels[indices]
         decided = np.empty(len(indices), np.int64)
         for row, (labels, dists) in enumerate(zip(neighbour_labels, distances)):
-            weights = np.ones_like(dists) if vote == "majority" else 1.0 / np.maximum(dists, 1e-12)
+            weights = np.ones_like(dists) if vote == "majority" else 1.0 / (dists + _VOTE_EPSILON)
             totals: dict[int, float] = {}
             for label, weight in zip(labels.tolist(), weights.tolist()):
                 totals[label] = totals.get(label, 0.0) + weight

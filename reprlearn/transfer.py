@@ -1,0 +1,197 @@
+"""Transfer to new classes from n labelled examples each: the n-shot protocol on a run's unseen test classes.
+
+For n in `shots` and each of `draws` seeded draws, n examples per target class form the gallery /
+training set and every other target example is a query. Approaches, all scored on the same draws:
+
+    raw pixels k-NN (L2, cosine)   the baseline: 1-NN on pixels / 255
+    frozen k-NN                    1-NN on the run's embeddings (no training)
+    frozen + head                  approach 1: the tower frozen, a new softmax layer trained on the n-shot set
+    fine-tuned                     approach 2: tower and softmax layer trained together, the tower at a
+                                   tenth of the head's learning rate
+
+Open set: a share of the target classes is left out of the gallery and must come back unknown.
+The rejection threshold for the embeddings is `Run.rejection_threshold`, fit on the run's
+validation split (never on the target classes); for raw pixels the same recipe runs on the
+validation images' pixels. DIR is the share of queries of enrolled classes accepted with the
+right label; the false-accept rate reached on the left-out classes is reported beside it.
+
+Example:
+    report = transfer_study(load_run("runs/fashion_unseen"), shots=(1, 5, 20), draws=5)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from reprlearn.index import Gallery
+from reprlearn.runs import Run
+
+APPROACHES = ("raw pixels k-NN (L2)", "raw pixels k-NN (cosine)", "frozen k-NN", "frozen + head", "fine-tuned")
+HEAD_LEARNING_RATE = 1e-2
+TOWER_LEARNING_RATE_FACTOR = 0.1
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def n_shot_draw(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`(support, queries)` indices: n examples of every class (all of a class with fewer than n + 1 go to
+    support but one), the rest queries."""
+    support = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        support += members[:min(n, len(members) - 1)].tolist()
+    support = np.sort(np.asarray(support, np.int64))
+    return support, np.setdiff1d(np.arange(len(labels)), support)
+
+
+def _one_nn_accuracy(support_x, support_y, query_x, query_y, metric: str) -> float:
+    gallery = Gallery(metric)
+    gallery.add(support_x, support_y)
+    return float(np.mean(gallery.classify(query_x, k=1) == query_y))
+
+
+def _train_head(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, steps: int, seed: int,
+                tower: keras.Model | None = None) -> keras.Model:
+    """Trains `model` (ending in softmax over the target classes) on the n-shot set, full batch, `steps` steps.
+
+    With `tower`, the tower's variables move at a tenth of the head's learning rate (fine-tuning).
+    """
+    keras.utils.set_random_seed(seed)
+    head_optimizer = keras.optimizers.Adam(HEAD_LEARNING_RATE)
+    tower_optimizer = keras.optimizers.Adam(HEAD_LEARNING_RATE * TOWER_LEARNING_RATE_FACTOR)
+    tower_variables = [] if tower is None else tower.trainable_variables
+    tower_ids = {id(v) for v in tower_variables}
+    head_variables = [v for v in model.trainable_variables if id(v) not in tower_ids]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    x, y = tf.constant(inputs, tf.float32), tf.constant(labels)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        gradients = tape.gradient(loss, head_variables + tower_variables)
+        head_optimizer.apply_gradients(zip(gradients[:len(head_variables)], head_variables))
+        if tower_variables:
+            tower_optimizer.apply_gradients(zip(gradients[len(head_variables):], tower_variables))
+
+    for _ in range(steps):
+        step()
+    return model
+
+
+def _open_set(support_x, support_y, query_x, query_y, metric: str, threshold: float, held_out: np.ndarray) -> dict:
+    """DIR and the false-accept rate reached, with the classes `held_out` left out of the gallery."""
+    enrolled = ~np.isin(support_y, held_out)
+    gallery = Gallery(metric)
+    gallery.add(support_x[enrolled], support_y[enrolled])
+    result = gallery.identify(query_x, threshold)
+    genuine = ~np.isin(query_y, held_out)
+    return {"dir": float(np.mean(result.accepted[genuine] & (result.labels[genuine] == query_y[genuine]))),
+            "far": float(np.mean(result.accepted[~genuine]))}
+
+
+def _raw_threshold(run: Run, metric: str, far: float) -> float:
+    """The rejection threshold of raw pixels, by `Run.rejection_threshold`'s recipe on the validation pixels."""
+    labels = run.evaluation["val_labels"]
+    classes = np.unique(labels)
+    enrolled = np.random.default_rng(run.config.data.seed).permutation(classes)[:(len(classes) + 1) // 2]
+    pixels, known = _pixels(run.evaluation["val_images"]), np.isin(labels, enrolled)
+    gallery = Gallery(metric)
+    gallery.add(pixels[known], labels[known])
+    return gallery.calibrate(pixels[~known], labels[~known], far)
+
+
+def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100, far: float = 1e-2,
+                   held_out_share: float = 0.3, seed: int = 0) -> dict:
+    """Runs the n-shot protocol on the run's test split; returns mean ± std per approach and n (see module doc).
+
+    Raises:
+        ValueError: the run's test classes are classes it trained on (a seen-classes run), or a bad argument.
+    """
+    train_classes = set(run.record["data"]["train_classes"])
+    images, labels = run.evaluation["test_images"], run.evaluation["test_labels"]
+    target_classes = np.unique(labels)
+    if train_classes & set(target_classes.tolist()):
+        raise ValueError("transfer needs target classes the run never trained on: its test split holds training "
+                         f"classes {sorted(train_classes & set(target_classes.tolist()))}. Train with "
+                         f"data.protocol=unseen-classes. Received: run={str(run.path)!r}")
+    if draws < 1 or steps < 1 or not shots or min(shots) < 1 or not 0 < held_out_share < 1:
+        raise ValueError(f"shots, draws and steps must be >= 1 and held_out_share in (0, 1). Received: shots={shots}, "
+                         f"draws={draws}, steps={steps}, held_out_share={held_out_share}")
+    embeddings, pixels = run.embed(images), _pixels(images)
+    index_of = {c: i for i, c in enumerate(target_classes)}
+    dense_labels = np.array([index_of[c] for c in labels])
+    thresholds = {"frozen k-NN": run.rejection_threshold(far),
+                  "raw pixels k-NN (L2)": _raw_threshold(run, "L2", far),
+                  "raw pixels k-NN (cosine)": _raw_threshold(run, "angular", far)}
+    held_count = max(1, int(round(held_out_share * len(target_classes))))
+    results: dict = {}
+    for n in shots:
+        per_draw: dict[str, list] = {name: [] for name in APPROACHES}
+        open_set: dict[str, list] = {name: [] for name in thresholds}
+        for draw in range(draws):
+            rng = np.random.default_rng([seed, n, draw])
+            support, queries = n_shot_draw(labels, n, rng)
+            sy, qy = labels[support], labels[queries]
+            per_draw["raw pixels k-NN (L2)"].append(_one_nn_accuracy(pixels[support], sy, pixels[queries], qy, "L2"))
+            per_draw["raw pixels k-NN (cosine)"].append(
+                _one_nn_accuracy(pixels[support], sy, pixels[queries], qy, "angular"))
+            per_draw["frozen k-NN"].append(
+                _one_nn_accuracy(embeddings[support], sy, embeddings[queries], qy, run.metric))
+            head = keras.Sequential([keras.Input(embeddings.shape[1:]),
+                                     keras.layers.Dense(len(target_classes), activation="softmax")])
+            _train_head(head, embeddings[support], dense_labels[support], steps, draw)
+            per_draw["frozen + head"].append(float(np.mean(
+                np.argmax(head.predict(embeddings[queries], verbose=0), 1) == dense_labels[queries])))
+            tower = keras.saving.load_model(run.path / "model.keras", compile=False)  # a fresh copy per draw
+            tuned = keras.Sequential([tower, keras.layers.Dense(len(target_classes), activation="softmax")])
+            _train_head(tuned, images[support].astype(np.float32), dense_labels[support], steps, draw, tower)
+            per_draw["fine-tuned"].append(float(np.mean(
+                np.argmax(tuned.predict(images[queries].astype(np.float32), verbose=0), 1) == dense_labels[queries])))
+            held_out = rng.choice(target_classes, held_count, replace=False)
+            for name, threshold in thresholds.items():
+                x = embeddings if name == "frozen k-NN" else pixels
+                metric = run.metric if name == "frozen k-NN" else ("L2" if "L2" in name else "angular")
+                open_set[name].append(_open_set(x[support], sy, x[queries], qy, metric, threshold, held_out))
+        results[str(n)] = {
+            "top1": {name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "draws": v}
+                     for name, v in per_draw.items()},
+            "open_set": {name: {"dir_mean": float(np.mean([r["dir"] for r in rows])),
+                                "dir_std": float(np.std([r["dir"] for r in rows])),
+                                "far_reached": float(np.mean([r["far"] for r in rows]))}
+                         for name, rows in open_set.items()},
+        }
+    return {"run": str(run.path), "target_classes": target_classes.tolist(), "draws": draws, "steps": steps,
+            "far": far, "held_out_classes_per_draw": held_count, "thresholds": thresholds, "shots": results}
+
+
+def write_transfer_report(report: dict, folder: Path) -> Path:
+    """`report.json` and `report.md` (top-1 and open-set tables) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    shots = list(report["shots"])
+    lines = [f"# n-shot transfer of {Path(report['run']).name} to classes {report['target_classes']}", "",
+             f"{report['draws']} draws per n; heads trained {report['steps']} full-batch steps. Top-1 accuracy "
+             "(mean ± std over draws):", "", "| approach | " + " | ".join(f"n = {n}" for n in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for name in APPROACHES:
+        cells = [f"{report['shots'][n]['top1'][name]['mean']:.3f} ± {report['shots'][n]['top1'][name]['std']:.3f}"
+                 for n in shots]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Open set: {report['held_out_classes_per_draw']} target classes left out of the gallery per draw; "
+              f"thresholds for FAR {report['far']:g} fit on the run's validation split. DIR (FAR reached on the "
+              "left-out classes):", "", "| approach | " + " | ".join(f"n = {n}" for n in shots) + " |",
+              "|---|" + "---|" * len(shots)]
+    for name in report["thresholds"]:
+        cells = [f"{report['shots'][n]['open_set'][name]['dir_mean']:.3f} "
+                 f"({report['shots'][n]['open_set'][name]['far_reached']:.3f})" for n in shots]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return folder
