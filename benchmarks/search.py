@@ -89,7 +89,7 @@ def main() -> None:
     print(f"ranking (P@1, R-precision, MAP@R, recall@k) {ranking:.1f} s; NMI (k-means) {nmi:.1f} s; "
           f"total {ranking + nmi:.1f} s")
 
-    del embeddings
+    embeddings = None  # free the 100k set before the 1M gallery
     items, labels = clustered(1_000_000, args.dim, args.classes, 3)
     gallery = Gallery("L2")
     gallery.add(items, labels)

@@ -97,6 +97,29 @@ def whole_runs(root: str) -> dict:
             "loss": {name: report["train"]["history"][-1]["loss"] for name, report in reports.items()}}
 
 
+def custom_loop_steps() -> dict:
+    """Three steps of the multi-worker custom loop on two local replicas against `fit` on one device."""
+    from reprlearn.data.pipelines import pk_batches
+    from reprlearn.training.loop import fit_custom_loop
+
+    dataset = pk_batches(INPUTS[..., None, None], LABELS, classes_per_batch=4, examples_per_class=4, seed=3)
+    weights = {}
+    for name, strategy in (("one_device", None), ("custom_loop", make_strategy("mirrored"))):
+        scope = strategy.scope() if strategy else keras.utils.custom_object_scope({})
+        with scope:
+            inputs = keras.Input((12, 1, 1))
+            model = keras.Model(inputs, tower()(keras.layers.Reshape((12,))(inputs)))
+            loss = TripletLoss("semi-hard", margin=0.5)
+            model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss, metrics=[ActiveFraction(loss)])
+        if strategy is None:
+            model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0, shuffle=False)
+        else:
+            fit_custom_loop(model, dataset, strategy, 1, 0, 3, [])
+        weights[name] = model.get_weights()
+    return {"max_weight_difference": max(float(np.max(np.abs(a - b)))
+                                         for a, b in zip(weights["one_device"], weights["custom_loop"]))}
+
+
 def main() -> None:
     # The strategy `train.strategy: mirrored` uses (one per process: see make_strategy).
     mirrored = make_strategy("mirrored")
@@ -112,6 +135,7 @@ def main() -> None:
             "logs": {"single": single_logs, "cross_replica": gathered_logs, "local": local_logs},
         }
     results["whole_runs"] = whole_runs(sys.argv[1])
+    results["custom_loop"] = custom_loop_steps()
     json.dump(results, sys.stdout)
 
 

@@ -61,6 +61,11 @@ def test_a_mirrored_run_trains_like_a_one_device_run(replica_steps):
     assert runs["loss"]["mirrored"] == pytest.approx(runs["loss"]["one_device"], rel=1e-5)
 
 
+def test_the_multi_worker_loop_over_two_local_replicas_steps_like_fit_on_one_device(replica_steps):
+    # Its per-replica slices rebuild the global batch, and its steps apply the summed replica gradients.
+    assert replica_steps["custom_loop"]["max_weight_difference"] < 1e-5
+
+
 def test_xla_over_several_cpu_replicas_is_refused_before_a_folder_is_made(replica_steps):
     refusal = replica_steps["whole_runs"]["jit_refusal"]
     assert refusal and "train.jit_compile cannot compile a step over 2 CPU replicas" in refusal
