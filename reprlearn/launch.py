@@ -8,7 +8,7 @@ again resumes. On several hosts, start the same `reprlearn train` on each with i
 (see the README's "Scaling out"); the run folder must be on storage every worker can read.
 
 Example:
-    launch_local_workers(["configs/demo.yaml", "--out", "runs/mw"], workers=2)
+    launch_local_workers(["configs/demo.yaml", "--out", "runs/mw"], workers=2, out=Path("runs/mw"))
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Small registered Keras layers (no `Lambda`, so `.keras` files reload)."""
 
 from reprlearn.layers.channels import RepeatChannels
+from reprlearn.layers.cosine import CosineClassifier
 from reprlearn.layers.distance import PairDistance
 from reprlearn.layers.lifted import LiftedStructLossLayer
 from reprlearn.layers.unpooling import MaxPoolingWithArgmax2D, MaxUnpooling2D
 
-__all__ = ["LiftedStructLossLayer", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "PairDistance", "RepeatChannels"]
+__all__ = ["CosineClassifier", "LiftedStructLossLayer", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "PairDistance",
+           "RepeatChannels"]
