@@ -74,12 +74,14 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     # contrastive: in-batch pairs of P×K batches; pair_contrastive: a Siamese pair model on balanced pairs;
-    # triplet_semihard / triplet_hard / triplet_batch_all / lifted_struct: in-batch mining on P×K batches.
+    # triplet_semihard / triplet_hard / triplet_batch_all / lifted_struct: in-batch mining on P×K batches;
+    # am_softmax: the tower trained through cosine class weights (margin m = loss.margin, scale loss.scale).
     name: str = "contrastive"  # one of reprlearn.registry.LOSSES
     margin: float = 0.5
     distance: str = "L2"       # L2 | squared-L2 | angular (alias: cosine)
     # Under a multi-replica strategy: mine the global batch (all replicas) rather than each replica's slice.
     cross_replica: bool = True
+    scale: float = 30.0        # am_softmax only: s in s·(cos − m·onehot(y)); loss.margin is m
     # triplet_hard only: softplus(D_ap - D_an) instead of the margin hinge.
     soft: bool = False
 
@@ -157,7 +159,7 @@ CHOICES = {
 }
 POSITIVE = {
     "model.embedding_dim", "model.dense", "model.backbone_image_size", "model.code_dim", "model.beta",
-    "train.batch_size",
+    "train.batch_size", "loss.scale",
     "train.epochs", "train.steps_per_epoch", "train.classes_per_batch",
     "train.examples_per_class", "train.pair_batch_size", "train.learning_rate",
     "eval.verification_pairs", "eval.projection_points", "eval.projector_points",

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from reprlearn.config import Config
+from reprlearn.layers import CosineClassifier
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
 from reprlearn.models import siamese_pair_model
 from reprlearn.registry import LOSSES, make_loss
@@ -25,6 +26,18 @@ def is_pair_loss(cfg: Config) -> bool:
     return LOSSES[cfg.loss.name].batch == "pairs"
 
 
+def trains_through_head(cfg: Config) -> bool:
+    """The compiled model wraps the tower (a Siamese pair model, or a cosine classifier) instead of being it."""
+    spec = LOSSES[cfg.loss.name]
+    return spec.batch == "pairs" or spec.classifier
+
+
+def dense_class_ids(cfg: Config, labels: np.ndarray) -> np.ndarray:
+    """Labels as the loss needs them: 0..C−1 in sorted order of the training classes for a classifier loss,
+    unchanged otherwise."""
+    return np.searchsorted(np.unique(labels), labels) if LOSSES[cfg.loss.name].classifier else labels
+
+
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
     """Adam at `train.learning_rate`, constant or cosine-decayed over the whole run."""
     rate = cfg.train.learning_rate
@@ -33,15 +46,25 @@ def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(rate)
 
 
-def compile_embedding_model(cfg: Config, tower: keras.Model) -> keras.Model:
-    """The compiled training model: the tower itself for in-batch losses, a Siamese pair model for pair losses.
+def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | None = None) -> keras.Model:
+    """The compiled training model: the tower itself for in-batch losses, a Siamese pair model for pair losses,
+    the tower with a `CosineClassifier` over `num_classes` training classes for a classifier loss.
 
-    In-batch runs also log the active fraction of the loss and the mean positive and negative distances.
+    In-batch runs also log the active fraction of the loss and the mean positive and negative distances;
+    classifier runs log their training accuracy.
     """
-    loss = make_loss(cfg.loss.name, cfg.loss.margin, cfg.loss.distance, cfg.loss.soft, cfg.loss.cross_replica)
+    loss = make_loss(cfg.loss.name, cfg.loss.margin, cfg.loss.distance, cfg.loss.soft, cfg.loss.cross_replica,
+                     cfg.loss.scale)
     if is_pair_loss(cfg):
         model = siamese_pair_model(tower, distance=cfg.loss.distance)
         metrics = [ActiveFraction(loss)]
+    elif LOSSES[cfg.loss.name].classifier:
+        if num_classes is None:
+            raise ValueError(f"{cfg.loss.name} needs the number of training classes. Received: num_classes=None")
+        images = keras.Input(tower.input_shape[1:], name="images")
+        model = keras.Model(images, CosineClassifier(num_classes, name="class_cosines")(tower(images)),
+                            name="classifier")
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     else:
         model = tower
         # Given the loss, the metrics reuse its distance matrix and mining for the same batch.

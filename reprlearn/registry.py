@@ -6,61 +6,70 @@ package lists loss names.
 Example:
     spec = LOSSES["triplet_semihard"]
     spec.batch            # "pk": P classes × K examples per batch
-    loss = spec.build(margin=0.2, distance="L2", soft=False, cross_replica=True)
+    loss = make_loss("triplet_semihard", margin=0.2)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import keras
 
 from reprlearn.distances import METRICS
-from reprlearn.losses import InBatchContrastiveLoss, ContrastiveLoss, LiftedStructLoss, TripletLoss
+from reprlearn.losses import AMSoftmaxLoss, ContrastiveLoss, InBatchContrastiveLoss, LiftedStructLoss, TripletLoss
+
+
+class LossOptions(NamedTuple):
+    """The `loss.*` values a factory may read; each loss uses the ones it accepts."""
+    margin: float
+    distance: str = "L2"
+    soft: bool = False
+    cross_replica: bool = True
+    scale: float = 30.0
 
 
 @dataclass(frozen=True)
 class LossSpec:
     """A config loss name: its Keras loss factory, batch kind and the options it accepts."""
-    build: Callable[..., keras.losses.Loss]
-    batch: str                     # "pk": in-batch mining on P×K batches; "pairs": a Siamese model on pairs
-    distances: tuple[str, ...]     # allowed `loss.distance` values
+    build: Callable[[LossOptions], keras.losses.Loss]
+    batch: str                     # "pk": P×K batches; "pairs": a Siamese model on pairs
+    distances: tuple[str, ...]     # allowed `loss.distance` values (the ranking metric of the run)
     soft: bool = False             # accepts `loss.soft`
+    classifier: bool = False       # trains the tower through a CosineClassifier head on dense class ids
 
 
-# Every factory takes (margin, distance, soft, cross_replica); a pair loss has no batch to gather.
 LOSSES: dict[str, LossSpec] = {
     # Contrastive loss over every pair of a P×K batch.
     "contrastive": LossSpec(
-        lambda margin, distance, soft, cross_replica: InBatchContrastiveLoss(
-            margin=margin, distance=distance, cross_replica=cross_replica), "pk", METRICS),
+        lambda o: InBatchContrastiveLoss(margin=o.margin, distance=o.distance, cross_replica=o.cross_replica),
+        "pk", METRICS),
     # Contrastive loss on a Siamese pair model fed balanced pairs.
-    "pair_contrastive": LossSpec(
-        lambda margin, distance, soft, cross_replica: ContrastiveLoss(margin=margin), "pairs", METRICS),
+    "pair_contrastive": LossSpec(lambda o: ContrastiveLoss(margin=o.margin), "pairs", METRICS),
     # Triplet loss, FaceNet semi-hard negatives.
     "triplet_semihard": LossSpec(
-        lambda margin, distance, soft, cross_replica: TripletLoss(
-            "semi-hard", margin, distance, cross_replica=cross_replica), "pk", METRICS),
+        lambda o: TripletLoss("semi-hard", o.margin, o.distance, cross_replica=o.cross_replica), "pk", METRICS),
     # Triplet loss, hardest positive and negative per anchor (soft: softplus instead of the hinge).
     "triplet_hard": LossSpec(
-        lambda margin, distance, soft, cross_replica: TripletLoss(
-            "batch-hard", margin, distance, soft=soft, cross_replica=cross_replica), "pk", METRICS, soft=True),
+        lambda o: TripletLoss("batch-hard", o.margin, o.distance, soft=o.soft, cross_replica=o.cross_replica),
+        "pk", METRICS, soft=True),
     # Triplet loss over every triplet, averaged over the active ones.
     "triplet_batch_all": LossSpec(
-        lambda margin, distance, soft, cross_replica: TripletLoss(
-            "batch-all", margin, distance, active_only=True, cross_replica=cross_replica), "pk", METRICS),
+        lambda o: TripletLoss("batch-all", o.margin, o.distance, active_only=True, cross_replica=o.cross_replica),
+        "pk", METRICS),
     # Lifted structured loss, defined on L2 distances.
-    "lifted_struct": LossSpec(
-        lambda margin, distance, soft, cross_replica: LiftedStructLoss(margin=margin, cross_replica=cross_replica),
-        "pk", ("L2",)),
+    "lifted_struct": LossSpec(lambda o: LiftedStructLoss(margin=o.margin, cross_replica=o.cross_replica),
+                              "pk", ("L2",)),
+    # AM-Softmax: cosine class weights with an additive margin (loss.margin) and a scale (loss.scale).
+    "am_softmax": LossSpec(lambda o: AMSoftmaxLoss(scale=o.scale, margin=o.margin), "pk", METRICS, classifier=True),
 }
-IN_BATCH_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.batch == "pk")
+# The metric losses mined in P×K batches (what `reprlearn tune` searches).
+IN_BATCH_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.batch == "pk" and not spec.classifier)
 
 
-def make_loss(name: str, margin: float, distance: str = "L2", soft: bool = False,
-              cross_replica: bool = True) -> keras.losses.Loss:
+def make_loss(name: str, margin: float, distance: str = "L2", soft: bool = False, cross_replica: bool = True,
+              scale: float = 30.0) -> keras.losses.Loss:
     """The Keras loss a config names; ValueError naming the loss for an unknown name."""
     if name not in LOSSES:
         raise ValueError(f"loss name must be one of {list(LOSSES)}. Received: name={name!r}")
-    return LOSSES[name].build(margin=margin, distance=distance, soft=soft, cross_replica=cross_replica)
+    return LOSSES[name].build(LossOptions(margin, distance, soft, cross_replica, scale))

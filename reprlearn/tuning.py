@@ -33,7 +33,7 @@ from reprlearn.data import Splits
 from reprlearn.data.pipelines import pk_batches
 from reprlearn.models import build_tower
 from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model
-from reprlearn.registry import LOSSES
+from reprlearn.registry import IN_BATCH_LOSSES, LOSSES
 from reprlearn.runs import progress
 from reprlearn.strategies import check_global_batch, check_jit_compile, dtype_policy, make_strategy
 
@@ -54,6 +54,9 @@ def check_search(cfg: Config, splits: Splits) -> None:
     if too_many:
         raise ConfigError(f"config: search.classes_per_batch exceeds the {classes} training classes. "
                           f"Received: search.classes_per_batch={cfg.search.classes_per_batch or too_many}")
+    if LOSSES[cfg.loss.name].classifier or LOSSES[cfg.loss.name].batch != "pk":
+        raise ConfigError(f"config: reprlearn tune searches the in-batch metric losses {list(IN_BATCH_LOSSES)}. "
+                          f"Received: loss.name={cfg.loss.name!r}")
     if cfg.train.strategy == "multi_worker":
         raise ConfigError("config: reprlearn tune runs each trial in one process (one_device or mirrored); to "
                           "spread a search over processes or hosts use keras-tuner's chief/worker mode "

@@ -27,6 +27,10 @@ def test_int_is_accepted_for_float():
     ({"train": {"epochs": 0}}, "train.epochs must be > 0"),
     ({"train": {"examples_per_class": 1}}, "examples_per_class must be >= 2"),
     ({"data": {"validation_fraction": 1.5}}, "validation_fraction"),
+    ({"loss": {"name": "am_softmax", "scale": 0}}, "loss.scale must be > 0. Received: loss.scale=0"),
+    ({"train": {"strategy": "tpu"}}, "train.strategy must be one of"),
+    ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision must be one of"),
+    ({"loss": {"cross_replica": "yes"}}, "loss.cross_replica must be a bool"),
 ])
 def test_bad_configs_name_the_key_and_value(raw, message):
     with pytest.raises(ConfigError, match=message):

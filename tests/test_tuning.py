@@ -28,6 +28,13 @@ def _trial_files(out: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in (out / "search").glob("trial_*/trial.json")}
 
 
+def test_tune_refuses_a_base_loss_it_cannot_search(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "tune", str(SMOKE), "--out", str(tmp_path / "t"),
+                           "--set", "loss.name=am_softmax"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "searches the in-batch metric losses" in done.stderr
+    assert "Received: loss.name='am_softmax'" in done.stderr and not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("override, match", [
     ("search.margin=[1.0, 0.5]", r"search.margin=\[1.0, 0.5\]"),
     ("search.learning_rate=[]", None),

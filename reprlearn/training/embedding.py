@@ -19,7 +19,8 @@ from reprlearn.data import ImageSet, Splits
 from reprlearn.data.pipelines import pair_batches, pk_batches
 from reprlearn.metrics.verification import best_threshold
 from reprlearn.models import build_tower
-from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model, is_pair_loss
+from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, dense_class_ids,
+                                  is_pair_loss, trains_through_head)
 from reprlearn.runs import embed, run_summary, save_and_check_reload
 from reprlearn.scoring import can_pair, pair_distances, score_embeddings
 from reprlearn.training.loop import fit_resumable, resume_or_build
@@ -30,8 +31,8 @@ def training_batches(cfg: Config, train: ImageSet, start_step: int):
     """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`."""
     if is_pair_loss(cfg):
         return pair_batches(train.images, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step)
-    return pk_batches(train.images, train.labels, cfg.train.classes_per_batch, cfg.train.examples_per_class,
-                      cfg.train.seed, start_step)
+    return pk_batches(train.images, dense_class_ids(cfg, train.labels), cfg.train.classes_per_batch,
+                      cfg.train.examples_per_class, cfg.train.seed, start_step)
 
 
 def batch_size(cfg: Config) -> int:
@@ -81,8 +82,8 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     # made under the strategy; batches are global batches, split over the replicas by the loop.
     strategy = strategy or tf.distribute.get_strategy()
     model, epochs_done = resume_or_build(out, lambda: compile_embedding_model(cfg, build_tower(
-        cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)), cfg, strategy, verbose)
-    tower = model.get_layer(TOWER_NAME) if is_pair_loss(cfg) else model
+        cfg.model, splits.train.images.shape[1:], name=TOWER_NAME), len(splits.train.classes)), cfg, strategy, verbose)
+    tower = model.get_layer(TOWER_NAME) if trains_through_head(cfg) else model
     dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
     validation = RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance)
     seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose,
