@@ -105,6 +105,9 @@ PRECISION_RUNS = {
                   "train": {"epochs": 1, "steps_per_epoch": 3, "classes_per_batch": 4, "examples_per_class": 8}},
     "vae": {"data": {"name": "digits"}, "model": {"kind": "vae", "tower": "conv", "filters": [8], "code_dim": 4},
             "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 32}},
+    "am_softmax": {"data": {"name": "digits"}, "model": {"tower": "mlp", "hidden": [32], "embedding_dim": 16},
+                   "loss": {"name": "am_softmax", "margin": 0.2},
+                   "train": {"epochs": 1, "steps_per_epoch": 3, "classes_per_batch": 4, "examples_per_class": 8}},
 }
 
 

@@ -21,6 +21,8 @@ class CosineClassifier(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, **kwargs):
+        # float32 under any dtype policy: the cosines feed a softmax scaled by s (up to 30 and more).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
