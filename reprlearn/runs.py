@@ -43,7 +43,7 @@ import reprlearn
 from reprlearn.config import Config, config_from_dict, config_to_dict, save_config
 from reprlearn.data import ImageSet, Splits, check_images
 from reprlearn.distances import paired_distance
-from reprlearn.index import Gallery
+from reprlearn.index import Gallery, split_class_threshold
 
 RECORD_FILE = "run.json"
 EVALUATION_FILE = "evaluation.npz"
@@ -253,6 +253,11 @@ class Run:
         return _read_json(self.path / "report.json")
 
     @property
+    def verification_threshold(self) -> float | None:
+        """The match threshold the run fit on its validation pairs (report.json), or None."""
+        return self.report.get("metrics", {}).get("verification", {}).get("threshold")
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.record["data"]["class_names"])
 
@@ -295,16 +300,11 @@ class Run:
         impostors: the threshold lets at most `far` of the impostors match an enrolled item.
         """
         labels = self.evaluation["val_labels"]
-        classes = np.unique(labels)
-        if len(classes) < 2:
+        if len(np.unique(labels)) < 2:
             raise ValueError(f"the validation split needs two classes to calibrate a rejection threshold. "
-                             f"Received: {len(classes)} class in {self.path}")
-        enrolled = np.random.default_rng(self.config.data.seed).permutation(classes)[:(len(classes) + 1) // 2]
-        embeddings = self.embed(self.evaluation["val_images"])
-        known = np.isin(labels, enrolled)
-        gallery = Gallery(self.metric)
-        gallery.add(embeddings[known], labels[known])
-        return gallery.calibrate(embeddings[~known], labels[~known], far)
+                             f"Received: {len(np.unique(labels))} class in {self.path}")
+        return split_class_threshold(self.embed(self.evaluation["val_images"]), labels, self.metric, far,
+                                     self.config.data.seed)
 
     def verify(self, image_a, image_b) -> dict:
         """1:1 verification of two images: their distance, the run's threshold (fit on validation pairs) and
@@ -312,7 +312,7 @@ class Run:
         first, second = self.embed(np.concatenate([self._checked(image_a, "image_a", single=True),
                                                    self._checked(image_b, "image_b", single=True)]))
         distance = float(paired_distance(first[None], second[None], self.metric).numpy()[0])
-        threshold = self.report.get("metrics", {}).get("verification", {}).get("threshold")
+        threshold = self.verification_threshold
         return {"distance": distance, "threshold": threshold,
                 "match": None if threshold is None else bool(distance <= threshold)}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reprlearn.data import ImageSet
+from reprlearn.data import ImageSet, flat_pixels
 from reprlearn.distances import paired_distance
 from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
 from reprlearn.runs import Run
@@ -40,7 +40,7 @@ def score_embeddings(embeddings: np.ndarray, images: np.ndarray, labels: np.ndar
 
     `threshold` must come from other data (validation pairs); it is only applied here.
     """
-    raw = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    raw = flat_pixels(images)
     metrics = {
         "test": retrieval_metrics(embeddings, labels, metric, seed=seed),
         "baseline_raw": retrieval_metrics(raw, labels, "L2", seed=seed),
@@ -64,7 +64,7 @@ def evaluate_run(run: Run, data: ImageSet, spec: str, n_pairs: int | None = None
     Returns:
         `(report, folder)`.
     """
-    threshold = run.report.get("metrics", {}).get("verification", {}).get("threshold")
+    threshold = run.verification_threshold
     metrics, _ = score_embeddings(run.embed(data.images), data.images, data.labels, run.metric, threshold,
                                   n_pairs or run.config.eval.verification_pairs, run.config.data.seed)
     report = {"run": str(run.path), "data": spec, "n": len(data), "classes": len(np.unique(data.labels)),

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import keras
@@ -67,11 +66,6 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run folder: always, except on the non-chief workers of a multi-worker run."""
     return strategy.extended.should_checkpoint
-
-
-def worker_index() -> int:
-    """This process's index in TF_CONFIG (0 when there is none)."""
-    return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
 
 
 def check_global_batch(batch: int, classes_per_batch: int | None, replicas: int) -> None:

@@ -28,16 +28,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.index import Gallery
+from reprlearn.data import flat_pixels
+from reprlearn.index import Gallery, split_class_threshold
 from reprlearn.runs import Run
 
 APPROACHES = ("raw pixels k-NN (L2)", "raw pixels k-NN (cosine)", "frozen k-NN", "frozen + head", "fine-tuned")
 HEAD_LEARNING_RATE = 1e-2
 TOWER_LEARNING_RATE_FACTOR = 0.1
-
-
-def _pixels(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
 def n_shot_draw(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -99,13 +96,8 @@ def _open_set(support_x, support_y, query_x, query_y, metric: str, threshold: fl
 
 def _raw_threshold(run: Run, metric: str, far: float) -> float:
     """The rejection threshold of raw pixels, by `Run.rejection_threshold`'s recipe on the validation pixels."""
-    labels = run.evaluation["val_labels"]
-    classes = np.unique(labels)
-    enrolled = np.random.default_rng(run.config.data.seed).permutation(classes)[:(len(classes) + 1) // 2]
-    pixels, known = _pixels(run.evaluation["val_images"]), np.isin(labels, enrolled)
-    gallery = Gallery(metric)
-    gallery.add(pixels[known], labels[known])
-    return gallery.calibrate(pixels[~known], labels[~known], far)
+    return split_class_threshold(flat_pixels(run.evaluation["val_images"]), run.evaluation["val_labels"], metric,
+                                 far, run.config.data.seed)
 
 
 def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100, far: float = 1e-2,
@@ -125,7 +117,7 @@ def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100,
     if draws < 1 or steps < 1 or not shots or min(shots) < 1 or not 0 < held_out_share < 1:
         raise ValueError(f"shots, draws and steps must be >= 1 and held_out_share in (0, 1). Received: shots={shots}, "
                          f"draws={draws}, steps={steps}, held_out_share={held_out_share}")
-    embeddings, pixels = run.embed(images), _pixels(images)
+    embeddings, pixels = run.embed(images), flat_pixels(images)
     index_of = {c: i for i, c in enumerate(target_classes)}
     dense_labels = np.array([index_of[c] for c in labels])
     thresholds = {"frozen k-NN": run.rejection_threshold(far),

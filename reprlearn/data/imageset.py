@@ -74,6 +74,12 @@ def check_labels(labels, n: int, name: str = "labels") -> np.ndarray:
     return labels
 
 
+def flat_pixels(images) -> np.ndarray:
+    """Images as `[N, H·W·C]` float32 vectors in [0, 1]: the raw-pixel representation baselines rank."""
+    images = np.asarray(images)
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
 def make_imageset(images, labels, class_names: list[str] | None = None, name: str = "dataset") -> ImageSet:
     """Checks images and labels together and builds an ImageSet.
 

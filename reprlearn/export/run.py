@@ -161,7 +161,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
                              f"Received: gallery={str(gallery)!r}")
     metric = run.metric
     # The verify signature ships the threshold calibrated on validation pairs (never on test pairs).
-    threshold = run.report.get("metrics", {}).get("verification", {}).get("threshold") if run.kind == "pair" else None
+    threshold = run.verification_threshold if run.kind == "pair" else None
     tower = keras.saving.load_model(run_dir / "model.keras")
     generative_path = next((p for p in (run_dir / "vae.keras", run_dir / "autoencoder.keras") if p.is_file()), None)
     generative = keras.saving.load_model(generative_path) if generative_path else None

@@ -1,6 +1,8 @@
 """Galleries of enrolled embeddings and the exact search kernel they and the retrieval metrics share."""
 
-from reprlearn.index.gallery import BACKENDS, UNKNOWN, VOTES, Gallery, GalleryError, Identification
+from reprlearn.index.gallery import (BACKENDS, UNKNOWN, VOTES, Gallery, GalleryError, Identification,
+                                     split_class_threshold)
 from reprlearn.index.search import search_chunks
 
-__all__ = ["BACKENDS", "UNKNOWN", "VOTES", "Gallery", "GalleryError", "Identification", "search_chunks"]
+__all__ = ["BACKENDS", "UNKNOWN", "VOTES", "Gallery", "GalleryError", "Identification", "search_chunks",
+           "split_class_threshold"]

@@ -62,6 +62,24 @@ def _as_embeddings(values, name: str, dim: int | None) -> np.ndarray:
     return array
 
 
+def split_class_threshold(vectors, labels, metric: str, far: float, seed: int) -> float:
+    """A rejection threshold for a false-accept rate `far` from one labelled set: half of its classes (drawn
+    with `seed`) enrolled, the other half impostors (see `Gallery.calibrate`).
+
+    Raises:
+        GalleryError: fewer than two classes.
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise GalleryError(f"calibrating a rejection threshold needs two classes. Received: {len(classes)} class")
+    enrolled = np.random.default_rng(seed).permutation(classes)[:(len(classes) + 1) // 2]
+    known = np.isin(labels, enrolled)
+    gallery = Gallery(metric)
+    gallery.add(np.asarray(vectors)[known], labels[known])
+    return gallery.calibrate(np.asarray(vectors)[~known], labels[~known], far)
+
+
 class Gallery:
     """Enrolled embeddings with labels and ids, searched exactly (or with faiss).
 

@@ -61,18 +61,16 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         kind, metric = cfg.model.kind, CODE_METRIC
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     check_jit_compile(cfg.train.jit_compile, strategy)
+    driver = run_embedding if cfg.model.kind == "embedding" else run_autoencoder
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
         keras.utils.set_random_seed(cfg.train.seed)
-        driver = run_embedding if cfg.model.kind == "embedding" else run_autoencoder
         return driver(cfg, out, splits, 0, None, strategy)
     existed = Path(out_dir).is_dir() and any(Path(out_dir).iterdir())
     out = open_run(cfg, out_dir, splits, sets is not None, command, metric, kind, resume, force)
     keras.utils.set_random_seed(cfg.train.seed)
     try:
-        if cfg.model.kind == "embedding":
-            return run_embedding(cfg, out, splits, verbose, callbacks, strategy)
-        return run_autoencoder(cfg, out, splits, verbose, callbacks, strategy)
+        return driver(cfg, out, splits, verbose, callbacks, strategy)
     except Exception:
         # A run that failed before its first finished epoch (a tower too deep for the images, ...) leaves nothing.
         if not existed and not read_checkpoint_state(out / CHECKPOINTS):

@@ -15,7 +15,7 @@ import tensorflow as tf
 from sklearn.decomposition import PCA
 
 from reprlearn.config import Config
-from reprlearn.data import Splits
+from reprlearn.data import Splits, flat_pixels
 from reprlearn.data.pipelines import image_batches
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
@@ -56,19 +56,16 @@ def reconstruct(model: keras.Model, images: np.ndarray) -> np.ndarray:
     return model.reconstruct(images) if isinstance(model, VAE) else model.predict(images, batch_size=512, verbose=0)
 
 
-def _flat(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
-
-
 def evaluate_autoencoder(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     """Reconstruction (and for a VAE, likelihood) on the test images; retrieval of codes, PCA and raw pixels."""
     test, seed = splits.test, cfg.data.seed
     codes = embed(code_model(model), test.images)
     reconstructions = reconstruct(model, test.images)
-    pca = PCA(n_components=cfg.model.code_dim, random_state=seed).fit(_flat(splits.train.images))
-    pca_codes = pca.transform(_flat(test.images))
-    pca_mse = float(np.mean((pca.inverse_transform(pca_codes) - _flat(test.images)) ** 2))
-    mse = float(np.mean((reconstructions.reshape(len(test), -1) - _flat(test.images)) ** 2))
+    test_pixels = flat_pixels(test.images)
+    pca = PCA(n_components=cfg.model.code_dim, random_state=seed).fit(flat_pixels(splits.train.images))
+    pca_codes = pca.transform(test_pixels)
+    pca_mse = float(np.mean((pca.inverse_transform(pca_codes) - test_pixels) ** 2))
+    mse = float(np.mean((reconstructions.reshape(len(test), -1) - test_pixels) ** 2))
     metrics = {"reconstruction": {"mse": mse, "pca_mse": pca_mse, "mse_over_pca": mse / pca_mse}}
     if isinstance(model, VAE):
         elbo = model.log_likelihood(test.images, k=1, seed=seed)
@@ -81,7 +78,7 @@ def evaluate_autoencoder(cfg: Config, model: keras.Model, splits: Splits) -> dic
         }
     metrics["test"] = retrieval_metrics(codes, test.labels, CODE_METRIC, seed=seed)
     metrics["pca"] = retrieval_metrics(pca_codes, test.labels, CODE_METRIC, seed=seed)
-    metrics["baseline_raw"] = retrieval_metrics(_flat(test.images), test.labels, "L2", seed=seed)
+    metrics["baseline_raw"] = retrieval_metrics(test_pixels, test.labels, "L2", seed=seed)
     return {"metrics": metrics, "codes": codes, "reconstructions": reconstructions}
 
 

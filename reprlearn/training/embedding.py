@@ -63,6 +63,9 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
         if val_match.any() and not val_match.all():
             threshold, accuracy = best_threshold(val_distances, val_match)
             calibration = {"pairs": int(val_match.size), "accuracy": accuracy}
+    if not can_pair(test.labels):  # the report scores verification on test pairs (score_embeddings would skip it)
+        raise ValueError("the test split needs two classes and a class with two items for verification pairs. "
+                         f"Received: classes {test.classes}")
     metrics, pairs = score_embeddings(embeddings, test.images, test.labels, metric, threshold,
                                       cfg.eval.verification_pairs, seed)
     metrics["verification"]["calibration"] = {
