@@ -68,8 +68,12 @@ class InBatchLoss(keras.losses.Loss):
         """`(loss, active_fraction)`: the scalar loss and a function computing the batch's active fraction."""
         raise NotImplementedError
 
+    def _batch(self, y_true, y_pred):
+        """The labels and embeddings the loss sees: the global batch under a strategy when `cross_replica`."""
+        return global_batch(y_true, y_pred) if self.cross_replica else (y_true, y_pred)
+
     def call(self, y_true, y_pred):
-        labels, embeddings = global_batch(y_true, y_pred) if self.cross_replica else (y_true, y_pred)
+        labels, embeddings = self._batch(y_true, y_pred)
         distances = pairwise_distance(embeddings, self.distance)
         positive, negative = pair_masks(labels)
         value, active_fraction = self.batch_loss(distances, positive, negative)
@@ -80,7 +84,7 @@ class InBatchLoss(keras.losses.Loss):
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
         """The fraction of mined triplets (or pairs) with a non-zero loss in this batch (the global batch
         under a strategy when `cross_replica`)."""
-        labels, embeddings = global_batch(y_true, y_pred) if self.cross_replica else (y_true, y_pred)
+        labels, embeddings = self._batch(y_true, y_pred)
         distances = pairwise_distance(tf.cast(embeddings, tf.float32), self.distance)
         return self.batch_loss(distances, *pair_masks(labels))[1]()
 
