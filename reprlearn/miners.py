@@ -70,12 +70,54 @@ _CHUNK_ELEMENTS = 1 << 20
 SEMIHARD_PATHS = ("auto", "sort", "sort-free")
 
 
-def _sorted_semihard_negatives(distances, negative, num_negatives):
-    """`[N, N]` semi-hard negative per (a, p) by sorting each anchor's negatives once and binary search."""
-    negated_sorted, order = tf.math.top_k(tf.where(negative, -distances, -np.inf), k=tf.shape(distances)[1])
-    first_farther = tf.searchsorted(-negated_sorted, distances, side="right")
-    rank = tf.where(first_farther < num_negatives, first_farther, num_negatives - 1)
-    return tf.gather(order, tf.maximum(rank, 0), batch_dims=1)
+def _sort_keys(distances, negative):
+    """int64 keys in the order of `distances`, with negatives before other columns at an equal distance.
+
+    A float's bits read as a sign-magnitude integer; flipping the magnitude bits of negative values makes
+    integer order float order (-0.0 is made +0.0 first, as the two compare equal).
+    """
+    bits = tf.bitcast(tf.where(tf.equal(distances, 0.0), tf.zeros_like(distances), distances), tf.int32)
+    ordered = tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, np.int32(0x7FFFFFFF)), bits)
+    return tf.cast(ordered, tf.int64) * 2 + tf.cast(tf.logical_not(negative), tf.int64)
+
+
+def _reverse_cumulative_min(x, fill: int):
+    """`[R, C]`: `min(x[:, j:])` for each j, in log2(C) shift-and-min passes (TensorFlow has no cumulative min)."""
+    columns = x.shape[1]
+    shift = 1
+    if columns is not None:  # static width (always so under XLA): unrolled passes
+        while shift < columns:
+            x = tf.minimum(x, tf.concat([x[:, shift:], tf.fill([tf.shape(x)[0], shift], fill)], 1))
+            shift *= 2
+        return x
+    return tf.while_loop(
+        lambda s, x: s < tf.shape(x)[1],
+        lambda s, x: (s * 2, tf.minimum(x, tf.concat([x[:, s:], tf.fill([tf.shape(x)[0], s], fill)], 1))),
+        [tf.constant(shift), x])[1]
+
+
+def _farthest_negative(distances, negative):
+    """`[N]` int32: each anchor's farthest negative (column 0 when it has none)."""
+    return tf.argmax(tf.where(negative, distances, -np.inf), axis=1, output_type=tf.int32)
+
+
+def _sorted_semihard_negatives(distances, negative):
+    """`[N, N]` semi-hard negative per (a, p) from one sort of each anchor's row: no search.
+
+    With a row sorted ascending (negatives first among equal distances), the closest negative
+    farther than a positive is the first negative after it: a reverse cumulative minimum of the
+    negatives' positions. Pairs with none take the farthest negative.
+    """
+    n = tf.shape(distances)[1]
+    negated_keys, order = tf.math.top_k(-_sort_keys(distances, negative), k=n)
+    negative_in_order = tf.equal(tf.bitwise.bitwise_and(negated_keys, 1), 0)  # a key's low bit: not a negative
+    position = tf.range(n)[None, :]
+    next_negative = _reverse_cumulative_min(tf.where(negative_in_order, position, n), fill=n)
+    chosen = tf.gather(order, tf.minimum(next_negative, n - 1), batch_dims=1)
+    chosen = tf.where(next_negative < n, chosen, _farthest_negative(distances, negative)[:, None])
+    # Back from sorted positions to columns: row a's position j holds column order[a, j].
+    flat_order = tf.reshape(order + tf.range(tf.shape(order)[0])[:, None] * n, [-1])
+    return tf.reshape(tf.gather(tf.reshape(chosen, [-1]), tf.math.invert_permutation(flat_order)), tf.shape(order))
 
 
 def _nearest_farther_negatives(rows, thresholds):
@@ -114,8 +156,7 @@ def _semihard_slots(distances, positive, negative, width: int):
         fn_output_signature=(tf.TensorSpec([chunk, width], tf.int32), tf.TensorSpec([chunk, width], tf.bool)))
     nearest_farther = tf.reshape(nearest_farther, [-1, width])[:n]
     has_farther = tf.reshape(has_farther, [-1, width])[:n]
-    farthest = tf.argmax(tf.where(negative, distances, -np.inf), axis=1, output_type=tf.int32)
-    return slot_column, filled, tf.where(has_farther, nearest_farther, farthest[:, None])
+    return slot_column, filled, tf.where(has_farther, nearest_farther, _farthest_negative(distances, negative)[:, None])
 
 
 def _anchor_without_negative(negative_index, has_negative):
@@ -144,8 +185,8 @@ class SemiHardMiner(Miner):
 
     - sort-free (M ≤ 32, e.g. P×K batches with K ≤ 33): a masked minimum over a
       `[chunk, M', N]` block (M' = 16 or 32), O(N²·M') time, O(N² + chunk·M'·N) memory;
-    - sort (larger M): each anchor's negatives sorted once and every `D_ap` binary-searched in
-      them, O(N² log N) time, O(N²) memory.
+    - sort (larger M): each anchor's row sorted once, the first negative after each positive
+      found by a reverse cumulative minimum, O(N² log N) time, O(N²) memory.
 
     Args:
         addons_edge_cases: what an anchor without any negative (a one-class batch) does. False: it mines
@@ -176,14 +217,14 @@ class SemiHardMiner(Miner):
         """
         distances = tf.stop_gradient(distances)  # mining picks indices; gradients flow through the loss's gather
         columns, filled, chosen = _semihard_slots(distances, positive, negative, width)
-        has_negative = tf.reduce_any(negative, axis=1, keepdims=True)
+        has_negative = _has_any(negative)
         if self.addons_edge_cases:
             return columns, filled, _anchor_without_negative(chosen, has_negative)
         return columns, tf.logical_and(filled, has_negative), chosen
 
     def mine(self, distances, positive, negative):
         distances = tf.stop_gradient(distances)
-        num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1, keepdims=True)
+        has_negative = _has_any(negative)
 
         def sort_free(width):
             def dense():
@@ -192,12 +233,12 @@ class SemiHardMiner(Miner):
             return dense
 
         def by_sorting():
-            return _sorted_semihard_negatives(distances, negative, num_negatives)
+            return _sorted_semihard_negatives(distances, negative)
 
         negative_index = self.choose_path(positive, sort_free, by_sorting)
         if self.addons_edge_cases:
-            return MinedTriplets(positive, _anchor_without_negative(negative_index, num_negatives > 0))
-        return MinedTriplets(tf.logical_and(positive, num_negatives > 0), negative_index)
+            return MinedTriplets(positive, _anchor_without_negative(negative_index, has_negative))
+        return MinedTriplets(tf.logical_and(positive, has_negative), negative_index)
 
     def get_config(self) -> dict:
         return {"addons_edge_cases": self.addons_edge_cases, "path": self.path}

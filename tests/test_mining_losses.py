@@ -72,6 +72,26 @@ def test_semihard_paths_agree_on_every_label_layout(classes, width):
         reference.addons_triplet_semihard(labels, emb, 0.3), rel=1e-5)
 
 
+@pytest.mark.parametrize("path", ["sort", "sort-free"])
+@pytest.mark.parametrize("labels", [[0, 0, 1, 1], [0, 1, 0, 1]])
+def test_semihard_negative_at_the_positives_distance_is_not_farther(path, labels):
+    # Anchor 0: its positive and one negative both at distance 1 (before or after it in column order), the
+    # other negative at 2: the semi-hard negative must be the one at 2 (column 3), whichever path runs.
+    d = tf.constant([[0.0, 1.0, 1.0, 2.0], [1.0, 0.0, 3.0, 3.0], [1.0, 3.0, 0.0, 4.0], [2.0, 3.0, 4.0, 0.0]])
+    mined = SemiHardMiner(path=path)(d, labels)
+    positive = labels.index(0, 1)
+    assert bool(mined.pair_mask[0, positive]) and int(mined.negative_index[0, positive]) == 3
+
+
+def test_sorted_semihard_traced_without_a_static_batch_size_matches_eager():
+    emb, labels = random_batch(7, n=40, classes=2)
+    d = pairwise_distance(emb)
+    miner = SemiHardMiner(path="sort")
+    traced = tf.function(lambda d, y: miner(d, y).negative_index,
+                         input_signature=[tf.TensorSpec([None, None]), tf.TensorSpec([None], tf.int64)])
+    np.testing.assert_array_equal(traced(d, labels).numpy(), miner(d, labels).negative_index.numpy())
+
+
 def test_semihard_path_is_checked_and_serialized():
     with pytest.raises(ValueError, match="path='fast'"):
         SemiHardMiner(path="fast")
