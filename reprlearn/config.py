@@ -20,8 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.data.protocols import PROTOCOLS
 from reprlearn.distances import ALIASES, METRICS
+from reprlearn.models.joint import check_joint_weights
 from reprlearn.registry import IN_BATCH_LOSSES, LOSSES
 
 
@@ -41,6 +43,9 @@ class DataConfig:
     # > 0: validate on this many whole training classes held out from training (class-disjoint, like the
     # unseen-classes test) instead of a stratified share of every class.
     validation_classes: int = 0
+    # P×K training batches: none | light | strong (shifts, rotations, contrast; left-right flips only for data
+    # whose classes survive a mirror, see reprlearn.data.augment). Never applied to validation or test images.
+    augment: str = "none"
     max_train: typing.Optional[int] = None
     max_test: typing.Optional[int] = None
     seed: int = 0
@@ -63,6 +68,16 @@ class ModelConfig:
     backbone_image_size: int = 96
     # None freezes the backbone; a layer name fine-tunes from that layer on.
     fine_tune_from: typing.Optional[str] = None
+    # Joint embedding (embedding towers): the exported vector joins these tower layers' features (feature maps
+    # power-normalised, sign(x)·|x|^joint_power, then average-pooled to joint_grid × joint_grid) with the head,
+    # each part unit-length times its weight
+    # (joint_weights: one per layer, then the head's; [] = all 1); joint_dim caps the size with a PCA fit
+    # on training images. [] exports the head alone.
+    joint_layers: list[str] = field(default_factory=list)
+    joint_grid: int = 3
+    joint_power: float = 0.5
+    joint_weights: list[float] = field(default_factory=list)
+    joint_dim: typing.Optional[int] = None
     # autoencoder / vae only.
     code_dim: int = 32
     decoder: str = "unpool"          # conv autoencoder: unpool | transpose | upsample
@@ -82,6 +97,14 @@ class LossConfig:
     # Under a multi-replica strategy: mine the global batch (all replicas) rather than each replica's slice.
     cross_replica: bool = True
     scale: float = 30.0        # am_softmax only: s in s·(cos − m·onehot(y)); loss.margin is m
+    # am_softmax only: > 0 adds JRD's joint representation similarity over `jrd_layers` with this weight α.
+    jrd_weight: float = 0.0
+    # Tower layer names, plus "logits" for the classifier's cosines; [] means the last pooled conv block
+    # ("features"; an MLP: the layer under the head), the embedding and the logits.
+    jrd_layers: list[str] = field(default_factory=list)
+    # P×K losses: > 0 adds a dense decoder from the embedding back to the pixels (MSE on [0, 1]) with this
+    # weight, so the embedding keeps what it needs to redraw the image, not only what separates the classes.
+    reconstruction_weight: float = 0.0
     # triplet_hard only: softplus(D_ap - D_an) instead of the margin hinge.
     soft: bool = False
 
@@ -101,6 +124,9 @@ class TrainConfig:
     # auto | one_device | mirrored | multi_worker (see reprlearn.strategies); batch sizes are global.
     strategy: str = "auto"
     mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16 (embeddings stay float32)
+    # The weights a run exports: those of the last epoch, or of the epoch with the best validation MAP@R
+    # (the validation split: held-out training classes with data.validation_classes; never the test split).
+    keep: str = "last"  # last | best
 
 
 @dataclass
@@ -129,6 +155,12 @@ class SearchConfig:
     loss: list[str] = field(default_factory=list)
     classes_per_batch: list[int] = field(default_factory=list)
     examples_per_class: list[int] = field(default_factory=list)
+    # Open-set keys, each a list of choices: loss.jrd_weight (a classifier base loss), loss.reconstruction_weight,
+    # model.joint_layers (each choice the layer names joined by "+"; "" is the head alone), data.augment.
+    jrd_weight: list[float] = field(default_factory=list)
+    reconstruction_weight: list[float] = field(default_factory=list)
+    joint_layers: list[str] = field(default_factory=list)
+    augment: list[str] = field(default_factory=list)
     objective: str = "val_map_at_r"
 
 
@@ -145,10 +177,12 @@ class Config:
 # Allowed values for string keys, checked after typing.
 CHOICES = {
     "data.protocol": PROTOCOLS,
+    "data.augment": AUGMENTATIONS,
     "model.kind": ("embedding", "autoencoder", "vae"),
     "train.lr_schedule": ("constant", "cosine"),
     "train.strategy": STRATEGIES,
     "train.mixed_precision": PRECISIONS,
+    "train.keep": ("last", "best"),
     "search.objective": TUNING_OBJECTIVES,
     "model.tower": ("mlp", "conv", "backbone"),
     "model.decoder": ("unpool", "transpose", "upsample"),
@@ -158,7 +192,8 @@ CHOICES = {
     "eval.projection": ("tsne", "pca"),
 }
 POSITIVE = {
-    "model.embedding_dim", "model.dense", "model.backbone_image_size", "model.code_dim", "model.beta",
+    "model.embedding_dim", "model.dense", "model.joint_grid", "model.joint_dim", "model.backbone_image_size",
+    "model.code_dim", "model.beta",
     "train.batch_size", "loss.scale",
     "train.epochs", "train.steps_per_epoch", "train.classes_per_batch",
     "train.examples_per_class", "train.pair_batch_size", "train.learning_rate",
@@ -213,6 +248,9 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.data.validation_classes < 0:
         raise ConfigError("config: data.validation_classes must be >= 0. "
                           f"Received: data.validation_classes={cfg.data.validation_classes!r}")
+    if not 0.0 < cfg.model.joint_power <= 1.0:
+        raise ConfigError(f"config: model.joint_power must be in (0, 1]. Received: model.joint_power="
+                          f"{cfg.model.joint_power!r}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"config: model.dropout must be in [0, 1). Received: model.dropout={cfg.model.dropout!r}")
     if cfg.train.examples_per_class < 2:
@@ -228,6 +266,22 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.model.kind != "embedding" and cfg.model.tower not in ("mlp", "conv"):
         raise ConfigError(f"config: an {cfg.model.kind} is built from an mlp or conv tower. "
                           f"Received: model.tower={cfg.model.tower!r}")
+    try:
+        check_joint_weights(cfg.model.joint_layers, cfg.model.joint_weights or None)
+    except ValueError as error:
+        raise ConfigError(f"config: {error}") from None
+    if cfg.loss.jrd_weight < 0 or (cfg.loss.jrd_weight > 0 and not spec.classifier):
+        classifiers = [name for name, s in LOSSES.items() if s.classifier]
+        raise ConfigError(f"config: loss.jrd_weight must be >= 0, and > 0 only with {classifiers}. "
+                          f"Received: loss.jrd_weight={cfg.loss.jrd_weight!r}, loss.name={cfg.loss.name!r}")
+    if cfg.loss.reconstruction_weight < 0 or (cfg.loss.reconstruction_weight > 0 and spec.batch != "pk"):
+        raise ConfigError("config: loss.reconstruction_weight must be >= 0, and > 0 only with a loss trained on "
+                          f"P×K batches. Received: loss.reconstruction_weight={cfg.loss.reconstruction_weight!r}, "
+                          f"loss.name={cfg.loss.name!r}")
+    if cfg.loss.jrd_layers and (len(cfg.loss.jrd_layers) < 2 or len(set(cfg.loss.jrd_layers)) != len(
+            cfg.loss.jrd_layers)):
+        raise ConfigError("config: loss.jrd_layers must name at least two distinct layers (JRD is joint), or []. "
+                          f"Received: loss.jrd_layers={cfg.loss.jrd_layers!r}")
     if cfg.loss.soft and not spec.soft:
         soft_losses = [name for name, s in LOSSES.items() if s.soft]
         raise ConfigError(f"config: loss.soft applies to {soft_losses} only. Received: loss.name={cfg.loss.name!r}")
@@ -244,6 +298,17 @@ def _check_search(search: SearchConfig) -> None:
         if any(v < lowest for v in value) or len(set(value)) != len(value):
             raise ConfigError(f"config: search.{key} must list distinct values >= {lowest}. "
                               f"Received: search.{key}={value!r}")
+    for key in ("jrd_weight", "reconstruction_weight"):
+        value = getattr(search, key)
+        if any(v < 0 for v in value) or len(set(value)) != len(value):
+            raise ConfigError(f"config: search.{key} must list distinct choices >= 0, or []. "
+                              f"Received: search.{key}={value!r}")
+    if any(v not in AUGMENTATIONS for v in search.augment) or len(set(search.augment)) != len(search.augment):
+        raise ConfigError(f"config: search.augment must list distinct choices from {list(AUGMENTATIONS)}. "
+                          f"Received: search.augment={search.augment!r}")
+    if len(set(search.joint_layers)) != len(search.joint_layers):
+        raise ConfigError("config: search.joint_layers must list distinct choices (layer names joined by '+'). "
+                          f"Received: search.joint_layers={search.joint_layers!r}")
     unknown = [name for name in search.loss if name not in IN_BATCH_LOSSES]
     if unknown or len(set(search.loss)) != len(search.loss):
         raise ConfigError(f"config: search.loss must list distinct in-batch losses from {list(IN_BATCH_LOSSES)}. "

@@ -101,8 +101,27 @@ def _farthest_negative(distances, negative):
     return tf.argmax(tf.where(negative, distances, -np.inf), axis=1, output_type=tf.int32)
 
 
-def _sorted_semihard_negatives(distances, negative):
-    """`[N, N]` semi-hard negative per (a, p) from one sort of each anchor's row: no search.
+def _map_row_chunks(fn, tensors, chunk: int, output_dtypes, output_widths):
+    """`fn` over chunks of `chunk` rows of `[N, ...]` tensors (the last chunk zero-padded), results stacked
+    back to `[N, width]` each: memory O(chunk · N) for what `fn` makes. One chunk: `fn` is called directly."""
+    n = tf.shape(tensors[0])[0]
+    static_n = tensors[0].shape[0]
+    if static_n is not None and static_n <= chunk:
+        return fn(*tensors)
+    chunks = (n + chunk - 1) // chunk
+    padding = chunks * chunk - n
+
+    def in_chunks(x):
+        padded = tf.pad(x, [[0, padding]] + [[0, 0]] * (len(x.shape) - 1))
+        return tf.reshape(padded, tf.concat([[chunks, chunk], tf.shape(x)[1:]], 0))
+
+    signature = tuple(tf.TensorSpec([chunk, width], dtype) for dtype, width in zip(output_dtypes, output_widths))
+    outputs = tf.map_fn(lambda args: fn(*args), tuple(in_chunks(t) for t in tensors), fn_output_signature=signature)
+    return tuple(tf.reshape(out, [chunks * chunk, -1])[:n] for out in outputs)
+
+
+def _sorted_semihard_rows(distances, negative):
+    """`[R, N]` semi-hard negative per (a, p) for R anchors' rows, from one sort of each row: no search.
 
     With a row sorted ascending (negatives first among equal distances), the closest negative
     farther than a positive is the first negative after it: a reverse cumulative minimum of the
@@ -117,7 +136,20 @@ def _sorted_semihard_negatives(distances, negative):
     chosen = tf.where(next_negative < n, chosen, _farthest_negative(distances, negative)[:, None])
     # Back from sorted positions to columns: row a's position j holds column order[a, j].
     flat_order = tf.reshape(order + tf.range(tf.shape(order)[0])[:, None] * n, [-1])
-    return tf.reshape(tf.gather(tf.reshape(chosen, [-1]), tf.math.invert_permutation(flat_order)), tf.shape(order))
+    return (tf.reshape(tf.gather(tf.reshape(chosen, [-1]), tf.math.invert_permutation(flat_order)),
+                       tf.shape(order)),)
+
+
+# The sort path works on chunks of anchors' rows of about this many elements (its int64 keys and
+# their sorted copy dominate its memory): one chunk up to N = 2,048.
+_SORT_CHUNK_ELEMENTS = 1 << 22
+
+
+def _sorted_semihard_negatives(distances, negative):
+    """`[N, N]` semi-hard negative per (a, p), sorting chunks of rows (see `_sorted_semihard_rows`)."""
+    static_n = distances.shape[1]
+    chunk = max(1, _SORT_CHUNK_ELEMENTS // static_n) if static_n else 256
+    return _map_row_chunks(_sorted_semihard_rows, (distances, negative), chunk, (tf.int32,), (static_n,))[0]
 
 
 def _nearest_farther_negatives(rows, thresholds):
@@ -139,23 +171,13 @@ def _semihard_slots(distances, positive, negative, width: int):
     Returns:
         `(positive columns, filled, negative columns)`, each `[N, width]`.
     """
-    n = tf.shape(distances)[0]
     slot_column, filled = positive_slots(positive, width)                          # [N, W]
     d_ap = tf.gather(distances, slot_column, batch_dims=1)                          # [N, W]
     d_negative = tf.where(negative, distances, np.inf)                              # [N, N]
     static_n = distances.shape[0]
     chunk = max(1, min(256, _CHUNK_ELEMENTS // (width * static_n))) if static_n else 64
-    chunks = (n + chunk - 1) // chunk
-    padding = chunks * chunk - n
-
-    def in_chunks(x):
-        return tf.reshape(tf.pad(x, [[0, padding], [0, 0]]), tf.concat([[chunks, chunk], tf.shape(x)[1:]], 0))
-
-    nearest_farther, has_farther = tf.map_fn(
-        lambda args: _nearest_farther_negatives(*args), (in_chunks(d_negative), in_chunks(d_ap)),
-        fn_output_signature=(tf.TensorSpec([chunk, width], tf.int32), tf.TensorSpec([chunk, width], tf.bool)))
-    nearest_farther = tf.reshape(nearest_farther, [-1, width])[:n]
-    has_farther = tf.reshape(has_farther, [-1, width])[:n]
+    nearest_farther, has_farther = _map_row_chunks(_nearest_farther_negatives, (d_negative, d_ap), chunk,
+                                                   (tf.int32, tf.bool), (width, width))
     return slot_column, filled, tf.where(has_farther, nearest_farther, _farthest_negative(distances, negative)[:, None])
 
 

@@ -13,12 +13,19 @@ import numpy as np
 
 from reprlearn.config import Config
 from reprlearn.layers import CosineClassifier
+from reprlearn.losses import JointRepresentationSimilarity
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
-from reprlearn.models import siamese_pair_model
+from reprlearn.models import dense_autoencoder, joint_embedding_model, siamese_pair_model
 from reprlearn.registry import LOSSES, make_loss
 from reprlearn.runs import embed
 
 TOWER_NAME = "tower"
+# When JRD reads inner tower layers, the tower runs as one nested model with those layers as extra outputs.
+TOWER_PARTS_NAME = "tower_parts"
+LOGITS = "logits"  # in loss.jrd_layers: the classifier's cosines
+# Outputs of a P×K training model with more than one loss term, each trained against its target.
+EMBEDDING_OUTPUT, CLASS_OUTPUT, JRD_OUTPUT, RECONSTRUCTION_OUTPUT = (
+    "embedding", "class_cosines", "jrd_features", "reconstruction")
 
 
 def is_pair_loss(cfg: Config) -> bool:
@@ -26,16 +33,113 @@ def is_pair_loss(cfg: Config) -> bool:
     return LOSSES[cfg.loss.name].batch == "pairs"
 
 
-def trains_through_head(cfg: Config) -> bool:
-    """The compiled model wraps the tower (a Siamese pair model, or a cosine classifier) instead of being it."""
-    spec = LOSSES[cfg.loss.name]
-    return spec.batch == "pairs" or spec.classifier
+def uses_jrd(cfg: Config) -> bool:
+    return LOSSES[cfg.loss.name].classifier and cfg.loss.jrd_weight > 0
+
+
+def training_outputs(cfg: Config) -> list[str]:
+    """The P×K training model's outputs, each with its own loss term (one output: the model has a single one)."""
+    first = CLASS_OUTPUT if LOSSES[cfg.loss.name].classifier else EMBEDDING_OUTPUT
+    return ([first] + ([JRD_OUTPUT] if uses_jrd(cfg) else [])
+            + ([RECONSTRUCTION_OUTPUT] if cfg.loss.reconstruction_weight > 0 else []))
 
 
 def dense_class_ids(cfg: Config, labels: np.ndarray) -> np.ndarray:
     """Labels as the loss needs them: 0..C−1 in sorted order of the training classes for a classifier loss,
     unchanged otherwise."""
     return np.searchsorted(np.unique(labels), labels) if LOSSES[cfg.loss.name].classifier else labels
+
+
+def training_targets(cfg: Config, dataset):
+    """P×K batches as the compiled model takes them: with several outputs, the labels for each loss on labels
+    and the pixels in [0, 1] for the reconstruction."""
+    outputs = training_outputs(cfg)
+    if len(outputs) == 1:
+        return dataset
+    return dataset.map(lambda images, labels: (images, {
+        name: images / 255.0 if name == RECONSTRUCTION_OUTPUT else labels for name in outputs}))
+
+
+def jrd_layer_names(cfg: Config, tower: keras.Model) -> list[str]:
+    """`loss.jrd_layers`, or the default: the last pooled conv block (`features`; otherwise the layer under the
+    embedding head), the embedding and the logits. Names the tower lacks are an error listing its layers."""
+    names = [layer.name for layer in tower.layers]
+    if cfg.loss.jrd_layers:
+        chosen = list(cfg.loss.jrd_layers)
+    else:
+        under_head = "features" if "features" in names else names[names.index("embedding_dense") - 1]
+        chosen = [under_head, names[-1], LOGITS]
+    missing = [name for name in chosen if name != LOGITS and name not in names]
+    if missing:
+        raise ValueError(f"loss.jrd_layers names layers the tower lacks: {missing}; the tower's layers are {names} "
+                         f"(and {LOGITS!r} for the classifier's cosines). Received: loss.jrd_layers={chosen}")
+    return chosen
+
+
+def _pk_training_model(cfg: Config, tower: keras.Model, loss, num_classes: int | None):
+    """The model P×K batches train, with its losses, loss weights and metrics (single values or per-output dicts)."""
+    outputs = training_outputs(cfg)
+    classifier = LOSSES[cfg.loss.name].classifier
+    if classifier and num_classes is None:
+        raise ValueError(f"{cfg.loss.name} needs the number of training classes. Received: num_classes=None")
+    if outputs == [EMBEDDING_OUTPUT]:
+        # Given the loss, the metrics reuse its distance matrix and mining for the same batch.
+        return tower, loss, None, [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance, loss=loss),
+                                   MeanNegativeDistance(cfg.loss.distance, loss=loss)]
+    images = keras.Input(tower.input_shape[1:], name="images")
+    jrd_names = jrd_layer_names(cfg, tower) if uses_jrd(cfg) else []
+    inner = [name for name in jrd_names if name != LOGITS]
+    if inner:
+        parts_model = keras.Model(tower.input, [tower.get_layer(name).output for name in inner] + [tower.output],
+                                  name=TOWER_PARTS_NAME)
+        *parts, embeddings = parts_model(images)
+    else:
+        parts, embeddings = [], tower(images)
+    heads, losses, metrics = {}, {}, {}
+    if classifier:
+        heads[CLASS_OUTPUT] = CosineClassifier(num_classes, name=CLASS_OUTPUT)(embeddings)
+        losses[CLASS_OUTPUT] = loss
+        metrics[CLASS_OUTPUT] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    else:
+        heads[EMBEDDING_OUTPUT] = keras.layers.Identity(name=EMBEDDING_OUTPUT, dtype="float32")(embeddings)
+        losses[EMBEDDING_OUTPUT] = loss
+        metrics[EMBEDDING_OUTPUT] = [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance, loss=loss),
+                                     MeanNegativeDistance(cfg.loss.distance, loss=loss)]
+    if jrd_names:
+        by_name = {**dict(zip(inner, parts)), LOGITS: heads.get(CLASS_OUTPUT)}
+        flat = [keras.layers.Flatten(name=f"jrd_flat_{name}")(by_name[name]) for name in jrd_names]
+        heads[JRD_OUTPUT] = keras.layers.Concatenate(name=JRD_OUTPUT, dtype="float32")(flat)
+        losses[JRD_OUTPUT] = JointRepresentationSimilarity([int(part.shape[-1]) for part in flat],
+                                                           [name == LOGITS for name in jrd_names])
+    if RECONSTRUCTION_OUTPUT in outputs:
+        decoder = dense_autoencoder(tower.input_shape[1:], hidden=(256,), code_dim=int(embeddings.shape[-1]),
+                                    name=RECONSTRUCTION_OUTPUT).decoder
+        heads[RECONSTRUCTION_OUTPUT] = decoder(embeddings)
+        losses[RECONSTRUCTION_OUTPUT] = "mse"
+    if len(outputs) == 1:
+        (name,) = outputs
+        return keras.Model(images, heads[name], name="training_model"), losses[name], None, metrics[name]
+    weights = {name: {JRD_OUTPUT: cfg.loss.jrd_weight, RECONSTRUCTION_OUTPUT: cfg.loss.reconstruction_weight}.get(
+        name, 1.0) for name in outputs}
+    return keras.Model(images, heads, name="training_model"), losses, weights, metrics
+
+
+def tower_of(model: keras.Model) -> keras.Model:
+    """The embedding tower inside a compiled training model (the model itself when it is the tower)."""
+    names = {layer.name for layer in model.layers}
+    if TOWER_PARTS_NAME in names:
+        parts_model = model.get_layer(TOWER_PARTS_NAME)
+        return keras.Model(parts_model.input, parts_model.outputs[-1], name=TOWER_NAME)
+    return model.get_layer(TOWER_NAME) if TOWER_NAME in names else model
+
+
+def embedding_model(cfg: Config, tower: keras.Model) -> keras.Model:
+    """What a run exports and validates: the tower, or its joint embedding (`model.joint_layers`; shares its
+    weights)."""
+    if not cfg.model.joint_layers:
+        return tower
+    return joint_embedding_model(tower, cfg.model.joint_layers, cfg.model.joint_grid, cfg.model.joint_power,
+                                 cfg.model.joint_weights or None, name=TOWER_NAME)
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
@@ -47,30 +151,23 @@ def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
 
 
 def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | None = None) -> keras.Model:
-    """The compiled training model: the tower itself for in-batch losses, a Siamese pair model for pair losses,
-    the tower with a `CosineClassifier` over `num_classes` training classes for a classifier loss.
+    """The compiled training model: a Siamese pair model for pair losses; for P×K losses the tower itself, or,
+    with more than one loss term, a model with one output per term (`training_outputs`): the embedding (in-batch
+    loss) or a `CosineClassifier` over `num_classes` training classes (classifier loss), JRD's packed layers
+    (`loss.jrd_weight`), a reconstruction from the embedding (`loss.reconstruction_weight`).
 
-    In-batch runs also log the active fraction of the loss and the mean positive and negative distances;
-    classifier runs log their training accuracy.
+    In-batch losses also log the active fraction and the mean positive and negative distances;
+    classifier losses log their training accuracy.
     """
     loss = make_loss(cfg.loss.name, cfg.loss.margin, cfg.loss.distance, cfg.loss.soft, cfg.loss.cross_replica,
                      cfg.loss.scale)
     if is_pair_loss(cfg):
-        model = siamese_pair_model(tower, distance=cfg.loss.distance)
-        metrics = [ActiveFraction(loss)]
-    elif LOSSES[cfg.loss.name].classifier:
-        if num_classes is None:
-            raise ValueError(f"{cfg.loss.name} needs the number of training classes. Received: num_classes=None")
-        images = keras.Input(tower.input_shape[1:], name="images")
-        model = keras.Model(images, CosineClassifier(num_classes, name="class_cosines")(tower(images)),
-                            name="classifier")
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        model, losses, weights, metrics = siamese_pair_model(tower, distance=cfg.loss.distance), loss, None, [
+            ActiveFraction(loss)]
     else:
-        model = tower
-        # Given the loss, the metrics reuse its distance matrix and mining for the same batch.
-        metrics = [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance, loss=loss),
-                   MeanNegativeDistance(cfg.loss.distance, loss=loss)]
-    model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=metrics, jit_compile=cfg.train.jit_compile)
+        model, losses, weights, metrics = _pk_training_model(cfg, tower, loss, num_classes)
+    model.compile(optimizer=make_optimizer(cfg), loss=losses, loss_weights=weights, metrics=metrics,
+                  jit_compile=cfg.train.jit_compile)
     return model
 
 

@@ -16,16 +16,22 @@ RETRIEVAL_ROWS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "r
 VERIFICATION_ROWS = ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "threshold", "accuracy", "far", "frr")
 
 
+def _pca_title(metrics: dict) -> str:
+    pca = metrics.get("baseline_pca")
+    return f"PCA-{pca['dim']} of pixels ({pca['metric']}; fit on training images)" if pca else "PCA of pixels"
+
+
 def _markdown(report: dict, figures: dict[str, str]) -> str:
     m, d, t = report["metrics"], report["data"], report["train"]
     lines = [f"# reprlearn run: {d['name']}, {d['protocol']}", "",
              f"Train classes {d['train_classes']} ({d['n_train']} images, {d['n_val']} for validation); "
              f"test classes {d['test_classes']} ({d['n_test']} images).", "",
              "## Retrieval on the test protocol", "",
-             "| metric | model | raw pixels, L2 | raw pixels, cosine |", "|---|---|---|---|"]
-    cosine = m.get("baseline_raw_cosine", {})
+             f"| metric | model | raw pixels, L2 | raw pixels, cosine | {_pca_title(m)} |", "|---|---|---|---|---|"]
+    cosine, pca = m.get("baseline_raw_cosine", {}), m.get("baseline_pca", {})
     lines += [f"| {k} | {m['test'][k]:.4f} | {m['baseline_raw'][k]:.4f} | "
-              + (f"{cosine[k]:.4f} |" if k in cosine else "– |") for k in RETRIEVAL_ROWS]
+              + " | ".join(f"{part[k]:.4f}" if k in part else "–" for part in (cosine, pca)) + " |"
+              for k in RETRIEVAL_ROWS]
     lines += ["", "## Verification on sampled test pairs", "",
               f"Threshold: {m['verification']['calibration']['note']}.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {m['verification'][k]:.4f} |" for k in VERIFICATION_ROWS if k in m["verification"]]

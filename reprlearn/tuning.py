@@ -1,4 +1,5 @@
-"""Keras Tuner on a retrieval objective: margin, embedding size, learning rate, loss and batch shape.
+"""Keras Tuner on a retrieval objective: margin, embedding size, learning rate, loss, batch shape, and the
+open-set keys (JRD and reconstruction weights, joint embedding layers, augmentation).
 
 A loss value cannot compare trials with different margins or losses; the objective is a
 retrieval metric (`val_map_at_r` by default) computed every epoch on a validation split drawn
@@ -30,9 +31,12 @@ import numpy as np
 
 from reprlearn.config import Config, ConfigError, config_to_dict
 from reprlearn.data import Splits
+from reprlearn.data.augment import MIRROR_INVARIANT
 from reprlearn.data.pipelines import pk_batches
 from reprlearn.models import build_tower
-from reprlearn.objectives import TOWER_NAME, RetrievalValidation, compile_embedding_model
+from reprlearn.models.joint import check_joint_layers
+from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, dense_class_ids,
+                                  embedding_model, tower_of, training_targets)
 from reprlearn.registry import IN_BATCH_LOSSES, LOSSES
 from reprlearn.runs import progress
 from reprlearn.strategies import check_global_batch, check_jit_compile, dtype_policy, make_strategy
@@ -40,7 +44,13 @@ from reprlearn.strategies import check_global_batch, check_jit_compile, dtype_po
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "search"
 # Hyperparameters, each fixed to the config's own value when its search list is empty.
-HYPERPARAMETERS = ("margin", "embedding_dim", "learning_rate", "loss", "classes_per_batch", "examples_per_class")
+HYPERPARAMETERS = ("margin", "embedding_dim", "learning_rate", "loss", "classes_per_batch", "examples_per_class",
+                   "jrd_weight", "reconstruction_weight", "joint_layers", "augment")
+JOINED = "+"  # a search.joint_layers choice: layer names joined by "+" (keras-tuner choices are scalars)
+
+
+def joint_layer_choice(choice: str) -> list[str]:
+    return [name for name in choice.split(JOINED) if name]
 
 
 def check_search(cfg: Config, splits: Splits) -> None:
@@ -54,9 +64,17 @@ def check_search(cfg: Config, splits: Splits) -> None:
     if too_many:
         raise ConfigError(f"config: search.classes_per_batch exceeds the {classes} training classes. "
                           f"Received: search.classes_per_batch={cfg.search.classes_per_batch or too_many}")
-    if LOSSES[cfg.loss.name].classifier or LOSSES[cfg.loss.name].batch != "pk":
-        raise ConfigError(f"config: reprlearn tune searches the in-batch metric losses {list(IN_BATCH_LOSSES)}. "
+    spec = LOSSES[cfg.loss.name]
+    if spec.batch != "pk" or (spec.classifier and cfg.search.loss):
+        raise ConfigError(f"config: reprlearn tune trains on P×K batches: loss.name must be one of "
+                          f"{list(IN_BATCH_LOSSES)}, or a classifier loss with no search.loss. "
+                          f"Received: loss.name={cfg.loss.name!r}, search.loss={cfg.search.loss!r}")
+    if cfg.search.jrd_weight and not spec.classifier:
+        raise ConfigError(f"config: search.jrd_weight needs a classifier base loss (loss.name: am_softmax). "
                           f"Received: loss.name={cfg.loss.name!r}")
+    tower = build_tower(cfg.model, splits.train.images.shape[1:])
+    for choice in cfg.search.joint_layers:
+        check_joint_layers(tower, joint_layer_choice(choice))
     if cfg.train.strategy == "multi_worker":
         raise ConfigError("config: reprlearn tune runs each trial in one process (one_device or mirrored); to "
                           "spread a search over processes or hosts use keras-tuner's chief/worker mode "
@@ -73,14 +91,23 @@ def trial_config(cfg: Config, values: dict) -> Config:
     """The base config with one trial's hyperparameter values applied."""
     loss = values.get("loss", cfg.loss.name)
     spec = LOSSES[loss]
+    joint_layers = joint_layer_choice(values["joint_layers"]) if "joint_layers" in values else cfg.model.joint_layers
+    # The config's joint weights where they fit the trial's layers; otherwise every part weighs 1.
+    joint_weights = cfg.model.joint_weights if len(cfg.model.joint_weights) == len(joint_layers) + 1 else []
     return dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, embedding_dim=int(values.get("embedding_dim", cfg.model.embedding_dim))),
+        data=dataclasses.replace(cfg.data, augment=values.get("augment", cfg.data.augment)),
+        model=dataclasses.replace(cfg.model, embedding_dim=int(values.get("embedding_dim", cfg.model.embedding_dim)),
+                                  joint_layers=joint_layers, joint_weights=joint_weights),
         # A trial's loss keeps the config's distance and soft flag where it accepts them (the registry says).
         loss=dataclasses.replace(cfg.loss, name=loss, margin=float(values.get("margin", cfg.loss.margin)),
                                  distance=cfg.loss.distance if cfg.loss.distance in spec.distances
                                  else spec.distances[0],
-                                 soft=cfg.loss.soft and spec.soft),
+                                 soft=cfg.loss.soft and spec.soft,
+                                 jrd_weight=float(values.get("jrd_weight", cfg.loss.jrd_weight)) if spec.classifier
+                                 else 0.0,
+                                 reconstruction_weight=float(values.get("reconstruction_weight",
+                                                                        cfg.loss.reconstruction_weight))),
         train=dataclasses.replace(
             cfg.train, learning_rate=float(values.get("learning_rate", cfg.train.learning_rate)),
             classes_per_batch=int(values.get("classes_per_batch", cfg.train.classes_per_batch)),
@@ -117,6 +144,9 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
             values["classes_per_batch"] = hp.Choice("classes_per_batch", s.classes_per_batch)
         if s.examples_per_class:
             values["examples_per_class"] = hp.Choice("examples_per_class", s.examples_per_class)
+        for name in ("jrd_weight", "reconstruction_weight", "joint_layers", "augment"):
+            if getattr(s, name):
+                values[name] = hp.Choice(name, getattr(s, name))
         return values
 
     def build(self, hp):
@@ -125,15 +155,19 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(cfg.train.seed)
         with dtype_policy(cfg.train.mixed_precision):
             return compile_embedding_model(cfg, build_tower(cfg.model, self.splits.train.images.shape[1:],
-                                                            name=TOWER_NAME))
+                                                            name=TOWER_NAME), len(self.splits.train.classes))
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         cfg = trial_config(self.cfg, self.declare(hp))
         train, val = self.splits.train, self.splits.val
-        dataset = pk_batches(train.images, train.labels, cfg.train.classes_per_batch, cfg.train.examples_per_class,
-                             cfg.train.seed)
-        # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs.
-        validation = RetrievalValidation(model, val.images, val.labels, cfg.loss.distance)
+        dataset = training_targets(cfg, pk_batches(
+            train.images, dense_class_ids(cfg, train.labels), cfg.train.classes_per_batch,
+            cfg.train.examples_per_class, cfg.train.seed, augment=cfg.data.augment,
+            flips=MIRROR_INVARIANT.get(cfg.data.name, False)))
+        # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs; it
+        # scores what the trial would export (the joint embedding when the trial has one).
+        validation = RetrievalValidation(embedding_model(cfg, tower_of(model)), val.images, val.labels,
+                                         cfg.loss.distance)
         epochs = kwargs.get("epochs", cfg.train.epochs)
         keras_verbose, progress_callbacks = progress(self.verbose, epochs)
         started = time.perf_counter()

@@ -226,3 +226,19 @@ def addons_triplet_hard(labels, embeddings, margin, soft=False):
     gap = hard_positives - hard_negatives
     losses = np.log1p(np.exp(gap)) if soft else np.maximum(gap + margin, 0.0)
     return float(losses.mean())
+
+
+def joint_representation_similarity(labels, features, single_bandwidth):
+    """JRD's JRS by plain loops: per layer a Gaussian kernel at {b/2, b, 2b} (or b) of squared distances."""
+    n = len(labels)
+    joint = np.ones((n, n))
+    for layer, single in zip(features, single_bandwidth):
+        z = np.asarray(layer, np.float64).reshape(n, -1)
+        d = np.array([[np.sum((z[i] - z[j]) ** 2) for j in range(n)] for i in range(n)])
+        b = max(sum(d[i, j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1)), 1e-12)
+        widths = [b] if single else [b / 2, b, 2 * b]
+        for i in range(n):
+            for j in range(n):
+                joint[i, j] *= sum(np.exp(-d[i, j] / w) for w in widths) / len(widths)
+    pairs = [(i, j) for i in range(n) for j in range(n) if labels[i] != labels[j]]
+    return sum(joint[i, j] for i, j in pairs) / len(pairs) if pairs else 0.0

@@ -92,6 +92,16 @@ def test_sorted_semihard_traced_without_a_static_batch_size_matches_eager():
     np.testing.assert_array_equal(traced(d, labels).numpy(), miner(d, labels).negative_index.numpy())
 
 
+def test_sorted_semihard_in_row_chunks_equals_one_chunk(monkeypatch):
+    import reprlearn.miners as miners
+
+    emb, labels = random_batch(8, n=150, classes=3)
+    d = pairwise_distance(emb)
+    whole = SemiHardMiner(path="sort")(d, labels).negative_index.numpy()
+    monkeypatch.setattr(miners, "_SORT_CHUNK_ELEMENTS", 40 * 150)  # 4 chunks of 40 rows, the last one padded
+    np.testing.assert_array_equal(SemiHardMiner(path="sort")(d, labels).negative_index.numpy(), whole)
+
+
 def test_semihard_path_is_checked_and_serialized():
     with pytest.raises(ValueError, match="path='fast'"):
         SemiHardMiner(path="fast")

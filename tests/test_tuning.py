@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -142,3 +143,31 @@ def test_retrain_best_replaces_a_best_run_left_by_an_earlier_search(tmp_path, ca
                  "--retrain-best"]) == 0
     assert "holds an earlier best trial" in capsys.readouterr().out
     assert load_config(out / "best_run" / "config.yaml") == load_config(out / "best.yaml")
+
+
+def test_tune_searches_the_open_set_keys_on_a_classifier_loss(tmp_path):
+    out = tmp_path / "tune"
+    sets = ["loss.name=am_softmax", "search.loss=[]", "search.margin=[]", "search.embedding_dim=[]",
+            "search.jrd_weight=[0.0, 1.0]", "search.reconstruction_weight=[0.0, 0.5]",
+            "search.joint_layers=['', pool1]", "search.augment=[none, light]"]
+    assert main(["tune", str(SMOKE), "--tuner", "random", "--max-trials", "3", "--out", str(out), "--quiet",
+                 *[arg for item in sets for arg in ("--set", item)]]) == 0
+    rows = _rows(out)
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    assert all(r["jrd_weight"] in ("0.0", "1.0") and r["reconstruction_weight"] in ("0.0", "0.5")
+               and r["joint_layers"] in ("", "pool1") and r["augment"] in ("none", "light") for r in rows)
+    best = max(rows, key=lambda r: float(r["objective"]))
+    best_cfg = load_config(out / "best.yaml")
+    assert best_cfg.model.joint_layers == ([best["joint_layers"]] if best["joint_layers"] else [])
+    assert best_cfg.data.augment == best["augment"]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("search.jrd_weight=[1.0]", "search.jrd_weight needs a classifier"),
+    ("search.joint_layers=[pool1+nowhere]", r"lacks: \['nowhere'\]"),
+    ("search.augment=[heavy]", "search.augment"),
+])
+def test_open_set_search_keys_are_checked_before_any_trial(tmp_path, capsys, item, message):
+    assert main(["tune", str(SMOKE), "--out", str(tmp_path), "--set", item]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "search").exists()

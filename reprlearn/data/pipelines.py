@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from reprlearn.data.augment import augment_batch, check_augment
+
 
 def _class_table(labels: np.ndarray):
     """Returns (class ids [C], counts [C], table [C, max_n]) with each class's indices, padded."""
@@ -77,13 +79,26 @@ def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: in
 
 
 def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, seed: int = 0,
-               start_step: int = 0) -> tf.data.Dataset:
-    """Infinite P×K batches `(images float32 [P*K, H, W, C], labels int32 [P*K])`; see `pk_indices`."""
+               start_step: int = 0, augment: str = "none", flips: bool = False) -> tf.data.Dataset:
+    """Infinite P×K batches `(images float32 [P*K, H, W, C], labels int32 [P*K])`; see `pk_indices`.
+
+    `augment` / `flips`: see `reprlearn.data.augment.augment_batch`; batch s is augmented with a seed drawn
+    from (seed, s), so resuming reproduces it.
+    """
+    check_augment(augment)
     images_t = tf.constant(np.asarray(images))
     labels_t = tf.constant(np.asarray(labels), tf.int32)
     index = pk_indices(labels, classes_per_batch, examples_per_class, seed, start_step)
-    return index.map(lambda i: (tf.cast(tf.gather(images_t, i), tf.float32), tf.gather(labels_t, i)),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+    def load(i, step):
+        batch = tf.cast(tf.gather(images_t, i), tf.float32)
+        if augment != "none":
+            step_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), 1)
+            batch = augment_batch(batch, step_seed, augment, flips)
+        return batch, tf.gather(labels_t, i)
+
+    return tf.data.Dataset.zip(index, tf.data.Dataset.counter(start_step)).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def pair_indices(labels, batch_size: int, seed: int, start_step: int = 0) -> tf.data.Dataset:

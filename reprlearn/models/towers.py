@@ -62,14 +62,14 @@ def mlp_tower(input_shape, hidden=(256, 128), embedding_dim: int = 64, l2_normal
     """
     inputs = keras.Input(_check_shape(input_shape), name="images")
     x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inputs)
-    x = keras.layers.Flatten()(x)
-    for width in hidden:
-        x = keras.layers.Dense(int(width), use_bias=not batch_norm)(x)
+    x = keras.layers.Flatten(name="pixels")(x)
+    for block, width in enumerate(hidden, start=1):
+        x = keras.layers.Dense(int(width), use_bias=not batch_norm, name=f"hidden{block}")(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
+            x = keras.layers.BatchNormalization(name=f"hidden{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"hidden{block}_relu")(x)
         if dropout:
-            x = keras.layers.Dropout(dropout)(x)
+            x = keras.layers.Dropout(dropout, name=f"hidden{block}_dropout")(x)
     return keras.Model(inputs, _embedding_head(x, _check_embedding_dim(embedding_dim), l2_normalize), name=name)
 
 
@@ -78,7 +78,9 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
                name: str = "conv_tower") -> keras.Model:
     """A CNN tower: per width a 3×3 conv (+BatchNorm) + ReLU + 2×2 max-pool, then Dense, embedding head.
 
-    With the defaults this is conv32-pool-conv64-pool-fc128-emb64.
+    With the defaults this is conv32-pool-conv64-pool-fc128-emb64. Layers are named by block
+    (`conv1`, `pool1`, …, `features` (the flattened last pool), `fc`, `embedding_dense`), so configs can
+    name them (`model.joint_layers`, `loss.jrd_layers`).
 
     Args:
         input_shape: `(H, W, C)`; H and W must survive `len(filters)` halvings.
@@ -95,17 +97,17 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
                          f"Received: filters={list(filters)}")
     inputs = keras.Input(shape, name="images")
     x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inputs)
-    for width in filters:
-        x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=not batch_norm)(x)
+    for block, width in enumerate(filters, start=1):
+        x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=not batch_norm, name=f"conv{block}")(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Flatten()(x)
+            x = keras.layers.BatchNormalization(name=f"conv{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"conv{block}_relu")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
+    x = keras.layers.Flatten(name="features")(x)
     if dense:
-        x = keras.layers.Dense(int(dense), activation="relu")(x)
+        x = keras.layers.Dense(int(dense), activation="relu", name="fc")(x)
     if dropout:
-        x = keras.layers.Dropout(dropout)(x)
+        x = keras.layers.Dropout(dropout, name="fc_dropout")(x)
     return keras.Model(inputs, _embedding_head(x, _check_embedding_dim(embedding_dim), l2_normalize), name=name)
 
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
+from reprlearn.data.augment import MIRROR_INVARIANT
 from reprlearn.data.pipelines import pair_batches, pk_batches
 from reprlearn.metrics.verification import best_threshold
-from reprlearn.models import build_tower
+from reprlearn.models import build_tower, project_joint_embedding
 from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, dense_class_ids,
-                                  is_pair_loss, trains_through_head)
+                                  embedding_model, is_pair_loss, tower_of, training_targets)
 from reprlearn.runs import embed, run_summary, save_and_check_reload
 from reprlearn.scoring import can_pair, pair_distances, score_embeddings
-from reprlearn.training.loop import fit_resumable, resume_or_build
+from reprlearn.training.loop import fit_resumable, kept_epoch, resume_or_build
 from reprlearn.strategies import is_chief
 
 
@@ -31,8 +33,10 @@ def training_batches(cfg: Config, train: ImageSet, start_step: int):
     """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`."""
     if is_pair_loss(cfg):
         return pair_batches(train.images, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step)
-    return pk_batches(train.images, dense_class_ids(cfg, train.labels), cfg.train.classes_per_batch,
-                      cfg.train.examples_per_class, cfg.train.seed, start_step)
+    return training_targets(cfg, pk_batches(train.images, dense_class_ids(cfg, train.labels),
+                                            cfg.train.classes_per_batch, cfg.train.examples_per_class,
+                                            cfg.train.seed, start_step, cfg.data.augment,
+                                            MIRROR_INVARIANT.get(cfg.data.name, False)))
 
 
 def batch_size(cfg: Config) -> int:
@@ -48,8 +52,22 @@ def check_embedding_data(cfg: Config, splits: Splits) -> None:
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 
 
+# Training images the joint embedding's PCA cap is fit on (a class-stratified sample beyond this).
+PROJECTION_FIT_IMAGES = 20000
+
+
+def capped(cfg: Config, model: keras.Model, train: ImageSet) -> keras.Model:
+    """The joint embedding with `model.joint_dim` components at most: a PCA fit on training images only."""
+    if not cfg.model.joint_layers or cfg.model.joint_dim is None:
+        return model
+    sample = train if len(train) <= PROJECTION_FIT_IMAGES else train.subset(
+        np.random.default_rng(cfg.data.seed).choice(len(train), PROJECTION_FIT_IMAGES, replace=False))
+    return project_joint_embedding(model, embed(model, sample.images), cfg.model.joint_dim)
+
+
 def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
-    """Retrieval on the test protocol beside raw pixels (L2 and cosine), and verification on test pairs.
+    """Retrieval on the test protocol beside raw pixels (L2 and cosine) and their PCA at the embedding's size (fit
+    on training images), and verification on test pairs.
 
     The verification threshold is calibrated on validation pairs (training side) and only applied to
     the test pairs: no test data in any fitted number.
@@ -67,7 +85,7 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
         raise ValueError("the test split needs two classes and a class with two items for verification pairs. "
                          f"Received: classes {test.classes}")
     metrics, pairs = score_embeddings(embeddings, test.images, test.labels, metric, threshold,
-                                      cfg.eval.verification_pairs, seed)
+                                      cfg.eval.verification_pairs, seed, pca_train_images=splits.train.images)
     metrics["verification"]["calibration"] = {
         "split": "val", **calibration,
         "note": "threshold fit on validation pairs from the training side; test pairs are only scored"
@@ -86,23 +104,27 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     strategy = strategy or tf.distribute.get_strategy()
     model, epochs_done = resume_or_build(out, lambda: compile_embedding_model(cfg, build_tower(
         cfg.model, splits.train.images.shape[1:], name=TOWER_NAME), len(splits.train.classes)), cfg, strategy, verbose)
-    tower = model.get_layer(TOWER_NAME) if trains_through_head(cfg) else model
+    # Validation (and the epoch `train.keep: best` selects) scores the embedding the run exports.
+    exported = embedding_model(cfg, tower_of(model))
     dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
-    validation = RetrievalValidation(tower, splits.val.images, splits.val.labels, cfg.loss.distance)
+    validation = RetrievalValidation(exported, splits.val.images, splits.val.labels, cfg.loss.distance)
     seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose,
                                      strategy)
     if not is_chief(strategy):
         return {}
+    kept = kept_epoch(model, cfg, out, history)
 
     # Save the embedding model (uncompiled) and prove it reloads to identical embeddings; evaluate that file.
-    tower = save_and_check_reload(tower, out / "model.keras", splits.test.images[:256])
+    tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras",
+                                  splits.test.images[:256])
     if is_pair_loss(cfg):
         model.save(out / "pair_model.keras")
 
     # Evaluate and report.
     evaluation = evaluate(cfg, tower, splits)
     report = {**run_summary(cfg, out, epochs_done, seconds, history, batch_size(cfg)),
-              "model": {"tower": cfg.model.tower, "embedding_dim": cfg.model.embedding_dim,
+              "kept": kept,
+              "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
                         "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0},
               "metrics": evaluation["metrics"]}
     write_report(report, out, splits, evaluation, cfg)

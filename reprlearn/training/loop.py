@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
@@ -45,6 +46,46 @@ class EpochCheckpoint(keras.callbacks.Callback):
         history = read_checkpoint_state(self.directory).get("history", [])
         history.append({k: float(v) for k, v in (logs or {}).items()})
         write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history})
+
+
+SELECTION_METRIC = "val_map_at_r"
+BEST_WEIGHTS = "best.weights.h5"
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the highest validation MAP@R in `best.weights.h5` (`train.keep: best`).
+
+    The best score so far comes from the checkpoint's history, so a resumed run compares against the
+    epochs it finished before the interruption. Runs after the validation callback, before the checkpoint.
+    """
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = directory
+        history = read_checkpoint_state(directory).get("history", [])
+        self.best = max((epoch[SELECTION_METRIC] for epoch in history if SELECTION_METRIC in epoch), default=None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(SELECTION_METRIC)
+        if score is None or (self.best is not None and score <= self.best):
+            return
+        self.best = float(score)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "best.tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.directory / BEST_WEIGHTS)
+
+
+def kept_epoch(model: keras.Model, cfg: Config, out: Path, history: list[dict]) -> dict:
+    """Loads the weights `train.keep` asks for and says which epoch they are from (1-based)."""
+    scores = [epoch.get(SELECTION_METRIC) for epoch in history]
+    best_file = out / CHECKPOINTS / BEST_WEIGHTS
+    if cfg.train.keep == "best" and best_file.exists() and any(s is not None for s in scores):
+        model.load_weights(best_file)
+        best = max(range(len(scores)), key=lambda i: -np.inf if scores[i] is None else scores[i])
+        return {"keep": "best", "epoch": best + 1, SELECTION_METRIC: scores[best]}
+    note = {} if cfg.train.keep == "last" else {"note": f"no epoch logged {SELECTION_METRIC}: the last is kept"}
+    return {"keep": "last", "epoch": len(history), **note}
 
 
 def resume_or_build(out: Path, build, cfg: Config, strategy: tf.distribute.Strategy,
@@ -90,7 +131,8 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
     checkpoints = out / CHECKPOINTS
     chief = is_chief(strategy)
     keras_verbose, progress_callbacks = progress(verbose if chief else 0, cfg.train.epochs)
-    writers = [*([validation] if validation else []), EpochCheckpoint(checkpoints),
+    selection = [BestEpoch(checkpoints)] if cfg.train.keep == "best" else []
+    writers = [*([validation] if validation else []), *selection, EpochCheckpoint(checkpoints),
                keras.callbacks.TensorBoard(log_dir=str(out / "logs")), *progress_callbacks, *(callbacks or [])]
     started = time.perf_counter()
     if epochs_done < cfg.train.epochs:

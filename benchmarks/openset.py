@@ -1,0 +1,164 @@
+"""Open-set study: which losses and embeddings retrieve classes the tower never trained on, against raw pixels.
+
+Run:  .venv/bin/python benchmarks/openset.py [--datasets fashion_mnist digits] [--seeds 0 1 2]
+          [--protocols unseen-classes seen-classes] [--seen-seeds 0] [--rows ...] [--out runs/openset_study]
+
+Every row trains with `reprlearn train` from the dataset's base config (configs/openset.yaml for
+Fashion-MNIST, configs/openset_digits.yaml for digits) with the row's overrides, so every row has the
+same training budget (epochs × steps × batch) and the same data: two training classes held out for
+validation, the epoch with the best validation MAP@R kept (never the test classes). Each (dataset,
+protocol, row, seed) is one run folder under --out; a finished one is read back, not retrained, so an
+interrupted study resumes. Baselines are computed here on the same splits: raw pixels under L2 and
+cosine, PCA of the pixels (fit on the training split only) at 64 and 256 components, and the joint
+embedding of an *untrained* tower (the architecture's share of the result).
+
+Prints one table per dataset and protocol (mean ± std over seeds of test MAP@R, P@1, NMI, and the
+validation MAP@R each run kept) and writes them with every run's numbers to OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BASE_CONFIGS = {"fashion_mnist": "configs/openset.yaml", "digits": "configs/openset_digits.yaml"}
+# The joint embeddings per tower: all pooled blocks (conv) or the pixels with the first hidden layer (MLP), and a
+# version of at most 256 dimensions; the head is left out (weight 0) in both.
+JOINT = {"fashion_mnist": {"model.joint_layers": "[pool1, pool2]", "model.joint_weights": "[1.0, 1.0, 0.0]"},
+         "digits": {"model.joint_layers": "[pixels, hidden1_relu]", "model.joint_weights": "[1.0, 1.0, 0.0]"}}
+JOINT_SMALL = {"fashion_mnist": {"model.joint_layers": "[pool2]", "model.joint_weights": "[1.0, 0.0]"},
+               "digits": {"model.joint_layers": "[hidden1_relu]", "model.joint_weights": "[1.0, 0.0]"}}
+HEAD_ONLY = {"model.joint_layers": "[]", "model.joint_weights": "[]"}
+SEMIHARD = {"loss.name": "triplet_semihard", "loss.margin": "0.2", "loss.jrd_weight": "0.0"}
+CONTRASTIVE = {"loss.name": "contrastive", "loss.margin": "0.5", "loss.jrd_weight": "0.0"}
+AM = {"loss.name": "am_softmax", "loss.scale": "20.0", "loss.margin": "0.1", "loss.jrd_weight": "0.0"}
+AM_JRD = {**AM, "loss.jrd_weight": "1.0"}
+
+
+def rows(dataset: str) -> dict[str, dict[str, str]]:
+    joint, small = JOINT[dataset], JOINT_SMALL[dataset]
+    return {
+        "semi-hard": {**SEMIHARD, **HEAD_ONLY},
+        "contrastive": {**CONTRASTIVE, **HEAD_ONLY},
+        "AM-Softmax": {**AM, **HEAD_ONLY},
+        "AM-Softmax + JRD": {**AM_JRD, **HEAD_ONLY},
+        "semi-hard, joint": {**SEMIHARD, **joint},
+        "AM-Softmax + JRD, joint <= 256": {**AM_JRD, **small},
+        "AM-Softmax + JRD, joint": {**AM_JRD, **joint},
+        "AM-Softmax + JRD, joint, + reconstruction": {**AM_JRD, **joint, "loss.reconstruction_weight": "1.0"},
+        "AM-Softmax + JRD, joint, + augmentation": {**AM_JRD, **joint, "data.augment": "light"},
+    }
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def train_row(dataset: str, protocol: str, row: str, overrides: dict, seed: int, out: Path) -> dict:
+    """The run's report.json, training it first unless a finished run is already there."""
+    folder = out / dataset / protocol / _slug(row) / f"seed{seed}"
+    report = folder / "report.json"
+    if not report.exists():
+        settings = {**overrides, "data.protocol": protocol, "data.seed": str(seed), "train.seed": str(seed)}
+        if protocol == "seen-classes":  # validation held out from every class (all classes are test classes)
+            settings["data.validation_classes"] = "0"
+        command = [sys.executable, "-c", "import sys; from reprlearn.cli import main; sys.exit(main())", "train",
+                   BASE_CONFIGS[dataset], "--out", str(folder), "--quiet", "--force",
+                   *[f"--set={key}={value}" for key, value in settings.items()]]
+        print(f"  training {dataset} {protocol} {row!r} seed {seed}", flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(report.read_text())
+
+
+def baselines(dataset: str, protocol: str, seed: int) -> dict[str, dict]:
+    """Raw pixels (L2, cosine), PCA-64 / PCA-256 fit on training images, an untrained tower's joint embedding."""
+    import keras
+
+    from reprlearn.config import load_config
+    from reprlearn.data import flat_pixels
+    from reprlearn.data.protocols import splits_for
+    from reprlearn.metrics import retrieval_metrics
+    from reprlearn.models import build_tower, joint_embedding_model
+    from reprlearn.runs import embed
+    from reprlearn.scoring import pca_baseline
+
+    overrides = [f"data.protocol={protocol}", f"data.seed={seed}"] + (
+        ["data.validation_classes=0"] if protocol == "seen-classes" else [])
+    cfg = load_config(BASE_CONFIGS[dataset], overrides=overrides)
+    splits = splits_for(cfg.data)
+    test = splits.test
+    raw = flat_pixels(test.images)
+    out = {"raw pixels, L2": retrieval_metrics(raw, test.labels, "L2", seed=seed),
+           "raw pixels, cosine": retrieval_metrics(raw, test.labels, "angular", seed=seed)}
+    for dim in (64, 256):
+        out[f"PCA-{dim} of pixels"] = pca_baseline(splits.train.images, test.images, test.labels, dim, seed)
+    keras.utils.set_random_seed(seed)
+    tower = build_tower(cfg.model, test.images.shape[1:])
+    joint = joint_embedding_model(tower, cfg.model.joint_layers, cfg.model.joint_grid, cfg.model.joint_power,
+                                  cfg.model.joint_weights or None)
+    out["untrained tower, joint"] = retrieval_metrics(embed(joint, test.images), test.labels, "angular", seed=seed)
+    out["untrained tower, joint"]["dim"] = int(joint.output_shape[-1])
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    lines = ["| row | dim | test MAP@R | P@1 | NMI | val MAP@R (kept epoch) |", "|---|---|---|---|---|---|"]
+    for row, runs in results.items():
+        val = [r["val_map_at_r"] for r in runs if r.get("val_map_at_r") is not None]
+        lines.append(f"| {row} | {runs[0]['dim']} | {_mean_std([r['map_at_r'] for r in runs])} | "
+                     f"{_mean_std([r['precision_at_1'] for r in runs])} | {_mean_std([r['nmi'] for r in runs])} | "
+                     + (_mean_std(val) if val else "–") + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(BASE_CONFIGS), choices=list(BASE_CONFIGS))
+    parser.add_argument("--protocols", nargs="+", default=["unseen-classes", "seen-classes"],
+                        choices=["unseen-classes", "seen-classes"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seen-seeds", type=int, nargs="+", default=[0],
+                        help="seeds for the seen-classes protocol (what each row costs on its training classes)")
+    parser.add_argument("--rows", nargs="+", help="row names to run (default: all)")
+    parser.add_argument("--out", default="runs/openset_study")
+    args = parser.parse_args()
+    out = Path(args.out)
+    summary = {}
+    for dataset in args.datasets:
+        for protocol in args.protocols:
+            seeds = args.seeds if protocol == "unseen-classes" else args.seen_seeds
+            results: dict[str, list[dict]] = {}
+            for seed in seeds:
+                for name, scores in baselines(dataset, protocol, seed).items():
+                    results.setdefault(name, []).append(
+                        {**scores, "dim": scores.get("dim", "–" if name.startswith("raw") else scores.get("dim"))})
+            for row, overrides in rows(dataset).items():
+                if args.rows and row not in args.rows:
+                    continue
+                for seed in seeds:
+                    report = train_row(dataset, protocol, row, overrides, seed, out)
+                    results.setdefault(row, []).append({
+                        **report["metrics"]["test"], "dim": report["model"]["embedding_dim"],
+                        "val_map_at_r": report["kept"].get("val_map_at_r"), "kept_epoch": report["kept"]["epoch"]})
+            title = f"{dataset}, {protocol}, seeds {seeds}"
+            print(f"\n### {title}\n\n{table(results)}\n", flush=True)
+            summary[title] = results
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

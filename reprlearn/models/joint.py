@@ -1,0 +1,95 @@
+"""Joint embeddings: a tower's head output beside features of its inner layers, as one vector.
+
+A head trained to separate the training classes throws away what it did not need for them;
+inner layers keep more, and that is what unseen classes need (docs/protocols.md, "Open-set").
+Each part is power-normalised and average-pooled to a `grid × grid` map (feature maps only; the
+signed square root keeps a few strong activations from dominating the pooled cells), flattened, L2-normalised
+and scaled by its weight; the parts are concatenated and L2-normalised again, so cosine and L2
+rankings of the joint vector agree. `project_joint_embedding` caps its size with a PCA fit on
+training images only, folded into a Dense layer so the model exports like any tower.
+
+Example:
+    joint = joint_embedding_model(tower, ["pool1", "pool2"], grid=2, power=0.5, weights=[1.0, 1.0, 0.0])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from reprlearn.layers import SignedPower
+
+HEAD = "embedding"  # the name the tower's own output goes by in `weights` and messages
+
+
+def check_joint_layers(tower: keras.Model, layers: Sequence[str]) -> None:
+    """A name the tower lacks is an error listing the tower's layers."""
+    names = [layer.name for layer in tower.layers]
+    missing = [name for name in layers if name not in names]
+    if missing:
+        raise ValueError(f"model.joint_layers names layers the tower lacks: {missing}; the tower's layers are "
+                         f"{names}. Received: model.joint_layers={list(layers)}")
+
+
+def check_joint_weights(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:
+    """One weight >= 0 per layer and one for the head, not all 0 (default: all 1)."""
+    if weights is None:
+        return [1.0] * (len(layers) + 1)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(layers) + 1 or min(weights) < 0 or max(weights) == 0:
+        raise ValueError(f"model.joint_weights needs one weight >= 0 per joint layer and one for the head "
+                         f"({len(layers) + 1}), not all 0. Received: model.joint_weights={weights}")
+    return weights
+
+
+def _part(x, grid: int, power: float, weight: float, name: str):
+    if len(x.shape) == 4:
+        if power != 1.0:
+            x = SignedPower(power, name=f"joint_power_{name}")(x)
+        x = keras.layers.AdaptiveAveragePooling2D(grid, name=f"joint_pool_{name}")(x)
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten(name=f"joint_flat_{name}")(x)
+    x = keras.layers.UnitNormalization(name=f"joint_unit_{name}", dtype="float32")(x)
+    return keras.layers.Rescaling(float(weight), name=f"joint_weight_{name}", dtype="float32")(x)
+
+
+def joint_embedding_model(tower: keras.Model, layers: Sequence[str], grid: int = 3, power: float = 0.5,
+                          weights: Sequence[float] | None = None, name: str = "tower") -> keras.Model:
+    """The tower with its output replaced by the joint vector of `layers` and the head (shares its weights).
+
+    Args:
+        tower: a Functional embedding tower.
+        layers: names of tower layers to join, in order.
+        grid: feature maps are average-pooled to `grid × grid` cells first.
+        power: feature maps are power-normalised (`sign(x)·|x|^power`) before pooling; 1 leaves them.
+        weights: one per layer, then one for the head; 0 leaves a part out. Default: all 1.
+
+    Returns:
+        A Functional model from the tower's input to the unit-length joint embedding.
+    """
+    check_joint_layers(tower, layers)
+    weights = check_joint_weights(layers, weights)
+    sources = [(name, tower.get_layer(name).output) for name in layers] + [(HEAD, tower.output)]
+    parts = [_part(x, grid, power, w, part_name) for (part_name, x), w in zip(sources, weights) if w > 0]
+    joint = keras.layers.Concatenate(name="joint", dtype="float32")(parts) if len(parts) > 1 else parts[0]
+    return keras.Model(tower.input, keras.layers.UnitNormalization(name="joint_l2_normalize", dtype="float32")(joint),
+                       name=name)
+
+
+def project_joint_embedding(model: keras.Model, features: np.ndarray, dim: int) -> keras.Model:
+    """`model` followed by a PCA to `dim` components fit on `features` (its outputs on training images),
+    then L2 normalisation; unchanged when its output already has at most `dim` components."""
+    width = int(model.output_shape[-1])
+    if width <= dim:
+        return model
+    from sklearn.decomposition import PCA
+
+    pca = PCA(dim, random_state=0).fit(features)
+    projection = keras.layers.Dense(dim, name="joint_pca", dtype="float32")
+    projected = keras.layers.UnitNormalization(name="joint_pca_l2_normalize", dtype="float32")(
+        projection(model.output))
+    projection.set_weights([pca.components_.T.astype(np.float32),
+                            (-pca.mean_ @ pca.components_.T).astype(np.float32)])
+    return keras.Model(model.input, projected, name=model.name)

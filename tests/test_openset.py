@@ -1,0 +1,276 @@
+"""Open-set pieces: augmentation, power normalisation, joint embeddings, JRD and reconstruction in the training
+model, keeping the best validation epoch, the PCA baseline, and a run that exports a joint embedding."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from reprlearn.config import ConfigError, config_from_dict, load_config
+from reprlearn.data import augment
+from reprlearn.data.augment import Augmentation, augment_batch
+from reprlearn.data.pipelines import pk_batches
+from reprlearn.layers import SignedPower
+from reprlearn.metrics import retrieval_metrics
+from reprlearn.models import build_tower, joint_embedding_model, project_joint_embedding
+from reprlearn.objectives import (CLASS_OUTPUT, JRD_OUTPUT, RECONSTRUCTION_OUTPUT, compile_embedding_model, tower_of,
+                                  training_targets)
+from reprlearn.scoring import pca_baseline
+from reprlearn.training.loop import BestEpoch, kept_epoch
+
+SEED = tf.constant([3, 11], tf.int64)
+
+
+def stripes(n=6, size=20):
+    rng = np.random.default_rng(0)
+    images = np.zeros((n, size, size, 1), np.float32)
+    for i in range(n):
+        row, col = rng.integers(6, size - 10, 2)  # 3+ pixels from every border
+        images[i, row:row + 3, col:col + 5] = 200.0
+        images[i, row, col] = 255.0  # left-right asymmetric
+    return images
+
+
+# --- augmentation ---
+
+def test_augmentation_keeps_size_and_range_and_is_keyed_by_its_seed():
+    images = stripes()
+    out = augment_batch(tf.constant(images), SEED, "strong", flips=True).numpy()
+    assert out.shape == images.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    again = augment_batch(tf.constant(images), SEED, "strong", flips=True).numpy()
+    np.testing.assert_array_equal(out, again)
+    other = augment_batch(tf.constant(images), tf.constant([3, 12], tf.int64), "strong", flips=True).numpy()
+    assert np.abs(other - out).max() > 1.0
+    np.testing.assert_array_equal(augment_batch(tf.constant(images), SEED, "none", flips=True), images)
+
+
+def test_shifts_are_whole_pixel_moves_within_the_range():
+    images = stripes()
+    out = augment._affine(tf.constant(images), SEED, Augmentation(0.15, 0.0, 0.0)).numpy()
+    moved = 0
+    for before, after in zip(images, out):
+        matches = [(dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)
+                   if np.allclose(np.roll(np.roll(before, dy, 0), dx, 1), after, atol=1e-3)]
+        assert matches, "every output is its input moved by whole pixels (the stripes stay clear of the border)"
+        moved += matches[0] != (0, 0)
+    assert moved >= 3
+
+
+def test_flips_only_when_allowed(monkeypatch):
+    monkeypatch.setitem(augment.LEVELS, "light", Augmentation(0.0, 0.0, 0.0))  # flips alone
+    images = stripes(n=16)
+    mirrored = images[:, :, ::-1]
+    flipped = augment_batch(tf.constant(images), SEED, "light", flips=True).numpy()
+    is_mirror = [np.allclose(f, m, atol=1e-3) for f, m in zip(flipped, mirrored)]
+    assert all(m or np.allclose(f, i, atol=1e-3) for f, m, i in zip(flipped, is_mirror, images))
+    assert 0 < sum(is_mirror) < len(images)
+    np.testing.assert_allclose(augment_batch(tf.constant(images), SEED, "light", flips=False), images, atol=1e-3)
+
+
+def test_an_augmented_pk_pipeline_resumes_with_the_same_batches():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 8, 8, 1)).astype(np.uint8)
+    labels = np.repeat(np.arange(6), 10)
+    from_start = list(pk_batches(images, labels, 3, 4, seed=5, augment="strong", flips=True).take(4))
+    resumed = next(iter(pk_batches(images, labels, 3, 4, seed=5, start_step=3, augment="strong", flips=True)))
+    np.testing.assert_array_equal(from_start[3][0], resumed[0])
+    plain = next(iter(pk_batches(images, labels, 3, 4, seed=5)))
+    assert np.abs(plain[0].numpy() - from_start[0][0].numpy()).max() > 0
+
+
+def test_bad_augmentation_is_named():
+    with pytest.raises(ValueError, match="augment='heavy'"):
+        augment_batch(tf.zeros([1, 4, 4, 1]), SEED, "heavy", flips=False)
+    with pytest.raises(ConfigError, match="data.augment"):
+        config_from_dict({"data": {"augment": "heavy"}})
+
+
+# --- power normalisation and joint embeddings ---
+
+def test_signed_power_equals_numpy_and_round_trips():
+    x = np.array([[-4.0, -0.25, 0.0, 0.25, 9.0]], np.float32)
+    layer = SignedPower(0.5)
+    np.testing.assert_allclose(layer(x), np.sign(x) * np.abs(x) ** 0.5, rtol=1e-6)
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert clone.exponent == 0.5
+    with pytest.raises(ValueError, match="exponent=0"):
+        SignedPower(0)
+
+
+def tiny_conv_tower(seed=0):
+    keras.utils.set_random_seed(seed)
+    cfg = config_from_dict({"model": {"tower": "conv", "filters": [4, 6], "dense": 8, "embedding_dim": 5}})
+    return build_tower(cfg.model, (12, 12, 1))
+
+
+def unit(x):
+    x = x.reshape(len(x), -1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def numpy_grid_average(x, grid):
+    """Adaptive average pooling: cell i covers rows floor(i·H/g) .. ceil((i+1)·H/g) − 1."""
+    n, h, w, c = x.shape
+    out = np.zeros((n, grid, grid, c))
+    for i in range(grid):
+        for j in range(grid):
+            rows = slice(i * h // grid, -(-(i + 1) * h // grid))
+            cols = slice(j * w // grid, -(-(j + 1) * w // grid))
+            out[:, i, j] = x[:, rows, cols].mean(axis=(1, 2))
+    return out
+
+
+def test_joint_embedding_equals_numpy_from_the_towers_own_layers():
+    tower = tiny_conv_tower()
+    images = np.random.default_rng(1).integers(0, 256, (5, 12, 12, 1)).astype(np.float32)
+    joint = joint_embedding_model(tower, ["pool1", "pool2"], grid=2, power=0.5, weights=[1.0, 2.0, 0.5])
+    inner = keras.Model(tower.input, [tower.get_layer("pool1").output, tower.get_layer("pool2").output, tower.output])
+    pool1, pool2, head = (np.asarray(v, np.float64) for v in inner(images))
+    parts = [unit(numpy_grid_average(np.sqrt(pool1), 2)), 2.0 * unit(numpy_grid_average(np.sqrt(pool2), 2)),
+             0.5 * unit(head)]
+    np.testing.assert_allclose(joint(images), unit(np.concatenate(parts, axis=1)), atol=1e-5)
+    assert joint.output_shape[-1] == 4 * 4 + 4 * 6 + 5
+    # A zero weight leaves the head out; the weights are shared with the tower.
+    without_head = joint_embedding_model(tower, ["pool2"], grid=2, weights=[1.0, 0.0])
+    assert without_head.output_shape[-1] == 24
+    assert {id(w) for w in without_head.weights} <= {id(w) for w in tower.weights}
+
+
+def test_joint_embedding_bad_input_is_named():
+    tower = tiny_conv_tower()
+    with pytest.raises(ValueError, match=r"lacks: \['pool9'\].*'pool1'"):
+        joint_embedding_model(tower, ["pool9"])
+    with pytest.raises(ValueError, match="joint_weights"):
+        joint_embedding_model(tower, ["pool1"], weights=[1.0])
+    with pytest.raises(ValueError, match="joint_weights"):
+        joint_embedding_model(tower, ["pool1"], weights=[0.0, 0.0])
+    with pytest.raises(ConfigError, match="model.joint_weights"):
+        config_from_dict({"model": {"joint_layers": ["pool1"], "joint_weights": [1.0, -1.0]}})
+    with pytest.raises(ConfigError, match="model.joint_power"):
+        config_from_dict({"model": {"joint_power": 2.0}})
+
+
+def test_pca_cap_equals_sklearn_fit_on_the_given_features():
+    from sklearn.decomposition import PCA
+
+    tower = tiny_conv_tower()
+    joint = joint_embedding_model(tower, ["pool1", "pool2"], grid=2)
+    rng = np.random.default_rng(2)
+    train, test = (rng.integers(0, 256, (n, 12, 12, 1)).astype(np.float32) for n in (40, 6))
+    features = np.asarray(joint(train))
+    capped = project_joint_embedding(joint, features, 7)
+    want = unit(PCA(7, random_state=0).fit(features).transform(np.asarray(joint(test))))
+    np.testing.assert_allclose(capped(test), want, atol=1e-4)
+    assert project_joint_embedding(joint, features, 1000) is joint
+
+
+# --- the training model: JRD, reconstruction ---
+
+AM_JRD = {"loss": {"name": "am_softmax", "jrd_weight": 0.5, "reconstruction_weight": 0.25},
+          "model": {"tower": "conv", "filters": [4, 6], "dense": 8, "embedding_dim": 5}}
+
+
+def test_jrd_and_reconstruction_outputs_and_the_tower_inside():
+    cfg = config_from_dict(AM_JRD)
+    tower = build_tower(cfg.model, (12, 12, 1), name="tower")
+    model = compile_embedding_model(cfg, tower, num_classes=3)
+    images = np.random.default_rng(0).integers(0, 256, (6, 12, 12, 1)).astype(np.float32)
+    outputs = model(images)
+    assert set(outputs) == {CLASS_OUTPUT, JRD_OUTPUT, RECONSTRUCTION_OUTPUT}
+    # Default JRD layers: the flattened last pool (3·3·6), the embedding (5) and the logits (3).
+    assert outputs[JRD_OUTPUT].shape == (6, 54 + 5 + 3)
+    assert outputs[RECONSTRUCTION_OUTPUT].shape == (6, 12, 12, 1)
+    np.testing.assert_allclose(tower_of(model)(images), tower(images), atol=1e-6)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    batch = next(iter(training_targets(cfg, tf.data.Dataset.from_tensors((images, labels)))))
+    np.testing.assert_allclose(batch[1][RECONSTRUCTION_OUTPUT], images / 255.0)
+    np.testing.assert_array_equal(batch[1][JRD_OUTPUT], labels)
+    logs = model.train_on_batch(images, batch[1], return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["loss"] > 0
+
+
+def test_jrd_bad_input_is_named():
+    cfg = config_from_dict({**AM_JRD, "loss": {"name": "am_softmax", "jrd_weight": 1.0,
+                                               "jrd_layers": ["pool2", "nowhere"]}})
+    with pytest.raises(ValueError, match=r"lacks: \['nowhere'\].*'pool1'"):
+        compile_embedding_model(cfg, build_tower(cfg.model, (12, 12, 1), name="tower"), num_classes=3)
+    with pytest.raises(ConfigError, match="at least two"):
+        config_from_dict({"loss": {"name": "am_softmax", "jrd_weight": 1.0, "jrd_layers": ["pool2"]}})
+    with pytest.raises(ConfigError, match="loss.jrd_weight"):
+        config_from_dict({"loss": {"name": "triplet_semihard", "jrd_weight": 1.0}})
+    with pytest.raises(ConfigError, match="loss.reconstruction_weight"):
+        config_from_dict({"loss": {"name": "pair_contrastive", "reconstruction_weight": 1.0}})
+
+
+# --- keeping the best validation epoch ---
+
+def test_best_epoch_keeps_the_weights_of_the_best_validation_score(tmp_path):
+    cfg = config_from_dict({"train": {"keep": "best"}})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = BestEpoch(tmp_path / "checkpoints")
+    callback.set_model(model)
+    weights, history = [], []
+    for epoch, score in enumerate([0.5, 0.7, 0.6]):
+        model.layers[0].kernel.assign(np.full((2, 1), float(epoch), np.float32))
+        weights.append(model.get_weights())
+        callback.on_epoch_end(epoch, {"val_map_at_r": score})
+        history.append({"val_map_at_r": score})
+    kept = kept_epoch(model, cfg, tmp_path, history)
+    assert kept == {"keep": "best", "epoch": 2, "val_map_at_r": 0.7}
+    np.testing.assert_array_equal(model.get_weights()[0], weights[1][0])
+    last = kept_epoch(model, config_from_dict({}), tmp_path, history)
+    assert last == {"keep": "last", "epoch": 3}
+
+
+# --- the PCA baseline ---
+
+def test_pca_baseline_is_fit_on_the_training_images_only():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (50, 4, 4, 1)).astype(np.float32)
+    test = rng.integers(0, 256, (30, 4, 4, 1)).astype(np.float32)
+    labels = np.repeat(np.arange(3), 10)
+    got = pca_baseline(train, test, labels, 5, seed=0)
+    projected = PCA(5, random_state=0).fit(train.reshape(50, -1) / 255.0).transform(test.reshape(30, -1) / 255.0)
+    want = {metric: retrieval_metrics(projected, labels, m)["map_at_r"] for metric, m in (("L2", "L2"),
+                                                                                          ("cosine", "angular"))}
+    assert got["dim"] == 5 and got["map_at_r"] == pytest.approx(max(want.values()))
+    assert got["metric"] == max(want, key=want.get)
+
+
+# --- a run that exports a joint embedding ---
+
+def test_open_set_run_exports_a_joint_embedding_that_reloads_in_a_fresh_process(tmp_path):
+    from reprlearn.training import run_training
+
+    cfg = load_config("configs/openset_digits.yaml", overrides=["train.epochs=2", "train.steps_per_epoch=10",
+                                                                "model.joint_dim=40", "data.augment=light"])
+    out = tmp_path / "run"
+    report = run_training(cfg, out, verbose=0)
+    assert report["model"]["embedding_dim"] == 40
+    assert report["kept"]["keep"] == "best" and report["kept"]["epoch"] in (1, 2)
+    assert report["metrics"]["baseline_pca"]["dim"] == 40
+    assert report["metrics"]["baseline_raw_better"] in ("L2", "cosine")
+    stored = json.loads((out / "report.json").read_text())
+    assert stored["kept"] == report["kept"]
+    script = textwrap.dedent(f"""
+        import numpy as np, keras, reprlearn
+        from sklearn.datasets import load_digits
+        model = keras.saving.load_model({str(out / 'model.keras')!r})
+        images = (load_digits().images[:8, :, :, None] * (255.0 / 16.0)).astype("float32")
+        vectors = np.asarray(model(images))
+        print(vectors.shape, float(np.abs(np.linalg.norm(vectors, axis=1) - 1).max()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shape, norm_error = done.stdout.strip().rsplit(" ", 1)
+    assert shape == "(8, 40)" and float(norm_error) < 1e-5
