@@ -274,3 +274,25 @@ def test_open_set_run_exports_a_joint_embedding_that_reloads_in_a_fresh_process(
     assert done.returncode == 0, done.stderr[-2000:]
     shape, norm_error = done.stdout.strip().rsplit(" ", 1)
     assert shape == "(8, 40)" and float(norm_error) < 1e-5
+
+
+def test_jrd_training_model_round_trips_and_trains_under_mixed_precision(tmp_path):
+    from reprlearn.strategies import dtype_policy
+
+    cfg = config_from_dict(AM_JRD)
+    images = np.random.default_rng(0).integers(0, 256, (6, 12, 12, 1)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    targets = next(iter(training_targets(cfg, tf.data.Dataset.from_tensors((images, labels)))))[1]
+    with dtype_policy("mixed_float16"):
+        keras.utils.set_random_seed(0)
+        model = compile_embedding_model(cfg, build_tower(cfg.model, (12, 12, 1), name="tower"), num_classes=3)
+        logs = model.train_on_batch(images, targets, return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values())
+    assert model(images)[JRD_OUTPUT].dtype == "float32"
+    model.save(tmp_path / "training.keras")
+    reloaded = keras.saving.load_model(tmp_path / "training.keras")
+    for name in (CLASS_OUTPUT, JRD_OUTPUT):
+        np.testing.assert_allclose(reloaded(images)[name], model(images)[name], atol=1e-3)
+    jrd = reloaded.loss[JRD_OUTPUT]  # the compiled losses come back with the file
+    assert type(jrd).__name__ == "JointRepresentationSimilarity" and jrd.part_sizes == [54, 5, 3]
+    assert jrd.single_bandwidth == [False, False, True]

@@ -21,6 +21,16 @@ class ZeroLoss(keras.losses.Loss):
 
 
 objectives.make_loss = lambda *args, **kwargs: ZeroLoss()
+_pk_training_model = objectives._pk_training_model
+
+
+def _zero_terms(*args, **kwargs):
+    """The extra terms of a multi-output model (JRD, reconstruction) are zero too."""
+    model, losses, weights, metrics = _pk_training_model(*args, **kwargs)
+    return model, {name: ZeroLoss() for name in losses} if isinstance(losses, dict) else losses, weights, metrics
+
+
+objectives._pk_training_model = _zero_terms
 _build = ae.build_autoencoder
 
 
