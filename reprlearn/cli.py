@@ -104,6 +104,27 @@ def _export(args) -> int:
     return 0
 
 
+def write_embeddings_parquet(out: Path, embeddings, data, run) -> None:
+    """One row per image: `name`, `label`, `class_name`, `embedding` (a fixed-size float32 list); the run's
+    metric and model fingerprint in the schema metadata. Written to a temporary file, then renamed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    class_names = list(data.class_names)
+    table = pa.table({
+        "name": pa.array([str(name) for name in data.names]),
+        "label": pa.array(data.labels.astype("int64")),
+        "class_name": pa.array([class_names[label] if 0 <= label < len(class_names) else str(label)
+                                for label in data.labels.tolist()]),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()),
+                                                       embeddings.shape[1]),
+    }).replace_schema_metadata({"metric": run.metric, "model_fingerprint": run.model_fingerprint,
+                                "run": str(run.path)})
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+
+
 def _embed(args) -> int:
     import numpy as np
 
@@ -111,13 +132,16 @@ def _embed(args) -> int:
     from reprlearn.runs import load_run
 
     out = Path(args.out)
-    if out.suffix != ".npz":
-        raise ValueError(f"--out must name a .npz file. Received: --out={args.out!r}")
+    if out.suffix not in (".npz", ".parquet"):
+        raise ValueError(f"--out must name a .npz or .parquet file. Received: --out={args.out!r}")
     run, data = load_run(args.run_dir), load_spec(args.data, args.data_dir)
     embeddings = run.embed(data.images)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, embeddings=embeddings, labels=data.labels, names=np.asarray(data.names),
-             class_names=np.asarray(data.class_names))
+    if out.suffix == ".parquet":
+        write_embeddings_parquet(out, embeddings, data, run)
+    else:
+        np.savez(out, embeddings=embeddings, labels=data.labels, names=np.asarray(data.names),
+                 class_names=np.asarray(data.class_names))
     print(f"{len(embeddings)} embeddings of dimension {embeddings.shape[1]} ({run.metric} metric) → {out}")
     return 0
 
@@ -253,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="embed a dataset with a trained run; write embeddings, labels, names")
     embed.add_argument("run_dir", help="a finished run folder")
     add_data(embed, "the images to embed")
-    embed.add_argument("--out", required=True, help="a .npz file: embeddings, labels, names, class_names")
+    embed.add_argument("--out", required=True, help="a .npz file (embeddings, labels, names, class_names) or a "
+                       ".parquet file (one row per image: name, label, class_name, embedding)")
     embed.set_defaults(handler=_embed)
     index = commands.add_parser("index", help="enrol a dataset into a gallery with a trained run")
     index.add_argument("run_dir", help="a finished run folder")

@@ -84,6 +84,30 @@ def test_embed_index_identify_from_the_command_line_agree_with_the_library(used)
     np.testing.assert_allclose([float(r["distance_3"]) for r in rows], want.distances[:, 2], atol=1e-6)
 
 
+def test_embed_writes_parquet_that_a_fresh_process_reads_with_pyarrow_alone(used):
+    done = reprlearn("embed", used / "run", "--data", f"folder:{used / 'query_images'}", "--out", used / "q.parquet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    script = textwrap.dedent(f"""
+        import json, numpy as np, pyarrow.parquet as pq
+        table = pq.read_table({str(used / 'q.parquet')!r})
+        vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+        print(json.dumps({{"columns": table.column_names, "names": table.column("name").to_pylist(),
+                          "labels": table.column("label").to_pylist(),
+                          "classes": table.column("class_name").to_pylist(), "vectors": vectors.tolist(),
+                          "metric": table.schema.metadata[b"metric"].decode()}}))
+    """)
+    read = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr[-2000:]
+    got = json.loads(read.stdout)
+    run, queries = load_run(used / "run"), load_spec(f"folder:{used / 'query_images'}")
+    assert got["columns"] == ["name", "label", "class_name", "embedding"] and got["metric"] == run.metric
+    assert got["names"] == queries.names and got["labels"] == queries.labels.tolist()
+    assert got["classes"] == [queries.class_names[label] for label in queries.labels]
+    np.testing.assert_array_equal(np.asarray(got["vectors"], np.float32), run.embed(queries.images))
+    bad = reprlearn("embed", used / "run", "--data", "digits", "--out", used / "q.csv")
+    assert bad.returncode == 2 and "--out='" in bad.stderr and not (used / "q.csv").exists()
+
+
 def test_the_run_api_works_in_a_fresh_process_that_imports_only_reprlearn(used):
     probe = load_spec(f"folder:{used / 'query_images'}")
     np.save(used / "probe.npy", probe.images)
