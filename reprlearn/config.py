@@ -68,6 +68,10 @@ class ModelConfig:
     backbone_image_size: int = 96
     # None freezes the backbone; a layer name fine-tunes from that layer on.
     fine_tune_from: typing.Optional[str] = None
+    # Transfer: start from a trained run's tower (RUN/model.keras): same-named, same-shaped layers are copied
+    # (report.json lists them); with freeze they stay fixed and only the embedding head (embedding_dense) trains.
+    init_from: typing.Optional[str] = None
+    freeze: bool = False
     # Joint embedding (embedding towers): the exported vector joins these tower layers' features (feature maps
     # power-normalised, sign(x)·|x|^joint_power, then average-pooled to joint_grid × joint_grid) with the head,
     # each part unit-length times its weight
@@ -248,6 +252,9 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.data.validation_classes < 0:
         raise ConfigError("config: data.validation_classes must be >= 0. "
                           f"Received: data.validation_classes={cfg.data.validation_classes!r}")
+    if cfg.model.freeze and not cfg.model.init_from:
+        raise ConfigError("config: model.freeze keeps the layers copied by model.init_from fixed; set "
+                          "model.init_from to a run folder. Received: model.freeze=True, model.init_from=None")
     if not 0.0 < cfg.model.joint_power <= 1.0:
         raise ConfigError(f"config: model.joint_power must be in (0, 1]. Received: model.joint_power="
                           f"{cfg.model.joint_power!r}")

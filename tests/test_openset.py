@@ -296,3 +296,40 @@ def test_jrd_training_model_round_trips_and_trains_under_mixed_precision(tmp_pat
     jrd = reloaded.loss[JRD_OUTPUT]  # the compiled losses come back with the file
     assert type(jrd).__name__ == "JointRepresentationSimilarity" and jrd.part_sizes == [54, 5, 3]
     assert jrd.single_bandwidth == [False, False, True]
+
+
+# --- transfer through the config: model.init_from, model.freeze ---
+
+def test_init_from_copies_a_runs_tower_and_freeze_trains_only_the_head(tmp_path):
+    from reprlearn.training import run_training
+
+    small = ["train.epochs=1", "train.steps_per_epoch=5", "model.joint_layers=[]", "model.joint_weights=[]",
+             "loss.jrd_weight=0.0", "train.keep=last"]
+    source_cfg = load_config("configs/openset_digits.yaml", overrides=small)
+    run_training(source_cfg, tmp_path / "source", verbose=0)
+    cfg = load_config("configs/openset_digits.yaml", overrides=[
+        *small, "loss.name=triplet_semihard", f"model.init_from={tmp_path / 'source'}", "model.freeze=true"])
+    report = run_training(cfg, tmp_path / "target", verbose=0)
+    assert report["model"]["initialised_from"] == {"run": str(tmp_path / "source"), "frozen": True,
+                                                   "layers": ["hidden1", "hidden2", "embedding_dense"]}
+    source = keras.saving.load_model(tmp_path / "source/model.keras")
+    target = keras.saving.load_model(tmp_path / "target/model.keras")
+    for name in ("hidden1", "hidden2"):  # frozen: exactly the source's weights
+        for a, b in zip(source.get_layer(name).get_weights(), target.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert np.abs(source.get_layer("embedding_dense").get_weights()[0]
+                  - target.get_layer("embedding_dense").get_weights()[0]).max() > 0
+    assert all(layer.trainable for layer in target.layers)  # the saved tower is an ordinary one
+
+
+def test_init_from_bad_input_is_named(tmp_path):
+    from reprlearn.cli import main
+
+    assert main(["train", "configs/openset_digits.yaml", "--out", str(tmp_path / "run"),
+                 "--set", f"model.init_from={tmp_path / 'nowhere'}"]) == 2
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="model.freeze"):
+        config_from_dict({"model": {"freeze": True}})
+    with pytest.raises(ValueError, match="no layer of the source model matches"):
+        from reprlearn.models import initialise_from
+        initialise_from(tiny_conv_tower(), keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="x")]))

@@ -178,3 +178,41 @@ def build_tower(model_cfg, input_shape, name: str = "tower") -> keras.Model:
                               image_size=model_cfg.backbone_image_size, fine_tune_from=model_cfg.fine_tune_from,
                               **common)
     raise ValueError(f"unknown tower. Received: model.tower={model_cfg.tower!r}")
+
+
+HEAD_LAYER = "embedding_dense"
+
+
+def initialise_from(tower: keras.Model, source: keras.Model, freeze: bool = False) -> list[str]:
+    """Copies the weights of `source`'s layers into `tower`'s layers of the same name and weight shapes.
+
+    Args:
+        tower: a freshly built tower.
+        source: a trained model (e.g. another run's `model.keras`; a joint embedding's layers are the tower's).
+        freeze: keep the copied layers fixed during training, except the embedding head (`embedding_dense`),
+            which trains: the frozen-features-plus-adaptation-layer transfer.
+
+    Returns:
+        The names of the copied layers.
+
+    Raises:
+        ValueError: no layer matches by name and shapes (the message lists both models' layers).
+    """
+    by_name = {layer.name: layer for layer in source.layers}
+    copied = []
+    for layer in tower.layers:
+        match = by_name.get(layer.name)
+        if not layer.weights or match is None:
+            continue
+        weights = match.get_weights()
+        if [w.shape for w in weights] != [tuple(v.shape) for v in layer.weights]:
+            continue
+        layer.set_weights(weights)
+        copied.append(layer.name)
+        if freeze and layer.name != HEAD_LAYER:
+            layer.trainable = False
+    if not copied:
+        raise ValueError(f"model.init_from: no layer of the source model matches the tower by name and weight shapes. "
+                         f"Source layers: {[layer.name for layer in source.layers if layer.weights]}; tower layers: "
+                         f"{[layer.name for layer in tower.layers if layer.weights]}. Received: source={source.name!r}")
+    return copied

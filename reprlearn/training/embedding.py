@@ -20,10 +20,10 @@ from reprlearn.data import ImageSet, Splits
 from reprlearn.data.augment import MIRROR_INVARIANT
 from reprlearn.data.pipelines import pair_batches, pk_batches
 from reprlearn.metrics.verification import best_threshold
-from reprlearn.models import build_tower, project_joint_embedding
+from reprlearn.models import build_tower, initialise_from, project_joint_embedding
 from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, dense_class_ids,
                                   embedding_model, is_pair_loss, tower_of, training_targets)
-from reprlearn.runs import embed, run_summary, save_and_check_reload
+from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
 from reprlearn.scoring import can_pair, pair_distances, score_embeddings
 from reprlearn.training.loop import fit_resumable, kept_epoch, resume_or_build
 from reprlearn.strategies import is_chief
@@ -47,6 +47,9 @@ def batch_size(cfg: Config) -> int:
 
 def check_embedding_data(cfg: Config, splits: Splits) -> None:
     """Errors that need the data, raised before a run folder is made."""
+    if cfg.model.init_from and not (Path(cfg.model.init_from) / "model.keras").is_file():
+        raise ValueError(f"model.init_from must name a finished run folder (with model.keras). "
+                         f"Received: model.init_from={cfg.model.init_from!r}")
     if not is_pair_loss(cfg) and cfg.train.classes_per_batch > len(splits.train_classes):
         raise ValueError(f"train.classes_per_batch exceeds the {len(splits.train_classes)} training classes. "
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
@@ -102,8 +105,16 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state),
     # made under the strategy; batches are global batches, split over the replicas by the loop.
     strategy = strategy or tf.distribute.get_strategy()
-    model, epochs_done = resume_or_build(out, lambda: compile_embedding_model(cfg, build_tower(
-        cfg.model, splits.train.images.shape[1:], name=TOWER_NAME), len(splits.train.classes)), cfg, strategy, verbose)
+    initialised = {}
+
+    def build():
+        tower = build_tower(cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)
+        if cfg.model.init_from:  # a transfer: start from another run's tower (a checkpoint, if any, loads over it)
+            initialised.update(run=cfg.model.init_from, frozen=cfg.model.freeze,
+                               layers=initialise_from(tower, load_run(cfg.model.init_from).model, cfg.model.freeze))
+        return compile_embedding_model(cfg, tower, len(splits.train.classes))
+
+    model, epochs_done = resume_or_build(out, build, cfg, strategy, verbose)
     # Validation (and the epoch `train.keep: best` selects) scores the embedding the run exports.
     exported = embedding_model(cfg, tower_of(model))
     dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
@@ -113,6 +124,8 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     if not is_chief(strategy):
         return {}
     kept = kept_epoch(model, cfg, out, history)
+    for layer in exported.layers:  # frozen for the transfer only: the saved tower is an ordinary, trainable one
+        layer.trainable = True
 
     # Save the embedding model (uncompiled) and prove it reloads to identical embeddings; evaluate that file.
     tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras",
@@ -125,7 +138,8 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     report = {**run_summary(cfg, out, epochs_done, seconds, history, batch_size(cfg)),
               "kept": kept,
               "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
-                        "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0},
+                        "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0,
+                        **({"initialised_from": initialised} if initialised else {})},
               "metrics": evaluation["metrics"]}
     write_report(report, out, splits, evaluation, cfg)
     return report
