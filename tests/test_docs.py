@@ -24,6 +24,7 @@ NOT_RUN = {
     "docker run": "needs Docker and the TF Serving image",
     "curl": "needs the TF Serving container",
     ".venv/bin/python benchmarks/": "minutes each; benchmarks print tables, tests check correctness",
+    "reprlearn train configs/openset": "the open-set recipe (minutes); test_openset.py trains its digits twin",
 }
 # A small stand-in for `make demo`'s run, so the docs' commands on runs/demo take seconds.
 SMALL_DEMO = ["train.epochs=1", "train.steps_per_epoch=3", "data.max_train=2000", "data.max_test=600",

@@ -29,11 +29,16 @@ def _trial_files(out: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in (out / "search").glob("trial_*/trial.json")}
 
 
-def test_tune_refuses_a_base_loss_it_cannot_search(tmp_path):
+def test_tune_refuses_a_classifier_base_loss_with_a_loss_search(tmp_path):
+    # The smoke config searches search.loss over in-batch losses, which a classifier loss cannot switch to.
     done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "tune", str(SMOKE), "--out", str(tmp_path / "t"),
                            "--set", "loss.name=am_softmax"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "searches the in-batch metric losses" in done.stderr
+    assert done.returncode == 2 and "a classifier loss with no search.loss" in done.stderr
     assert "Received: loss.name='am_softmax'" in done.stderr and not (tmp_path / "t").exists()
+    done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "tune", str(SMOKE), "--out", str(tmp_path / "t"),
+                           "--set", "loss.name=pair_contrastive", "--set", "search.loss=[]"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Received: loss.name='pair_contrastive'" in done.stderr
 
 
 @pytest.mark.parametrize("override, match", [
