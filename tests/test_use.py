@@ -184,7 +184,7 @@ def test_bad_input_is_refused_with_the_argument_named(used, tmp_path):
     done = reprlearn("embed", used / "run", "--data", f"folder:{tmp_path}", "--out", tmp_path / "e.npz")
     assert done.returncode == 2 and "images must be [N, 8, 8, 1] for this run's model" in done.stderr
     done = reprlearn("embed", used / "run", "--data", "digits", "--out", tmp_path / "e.csv")
-    assert done.returncode == 2 and "--out must name a .npz file" in done.stderr
+    assert done.returncode == 2 and "--out must name a .npz or .parquet file" in done.stderr
     done = reprlearn("embed", used / "run", "--data", "digits:val", "--out", tmp_path / "e.npz")
     assert done.returncode == 2 and "digits has the splits ['all']" in done.stderr
     assert not (tmp_path / "e.npz").exists()
