@@ -34,8 +34,15 @@ def pair_distances(embeddings: np.ndarray, labels: np.ndarray, n_pairs: int, met
     return paired_distance(embeddings[first], embeddings[second], metric).numpy(), match
 
 
-# Training images a PCA baseline is fit on (a random sample beyond this).
+# Training images a PCA is fit on, for a baseline or a joint embedding's cap (a random sample beyond this).
 PCA_FIT_IMAGES = 20000
+
+
+def pca_fit_sample(train_images: np.ndarray, seed: int) -> np.ndarray:
+    """The training images a PCA is fit on: all of them, or `PCA_FIT_IMAGES` drawn with `seed`."""
+    if len(train_images) <= PCA_FIT_IMAGES:
+        return train_images
+    return train_images[np.random.default_rng(seed).choice(len(train_images), PCA_FIT_IMAGES, replace=False)]
 
 
 def pca_baseline(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray, dim: int, seed: int) -> dict:
@@ -43,8 +50,7 @@ def pca_baseline(train_images: np.ndarray, images: np.ndarray, labels: np.ndarra
     cosine: the better of the two, with `metric` and `dim` recorded."""
     from sklearn.decomposition import PCA
 
-    fit = flat_pixels(train_images if len(train_images) <= PCA_FIT_IMAGES else train_images[
-        np.random.default_rng(seed).choice(len(train_images), PCA_FIT_IMAGES, replace=False)])
+    fit = flat_pixels(pca_fit_sample(train_images, seed))
     dim = int(min(dim, *fit.shape))
     projected = PCA(dim, random_state=seed).fit(fit).transform(flat_pixels(images))
     scored = {name: retrieval_metrics(projected, labels, metric, seed=seed) for name, metric in

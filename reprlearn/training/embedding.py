@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
@@ -24,7 +23,7 @@ from reprlearn.models import build_tower, initialise_from, project_joint_embeddi
 from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, dense_class_ids,
                                   embedding_model, is_pair_loss, tower_of, training_targets)
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
-from reprlearn.scoring import can_pair, pair_distances, score_embeddings
+from reprlearn.scoring import can_pair, pair_distances, pca_fit_sample, score_embeddings
 from reprlearn.training.loop import fit_resumable, kept_epoch, resume_or_build
 from reprlearn.strategies import is_chief
 
@@ -55,17 +54,12 @@ def check_embedding_data(cfg: Config, splits: Splits) -> None:
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 
 
-# Training images the joint embedding's PCA cap is fit on (a class-stratified sample beyond this).
-PROJECTION_FIT_IMAGES = 20000
-
-
 def capped(cfg: Config, model: keras.Model, train: ImageSet) -> keras.Model:
     """The joint embedding with `model.joint_dim` components at most: a PCA fit on training images only."""
     if not cfg.model.joint_layers or cfg.model.joint_dim is None:
         return model
-    sample = train if len(train) <= PROJECTION_FIT_IMAGES else train.subset(
-        np.random.default_rng(cfg.data.seed).choice(len(train), PROJECTION_FIT_IMAGES, replace=False))
-    return project_joint_embedding(model, embed(model, sample.images), cfg.model.joint_dim)
+    return project_joint_embedding(model, embed(model, pca_fit_sample(train.images, cfg.data.seed)),
+                                   cfg.model.joint_dim)
 
 
 def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
