@@ -76,6 +76,12 @@ def jrd_layer_names(cfg: Config, tower: keras.Model) -> list[str]:
     return chosen
 
 
+def _in_batch_metrics(cfg: Config, loss) -> list[keras.metrics.Metric]:
+    """Given the loss, the metrics reuse its distance matrix and mining for the same batch."""
+    return [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance, loss=loss),
+            MeanNegativeDistance(cfg.loss.distance, loss=loss)]
+
+
 def _pk_training_model(cfg: Config, tower: keras.Model, loss, num_classes: int | None):
     """The model P×K batches train, with its losses, loss weights and metrics (single values or per-output dicts)."""
     outputs = training_outputs(cfg)
@@ -83,9 +89,7 @@ def _pk_training_model(cfg: Config, tower: keras.Model, loss, num_classes: int |
     if classifier and num_classes is None:
         raise ValueError(f"{cfg.loss.name} needs the number of training classes. Received: num_classes=None")
     if outputs == [EMBEDDING_OUTPUT]:
-        # Given the loss, the metrics reuse its distance matrix and mining for the same batch.
-        return tower, loss, None, [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance, loss=loss),
-                                   MeanNegativeDistance(cfg.loss.distance, loss=loss)]
+        return tower, loss, None, _in_batch_metrics(cfg, loss)
     images = keras.Input(tower.input_shape[1:], name="images")
     jrd_names = jrd_layer_names(cfg, tower) if uses_jrd(cfg) else []
     inner = [name for name in jrd_names if name != LOGITS]
@@ -103,8 +107,7 @@ def _pk_training_model(cfg: Config, tower: keras.Model, loss, num_classes: int |
     else:
         heads[EMBEDDING_OUTPUT] = keras.layers.Identity(name=EMBEDDING_OUTPUT, dtype="float32")(embeddings)
         losses[EMBEDDING_OUTPUT] = loss
-        metrics[EMBEDDING_OUTPUT] = [ActiveFraction(loss), MeanPositiveDistance(cfg.loss.distance, loss=loss),
-                                     MeanNegativeDistance(cfg.loss.distance, loss=loss)]
+        metrics[EMBEDDING_OUTPUT] = _in_batch_metrics(cfg, loss)
     if jrd_names:
         by_name = {**dict(zip(inner, parts)), LOGITS: heads.get(CLASS_OUTPUT)}
         flat = [keras.layers.Flatten(name=f"jrd_flat_{name}")(by_name[name]) for name in jrd_names]
