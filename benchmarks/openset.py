@@ -50,6 +50,7 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
         "AM-Softmax": {**AM, **HEAD_ONLY},
         "AM-Softmax + JRD": {**AM_JRD, **HEAD_ONLY},
         "semi-hard, joint": {**SEMIHARD, **joint},
+        "semi-hard, joint <= 256": {**SEMIHARD, **small},
         "AM-Softmax + JRD, joint <= 256": {**AM_JRD, **small},
         "AM-Softmax + JRD, joint": {**AM_JRD, **joint},
         "AM-Softmax + JRD, joint, + reconstruction": {**AM_JRD, **joint, "loss.reconstruction_weight": "1.0"},
