@@ -43,8 +43,9 @@ AM_JRD = {**AM, "loss.jrd_weight": "1.0"}
 
 
 def rows(dataset: str) -> dict[str, dict[str, str]]:
+    """Each row's overrides of the base config; every key a row varies is set by every row."""
     joint, small = JOINT[dataset], JOINT_SMALL[dataset]
-    return {
+    rows = {
         "semi-hard": {**SEMIHARD, **HEAD_ONLY},
         "contrastive": {**CONTRASTIVE, **HEAD_ONLY},
         "AM-Softmax": {**AM, **HEAD_ONLY},
@@ -56,6 +57,8 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
         "AM-Softmax + JRD, joint, + reconstruction": {**AM_JRD, **joint, "loss.reconstruction_weight": "1.0"},
         "AM-Softmax + JRD, joint, + augmentation": {**AM_JRD, **joint, "data.augment": "light"},
     }
+    return {name: {"data.augment": "none", "loss.reconstruction_weight": "0.0", **overrides}
+            for name, overrides in rows.items()}
 
 
 def _slug(text: str) -> str:
