@@ -161,3 +161,21 @@ def test_autoencoder_runs_export_generative_signatures(kind, tmp_path):
         assert scores.shape == (4,) and np.all(np.isfinite(scores))
         vae = keras.saving.load_model(run_dir / "vae.keras")
         np.testing.assert_allclose(scores, vae.log_likelihood(x.numpy(), k=20, seed=0), rtol=1e-4)
+
+
+def test_a_joint_embedding_run_exports_to_every_format_and_serves_without_reprlearn(tmp_path):
+    # Joint embeddings add SignedPower (a reprlearn layer) and adaptive pooling: each format must carry them.
+    raw = {**TINY, "model": {**TINY["model"], "filters": [4, 6], "joint_layers": ["pool1", "pool2"], "joint_grid": 2}}
+    run_training(config_from_dict(raw), tmp_path / "joint", verbose=0)
+    result = export_run(tmp_path / "joint", tmp_path / "serving", verbose=False)
+    rows = {row["format"]: row for row in
+            json.loads((tmp_path / "serving/joint/artifacts/1/parity.json").read_text())["formats"]}
+    for name in ("saved_model", "tflite-none", "onnx"):
+        assert rows[name]["max_abs_diff"] <= 1e-4, name
+    script = ("import sys; sys.modules['reprlearn'] = None\n"
+              "import numpy as np, tensorflow as tf\n"
+              f"m = tf.saved_model.load({str(tmp_path / 'serving/joint/1')!r})\n"
+              "e = m.signatures['serving_default'](images=tf.fill([2, 8, 8, 1], 100.0))['embedding'].numpy()\n"
+              "print(e.shape, round(float(np.linalg.norm(e[0])), 4))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"(2, {4 * 4 + 4 * 6 + 8}) 1.0" and result["version"] == 1
