@@ -255,6 +255,9 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.model.freeze and not cfg.model.init_from:
         raise ConfigError("config: model.freeze keeps the layers copied by model.init_from fixed; set "
                           "model.init_from to a run folder. Received: model.freeze=True, model.init_from=None")
+    if cfg.model.joint_dim is not None and not cfg.model.joint_layers:
+        raise ConfigError("config: model.joint_dim caps a joint embedding; name its layers in model.joint_layers "
+                          f"(model.embedding_dim sets the head's size). Received: model.joint_dim={cfg.model.joint_dim}")
     if not 0.0 < cfg.model.joint_power <= 1.0:
         raise ConfigError(f"config: model.joint_power must be in (0, 1]. Received: model.joint_power="
                           f"{cfg.model.joint_power!r}")

@@ -154,6 +154,8 @@ def test_joint_embedding_bad_input_is_named():
         joint_embedding_model(tower, ["pool1"], weights=[0.0, 0.0])
     with pytest.raises(ConfigError, match="model.joint_weights"):
         config_from_dict({"model": {"joint_layers": ["pool1"], "joint_weights": [1.0, -1.0]}})
+    with pytest.raises(ConfigError, match="model.joint_dim=32"):
+        config_from_dict({"model": {"joint_dim": 32}})
     with pytest.raises(ConfigError, match="model.joint_power"):
         config_from_dict({"model": {"joint_power": 2.0}})
 
