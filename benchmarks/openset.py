@@ -56,6 +56,7 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
         "AM-Softmax + JRD, joint": {**AM_JRD, **joint},
         "AM-Softmax + JRD, joint, + reconstruction": {**AM_JRD, **joint, "loss.reconstruction_weight": "1.0"},
         "AM-Softmax + JRD, joint, + augmentation": {**AM_JRD, **joint, "data.augment": "light"},
+        "AM-Softmax + JRD, joint <= 256, + augmentation": {**AM_JRD, **small, "data.augment": "light"},
         "semi-hard, joint, + augmentation": {**SEMIHARD, **joint, "data.augment": "light"},
         "semi-hard, joint <= 256, + augmentation": {**SEMIHARD, **small, "data.augment": "light"},
     }
