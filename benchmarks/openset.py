@@ -102,8 +102,10 @@ def baselines(dataset: str, protocol: str, seed: int) -> dict[str, dict]:
     splits = splits_for(cfg.data)
     test = splits.test
     raw = flat_pixels(test.images)
-    out = {"raw pixels, L2": retrieval_metrics(raw, test.labels, "L2", seed=seed),
-           "raw pixels, cosine": retrieval_metrics(raw, test.labels, "angular", seed=seed)}
+    out = {"raw pixels, L2": retrieval_metrics(raw, test.labels, "L2", seed=seed)}
+    # NMI clusters the pixels themselves, whatever the ranking metric: k-means runs once.
+    out["raw pixels, cosine"] = {**retrieval_metrics(raw, test.labels, "angular", compute_nmi=False, seed=seed),
+                                 "nmi": out["raw pixels, L2"]["nmi"]}
     for dim in (64, 256):
         out[f"PCA-{dim} of pixels"] = pca_baseline(splits.train.images, test.images, test.labels, dim, seed)
     keras.utils.set_random_seed(seed)

@@ -83,17 +83,16 @@ def _sort_keys(distances, negative):
 
 def _reverse_cumulative_min(x, fill: int):
     """`[R, C]`: `min(x[:, j:])` for each j, in log2(C) shift-and-min passes (TensorFlow has no cumulative min)."""
+    def pass_(x, shift):
+        return tf.minimum(x, tf.concat([x[:, shift:], tf.fill([tf.shape(x)[0], shift], fill)], 1))
+
     columns = x.shape[1]
-    shift = 1
     if columns is not None:  # static width (always so under XLA): unrolled passes
+        shift = 1
         while shift < columns:
-            x = tf.minimum(x, tf.concat([x[:, shift:], tf.fill([tf.shape(x)[0], shift], fill)], 1))
-            shift *= 2
+            x, shift = pass_(x, shift), shift * 2
         return x
-    return tf.while_loop(
-        lambda s, x: s < tf.shape(x)[1],
-        lambda s, x: (s * 2, tf.minimum(x, tf.concat([x[:, s:], tf.fill([tf.shape(x)[0], s], fill)], 1))),
-        [tf.constant(shift), x])[1]
+    return tf.while_loop(lambda s, x: s < tf.shape(x)[1], lambda s, x: (s * 2, pass_(x, s)), [tf.constant(1), x])[1]
 
 
 def _farthest_negative(distances, negative):

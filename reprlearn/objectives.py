@@ -12,10 +12,14 @@ import keras
 import numpy as np
 
 from reprlearn.config import Config
+from reprlearn.data import ImageSet
+from reprlearn.data.augment import MIRROR_INVARIANT
+from reprlearn.data.pipelines import pk_batches
 from reprlearn.layers import CosineClassifier
 from reprlearn.losses import JointRepresentationSimilarity
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
 from reprlearn.models import dense_autoencoder, joint_embedding_model, siamese_pair_model
+from reprlearn.models.joint import check_tower_layers
 from reprlearn.registry import LOSSES, make_loss
 from reprlearn.runs import embed
 
@@ -50,6 +54,15 @@ def dense_class_ids(cfg: Config, labels: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.unique(labels), labels) if LOSSES[cfg.loss.name].classifier else labels
 
 
+def pk_training_batches(cfg: Config, train: ImageSet, start_step: int = 0):
+    """The P×K batches a run or a tuning trial trains on, from batch `start_step`: classifier losses' dense ids,
+    `data.augment` (flips where the dataset allows), and one target per output (`training_targets`)."""
+    return training_targets(cfg, pk_batches(train.images, dense_class_ids(cfg, train.labels),
+                                            cfg.train.classes_per_batch, cfg.train.examples_per_class,
+                                            cfg.train.seed, start_step, cfg.data.augment,
+                                            MIRROR_INVARIANT.get(cfg.data.name, False)))
+
+
 def training_targets(cfg: Config, dataset):
     """P×K batches as the compiled model takes them: with several outputs, the labels for each loss on labels
     and the pixels in [0, 1] for the reconstruction."""
@@ -69,10 +82,7 @@ def jrd_layer_names(cfg: Config, tower: keras.Model) -> list[str]:
     else:
         under_head = "features" if "features" in names else names[names.index("embedding_dense") - 1]
         chosen = [under_head, names[-1], LOGITS]
-    missing = [name for name in chosen if name != LOGITS and name not in names]
-    if missing:
-        raise ValueError(f"loss.jrd_layers names layers the tower lacks: {missing}; the tower's layers are {names} "
-                         f"(and {LOGITS!r} for the classifier's cosines). Received: loss.jrd_layers={chosen}")
+    check_tower_layers(tower, chosen, "loss.jrd_layers", also=[LOGITS])
     return chosen
 
 

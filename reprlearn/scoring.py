@@ -53,10 +53,12 @@ def pca_baseline(train_images: np.ndarray, images: np.ndarray, labels: np.ndarra
     fit = flat_pixels(pca_fit_sample(train_images, seed))
     dim = int(min(dim, *fit.shape))
     projected = PCA(dim, random_state=seed).fit(fit).transform(flat_pixels(images))
-    scored = {name: retrieval_metrics(projected, labels, metric, seed=seed) for name, metric in
-              (("L2", "L2"), ("cosine", "angular"))}
+    # NMI clusters the vectors themselves, whatever the ranking metric: k-means runs once.
+    scored = {"L2": retrieval_metrics(projected, labels, "L2", seed=seed),
+              "cosine": retrieval_metrics(projected, labels, "angular", compute_nmi=False, seed=seed)}
     better = max(scored, key=lambda name: scored[name]["map_at_r"])
-    return {**scored[better], "metric": better, "dim": dim, "fit_on": f"{len(fit)} training images"}
+    return {**scored[better], "nmi": scored["L2"]["nmi"], "metric": better, "dim": dim,
+            "fit_on": f"{len(fit)} training images"}
 
 
 def score_embeddings(embeddings: np.ndarray, images: np.ndarray, labels: np.ndarray, metric: str,
@@ -72,7 +74,7 @@ def score_embeddings(embeddings: np.ndarray, images: np.ndarray, labels: np.ndar
     metrics = {
         "test": retrieval_metrics(embeddings, labels, metric, seed=seed),
         "baseline_raw": retrieval_metrics(raw, labels, "L2", seed=seed),
-        "baseline_raw_cosine": retrieval_metrics(raw, labels, "angular", seed=seed),
+        "baseline_raw_cosine": retrieval_metrics(raw, labels, "angular", compute_nmi=False, seed=seed),
     }
     metrics["baseline_raw_better"] = ("cosine" if metrics["baseline_raw_cosine"]["map_at_r"]
                                       > metrics["baseline_raw"]["map_at_r"] else "L2")

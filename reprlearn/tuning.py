@@ -31,12 +31,10 @@ import numpy as np
 
 from reprlearn.config import Config, ConfigError, config_to_dict
 from reprlearn.data import Splits
-from reprlearn.data.augment import MIRROR_INVARIANT
-from reprlearn.data.pipelines import pk_batches
 from reprlearn.models import build_tower
-from reprlearn.models.joint import check_joint_layers
-from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, dense_class_ids,
-                                  embedding_model, tower_of, training_targets)
+from reprlearn.models.joint import check_tower_layers
+from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, embedding_model,
+                                  pk_training_batches, tower_of)
 from reprlearn.registry import IN_BATCH_LOSSES, LOSSES
 from reprlearn.runs import progress
 from reprlearn.strategies import check_global_batch, check_jit_compile, dtype_policy, make_strategy
@@ -74,7 +72,7 @@ def check_search(cfg: Config, splits: Splits) -> None:
                           f"Received: loss.name={cfg.loss.name!r}")
     tower = build_tower(cfg.model, splits.train.images.shape[1:])
     for choice in cfg.search.joint_layers:
-        check_joint_layers(tower, joint_layer_choice(choice))
+        check_tower_layers(tower, joint_layer_choice(choice), "search.joint_layers")
     if cfg.train.strategy == "multi_worker":
         raise ConfigError("config: reprlearn tune runs each trial in one process (one_device or mirrored); to "
                           "spread a search over processes or hosts use keras-tuner's chief/worker mode "
@@ -160,10 +158,7 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         cfg = trial_config(self.cfg, self.declare(hp))
         train, val = self.splits.train, self.splits.val
-        dataset = training_targets(cfg, pk_batches(
-            train.images, dense_class_ids(cfg, train.labels), cfg.train.classes_per_batch,
-            cfg.train.examples_per_class, cfg.train.seed, augment=cfg.data.augment,
-            flips=MIRROR_INVARIANT.get(cfg.data.name, False)))
+        dataset = pk_training_batches(cfg, train)
         # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs; it
         # scores what the trial would export (the joint embedding when the trial has one).
         validation = RetrievalValidation(embedding_model(cfg, tower_of(model)), val.images, val.labels,

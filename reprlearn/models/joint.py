@@ -24,13 +24,16 @@ from reprlearn.layers import SignedPower
 HEAD = "embedding"  # the name the tower's own output goes by in `weights` and messages
 
 
-def check_joint_layers(tower: keras.Model, layers: Sequence[str]) -> None:
-    """A name the tower lacks is an error listing the tower's layers."""
+def check_tower_layers(tower: keras.Model, layers: Sequence[str], key: str = "model.joint_layers",
+                       also: Sequence[str] = ()) -> None:
+    """A name in `layers` that is neither a tower layer nor in `also` is an error naming `key` and listing the
+    tower's layers."""
     names = [layer.name for layer in tower.layers]
-    missing = [name for name in layers if name not in names]
+    missing = [name for name in layers if name not in names and name not in also]
     if missing:
-        raise ValueError(f"model.joint_layers names layers the tower lacks: {missing}; the tower's layers are "
-                         f"{names}. Received: model.joint_layers={list(layers)}")
+        extra = f" (and {list(also)})" if also else ""
+        raise ValueError(f"{key} names layers the tower lacks: {missing}; the tower's layers are {names}{extra}. "
+                         f"Received: {key}={list(layers)}")
 
 
 def check_joint_weights(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:
@@ -69,7 +72,7 @@ def joint_embedding_model(tower: keras.Model, layers: Sequence[str], grid: int =
     Returns:
         A Functional model from the tower's input to the unit-length joint embedding.
     """
-    check_joint_layers(tower, layers)
+    check_tower_layers(tower, layers)
     weights = check_joint_weights(layers, weights)
     sources = [(name, tower.get_layer(name).output) for name in layers] + [(HEAD, tower.output)]
     parts = [_part(x, grid, power, w, part_name) for (part_name, x), w in zip(sources, weights) if w > 0]

@@ -16,12 +16,11 @@ import tensorflow as tf
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
-from reprlearn.data.augment import MIRROR_INVARIANT
-from reprlearn.data.pipelines import pair_batches, pk_batches
+from reprlearn.data.pipelines import pair_batches
 from reprlearn.metrics.verification import best_threshold
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
-from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, dense_class_ids,
-                                  embedding_model, is_pair_loss, tower_of, training_targets)
+from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, embedding_model,
+                                  is_pair_loss, pk_training_batches, tower_of)
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
 from reprlearn.scoring import can_pair, pair_distances, pca_fit_sample, score_embeddings
 from reprlearn.training.loop import fit_resumable, kept_epoch, resume_or_build
@@ -32,10 +31,7 @@ def training_batches(cfg: Config, train: ImageSet, start_step: int):
     """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`."""
     if is_pair_loss(cfg):
         return pair_batches(train.images, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step)
-    return training_targets(cfg, pk_batches(train.images, dense_class_ids(cfg, train.labels),
-                                            cfg.train.classes_per_batch, cfg.train.examples_per_class,
-                                            cfg.train.seed, start_step, cfg.data.augment,
-                                            MIRROR_INVARIANT.get(cfg.data.name, False)))
+    return pk_training_batches(cfg, train, start_step)
 
 
 def batch_size(cfg: Config) -> int:
