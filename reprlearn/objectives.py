@@ -20,6 +20,7 @@ from reprlearn.losses import JointRepresentationSimilarity
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
 from reprlearn.models import dense_autoencoder, joint_embedding_model, siamese_pair_model
 from reprlearn.models.joint import check_tower_layers
+from reprlearn.models.towers import HEAD_LAYER
 from reprlearn.registry import LOSSES, make_loss
 from reprlearn.runs import embed
 
@@ -80,7 +81,7 @@ def jrd_layer_names(cfg: Config, tower: keras.Model) -> list[str]:
     if cfg.loss.jrd_layers:
         chosen = list(cfg.loss.jrd_layers)
     else:
-        under_head = "features" if "features" in names else names[names.index("embedding_dense") - 1]
+        under_head = "features" if "features" in names else names[names.index(HEAD_LAYER) - 1]
         chosen = [under_head, names[-1], LOGITS]
     check_tower_layers(tower, chosen, "loss.jrd_layers", also=[LOGITS])
     return chosen

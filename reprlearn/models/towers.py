@@ -37,9 +37,12 @@ def _check_embedding_dim(embedding_dim) -> int:
     return int(embedding_dim)
 
 
+HEAD_LAYER = "embedding_dense"  # the head's Dense layer: what `initialise_from(freeze=True)` leaves trainable
+
+
 def _embedding_head(x, embedding_dim: int, l2_normalize: bool):
     # float32 whatever the dtype policy: under mixed precision the embedding (and the loss) stay float32.
-    x = keras.layers.Dense(embedding_dim, name="embedding_dense", dtype="float32")(x)
+    x = keras.layers.Dense(embedding_dim, name=HEAD_LAYER, dtype="float32")(x)
     if l2_normalize:
         x = keras.layers.UnitNormalization(name="l2_normalize", dtype="float32")(x)
     return x
@@ -178,9 +181,6 @@ def build_tower(model_cfg, input_shape, name: str = "tower") -> keras.Model:
                               image_size=model_cfg.backbone_image_size, fine_tune_from=model_cfg.fine_tune_from,
                               **common)
     raise ValueError(f"unknown tower. Received: model.tower={model_cfg.tower!r}")
-
-
-HEAD_LAYER = "embedding_dense"
 
 
 def initialise_from(tower: keras.Model, source: keras.Model, freeze: bool = False) -> list[str]:
