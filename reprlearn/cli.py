@@ -200,7 +200,9 @@ def _verify(args) -> int:
     decision = ("no threshold (the run calibrated none)" if result["match"] is None
                 else "match" if result["match"] else "no match")
     threshold = "none" if result["threshold"] is None else f"{result['threshold']:.4f}"
-    print(f"distance {result['distance']:.4f} ({run.metric}), threshold {threshold}: {decision}")
+    score = (f"match probability {result['match_probability']:.4f}, distance 1 - p {result['distance']:.4f}"
+             if "match_probability" in result else f"distance {result['distance']:.4f} ({run.metric})")
+    print(f"{score}, threshold {threshold}: {decision}")
     return 0
 
 

@@ -24,6 +24,7 @@ from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.data.protocols import PROTOCOLS
 from reprlearn.distances import ALIASES, METRICS
 from reprlearn.models.joint import check_joint_weights
+from reprlearn.models.verifiers import VERIFIERS
 from reprlearn.registry import IN_BATCH_LOSSES, LOSSES
 
 
@@ -53,7 +54,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # embedding: a metric-learning tower; autoencoder / vae: trained without labels (tower picks dense or conv).
+    # embedding: a metric-learning tower; autoencoder / vae: trained without labels (tower picks dense or conv);
+    # verifier: a pair model trained with binary cross-entropy on balanced pairs (loss.* unused), see model.verifier.
     kind: str = "embedding"
     tower: str = "conv"
     embedding_dim: int = 64
@@ -69,9 +71,14 @@ class ModelConfig:
     # None freezes the backbone; a layer name fine-tunes from that layer on.
     fine_tune_from: typing.Optional[str] = None
     # Transfer: start from a trained run's tower (RUN/model.keras): same-named, same-shaped layers are copied
-    # (report.json lists them); with freeze they stay fixed and only the embedding head (embedding_dense) trains.
+    # (report.json lists them); with freeze they stay fixed and only the embedding head (embedding_dense) trains
+    # (a verifier: the whole tower stays fixed and only the verifier's head trains).
     init_from: typing.Optional[str] = None
     freeze: bool = False
+    # verifier only: siamese_head (one shared tower, an MLP on [|a-b|, a*b], a sigmoid; frozen by model.freeze or
+    # trained end to end) | two_channel (the images stacked on the channel axis into one network, a sigmoid).
+    verifier: str = "siamese_head"
+    verifier_hidden: int = 64  # the verifier head's hidden ReLU width
     # Joint embedding (embedding towers): the exported vector joins these tower layers' features (feature maps
     # power-normalised, sign(x)·|x|^joint_power, then average-pooled to joint_grid × joint_grid) with the head,
     # each part unit-length times its weight
@@ -182,7 +189,8 @@ class Config:
 CHOICES = {
     "data.protocol": PROTOCOLS,
     "data.augment": AUGMENTATIONS,
-    "model.kind": ("embedding", "autoencoder", "vae"),
+    "model.kind": ("embedding", "autoencoder", "vae", "verifier"),
+    "model.verifier": VERIFIERS,
     "train.lr_schedule": ("constant", "cosine"),
     "train.strategy": STRATEGIES,
     "train.mixed_precision": PRECISIONS,
@@ -197,7 +205,7 @@ CHOICES = {
 }
 POSITIVE = {
     "model.embedding_dim", "model.dense", "model.joint_grid", "model.joint_dim", "model.backbone_image_size",
-    "model.code_dim", "model.beta",
+    "model.code_dim", "model.beta", "model.verifier_hidden",
     "train.batch_size", "loss.scale",
     "train.epochs", "train.steps_per_epoch", "train.classes_per_batch",
     "train.examples_per_class", "train.pair_batch_size", "train.learning_rate",
@@ -273,7 +281,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"config: {cfg.loss.name} accepts loss.distance in {list(spec.distances)}. "
                           f"Received: loss.distance={cfg.loss.distance!r}")
     _check_search(cfg.search)
-    if cfg.model.kind != "embedding" and cfg.model.tower not in ("mlp", "conv"):
+    _check_verifier(cfg)
+    if cfg.model.kind in ("autoencoder", "vae") and cfg.model.tower not in ("mlp", "conv"):
         raise ConfigError(f"config: an {cfg.model.kind} is built from an mlp or conv tower. "
                           f"Received: model.tower={cfg.model.tower!r}")
     try:
@@ -295,6 +304,23 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.loss.soft and not spec.soft:
         soft_losses = [name for name, s in LOSSES.items() if s.soft]
         raise ConfigError(f"config: loss.soft applies to {soft_losses} only. Received: loss.name={cfg.loss.name!r}")
+
+
+def _check_verifier(cfg: Config) -> None:
+    if cfg.model.kind != "verifier":
+        return
+    if cfg.model.verifier == "two_channel" and cfg.model.tower == "backbone":
+        raise ConfigError("config: a two_channel verifier stacks two images on the channel axis, which a pretrained "
+                          "backbone cannot take; use an mlp or conv tower. Received: model.tower='backbone'")
+    if cfg.train.keep != "last":
+        raise ConfigError("config: train.keep: best selects by validation MAP@R, which a verifier (it embeds nothing) "
+                          f"does not log. Received: train.keep={cfg.train.keep!r}, model.kind='verifier'")
+    embedding_only = {"model.joint_layers": cfg.model.joint_layers, "loss.jrd_weight": cfg.loss.jrd_weight,
+                      "loss.reconstruction_weight": cfg.loss.reconstruction_weight}
+    for key, value in embedding_only.items():
+        if value:
+            raise ConfigError(f"config: {key} applies to embedding runs; a verifier trains with binary "
+                              f"cross-entropy on pairs. Received: {key}={value!r}, model.kind='verifier'")
 
 
 def _check_search(search: SearchConfig) -> None:

@@ -144,3 +144,45 @@ def write_autoencoder_report(report: dict, out: Path, splits, evaluation: dict, 
     report["figures"] = figures
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_autoencoder_markdown(report, figures))
+
+
+def _verifier_markdown(report: dict, figures: dict[str, str]) -> str:
+    m, d, t, model = report["metrics"], report["data"], report["train"], report["model"]
+    columns = [("pairs as drawn, (a, b)", m["verification"])]
+    if "verification_swapped_average" in m:
+        columns.append(("p averaged over (a, b) and (b, a)", m["verification_swapped_average"]))
+    frozen = " (tower frozen)" if model.get("initialised_from", {}).get("frozen") else ""
+    lines = [f"# reprlearn verifier run ({model['verifier']}{frozen}): {d['name']}, {d['protocol']}", "",
+             f"Train classes {d['train_classes']} ({d['n_train']} images, {d['n_val']} for validation); "
+             f"test classes {d['test_classes']} ({d['n_test']} images). The model outputs the probability p that "
+             "two images show the same class; pairs are scored by the distance 1 − p.", "",
+             "## Verification on sampled test pairs", "",
+             f"Threshold: {m['verification']['calibration']['note']}.", "",
+             "| metric | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {k} | " + " | ".join(f"{part[k]:.4f}" for _, part in columns) + " |"
+              for k in VERIFICATION_ROWS if k in m["verification"]]
+    order = m["pair_order"]
+    lines += ["", f"|p(a, b) − p(b, a)| on the test pairs: mean {order['mean_abs_difference']:.4f}, "
+              f"max {order['max_abs_difference']:.4f}.", "", "## Training", "",
+              f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']} pairs; "
+              f"{t['seconds']} s this session, {t['examples_per_second']} pairs/s; "
+              f"{model['trained_parameters']} of {model['parameters']} parameters trained.", ""]
+    lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_verifier_report(report: dict, out: Path, evaluation: dict) -> None:
+    """Writes a verifier run's report.json, report.md and figures (1 − p histograms, ROC, training curves)."""
+    pairs, verification = evaluation["pairs"]["verification"], report["metrics"]["verification"]
+    figures = {}
+    plots.plot_distance_histograms(pairs["distances"], pairs["match"], verification.get("threshold"),
+                                   out / "distances.png")
+    figures["Positive and negative pairs: 1 − match probability"] = "distances.png"
+    plots.plot_roc(pairs["distances"], pairs["match"], verification["eer"], verification["roc_auc"], out / "roc.png")
+    figures["ROC curve"] = "roc.png"
+    if report["train"]["history"]:
+        plots.plot_history(report["train"]["history"], out / "training.png")
+        figures["Training curves"] = "training.png"
+    report["figures"] = figures
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(_verifier_markdown(report, figures))

@@ -69,6 +69,21 @@ def embed(model: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.n
                            for start in range(0, len(images), batch_size)])
 
 
+def match_probabilities(model: keras.Model, images_a: np.ndarray, images_b: np.ndarray,
+                        batch_size: int = 512) -> np.ndarray:
+    """A verifier's `[N]` float32 probabilities that `images_a[i]` and `images_b[i]` show the same class (as `embed`,
+    batch by batch on this process alone)."""
+    if len(images_a) != len(images_b):
+        raise ValueError(f"images_a and images_b must pair up one to one. Received: {len(images_a)} and "
+                         f"{len(images_b)} images")
+    if len(images_a) == 0:
+        return np.zeros((0,), np.float32)
+    return np.concatenate([
+        keras.ops.convert_to_numpy(model([images_a[start:start + batch_size].astype(np.float32),
+                                          images_b[start:start + batch_size].astype(np.float32)], training=False))
+        .astype(np.float32).reshape(-1) for start in range(0, len(images_a), batch_size)])
+
+
 def fingerprint(imageset: ImageSet) -> str:
     """A SHA-256 prefix of the images' and labels' bytes: equal arrays, equal fingerprint."""
     digest = hashlib.sha256()
@@ -133,7 +148,7 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
         from_arrays: the data came from the Python API rather than `cfg.data.name`.
         command: the command line, written at the top of config.yaml.
         metric: the distance the run ranks with (retrieval, export, galleries).
-        kind: `embedding`, `pair`, `autoencoder` or `vae`.
+        kind: `embedding`, `pair`, `autoencoder`, `vae` or `verifier`.
         resume: require an existing run with the same config and data, and continue it.
         force: delete whatever run the folder holds and start over.
 
@@ -263,7 +278,7 @@ class Run:
 
     @property
     def model(self) -> keras.Model:
-        """`model.keras`, the embedding model (an autoencoder's encoder), loaded once."""
+        """`model.keras`, the embedding model (an autoencoder's encoder; a verifier's pair model), loaded once."""
         if self._model is None:
             self._model = keras.saving.load_model(self.path / "model.keras", compile=False)
         return self._model
@@ -275,13 +290,16 @@ class Run:
 
     def embed(self, images, batch_size: int = 512) -> np.ndarray:
         """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it."""
+        if self.kind == "verifier":
+            raise ValueError(f"a verifier run scores pairs of images (run.verify, `reprlearn verify`) and has no "
+                             f"embedding to embed, enrol or export. Received: run kind 'verifier' ({self.path})")
         return embed(self.model, self._checked(images, "images"), batch_size)
 
     def _checked(self, images, name: str, single: bool = False) -> np.ndarray:
         """`images` (or one image) as the model's `[N, H, W, C]` input, or ValueError naming `name` and the shape."""
         given = np.asarray(images)
         batch = check_images(given[None] if single else given, name)
-        expected = tuple(int(s) for s in self.model.input_shape[1:])
+        expected = tuple(int(s) for s in self.model.inputs[0].shape[1:])
         if batch.shape[1:] != expected:
             want = ", ".join(map(str, expected)) if single else "N, " + ", ".join(map(str, expected))
             raise ValueError(f"{name} must be [{want}] for this run's model. Received: {name}.shape={given.shape}")
@@ -308,12 +326,19 @@ class Run:
 
     def verify(self, image_a, image_b) -> dict:
         """1:1 verification of two images: their distance, the run's threshold (fit on validation pairs) and
-        the decision (None when the run has no threshold, e.g. an autoencoder)."""
-        first, second = self.embed(np.concatenate([self._checked(image_a, "image_a", single=True),
-                                                   self._checked(image_b, "image_b", single=True)]))
-        distance = float(paired_distance(first[None], second[None], self.metric).numpy()[0])
-        threshold = self.verification_threshold
-        return {"distance": distance, "threshold": threshold,
+        the decision (None when the run has no threshold, e.g. an autoencoder).
+
+        A verifier run's distance is 1 − its match probability (also returned, as `match_probability`).
+        """
+        image_a, image_b = self._checked(image_a, "image_a", single=True), self._checked(image_b, "image_b", single=True)
+        threshold, extra = self.verification_threshold, {}
+        if self.kind == "verifier":
+            probability = float(match_probabilities(self.model, image_a, image_b)[0])
+            distance, extra = 1.0 - probability, {"match_probability": probability}
+        else:
+            first, second = self.embed(np.concatenate([image_a, image_b]))
+            distance = float(paired_distance(first[None], second[None], self.metric).numpy()[0])
+        return {"distance": distance, "threshold": threshold, **extra,
                 "match": None if threshold is None else bool(distance <= threshold)}
 
 
@@ -356,8 +381,8 @@ def inference_copy(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=model.name)
 
 
-def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray) -> keras.Model:
-    """Saves `model` uncompiled, proves the file reloads to identical outputs on `probe`, and returns the reload.
+def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray, outputs=embed) -> keras.Model:
+    """Saves `model` uncompiled, proves the file reloads to identical `outputs(model, probe)`, and returns the reload.
 
     The reloaded model lives outside any `tf.distribute` strategy, so the chief of a multi-worker run
     can evaluate it alone. The cross-process check (a fresh interpreter that imports only keras and
@@ -365,7 +390,7 @@ def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray) -> 
     """
     inference_copy(model).save(path)
     reloaded = keras.saving.load_model(path)
-    reload_diff = float(np.max(np.abs(embed(reloaded, probe) - embed(model, probe))))
+    reload_diff = float(np.max(np.abs(outputs(reloaded, probe) - outputs(model, probe))))
     if reload_diff != 0.0:
         raise RuntimeError(f"{path.name} reloads to different outputs (max abs diff {reload_diff})")
     return reloaded

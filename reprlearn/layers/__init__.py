@@ -4,8 +4,9 @@ from reprlearn.layers.channels import RepeatChannels
 from reprlearn.layers.cosine import CosineClassifier
 from reprlearn.layers.distance import PairDistance
 from reprlearn.layers.lifted import LiftedStructLossLayer
+from reprlearn.layers.pair_features import PairFeatures
 from reprlearn.layers.power import SignedPower
 from reprlearn.layers.unpooling import MaxPoolingWithArgmax2D, MaxUnpooling2D
 
 __all__ = ["CosineClassifier", "LiftedStructLossLayer", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "PairDistance",
-           "RepeatChannels", "SignedPower"]
+           "PairFeatures", "RepeatChannels", "SignedPower"]

@@ -1,4 +1,5 @@
-"""Training: one entry point that opens the run folder and hands it to the embedding or autoencoder driver.
+"""Training: one entry point that opens the run folder and hands it to the embedding, autoencoder or verifier
+driver.
 
 Example:
     from reprlearn.config import load_config
@@ -15,10 +16,12 @@ import keras
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
+from reprlearn.models.verifiers import VERIFIER_SCORE
 from reprlearn.objectives import is_pair_loss
 from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
 from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
+from reprlearn.training.verifier import run_verifier
 from reprlearn.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
 
 
@@ -57,11 +60,15 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         kind, metric = ("pair" if is_pair_loss(cfg) else "embedding"), cfg.loss.distance
         check_global_batch(batch_size(cfg), None if is_pair_loss(cfg) else cfg.train.classes_per_batch,
                            strategy.num_replicas_in_sync)
+    elif cfg.model.kind == "verifier":
+        check_embedding_data(cfg, splits)
+        kind, metric = "verifier", VERIFIER_SCORE
+        check_global_batch(cfg.train.pair_batch_size, None, strategy.num_replicas_in_sync)
     else:
         kind, metric = cfg.model.kind, CODE_METRIC
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     check_jit_compile(cfg.train.jit_compile, strategy)
-    driver = run_embedding if cfg.model.kind == "embedding" else run_autoencoder
+    driver = {"embedding": run_embedding, "verifier": run_verifier}.get(cfg.model.kind, run_autoencoder)
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
         keras.utils.set_random_seed(cfg.train.seed)

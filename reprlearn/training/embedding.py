@@ -41,11 +41,11 @@ def batch_size(cfg: Config) -> int:
 
 
 def check_embedding_data(cfg: Config, splits: Splits) -> None:
-    """Errors that need the data, raised before a run folder is made."""
+    """Errors that need the data, raised before a run folder is made (embedding and verifier runs)."""
     if cfg.model.init_from and not (Path(cfg.model.init_from) / "model.keras").is_file():
         raise ValueError(f"model.init_from must name a finished run folder (with model.keras). "
                          f"Received: model.init_from={cfg.model.init_from!r}")
-    if not is_pair_loss(cfg) and cfg.train.classes_per_batch > len(splits.train_classes):
+    if cfg.model.kind == "embedding" and not is_pair_loss(cfg) and cfg.train.classes_per_batch > len(splits.train_classes):
         raise ValueError(f"train.classes_per_batch exceeds the {len(splits.train_classes)} training classes. "
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 

@@ -1,0 +1,124 @@
+"""The verifier driver: config → pairs → pair model → binary cross-entropy fit → verification → report.
+
+`reprlearn train` calls it for `model.kind: verifier`. The model outputs the probability p that two
+images show the same class; the run scores pairs by the distance 1 − p, so the verification metrics,
+the threshold and `reprlearn verify` read exactly as for an embedding run. The test pairs are drawn
+as an embedding run draws them (`sample_pairs` with `data.seed` on the test split), so every design
+of a comparison is scored on the same pairs.
+
+Example:
+    report = run_training(load_config("configs/verification_1b.yaml"), "runs/verification_1b")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from reprlearn.config import Config
+from reprlearn.data import ImageSet, Splits
+from reprlearn.data.pipelines import pair_batches
+from reprlearn.metrics import sample_pairs, verification_metrics
+from reprlearn.metrics.verification import best_threshold
+from reprlearn.models import build_verifier, initialise_from
+from reprlearn.objectives import TOWER_NAME, make_optimizer
+from reprlearn.runs import load_run, match_probabilities, run_summary, save_and_check_reload
+from reprlearn.scoring import can_pair
+from reprlearn.training.loop import fit_resumable, resume_or_build
+from reprlearn.strategies import is_chief
+
+
+def build_compiled_verifier(cfg: Config, image_shape, initialised: dict) -> keras.Model:
+    """The verifier, its tower copied from `model.init_from` (all of it fixed with `model.freeze`), compiled with
+    binary cross-entropy; `initialised` receives what was copied."""
+    verifier, network = build_verifier(cfg.model, image_shape, tower_name=TOWER_NAME)
+    if cfg.model.init_from:
+        initialised.update(run=cfg.model.init_from, frozen=cfg.model.freeze,
+                           layers=initialise_from(network, load_run(cfg.model.init_from).model))
+        network.trainable = not cfg.model.freeze  # design 1a: the embedding head too; only the verifier head trains
+    verifier.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
+                     metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")],
+                     jit_compile=cfg.train.jit_compile)
+    return verifier
+
+
+def verifier_distances(model: keras.Model, images: np.ndarray, first: np.ndarray, second: np.ndarray,
+                   swapped_average: bool = False) -> np.ndarray:
+    """`1 − p` of the pairs `(images[first[i]], images[second[i]])`; with `swapped_average`, of p averaged over both
+    orders."""
+    probability = match_probabilities(model, images[first], images[second])
+    if swapped_average:
+        probability = (probability + match_probabilities(model, images[second], images[first])) / 2
+    return 1.0 - probability
+
+
+def _verification(model: keras.Model, val: ImageSet, test: ImageSet, n_pairs: int, seed: int,
+                  swapped_average: bool) -> dict:
+    """Verification on test pairs at the threshold fit on validation pairs (the test pairs are only scored)."""
+    threshold, calibration = None, {"split": "val", "pairs": 0,
+                                    "note": "the validation split has no pairs: no threshold was calibrated"}
+    if can_pair(val.labels):
+        first, second, match = sample_pairs(val.labels, n_pairs, seed=seed)
+        threshold, accuracy = best_threshold(verifier_distances(model, val.images, first, second, swapped_average), match)
+        calibration = {"split": "val", "pairs": int(match.size), "accuracy": accuracy,
+                       "note": "threshold fit on validation pairs from the training side; test pairs are only scored"}
+    first, second, match = sample_pairs(test.labels, n_pairs, seed=seed)
+    distances = verifier_distances(model, test.images, first, second, swapped_average)
+    return {**verification_metrics(distances, match, threshold), "calibration": calibration,
+            "pairs": {"distances": distances, "match": match}}
+
+
+def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
+    """Verification of the pairs in the order drawn and, for the two-channel design (not symmetric by
+    construction), of p averaged over (a, b) and (b, a); how far p(a, b) and p(b, a) differ on the test pairs."""
+    if not can_pair(splits.test.labels):
+        raise ValueError("the test split needs two classes and a class with two items for verification pairs. "
+                         f"Received: classes {splits.test.classes}")
+    n_pairs, seed, test = cfg.eval.verification_pairs, cfg.data.seed, splits.test
+    metrics = {"verification": _verification(model, splits.val, test, n_pairs, seed, swapped_average=False)}
+    if cfg.model.verifier == "two_channel":
+        metrics["verification_swapped_average"] = _verification(model, splits.val, test, n_pairs, seed,
+                                                                swapped_average=True)
+    first, second, _ = sample_pairs(test.labels, n_pairs, seed=seed)
+    order_gap = np.abs(match_probabilities(model, test.images[first], test.images[second])
+                       - match_probabilities(model, test.images[second], test.images[first]))
+    metrics["pair_order"] = {"mean_abs_difference": float(order_gap.mean()), "max_abs_difference": float(order_gap.max()),
+                             "note": "|p(a, b) − p(b, a)| on the test pairs"}
+    pairs = {name: part.pop("pairs") for name, part in metrics.items() if "pairs" in part}
+    return {"metrics": metrics, "pairs": pairs}
+
+
+def _probe_outputs(model: keras.Model, probe: np.ndarray) -> np.ndarray:
+    return match_probabilities(model, probe, probe[::-1])
+
+
+def run_verifier(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
+                 callbacks: list[keras.callbacks.Callback] | None = None,
+                 strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Trains, evaluates and reports a verifier run in an opened run folder (see `reprlearn.training`)."""
+    from reprlearn.report import write_verifier_report
+
+    strategy = strategy or tf.distribute.get_strategy()
+    initialised = {}
+    model, epochs_done = resume_or_build(
+        out, lambda: build_compiled_verifier(cfg, splits.train.images.shape[1:], initialised), cfg, strategy, verbose)
+    dataset = pair_batches(splits.train.images, splits.train.labels, cfg.train.pair_batch_size, cfg.train.seed,
+                           start_step=epochs_done * cfg.train.steps_per_epoch)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, None, callbacks, verbose, strategy)
+    if not is_chief(strategy):
+        return {}
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    model.trainable = True  # the saved verifier is an ordinary, trainable model
+
+    verifier = save_and_check_reload(model, out / "model.keras", splits.test.images[:256], _probe_outputs)
+    evaluation = evaluate_verifier(cfg, verifier, splits)
+    report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.pair_batch_size),
+              "model": {"kind": "verifier", "verifier": cfg.model.verifier, "tower": cfg.model.tower,
+                        "parameters": int(verifier.count_params()), "trained_parameters": trainable,
+                        "reload_max_abs_diff": 0.0, **({"initialised_from": initialised} if initialised else {})},
+              "metrics": evaluation["metrics"]}
+    write_verifier_report(report, out, evaluation)
+    return report
