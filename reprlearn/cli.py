@@ -24,6 +24,14 @@ def _train(args) -> int:
     if not report:
         return 0  # a non-chief worker: the chief reports
     metrics = report["metrics"]
+    if report["model"].get("kind") == "verifier":
+        verification = metrics["verification"]
+        print(f"\nTest pairs: ROC AUC {verification['roc_auc']:.4f}, EER {verification['eer']:.4f}, TAR@FAR=1e-3 "
+              f"{verification['tar_at_far_1e-3']:.4f}"
+              + (f", accuracy {verification['accuracy']:.4f} at the threshold fit on validation pairs"
+                 if "accuracy" in verification else ""))
+        print(f"Report: {out / 'report.md'}")
+        return 0
     test, raw = metrics["test"], metrics["baseline_raw"]
     if "verification" in metrics:
         verification = metrics["verification"]

@@ -313,8 +313,8 @@ def _check_verifier(cfg: Config) -> None:
         raise ConfigError("config: a two_channel verifier stacks two images on the channel axis, which a pretrained "
                           "backbone cannot take; use an mlp or conv tower. Received: model.tower='backbone'")
     if cfg.train.keep != "last":
-        raise ConfigError("config: train.keep: best selects by validation MAP@R, which a verifier (it embeds nothing) "
-                          f"does not log. Received: train.keep={cfg.train.keep!r}, model.kind='verifier'")
+        raise ConfigError("config: train.keep: best selects by validation MAP@R, which a verifier (it embeds "
+                          f"nothing) does not log. Received: train.keep={cfg.train.keep!r}, model.kind='verifier'")
     embedding_only = {"model.joint_layers": cfg.model.joint_layers, "loss.jrd_weight": cfg.loss.jrd_weight,
                       "loss.reconstruction_weight": cfg.loss.reconstruction_weight}
     for key, value in embedding_only.items():

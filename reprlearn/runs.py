@@ -330,7 +330,8 @@ class Run:
 
         A verifier run's distance is 1 − its match probability (also returned, as `match_probability`).
         """
-        image_a, image_b = self._checked(image_a, "image_a", single=True), self._checked(image_b, "image_b", single=True)
+        image_a = self._checked(image_a, "image_a", single=True)
+        image_b = self._checked(image_b, "image_b", single=True)
         threshold, extra = self.verification_threshold, {}
         if self.kind == "verifier":
             probability = float(match_probabilities(self.model, image_a, image_b)[0])

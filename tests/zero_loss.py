@@ -1,6 +1,7 @@
 """pytest plugin: every reprlearn training loss replaced by zero, to check that the learning tests can fail.
 
-    .venv/bin/python -m pytest -p tests.zero_loss tests/test_train.py tests/test_autoencoders.py -k "learns_beyond or improve_their_own"
+    .venv/bin/python -m pytest -p tests.zero_loss tests/test_train.py tests/test_autoencoders.py \
+        tests/test_verifiers.py -k "learns_beyond or improve_their_own or verifiers_learn"
 
 Every selected test must fail under it; it is never loaded by a plain `make test`.
 """
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 import reprlearn.objectives as objectives
 import reprlearn.training.autoencoder as ae
+import reprlearn.training.verifier as verifier
 from reprlearn.models import VAE
 
 
@@ -21,6 +23,7 @@ class ZeroLoss(keras.losses.Loss):
 
 
 objectives.make_loss = lambda *args, **kwargs: ZeroLoss()
+verifier.verifier_loss = ZeroLoss
 _pk_training_model = objectives._pk_training_model
 
 

@@ -140,6 +140,9 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     if out.exists() and not out.is_dir():
         raise ValueError(f"out must be a folder (the model base folder), not a file. Received: out={str(out)!r}")
     run = load_run(run_dir)
+    if run.kind == "verifier":
+        raise ValueError(f"a verifier run scores pairs and has no embedding; export takes embedding, pair and "
+                         f"autoencoder runs. Received: run_dir={str(run_dir)!r} (kind 'verifier')")
     name = name or run_dir.resolve().name
     version = next_version(out / name) if version is None else int(version)
     if version < 1:

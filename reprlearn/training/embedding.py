@@ -45,7 +45,8 @@ def check_embedding_data(cfg: Config, splits: Splits) -> None:
     if cfg.model.init_from and not (Path(cfg.model.init_from) / "model.keras").is_file():
         raise ValueError(f"model.init_from must name a finished run folder (with model.keras). "
                          f"Received: model.init_from={cfg.model.init_from!r}")
-    if cfg.model.kind == "embedding" and not is_pair_loss(cfg) and cfg.train.classes_per_batch > len(splits.train_classes):
+    pk_batches = cfg.model.kind == "embedding" and not is_pair_loss(cfg)
+    if pk_batches and cfg.train.classes_per_batch > len(splits.train_classes):
         raise ValueError(f"train.classes_per_batch exceeds the {len(splits.train_classes)} training classes. "
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 

@@ -31,6 +31,11 @@ from reprlearn.training.loop import fit_resumable, resume_or_build
 from reprlearn.strategies import is_chief
 
 
+def verifier_loss() -> keras.losses.Loss:
+    """Binary cross-entropy on the match probability, target 1 for a same-class pair."""
+    return keras.losses.BinaryCrossentropy()
+
+
 def build_compiled_verifier(cfg: Config, image_shape, initialised: dict) -> keras.Model:
     """The verifier, its tower copied from `model.init_from` (all of it fixed with `model.freeze`), compiled with
     binary cross-entropy; `initialised` receives what was copied."""
@@ -39,7 +44,7 @@ def build_compiled_verifier(cfg: Config, image_shape, initialised: dict) -> kera
         initialised.update(run=cfg.model.init_from, frozen=cfg.model.freeze,
                            layers=initialise_from(network, load_run(cfg.model.init_from).model))
         network.trainable = not cfg.model.freeze  # design 1a: the embedding head too; only the verifier head trains
-    verifier.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
+    verifier.compile(optimizer=make_optimizer(cfg), loss=verifier_loss(),
                      metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")],
                      jit_compile=cfg.train.jit_compile)
     return verifier
@@ -62,7 +67,8 @@ def _verification(model: keras.Model, val: ImageSet, test: ImageSet, n_pairs: in
                                     "note": "the validation split has no pairs: no threshold was calibrated"}
     if can_pair(val.labels):
         first, second, match = sample_pairs(val.labels, n_pairs, seed=seed)
-        threshold, accuracy = best_threshold(verifier_distances(model, val.images, first, second, swapped_average), match)
+        distances = verifier_distances(model, val.images, first, second, swapped_average)
+        threshold, accuracy = best_threshold(distances, match)
         calibration = {"split": "val", "pairs": int(match.size), "accuracy": accuracy,
                        "note": "threshold fit on validation pairs from the training side; test pairs are only scored"}
     first, second, match = sample_pairs(test.labels, n_pairs, seed=seed)
@@ -85,8 +91,8 @@ def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     first, second, _ = sample_pairs(test.labels, n_pairs, seed=seed)
     order_gap = np.abs(match_probabilities(model, test.images[first], test.images[second])
                        - match_probabilities(model, test.images[second], test.images[first]))
-    metrics["pair_order"] = {"mean_abs_difference": float(order_gap.mean()), "max_abs_difference": float(order_gap.max()),
-                             "note": "|p(a, b) − p(b, a)| on the test pairs"}
+    metrics["pair_order"] = {"mean_abs_difference": float(order_gap.mean()),
+                             "max_abs_difference": float(order_gap.max()), "note": "|p(a, b) − p(b, a)| on the test pairs"}
     pairs = {name: part.pop("pairs") for name, part in metrics.items() if "pairs" in part}
     return {"metrics": metrics, "pairs": pairs}
 
