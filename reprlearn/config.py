@@ -75,6 +75,9 @@ class ModelConfig:
     # (a verifier: the whole tower stays fixed and only the verifier's head trains).
     init_from: typing.Optional[str] = None
     freeze: bool = False
+    # Without freeze: the copied layers train at this share of train.learning_rate (fine-tuning a pretrained
+    # tower gently, e.g. 0.1), everything else at the full rate.
+    init_learning_rate_factor: float = 1.0
     # verifier only: siamese_head (one shared tower, an MLP on [|a-b|, a*b], a sigmoid; frozen by model.freeze or
     # trained end to end) | two_channel (the images stacked on the channel axis into one network, a sigmoid).
     verifier: str = "siamese_head"
@@ -263,6 +266,12 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.model.freeze and not cfg.model.init_from:
         raise ConfigError("config: model.freeze keeps the layers copied by model.init_from fixed; set "
                           "model.init_from to a run folder. Received: model.freeze=True, model.init_from=None")
+    if not 0.0 < cfg.model.init_learning_rate_factor <= 1.0 or (
+            cfg.model.init_learning_rate_factor != 1.0 and (cfg.model.freeze or not cfg.model.init_from)):
+        raise ConfigError("config: model.init_learning_rate_factor must be in (0, 1], and below 1 only with "
+                          "model.init_from and without model.freeze (it slows the copied layers' fine-tuning). "
+                          f"Received: model.init_learning_rate_factor={cfg.model.init_learning_rate_factor!r}, "
+                          f"model.init_from={cfg.model.init_from!r}, model.freeze={cfg.model.freeze!r}")
     if cfg.model.joint_dim is not None and not cfg.model.joint_layers:
         raise ConfigError("config: model.joint_dim caps a joint embedding; name its layers in model.joint_layers "
                           f"(model.embedding_dim sets the head's size). Received: model.joint_dim={cfg.model.joint_dim}")

@@ -21,6 +21,7 @@ from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositive
 from reprlearn.models import dense_autoencoder, joint_embedding_model, siamese_pair_model
 from reprlearn.models.joint import check_tower_layers
 from reprlearn.models.towers import HEAD_LAYER
+from reprlearn.optimizers import LayerRateAdam
 from reprlearn.registry import LOSSES, make_loss
 from reprlearn.runs import embed
 
@@ -156,22 +157,27 @@ def embedding_model(cfg: Config, tower: keras.Model) -> keras.Model:
                                  cfg.model.joint_weights or None, name=TOWER_NAME)
 
 
-def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    """Adam at `train.learning_rate`, constant or cosine-decayed over the whole run."""
+def make_optimizer(cfg: Config, copied_layers: list[str] | tuple = ()) -> keras.optimizers.Optimizer:
+    """Adam at `train.learning_rate`, constant or cosine-decayed over the whole run; the `copied_layers` (from
+    `model.init_from`) at `model.init_learning_rate_factor` of that rate."""
     rate = cfg.train.learning_rate
     if cfg.train.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(rate, cfg.train.epochs * cfg.train.steps_per_epoch)
+    if copied_layers and cfg.model.init_learning_rate_factor != 1.0:
+        return LayerRateAdam(rate, slow_layers=copied_layers, factor=cfg.model.init_learning_rate_factor)
     return keras.optimizers.Adam(rate)
 
 
-def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | None = None) -> keras.Model:
+def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | None = None,
+                            copied_layers: list[str] | tuple = ()) -> keras.Model:
     """The compiled training model: a Siamese pair model for pair losses; for P×K losses the tower itself, or,
     with more than one loss term, a model with one output per term (`training_outputs`): the embedding (in-batch
     loss) or a `CosineClassifier` over `num_classes` training classes (classifier loss), JRD's packed layers
     (`loss.jrd_weight`), a reconstruction from the embedding (`loss.reconstruction_weight`).
 
     In-batch losses also log the active fraction and the mean positive and negative distances;
-    classifier losses log their training accuracy.
+    classifier losses log their training accuracy. `copied_layers` (from `model.init_from`) train at
+    `model.init_learning_rate_factor` of the learning rate.
     """
     loss = make_loss(cfg.loss.name, cfg.loss.margin, cfg.loss.distance, cfg.loss.soft, cfg.loss.cross_replica,
                      cfg.loss.scale)
@@ -180,7 +186,7 @@ def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | 
             ActiveFraction(loss)]
     else:
         model, losses, weights, metrics = _pk_training_model(cfg, tower, loss, num_classes)
-    model.compile(optimizer=make_optimizer(cfg), loss=losses, loss_weights=weights, metrics=metrics,
+    model.compile(optimizer=make_optimizer(cfg, copied_layers), loss=losses, loss_weights=weights, metrics=metrics,
                   jit_compile=cfg.train.jit_compile)
     return model
 

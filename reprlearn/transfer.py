@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from reprlearn.data import flat_pixels
 from reprlearn.index import Gallery, split_class_threshold
+from reprlearn.optimizers import LayerRateAdam
 from reprlearn.runs import Run
 
 APPROACHES = ("raw pixels k-NN (L2)", "raw pixels k-NN (cosine)", "frozen k-NN", "frozen + head", "fine-tuned")
@@ -61,11 +62,8 @@ def _train_head(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, step
     With `tower`, the tower's variables move at a tenth of the head's learning rate (fine-tuning).
     """
     keras.utils.set_random_seed(seed)
-    head_optimizer = keras.optimizers.Adam(HEAD_LEARNING_RATE)
-    tower_optimizer = keras.optimizers.Adam(HEAD_LEARNING_RATE * TOWER_LEARNING_RATE_FACTOR)
-    tower_variables = [] if tower is None else tower.trainable_variables
-    tower_ids = {id(v) for v in tower_variables}
-    head_variables = [v for v in model.trainable_variables if id(v) not in tower_ids]
+    tower_layers = [] if tower is None else [layer.name for layer in tower.layers if layer.weights]
+    optimizer = LayerRateAdam(HEAD_LEARNING_RATE, slow_layers=tower_layers, factor=TOWER_LEARNING_RATE_FACTOR)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     x, y = tf.constant(inputs, tf.float32), tf.constant(labels)
 
@@ -73,10 +71,7 @@ def _train_head(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, step
     def step():
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
-        gradients = tape.gradient(loss, head_variables + tower_variables)
-        head_optimizer.apply_gradients(zip(gradients[:len(head_variables)], head_variables))
-        if tower_variables:
-            tower_optimizer.apply_gradients(zip(gradients[len(head_variables):], tower_variables))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
 
     for _ in range(steps):
         step()

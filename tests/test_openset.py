@@ -313,6 +313,7 @@ def test_init_from_copies_a_runs_tower_and_freeze_trains_only_the_head(tmp_path)
         *small, "loss.name=triplet_semihard", f"model.init_from={tmp_path / 'source'}", "model.freeze=true"])
     report = run_training(cfg, tmp_path / "target", verbose=0)
     assert report["model"]["initialised_from"] == {"run": str(tmp_path / "source"), "frozen": True,
+                                                   "learning_rate_factor": 1.0,
                                                    "layers": ["hidden1", "hidden2", "embedding_dense"]}
     source = keras.saving.load_model(tmp_path / "source/model.keras")
     target = keras.saving.load_model(tmp_path / "target/model.keras")
@@ -332,6 +333,54 @@ def test_init_from_bad_input_is_named(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="model.freeze"):
         config_from_dict({"model": {"freeze": True}})
+    for model in ({"init_learning_rate_factor": 0.1}, {"init_from": "runs/x", "init_learning_rate_factor": 0.0},
+                  {"init_from": "runs/x", "freeze": True, "init_learning_rate_factor": 0.5}):
+        with pytest.raises(ConfigError, match="Received: model.init_learning_rate_factor="):
+            config_from_dict({"model": model})
     with pytest.raises(ValueError, match="no layer of the source model matches"):
         from reprlearn.models import initialise_from
         initialise_from(tiny_conv_tower(), keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="x")]))
+
+
+def test_layer_rate_adam_steps_the_slow_layers_as_adam_at_the_lower_rate():
+    from reprlearn.optimizers import LayerRateAdam
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="copied"),
+                                 keras.layers.Dense(2, name="new")])
+
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    results = {}
+    for name, optimizer in (("layered", LayerRateAdam(0.01, slow_layers=["copied"], factor=0.1)),
+                            ("full", keras.optimizers.Adam(0.01)), ("slow", keras.optimizers.Adam(0.001))):
+        net = model()
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(net(x) ** 2)
+        optimizer.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+        results[name] = {layer.name: layer.get_weights() for layer in net.layers}
+    for got, want in zip(results["layered"]["copied"], results["slow"]["copied"]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for got, want in zip(results["layered"]["new"], results["full"]["new"]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.abs(results["slow"]["copied"][0] - results["full"]["copied"][0]).max() > 1e-3  # the rates differ
+    config = LayerRateAdam(0.01, slow_layers=["copied"], factor=0.1).get_config()
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(LayerRateAdam.from_config(config)))
+    assert isinstance(restored, LayerRateAdam) and restored.slow_layers == ["copied"] and restored.factor == 0.1
+    with pytest.raises(ValueError, match="Received: factor=0"):
+        LayerRateAdam(0.01, factor=0)
+
+
+def test_init_learning_rate_factor_slows_only_the_copied_layers_of_the_compiled_model():
+    cfg = config_from_dict({"data": {"name": "digits"}, "model": {"tower": "mlp", "hidden": [16], "embedding_dim": 8,
+                                                                  "init_from": "runs/source",
+                                                                  "init_learning_rate_factor": 0.1}})
+    model = compile_embedding_model(cfg, build_tower(cfg.model, (8, 8, 1), name="tower"), copied_layers=["hidden1"])
+    assert type(model.optimizer).__name__ == "LayerRateAdam"
+    assert model.optimizer.slow_layers == ["hidden1"] and model.optimizer.factor == 0.1
+    model.optimizer.build(model.trainable_variables)
+    slow = {model.trainable_variables[i].path for i in model.optimizer._slow_indices}
+    assert slow == {"hidden1/kernel", "hidden1/bias"}
+    plain = compile_embedding_model(config_from_dict({"model": {"tower": "mlp"}}),
+                                    build_tower(cfg.model, (8, 8, 1), name="tower"), copied_layers=["hidden1"])
+    assert type(plain.optimizer) is keras.optimizers.Adam

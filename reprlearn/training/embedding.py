@@ -102,8 +102,9 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
         tower = build_tower(cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)
         if cfg.model.init_from:  # a transfer: start from another run's tower (a checkpoint, if any, loads over it)
             initialised.update(run=cfg.model.init_from, frozen=cfg.model.freeze,
+                               learning_rate_factor=cfg.model.init_learning_rate_factor,
                                layers=initialise_from(tower, load_run(cfg.model.init_from).model, cfg.model.freeze))
-        return compile_embedding_model(cfg, tower, len(splits.train.classes))
+        return compile_embedding_model(cfg, tower, len(splits.train.classes), initialised.get("layers", ()))
 
     model, epochs_done = resume_or_build(out, build, cfg, strategy, verbose)
     # Validation (and the epoch `train.keep: best` selects) scores the embedding the run exports.

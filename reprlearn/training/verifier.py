@@ -42,9 +42,10 @@ def build_compiled_verifier(cfg: Config, image_shape, initialised: dict) -> kera
     verifier, network = build_verifier(cfg.model, image_shape, tower_name=TOWER_NAME)
     if cfg.model.init_from:
         initialised.update(run=cfg.model.init_from, frozen=cfg.model.freeze,
+                           learning_rate_factor=cfg.model.init_learning_rate_factor,
                            layers=initialise_from(network, load_run(cfg.model.init_from).model))
         network.trainable = not cfg.model.freeze  # design 1a: the embedding head too; only the verifier head trains
-    verifier.compile(optimizer=make_optimizer(cfg), loss=verifier_loss(),
+    verifier.compile(optimizer=make_optimizer(cfg, initialised.get("layers", ())), loss=verifier_loss(),
                      metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")],
                      jit_compile=cfg.train.jit_compile)
     return verifier
@@ -92,7 +93,8 @@ def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     order_gap = np.abs(match_probabilities(model, test.images[first], test.images[second])
                        - match_probabilities(model, test.images[second], test.images[first]))
     metrics["pair_order"] = {"mean_abs_difference": float(order_gap.mean()),
-                             "max_abs_difference": float(order_gap.max()), "note": "|p(a, b) − p(b, a)| on the test pairs"}
+                             "max_abs_difference": float(order_gap.max()),
+                             "note": "|p(a, b) − p(b, a)| on the test pairs"}
     pairs = {name: part.pop("pairs") for name, part in metrics.items() if "pairs" in part}
     return {"metrics": metrics, "pairs": pairs}
 
