@@ -245,6 +245,34 @@ def test_transfer_scores_every_approach_on_the_same_draws(used):
     # More examples per class help the frozen embedding's k-NN.
     assert report["shots"]["5"]["top1"]["frozen k-NN"]["mean"] > report["shots"]["1"]["top1"]["frozen k-NN"]["mean"]
     assert report["thresholds"]["frozen k-NN"] == run.rejection_threshold(0.01)
+    assert set(report["shots"]["1"]["open_set"]) == {*report["thresholds"], "frozen + head", "fine-tuned"}
+
+
+def test_softmax_open_set_accepts_the_top_class_above_a_threshold_fit_on_impostors():
+    import keras
+
+    from reprlearn.index import impostor_threshold
+    from reprlearn.transfer import _softmax_open_set
+
+    # Logits in, probabilities out: the test picks each query's top probability directly.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Softmax()])
+    impostors = np.array([[0.0, 0.1], [0.0, 0.5], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0]], np.float32)
+    queries = np.array([[4.0, 0.0], [0.0, 0.2], [0.0, 4.0], [5.0, 0.0], [0.0, 0.3]], np.float32)
+    query_y = np.array([7, 9, 9, 4, 4])  # class 4 is not enrolled; enrolled: 7 (column 0), 9 (column 1)
+    far = 0.2
+    impostor_top = np.exp(impostors).max(1) / np.exp(impostors).sum(1)
+    # Accept when 1 − top ≤ τ: at most ⌊0.2 · 5⌋ = 1 impostor, the one with the highest top probability.
+    threshold = impostor_threshold(1 - impostor_top, far)
+    assert np.sum(1 - impostor_top <= threshold) == 1 and np.sum(1 - impostor_top <= np.nextafter(
+        np.float32(threshold), np.float32(1))) == 2
+    query_top = np.exp(queries).max(1) / np.exp(queries).sum(1)
+    accepted = 1 - query_top <= threshold
+    predicted = np.array([7, 9])[np.argmax(queries, 1)]
+    genuine = query_y != 4
+    got = _softmax_open_set(model, queries, query_y, np.array([7, 9]), impostors, far)
+    assert got == pytest.approx({"dir": np.mean(accepted[genuine] & (predicted[genuine] == query_y[genuine])),
+                                 "far": np.mean(accepted[~genuine])})
+    assert got["dir"] == pytest.approx(2 / 3) and got["far"] == 0.5  # (4, 0) and (0, 4) pass; (5, 0) of class 4 too
 
 
 def test_transfer_refuses_a_run_whose_test_classes_it_trained_on(used):

@@ -62,6 +62,14 @@ def _as_embeddings(values, name: str, dim: int | None) -> np.ndarray:
     return array
 
 
+def impostor_threshold(impostor_distances, far: float) -> float:
+    """The largest distance threshold (accept distance ≤ threshold) at which at most `far` of the impostors'
+    distances are accepted: just below the (⌊far·m⌋ + 1)-th smallest of m."""
+    nearest = np.sort(np.asarray(impostor_distances, np.float32).reshape(-1))
+    allowed = int(math.floor(far * len(nearest)))  # impostors that may be accepted; < m, as far < 1
+    return float(np.nextafter(nearest[allowed], np.float32(-np.inf)))
+
+
 def split_class_threshold(vectors, labels, metric: str, far: float, seed: int) -> float:
     """A rejection threshold for a false-accept rate `far` from one labelled set: half of its classes (drawn
     with `seed`) enrolled, the other half impostors (see `Gallery.calibrate`).
@@ -217,10 +225,7 @@ class Gallery:
         if not impostor.any():
             raise GalleryError("calibrate needs impostor queries (classes that are not enrolled). "
                                f"Received: {len(labels)} queries, all of enrolled classes")
-        nearest = np.sort(self.search(np.asarray(queries)[impostor], 1)[0][:, 0])
-        allowed = int(math.floor(far * len(nearest)))  # impostors that may be accepted
-        # Accept distance <= threshold: just below the (allowed + 1)-th nearest impostor (allowed < len, as far < 1).
-        self.threshold = float(np.nextafter(nearest[allowed], np.float32(-np.inf)))
+        self.threshold = impostor_threshold(self.search(np.asarray(queries)[impostor], 1)[0][:, 0], far)
         return self.threshold
 
     # ---- faiss ----
