@@ -204,3 +204,18 @@ def test_a_saved_verifier_answers_in_a_fresh_process_and_refuses_to_embed(design
     with pytest.raises(ValueError, match="kind 'verifier'"):
         export_run(root / "1b", root / "exported")
     assert not (root / "exported").exists()
+
+
+def test_an_interrupted_frozen_verifier_resumes_to_the_uninterrupted_model(designs, tmp_path):
+    from tests.test_train import StopAfterFirstEpoch
+
+    root = designs[0]
+    cfg = _config(model={"init_from": str(root / "1c"), "freeze": True})
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "a", verbose=0, callbacks=[StopAfterFirstEpoch()])
+    resumed = run_training(cfg, tmp_path / "a", verbose=0)
+    assert resumed["train"]["resumed_from_epoch"] == 1 and len(resumed["train"]["history"]) == cfg.train.epochs
+    assert resumed["model"]["trained_parameters"] == designs[1]["1a"]["model"]["trained_parameters"]
+    straight, again = load_run(root / "1a").model.get_weights(), load_run(tmp_path / "a").model.get_weights()
+    for a, b in zip(again, straight):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
