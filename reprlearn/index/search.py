@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.distances import canonical_metric
+from reprlearn.distances import METRICS, canonical_metric
 
 # Scores per chunk: chunk × N float32 values kept under about 128 MB.
 _CHUNK_VALUES = 1 << 25
@@ -61,9 +61,15 @@ def nearest(queries, reference, squared_norms, k, metric: str, excluded=None) ->
     return (tf.sqrt(squared) if metric == "L2" else squared), indices
 
 
-@tf.function(reduce_retracing=True)
+_CHUNK_SIGNATURE = (tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
+                    tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32))
+# One graph per metric, for any sizes: scoring many sets (embeddings, pixels, PCA) never retraces.
+_NEAREST_CHUNK = {metric: tf.function(lambda q, r, n, x, k, metric=metric: nearest(q, r, n, k, metric, x),
+                                      input_signature=_CHUNK_SIGNATURE) for metric in METRICS}
+
+
 def _nearest_chunk(queries, reference, squared_norms, excluded, k, metric):
-    return nearest(queries, reference, squared_norms, k, metric, excluded)
+    return _NEAREST_CHUNK[metric](queries, reference, squared_norms, excluded, k)
 
 
 def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_rows=None,
