@@ -117,7 +117,8 @@ def baselines(dataset: str, protocol: str, seed: int) -> dict[str, dict]:
     return out
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """`mean ± std` over seeds to three decimals (the value alone for one seed)."""
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -127,9 +128,9 @@ def table(results: dict[str, list[dict]]) -> str:
     lines = ["| row | dim | test MAP@R | P@1 | NMI | val MAP@R (kept epoch) |", "|---|---|---|---|---|---|"]
     for row, runs in results.items():
         val = [r["val_map_at_r"] for r in runs if r.get("val_map_at_r") is not None]
-        lines.append(f"| {row} | {runs[0]['dim']} | {_mean_std([r['map_at_r'] for r in runs])} | "
-                     f"{_mean_std([r['precision_at_1'] for r in runs])} | {_mean_std([r['nmi'] for r in runs])} | "
-                     + (_mean_std(val) if val else "–") + " |")
+        lines.append(f"| {row} | {runs[0]['dim']} | {mean_std([r['map_at_r'] for r in runs])} | "
+                     f"{mean_std([r['precision_at_1'] for r in runs])} | {mean_std([r['nmi'] for r in runs])} | "
+                     + (mean_std(val) if val else "–") + " |")
     return "\n".join(lines)
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from openset import mean_std  # noqa: E402  (the sibling script's table cell)
 
 DESIGNS = {"1c": "metric embedding (contrastive), distance threshold", "1a": "frozen 1c tower + MLP head",
            "1b": "siamese tower + MLP head, end to end", "2": "two-channel network"}
@@ -74,15 +75,9 @@ def raw_pixels(protocol: str, seed: int) -> dict[str, dict]:
     return rows
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def table(results: dict[str, list[dict]]) -> str:
     lines = ["| design | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    lines += [f"| {row} | " + " | ".join(_mean_std([r[key] for r in runs]) for key, _ in COLUMNS) + " |"
+    lines += [f"| {row} | " + " | ".join(mean_std([r[key] for r in runs]) for key, _ in COLUMNS) + " |"
               for row, runs in results.items()]
     return "\n".join(lines)
 
