@@ -10,6 +10,8 @@ pairs per batch):
     1b  the same head and tower trained end to end from scratch (one set of tower variables)
     2   two-channel network: both images stacked on the channel axis, sigmoid (also scored with p averaged
         over both orders)
+and, for reference with its own (smaller) budget, design 1c with the open-set recipe's embedding
+(configs/openset.yaml: AM-Softmax + JRD, joint embedding of the pooled blocks, cosine distance).
 Each (protocol, design, seed) is one run folder under --out, trained with `reprlearn train`; a finished one is
 read back, not retrained. 1a starts from the 1c run of the same protocol and seed. Every design scores the
 same test pairs (drawn with data.seed) at a threshold fit on validation pairs from the training side; raw
@@ -32,7 +34,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from openset import mean_std  # noqa: E402  (the sibling script's table cell)
 
 DESIGNS = {"1c": "metric embedding (contrastive), distance threshold", "1a": "frozen 1c tower + MLP head",
-           "1b": "siamese tower + MLP head, end to end", "2": "two-channel network"}
+           "1b": "siamese tower + MLP head, end to end", "2": "two-channel network",
+           "1c-joint": "metric embedding: the open-set recipe's joint embedding, distance threshold"}
+CONFIGS = {design: f"configs/verification_{design}.yaml" for design in ("1a", "1b", "1c", "2")}
+CONFIGS["1c-joint"] = "configs/openset.yaml"  # its own budget: 5 × 200 steps of 120 images
 COLUMNS = (("roc_auc", "ROC AUC"), ("eer", "EER"), ("tar_at_far_1e-3", "TAR@FAR 1e-3"),
            ("accuracy", "held-out accuracy"))
 
@@ -45,8 +50,10 @@ def train_design(design: str, protocol: str, seed: int, out: Path) -> dict:
         settings = {"data.protocol": protocol, "data.seed": seed, "train.seed": seed}
         if design == "1a":
             settings["model.init_from"] = str(out / protocol / "1c" / f"seed{seed}")
+        if design == "1c-joint" and protocol == "seen-classes":  # as benchmarks/openset.py: validate on every class
+            settings["data.validation_classes"] = 0
         command = [sys.executable, "-c", "import sys; from reprlearn.cli import main; sys.exit(main())", "train",
-                   f"configs/verification_{design}.yaml", "--out", str(folder), "--quiet", "--force",
+                   CONFIGS[design], "--out", str(folder), "--quiet", "--force",
                    *[f"--set={key}={value}" for key, value in settings.items()]]
         print(f"  training design {design}, {protocol}, seed {seed}", flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
