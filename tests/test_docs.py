@@ -25,6 +25,10 @@ NOT_RUN = {
     "curl": "needs the TF Serving container",
     ".venv/bin/python benchmarks/": "minutes each; benchmarks print tables, tests check correctness",
     "reprlearn train configs/openset": "the open-set recipe (minutes); test_openset.py trains its digits twin",
+    "reprlearn train configs/verification_": "four Fashion-MNIST trainings (minutes); test_verifiers.py trains "
+                                             "their digits twins",
+    "reprlearn verify runs/verification_": "needs a verification run above; test_verifiers.py verifies with its "
+                                          "digits twin",
 }
 # A small stand-in for `make demo`'s run, so the docs' commands on runs/demo take seconds.
 SMALL_DEMO = ["train.epochs=1", "train.steps_per_epoch=3", "data.max_train=2000", "data.max_test=600",

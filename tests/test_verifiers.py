@@ -199,6 +199,16 @@ def test_a_saved_verifier_answers_in_a_fresh_process_and_refuses_to_embed(design
     assert out["verdict"] == {"distance": 1.0 - probability, "threshold": threshold, "match_probability": probability,
                               "match": bool(1.0 - probability <= threshold)}
     assert "Received: run kind 'verifier'" in out["refused"]
+    from PIL import Image
+
+    for name, image in zip(("a.png", "b.png"), images):
+        Image.fromarray(image[..., 0].astype(np.uint8), mode="L").save(root / name)
+    cli = subprocess.run([sys.executable, "-m", "reprlearn.cli", "verify", str(root / "1b"), str(root / "a.png"),
+                          str(root / "b.png")], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    decision = "match" if out["verdict"]["match"] else "no match"
+    assert cli.stdout.strip().endswith(f"threshold {threshold:.4f}: {decision}")
+    assert f"match probability {probability:.4f}" in cli.stdout
     from reprlearn.export import export_run
 
     with pytest.raises(ValueError, match="kind 'verifier'"):
