@@ -138,8 +138,9 @@ class TrainConfig:
     # auto | one_device | mirrored | multi_worker (see reprlearn.strategies); batch sizes are global.
     strategy: str = "auto"
     mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16 (embeddings stay float32)
-    # The weights a run exports: those of the last epoch, or of the epoch with the best validation MAP@R
-    # (the validation split: held-out training classes with data.validation_classes; never the test split).
+    # The weights a run exports: those of the last epoch, or of the epoch with the best validation MAP@R (a
+    # verifier: ROC AUC on validation pairs) (the validation split: held-out training classes with
+    # data.validation_classes; never the test split).
     keep: str = "last"  # last | best
 
 
@@ -321,9 +322,6 @@ def _check_verifier(cfg: Config) -> None:
     if cfg.model.verifier == "two_channel" and cfg.model.tower == "backbone":
         raise ConfigError("config: a two_channel verifier stacks two images on the channel axis, which a pretrained "
                           "backbone cannot take; use an mlp or conv tower. Received: model.tower='backbone'")
-    if cfg.train.keep != "last":
-        raise ConfigError("config: train.keep: best selects by validation MAP@R, which a verifier (it embeds "
-                          f"nothing) does not log. Received: train.keep={cfg.train.keep!r}, model.kind='verifier'")
     embedding_only = {"model.joint_layers": cfg.model.joint_layers, "loss.jrd_weight": cfg.loss.jrd_weight,
                       "loss.reconstruction_weight": cfg.loss.reconstruction_weight}
     for key, value in embedding_only.items():

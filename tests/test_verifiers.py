@@ -104,7 +104,6 @@ def test_the_two_channel_network_reads_both_images_stacked_and_is_not_symmetric(
 @pytest.mark.parametrize("sections, message", [
     ({"model": {"verifier": "three_channel"}}, "model.verifier must be one of"),
     ({"model": {"verifier": "two_channel", "tower": "backbone"}}, "Received: model.tower='backbone'"),
-    ({"train": {"keep": "best"}}, "Received: train.keep='best'"),
     ({"loss": {"name": "am_softmax", "jrd_weight": 1.0}}, "Received: loss.jrd_weight=1.0"),
     ({"model": {"joint_layers": ["hidden1_relu"]}}, "Received: model.joint_layers"),
     ({"model": {"verifier_hidden": 0}}, "Received: model.verifier_hidden=0"),
@@ -121,7 +120,8 @@ def designs(tmp_path_factory):
     metric_run = config_from_dict({**BASE, "model": {"tower": "mlp", "hidden": [64], "embedding_dim": 16},
                                    "loss": {"name": "pair_contrastive", "margin": 1.0}})
     reports = {"1c": run_training(metric_run, root / "1c", verbose=0)}
-    configs = {"1a": _config(model={"init_from": str(root / "1c"), "freeze": True}), "1b": _config(),
+    configs = {"1a": _config(model={"init_from": str(root / "1c"), "freeze": True}),
+               "1b": _config(train={"keep": "best"}),
                "2": _config(model={"verifier": "two_channel"})}
     for name, cfg in configs.items():
         reports[name] = run_training(cfg, root / name, verbose=0)
@@ -146,6 +146,17 @@ def test_verifiers_learn_beyond_raw_pixels_and_their_untrained_selves(designs):
         verification = reports[design]["metrics"]["verification"]
         assert verification["roc_auc"] > max(raw_auc, untrained_auc) + 0.05, (design, verification, raw_auc)
         assert verification["accuracy"] > 0.8 and verification["calibration"]["pairs"] > 0
+
+
+def test_verifiers_validate_every_epoch_and_keep_the_best(designs):
+    _, reports, _ = designs
+    for design in ("1a", "1b", "2"):
+        history = reports[design]["train"]["history"]
+        assert len(history) == 3 and all(0.5 < epoch["val_roc_auc"] <= 1.0 for epoch in history), design
+    scores = [epoch["val_roc_auc"] for epoch in reports["1b"]["train"]["history"]]
+    best = int(np.argmax(scores))
+    assert reports["1b"]["kept"] == {"keep": "best", "epoch": best + 1, "val_roc_auc": scores[best]}
+    assert reports["2"]["kept"] == {"keep": "last", "epoch": 3}
 
 
 def test_design_1a_trains_the_head_alone_on_the_1c_tower(designs):

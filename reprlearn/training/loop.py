@@ -49,24 +49,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 SELECTION_METRIC = "val_map_at_r"
+VERIFIER_SELECTION_METRIC = "val_roc_auc"  # a verifier embeds nothing: its validation pairs' ROC AUC
 BEST_WEIGHTS = "best.weights.h5"
 
 
+def selection_metric(cfg: Config) -> str:
+    """The validation score `train.keep: best` maximises: MAP@R, or a verifier's ROC AUC on validation pairs."""
+    return VERIFIER_SELECTION_METRIC if cfg.model.kind == "verifier" else SELECTION_METRIC
+
+
 class BestEpoch(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the highest validation MAP@R in `best.weights.h5` (`train.keep: best`).
+    """Keeps the weights of the epoch with the highest validation score (`metric`, logged by the validation
+    callback) in `best.weights.h5` (`train.keep: best`).
 
     The best score so far comes from the checkpoint's history, so a resumed run compares against the
     epochs it finished before the interruption. Runs after the validation callback, before the checkpoint.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, metric: str = SELECTION_METRIC):
         super().__init__()
-        self.directory = directory
+        self.directory, self.metric = directory, metric
         history = read_checkpoint_state(directory).get("history", [])
-        self.best = max((epoch[SELECTION_METRIC] for epoch in history if SELECTION_METRIC in epoch), default=None)
+        self.best = max((epoch[metric] for epoch in history if metric in epoch), default=None)
 
     def on_epoch_end(self, epoch, logs=None):
-        score = (logs or {}).get(SELECTION_METRIC)
+        score = (logs or {}).get(self.metric)
         if score is None or (self.best is not None and score <= self.best):
             return
         self.best = float(score)
@@ -78,13 +85,14 @@ class BestEpoch(keras.callbacks.Callback):
 
 def kept_epoch(model: keras.Model, cfg: Config, out: Path, history: list[dict]) -> dict:
     """Loads the weights `train.keep` asks for and says which epoch they are from (1-based)."""
-    scores = [epoch.get(SELECTION_METRIC) for epoch in history]
+    metric = selection_metric(cfg)
+    scores = [epoch.get(metric) for epoch in history]
     best_file = out / CHECKPOINTS / BEST_WEIGHTS
     if cfg.train.keep == "best" and best_file.exists() and any(s is not None for s in scores):
         model.load_weights(best_file)
         best = max(range(len(scores)), key=lambda i: -np.inf if scores[i] is None else scores[i])
-        return {"keep": "best", "epoch": best + 1, SELECTION_METRIC: scores[best]}
-    note = {} if cfg.train.keep == "last" else {"note": f"no epoch logged {SELECTION_METRIC}: the last is kept"}
+        return {"keep": "best", "epoch": best + 1, metric: scores[best]}
+    note = {} if cfg.train.keep == "last" else {"note": f"no epoch logged {metric}: the last is kept"}
     return {"keep": "last", "epoch": len(history), **note}
 
 
@@ -131,7 +139,7 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
     checkpoints = out / CHECKPOINTS
     chief = is_chief(strategy)
     keras_verbose, progress_callbacks = progress(verbose if chief else 0, cfg.train.epochs)
-    selection = [BestEpoch(checkpoints)] if cfg.train.keep == "best" else []
+    selection = [BestEpoch(checkpoints, selection_metric(cfg))] if cfg.train.keep == "best" else []
     writers = [*([validation] if validation else []), *selection, EpochCheckpoint(checkpoints),
                keras.callbacks.TensorBoard(log_dir=str(out / "logs")), *progress_callbacks, *(callbacks or [])]
     started = time.perf_counter()

@@ -27,7 +27,7 @@ from reprlearn.models import build_verifier, initialise_from
 from reprlearn.objectives import TOWER_NAME, make_optimizer
 from reprlearn.runs import load_run, match_probabilities, run_summary, save_and_check_reload
 from reprlearn.scoring import can_pair
-from reprlearn.training.loop import fit_resumable, resume_or_build
+from reprlearn.training.loop import VERIFIER_SELECTION_METRIC, fit_resumable, kept_epoch, resume_or_build
 from reprlearn.strategies import is_chief
 
 
@@ -99,6 +99,25 @@ def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     return {"metrics": metrics, "pairs": pairs}
 
 
+# Validation pairs scored after every epoch (a fixed draw): enough for a stable ROC AUC, cheap next to an epoch.
+VALIDATION_PAIRS = 4000
+
+
+class PairValidation(keras.callbacks.Callback):
+    """Adds `val_roc_auc`, the ROC AUC of 1 − p on a fixed draw of validation pairs, to each epoch's logs (what
+    `train.keep: best` selects a verifier's epoch by, and what the progress line shows)."""
+
+    def __init__(self, val: ImageSet, n_pairs: int, seed: int):
+        super().__init__()
+        self.images = val.images
+        self.first, self.second, self.match = sample_pairs(val.labels, n_pairs, seed=seed)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            distances = verifier_distances(self.model, self.images, self.first, self.second)
+            logs[VERIFIER_SELECTION_METRIC] = verification_metrics(distances, self.match)["roc_auc"]
+
+
 def _probe_outputs(model: keras.Model, probe: np.ndarray) -> np.ndarray:
     return match_probabilities(model, probe, probe[::-1])
 
@@ -115,15 +134,19 @@ def run_verifier(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
         out, lambda: build_compiled_verifier(cfg, splits.train.images.shape[1:], initialised), cfg, strategy, verbose)
     dataset = pair_batches(splits.train.images, splits.train.labels, cfg.train.pair_batch_size, cfg.train.seed,
                            start_step=epochs_done * cfg.train.steps_per_epoch)
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, None, callbacks, verbose, strategy)
+    validation = (PairValidation(splits.val, min(VALIDATION_PAIRS, cfg.eval.verification_pairs), cfg.data.seed)
+                  if can_pair(splits.val.labels) else None)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose,
+                                     strategy)
     if not is_chief(strategy):
         return {}
+    kept = kept_epoch(model, cfg, out, history)
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
     model.trainable = True  # the saved verifier is an ordinary, trainable model
 
     verifier = save_and_check_reload(model, out / "model.keras", splits.test.images[:256], _probe_outputs)
     evaluation = evaluate_verifier(cfg, verifier, splits)
-    report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.pair_batch_size),
+    report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.pair_batch_size), "kept": kept,
               "model": {"kind": "verifier", "verifier": cfg.model.verifier, "tower": cfg.model.tower,
                         "parameters": int(verifier.count_params()), "trained_parameters": trainable,
                         "reload_max_abs_diff": 0.0, **({"initialised_from": initialised} if initialised else {})},
