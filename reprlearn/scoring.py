@@ -19,6 +19,7 @@ import numpy as np
 from reprlearn.data import ImageSet, flat_pixels
 from reprlearn.distances import paired_distance
 from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
+from reprlearn.metrics.verification import best_threshold
 from reprlearn.runs import Run
 
 
@@ -32,6 +33,17 @@ def pair_distances(embeddings: np.ndarray, labels: np.ndarray, n_pairs: int, met
     """`(distances [P], match [P])` of `n_pairs` pairs sampled as `sample_pairs` does (half matching)."""
     first, second, match = sample_pairs(labels, n_pairs, seed=seed)
     return paired_distance(embeddings[first], embeddings[second], metric).numpy(), match
+
+
+def validation_threshold(distances: np.ndarray | None, match: np.ndarray | None) -> tuple[float | None, dict]:
+    """`(threshold, calibration record)`: the accuracy-maximising match threshold on validation pairs, or None with
+    a record saying why when there are none (or they are all of one kind). Test pairs are only ever scored."""
+    if distances is None or not match.any() or match.all():
+        return None, {"split": "val", "pairs": 0,
+                      "note": "the validation split has no pairs: no threshold was calibrated"}
+    threshold, accuracy = best_threshold(distances, match)
+    return threshold, {"split": "val", "pairs": int(match.size), "accuracy": accuracy,
+                       "note": "threshold fit on validation pairs from the training side; test pairs are only scored"}
 
 
 # Training images a PCA is fit on, for a baseline or a joint embedding's cap (a random sample beyond this).

@@ -17,12 +17,11 @@ import tensorflow as tf
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.pipelines import pair_batches
-from reprlearn.metrics.verification import best_threshold
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
 from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, embedding_model,
                                   is_pair_loss, pk_training_batches, tower_of)
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
-from reprlearn.scoring import can_pair, pair_distances, pca_fit_sample, score_embeddings
+from reprlearn.scoring import can_pair, pair_distances, pca_fit_sample, score_embeddings, validation_threshold
 from reprlearn.training.loop import fit_resumable, kept_epoch, resume_or_build
 from reprlearn.strategies import is_chief
 
@@ -68,22 +67,15 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     """
     test, val, metric, seed = splits.test, splits.val, cfg.loss.distance, cfg.data.seed
     embeddings = embed(tower, test.images)
-    threshold, calibration = None, {"pairs": 0}
-    if can_pair(val.labels):
-        val_distances, val_match = pair_distances(embed(tower, val.images), val.labels,
-                                                  cfg.eval.verification_pairs, metric, seed)
-        if val_match.any() and not val_match.all():
-            threshold, accuracy = best_threshold(val_distances, val_match)
-            calibration = {"pairs": int(val_match.size), "accuracy": accuracy}
+    val_distances, val_match = (pair_distances(embed(tower, val.images), val.labels, cfg.eval.verification_pairs,
+                                               metric, seed) if can_pair(val.labels) else (None, None))
+    threshold, calibration = validation_threshold(val_distances, val_match)
     if not can_pair(test.labels):  # the report scores verification on test pairs (score_embeddings would skip it)
         raise ValueError("the test split needs two classes and a class with two items for verification pairs. "
                          f"Received: classes {test.classes}")
     metrics, pairs = score_embeddings(embeddings, test.images, test.labels, metric, threshold,
                                       cfg.eval.verification_pairs, seed, pca_train_images=splits.train.images)
-    metrics["verification"]["calibration"] = {
-        "split": "val", **calibration,
-        "note": "threshold fit on validation pairs from the training side; test pairs are only scored"
-        if threshold is not None else "the validation split has no pairs: no threshold was calibrated"}
+    metrics["verification"]["calibration"] = calibration
     return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs}
 
 

@@ -22,11 +22,10 @@ from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.pipelines import pair_batches
 from reprlearn.metrics import sample_pairs, verification_metrics
-from reprlearn.metrics.verification import best_threshold
 from reprlearn.models import build_verifier, initialise_from
 from reprlearn.objectives import TOWER_NAME, make_optimizer
 from reprlearn.runs import load_run, match_probabilities, run_summary, save_and_check_reload
-from reprlearn.scoring import can_pair
+from reprlearn.scoring import can_pair, validation_threshold
 from reprlearn.training.loop import VERIFIER_SELECTION_METRIC, fit_resumable, kept_epoch, resume_or_build
 from reprlearn.strategies import is_chief
 
@@ -51,51 +50,43 @@ def build_compiled_verifier(cfg: Config, image_shape, initialised: dict) -> kera
     return verifier
 
 
-def verifier_distances(model: keras.Model, images: np.ndarray, first: np.ndarray, second: np.ndarray,
-                   swapped_average: bool = False) -> np.ndarray:
-    """`1 − p` of the pairs `(images[first[i]], images[second[i]])`; with `swapped_average`, of p averaged over both
-    orders."""
-    probability = match_probabilities(model, images[first], images[second])
-    if swapped_average:
-        probability = (probability + match_probabilities(model, images[second], images[first])) / 2
-    return 1.0 - probability
-
-
-def _verification(model: keras.Model, val: ImageSet, test: ImageSet, n_pairs: int, seed: int,
-                  swapped_average: bool) -> dict:
-    """Verification on test pairs at the threshold fit on validation pairs (the test pairs are only scored)."""
-    threshold, calibration = None, {"split": "val", "pairs": 0,
-                                    "note": "the validation split has no pairs: no threshold was calibrated"}
-    if can_pair(val.labels):
-        first, second, match = sample_pairs(val.labels, n_pairs, seed=seed)
-        distances = verifier_distances(model, val.images, first, second, swapped_average)
-        threshold, accuracy = best_threshold(distances, match)
-        calibration = {"split": "val", "pairs": int(match.size), "accuracy": accuracy,
-                       "note": "threshold fit on validation pairs from the training side; test pairs are only scored"}
-    first, second, match = sample_pairs(test.labels, n_pairs, seed=seed)
-    distances = verifier_distances(model, test.images, first, second, swapped_average)
-    return {**verification_metrics(distances, match, threshold), "calibration": calibration,
-            "pairs": {"distances": distances, "match": match}}
+def _pair_probabilities(model: keras.Model, images: np.ndarray, labels: np.ndarray, n_pairs: int, seed: int,
+                        both_orders: bool):
+    """`(p(a, b), p(b, a) or None, match)` of the pairs `sample_pairs` draws with `seed` (as an embedding run draws
+    them), each order scored once."""
+    first, second, match = sample_pairs(labels, n_pairs, seed=seed)
+    backward = match_probabilities(model, images[second], images[first]) if both_orders else None
+    return match_probabilities(model, images[first], images[second]), backward, match
 
 
 def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     """Verification of the pairs in the order drawn and, for the two-channel design (not symmetric by
-    construction), of p averaged over (a, b) and (b, a); how far p(a, b) and p(b, a) differ on the test pairs."""
+    construction), of p averaged over (a, b) and (b, a), each at a threshold fit on validation pairs; how far
+    p(a, b) and p(b, a) differ on the test pairs."""
     if not can_pair(splits.test.labels):
         raise ValueError("the test split needs two classes and a class with two items for verification pairs. "
                          f"Received: classes {splits.test.classes}")
-    n_pairs, seed, test = cfg.eval.verification_pairs, cfg.data.seed, splits.test
-    metrics = {"verification": _verification(model, splits.val, test, n_pairs, seed, swapped_average=False)}
-    if cfg.model.verifier == "two_channel":
-        metrics["verification_swapped_average"] = _verification(model, splits.val, test, n_pairs, seed,
-                                                                swapped_average=True)
-    first, second, _ = sample_pairs(test.labels, n_pairs, seed=seed)
-    order_gap = np.abs(match_probabilities(model, test.images[first], test.images[second])
-                       - match_probabilities(model, test.images[second], test.images[first]))
+    n_pairs, seed, test, val = cfg.eval.verification_pairs, cfg.data.seed, splits.test, splits.val
+    swapped = cfg.model.verifier == "two_channel"
+    scorings = {"verification": lambda forward, backward: 1.0 - forward}
+    if swapped:
+        scorings["verification_swapped_average"] = lambda forward, backward: 1.0 - (forward + backward) / 2
+    # Both orders of the test pairs (the order gap reads them); of the validation pairs only when a score does.
+    test_forward, test_backward, test_match = _pair_probabilities(model, test.images, test.labels, n_pairs, seed,
+                                                                  both_orders=True)
+    val_scored = (_pair_probabilities(model, val.images, val.labels, n_pairs, seed, both_orders=swapped)
+                  if can_pair(val.labels) else None)
+    metrics, pairs = {}, {}
+    for name, distance in scorings.items():
+        threshold, calibration = (validation_threshold(distance(*val_scored[:2]), val_scored[2]) if val_scored
+                                  else validation_threshold(None, None))
+        distances = distance(test_forward, test_backward)
+        metrics[name] = {**verification_metrics(distances, test_match, threshold), "calibration": calibration}
+        pairs[name] = {"distances": distances, "match": test_match}
+    order_gap = np.abs(test_forward - test_backward)
     metrics["pair_order"] = {"mean_abs_difference": float(order_gap.mean()),
                              "max_abs_difference": float(order_gap.max()),
                              "note": "|p(a, b) − p(b, a)| on the test pairs"}
-    pairs = {name: part.pop("pairs") for name, part in metrics.items() if "pairs" in part}
     return {"metrics": metrics, "pairs": pairs}
 
 
@@ -114,8 +105,8 @@ class PairValidation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            distances = verifier_distances(self.model, self.images, self.first, self.second)
-            logs[VERIFIER_SELECTION_METRIC] = verification_metrics(distances, self.match)["roc_auc"]
+            probability = match_probabilities(self.model, self.images[self.first], self.images[self.second])
+            logs[VERIFIER_SELECTION_METRIC] = verification_metrics(1.0 - probability, self.match)["roc_auc"]
 
 
 def _probe_outputs(model: keras.Model, probe: np.ndarray) -> np.ndarray:
