@@ -42,6 +42,13 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _add_history(figures: dict, report: dict, out: Path) -> None:
+    """The training curves, when there is a history."""
+    if report["train"]["history"]:
+        plots.plot_history(report["train"]["history"], out / "training.png")
+        figures["Training curves"] = "training.png"
+
+
 def _add_grid_and_history(figures: dict, report: dict, out: Path, test, vectors: np.ndarray, metric: str, rng,
                           cfg, caption: str, title: str) -> None:
     """The nearest-neighbour grid of random test queries, and the training curves when there is a history."""
@@ -50,9 +57,16 @@ def _add_grid_and_history(figures: dict, report: dict, out: Path, test, vectors:
     neighbours = nearest_neighbours(vectors, k, metric, query_index=queries)
     plots.plot_retrieval_grid(test.images, test.labels, queries, neighbours, out / "retrieval_grid.png", title)
     figures[caption] = "retrieval_grid.png"
-    if report["train"]["history"]:
-        plots.plot_history(report["train"]["history"], out / "training.png")
-        figures["Training curves"] = "training.png"
+    _add_history(figures, report, out)
+
+
+def _add_pair_figures(figures: dict, out: Path, pairs: dict, verification: dict, caption: str) -> None:
+    """The matching and non-matching pairs' distance histograms (with the threshold) and the ROC curve."""
+    plots.plot_distance_histograms(pairs["distances"], pairs["match"], verification.get("threshold"),
+                                   out / "distances.png")
+    figures[caption] = "distances.png"
+    plots.plot_roc(pairs["distances"], pairs["match"], verification["eer"], verification["roc_auc"], out / "roc.png")
+    figures["ROC curve"] = "roc.png"
 
 
 def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None:
@@ -67,12 +81,8 @@ def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None
                           f"Test embeddings ({cfg.eval.projection.upper()}, {len(shown)} points)")
     figures["2-D projection of test embeddings"] = "projection.png"
 
-    pairs, verification = evaluation["pairs"], report["metrics"]["verification"]
-    plots.plot_distance_histograms(pairs["distances"], pairs["match"], verification.get("threshold"),
-                                   out / "distances.png")
-    figures["Positive and negative pair distances"] = "distances.png"
-    plots.plot_roc(pairs["distances"], pairs["match"], verification["eer"], verification["roc_auc"], out / "roc.png")
-    figures["ROC curve"] = "roc.png"
+    _add_pair_figures(figures, out, evaluation["pairs"], report["metrics"]["verification"],
+                      "Positive and negative pair distances")
 
     _add_grid_and_history(figures, report, out, test, embeddings, cfg.loss.distance, rng, cfg,
                           "Nearest-neighbour retrieval", "Nearest test neighbours (green: same class, red: other)")
@@ -173,16 +183,10 @@ def _verifier_markdown(report: dict, figures: dict[str, str]) -> str:
 
 def write_verifier_report(report: dict, out: Path, evaluation: dict) -> None:
     """Writes a verifier run's report.json, report.md and figures (1 − p histograms, ROC, training curves)."""
-    pairs, verification = evaluation["pairs"]["verification"], report["metrics"]["verification"]
     figures = {}
-    plots.plot_distance_histograms(pairs["distances"], pairs["match"], verification.get("threshold"),
-                                   out / "distances.png")
-    figures["Positive and negative pairs: 1 − match probability"] = "distances.png"
-    plots.plot_roc(pairs["distances"], pairs["match"], verification["eer"], verification["roc_auc"], out / "roc.png")
-    figures["ROC curve"] = "roc.png"
-    if report["train"]["history"]:
-        plots.plot_history(report["train"]["history"], out / "training.png")
-        figures["Training curves"] = "training.png"
+    _add_pair_figures(figures, out, evaluation["pairs"]["verification"], report["metrics"]["verification"],
+                      "Positive and negative pairs: 1 − match probability")
+    _add_history(figures, report, out)
     report["figures"] = figures
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_verifier_markdown(report, figures))
