@@ -47,6 +47,9 @@ class DataConfig:
     # P×K training batches: none | light | strong (shifts, rotations, contrast; left-right flips only for data
     # whose classes survive a mirror, see reprlearn.data.augment). Never applied to validation or test images.
     augment: str = "none"
+    # P×K training batches: classes (K images of each of P classes) | views (K augmented views of each of P
+    # images, labelled by image: self-supervised, the training labels are not used; needs data.augment).
+    positives: str = "classes"
     max_train: typing.Optional[int] = None
     max_test: typing.Optional[int] = None
     seed: int = 0
@@ -104,13 +107,15 @@ class ModelConfig:
 class LossConfig:
     # contrastive: in-batch pairs of P×K batches; pair_contrastive: a Siamese pair model on balanced pairs;
     # triplet_semihard / triplet_hard / triplet_batch_all / lifted_struct: in-batch mining on P×K batches;
-    # am_softmax: the tower trained through cosine class weights (margin m = loss.margin, scale loss.scale).
+    # am_softmax: the tower trained through cosine class weights (margin m = loss.margin, scale loss.scale);
+    # supervised_contrastive: SupCon, a softmax over -loss.scale x distance (NT-Xent with data.positives: views).
     name: str = "contrastive"  # one of reprlearn.registry.LOSSES
     margin: float = 0.5
     distance: str = "L2"       # L2 | squared-L2 | angular (alias: cosine)
     # Under a multi-replica strategy: mine the global batch (all replicas) rather than each replica's slice.
     cross_replica: bool = True
-    scale: float = 30.0        # am_softmax only: s in s·(cos − m·onehot(y)); loss.margin is m
+    # am_softmax: s in s·(cos − m·onehot(y)) (loss.margin is m); supervised_contrastive: 1 / temperature
+    scale: float = 30.0
     # am_softmax only: > 0 adds JRD's joint representation similarity over `jrd_layers` with this weight α.
     jrd_weight: float = 0.0
     # Tower layer names, plus "logits" for the classifier's cosines; [] means the last pooled conv block
@@ -193,6 +198,7 @@ class Config:
 CHOICES = {
     "data.protocol": PROTOCOLS,
     "data.augment": AUGMENTATIONS,
+    "data.positives": ("classes", "views"),
     "model.kind": ("embedding", "autoencoder", "vae", "verifier"),
     "model.verifier": VERIFIERS,
     "train.lr_schedule": ("constant", "cosine"),
@@ -284,6 +290,8 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.train.examples_per_class < 2:
         raise ConfigError("config: train.examples_per_class must be >= 2 so every batch has positive pairs. "
                           f"Received: train.examples_per_class={cfg.train.examples_per_class!r}")
+    if cfg.data.positives == "views":
+        _check_views(cfg)
     if cfg.loss.margin < 0:
         raise ConfigError(f"config: loss.margin must be >= 0. Received: loss.margin={cfg.loss.margin!r}")
     spec = LOSSES[cfg.loss.name]
@@ -314,6 +322,18 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.loss.soft and not spec.soft:
         soft_losses = [name for name, s in LOSSES.items() if s.soft]
         raise ConfigError(f"config: loss.soft applies to {soft_losses} only. Received: loss.name={cfg.loss.name!r}")
+
+
+def _check_views(cfg: Config) -> None:
+    """Views of one image are positives only for an in-batch metric loss, and only augmentation makes them differ."""
+    if cfg.data.augment == "none":
+        raise ConfigError("config: data.positives: views makes positives from augmented views of one image; set "
+                          "data.augment to light or strong. Received: data.augment='none'")
+    spec = LOSSES[cfg.loss.name]
+    if cfg.model.kind != "embedding" or spec.batch != "pk" or spec.classifier:
+        in_batch = [name for name, s in LOSSES.items() if s.batch == "pk" and not s.classifier]
+        raise ConfigError(f"config: data.positives: views trains an embedding with an in-batch loss from {in_batch}. "
+                          f"Received: loss.name={cfg.loss.name!r}, model.kind={cfg.model.kind!r}")
 
 
 def _check_verifier(cfg: Config) -> None:

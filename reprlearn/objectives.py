@@ -14,7 +14,7 @@ import numpy as np
 from reprlearn.config import Config
 from reprlearn.data import ImageSet
 from reprlearn.data.augment import MIRROR_INVARIANT
-from reprlearn.data.pipelines import pk_batches
+from reprlearn.data.pipelines import pk_batches, view_batches
 from reprlearn.layers import CosineClassifier
 from reprlearn.losses import JointRepresentationSimilarity
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
@@ -58,11 +58,16 @@ def dense_class_ids(cfg: Config, labels: np.ndarray) -> np.ndarray:
 
 def pk_training_batches(cfg: Config, train: ImageSet, start_step: int = 0):
     """The P×K batches a run or a tuning trial trains on, from batch `start_step`: classifier losses' dense ids,
-    `data.augment` (flips where the dataset allows), and one target per output (`training_targets`)."""
-    return training_targets(cfg, pk_batches(train.images, dense_class_ids(cfg, train.labels),
-                                            cfg.train.classes_per_batch, cfg.train.examples_per_class,
-                                            cfg.train.seed, start_step, cfg.data.augment,
-                                            MIRROR_INVARIANT.get(cfg.data.name, False)))
+    `data.augment` (flips where the dataset allows), and one target per output (`training_targets`).
+    With `data.positives: views`, P images × K augmented views labelled by image instead of P classes × K."""
+    flips = MIRROR_INVARIANT.get(cfg.data.name, False)
+    p, k = cfg.train.classes_per_batch, cfg.train.examples_per_class
+    if cfg.data.positives == "views":
+        batches = view_batches(train.images, p, k, cfg.train.seed, start_step, cfg.data.augment, flips)
+    else:
+        batches = pk_batches(train.images, dense_class_ids(cfg, train.labels), p, k, cfg.train.seed, start_step,
+                             cfg.data.augment, flips)
+    return training_targets(cfg, batches)
 
 
 def training_targets(cfg: Config, dataset):

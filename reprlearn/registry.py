@@ -17,7 +17,8 @@ from typing import Callable, NamedTuple
 import keras
 
 from reprlearn.distances import METRICS
-from reprlearn.losses import AMSoftmaxLoss, ContrastiveLoss, InBatchContrastiveLoss, LiftedStructLoss, TripletLoss
+from reprlearn.losses import (AMSoftmaxLoss, ContrastiveLoss, InBatchContrastiveLoss, LiftedStructLoss,
+                              SupervisedContrastiveLoss, TripletLoss)
 
 
 class LossOptions(NamedTuple):
@@ -60,6 +61,11 @@ LOSSES: dict[str, LossSpec] = {
     # Lifted structured loss, defined on L2 distances.
     "lifted_struct": LossSpec(lambda o: LiftedStructLoss(margin=o.margin, cross_replica=o.cross_replica),
                               "pk", ("L2",)),
+    # Supervised contrastive (SupCon): a softmax over −loss.scale × distance per anchor (loss.scale = 1 / τ); with
+    # data.positives: views it is SimCLR's NT-Xent, learning from augmented views without labels.
+    "supervised_contrastive": LossSpec(
+        lambda o: SupervisedContrastiveLoss(scale=o.scale, distance=o.distance, cross_replica=o.cross_replica),
+        "pk", METRICS),
     # AM-Softmax: cosine class weights with an additive margin (loss.margin) and a scale (loss.scale).
     "am_softmax": LossSpec(lambda o: AMSoftmaxLoss(scale=o.scale, margin=o.margin), "pk", METRICS, classifier=True),
 }

@@ -242,3 +242,19 @@ def joint_representation_similarity(labels, features, single_bandwidth):
                 joint[i, j] *= sum(np.exp(-d[i, j] / w) for w in widths) / len(widths)
     pairs = [(i, j) for i in range(n) for j in range(n) if labels[i] != labels[j]]
     return sum(joint[i, j] for i, j in pairs) / len(pairs) if pairs else 0.0
+
+
+def supervised_contrastive(labels, embeddings, scale, metric="angular"):
+    """SupCon: per anchor with positives, mean over them of −log(exp(−s·D_ap) / Σ_{k≠a} exp(−s·D_ak)); mean over
+    those anchors (0 when none has a positive)."""
+    d = pairwise(np.asarray(embeddings, np.float64), metric)
+    n = len(labels)
+    losses = []
+    for a in range(n):
+        others = [k for k in range(n) if k != a]
+        positives = [p for p in others if labels[p] == labels[a]]
+        if not positives:
+            continue
+        normaliser = math.log(sum(math.exp(-scale * d[a, k]) for k in others))
+        losses.append(sum(normaliser + scale * d[a, p] for p in positives) / len(positives))
+    return sum(losses) / len(losses) if losses else 0.0

@@ -81,6 +81,7 @@ def _untrained_scores(cfg) -> dict:
                                   {"name": "lifted_struct", "margin": 1.0},
                                   {"name": "pair_contrastive", "margin": 1.0},
                                   {"name": "am_softmax", "margin": 0.2, "scale": 10.0},
+                                  {"name": "supervised_contrastive", "scale": 10.0, "distance": "cosine"},
                                   {"name": "am_softmax", "margin": 0.2, "scale": 10.0, "jrd_weight": 1.0,
                                    "reconstruction_weight": 1.0}],
                          ids=lambda loss: loss["name"] + ("-soft" if loss.get("soft") else "")
@@ -100,6 +101,20 @@ def test_every_loss_learns_beyond_raw_pixels_and_the_untrained_tower(tmp_path, l
         assert history[-1]["class_cosines_accuracy" if loss.get("jrd_weight") else "accuracy"] > 0.8
     elif loss["name"] != "pair_contrastive":
         assert history[-1]["mean_negative_distance"] > history[-1]["mean_positive_distance"]
+
+
+def test_views_learn_without_labels(tmp_path):
+    # Self-supervised: P images × 2 augmented views, positives = views of one image (the batches never see a
+    # label: `view_batches` takes none). The embedding still beats the untrained tower on the test classes.
+    cfg = config_from_dict({**LEARNING, "data": {**LEARNING["data"], "positives": "views", "augment": "strong"},
+                            "loss": {"name": "supervised_contrastive", "scale": 5.0, "distance": "cosine"},
+                            "train": {**LEARNING["train"], "epochs": 2, "classes_per_batch": 32,
+                                      "examples_per_class": 2}})
+    report = run_training(cfg, tmp_path, verbose=0)
+    untrained = _untrained_scores(cfg)
+    assert report["metrics"]["test"]["map_at_r"] > untrained["map_at_r"] + 0.1
+    history = report["train"]["history"][-1]
+    assert history["mean_negative_distance"] > history["mean_positive_distance"]
 
 
 def test_interrupted_run_resumes_from_last_finished_epoch(tmp_path, tiny_sets):

@@ -101,6 +101,42 @@ def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, 
         load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
+def view_batches(images, images_per_batch: int, views_per_image: int, seed: int = 0, start_step: int = 0,
+                 augment: str = "light", flips: bool = False) -> tf.data.Dataset:
+    """Infinite batches of K augmented views of each of P distinct images, labelled by image: `(images float32
+    [P*K, H, W, C], labels int32 [P*K])`, the labels 0..P−1 each K times (positives are views of one image).
+
+    Each view is augmented independently (`reprlearn.data.augment.augment_batch`), batch s with a seed drawn
+    from (seed, s), so resuming reproduces it. The images' own labels are not used.
+
+    Raises:
+        ValueError: `augment` is "none" (every view would be the same image), more images per batch than
+            `images` holds, or fewer than 2 views.
+    """
+    if check_augment(augment) == "none":
+        raise ValueError("views of one image differ only by augmentation; augment must be light or strong. "
+                         "Received: augment='none'")
+    count, p, k = len(images), int(images_per_batch), int(views_per_image)
+    if not 1 <= p <= count:
+        raise ValueError(f"images_per_batch must be in [1, {count}] (the images given). "
+                         f"Received: images_per_batch={images_per_batch}")
+    if k < 2:
+        raise ValueError(f"views_per_image must be >= 2 so every batch has positive pairs. "
+                         f"Received: views_per_image={views_per_image}")
+    images_t = tf.constant(np.asarray(images))
+    labels = tf.repeat(tf.range(p, dtype=tf.int32), k)
+
+    def load(step):
+        step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        draw_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(step_seed, 2))
+        chosen = tf.argsort(tf.random.stateless_uniform([count], draw_seed))[:p]  # distinct images
+        batch = tf.cast(tf.gather(images_t, tf.repeat(chosen, k)), tf.float32)
+        return augment_batch(batch, augment_seed, augment, flips), labels
+
+    return tf.data.Dataset.counter(start_step).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                                   deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
 def pair_indices(labels, batch_size: int, seed: int, start_step: int = 0) -> tf.data.Dataset:
     """A dataset of `(first [B], second [B], match [B] float32)` index batches, half matching.
 

@@ -45,8 +45,10 @@ def check_embedding_data(cfg: Config, splits: Splits) -> None:
         raise ValueError(f"model.init_from must name a finished run folder (with model.keras). "
                          f"Received: model.init_from={cfg.model.init_from!r}")
     pk_batches = cfg.model.kind == "embedding" and not is_pair_loss(cfg)
-    if pk_batches and cfg.train.classes_per_batch > len(splits.train_classes):
-        raise ValueError(f"train.classes_per_batch exceeds the {len(splits.train_classes)} training classes. "
+    drawn, available = ((len(splits.train), "training images") if cfg.data.positives == "views" else
+                        (len(splits.train_classes), "training classes"))
+    if pk_batches and cfg.train.classes_per_batch > drawn:
+        raise ValueError(f"train.classes_per_batch exceeds the {drawn} {available}. "
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 
 
