@@ -42,6 +42,18 @@ AM = {"loss.name": "am_softmax", "loss.scale": "20.0", "loss.margin": "0.1", "lo
 AM_JRD = {**AM, "loss.jrd_weight": "1.0"}
 
 
+def views(dataset: str) -> dict[str, str]:
+    """Self-supervised: SupCon on 2 strongly augmented views of each image (NT-Xent, τ = 0.2), no labels used; as
+    many images per step as the base config's P × K batch, so the budget is the same."""
+    from reprlearn.config import load_config
+
+    train = load_config(BASE_CONFIGS[dataset]).train
+    return {"loss.name": "supervised_contrastive", "loss.scale": "5.0", "loss.distance": "cosine",
+            "loss.jrd_weight": "0.0", "data.positives": "views", "data.augment": "strong",
+            "train.classes_per_batch": str(train.classes_per_batch * train.examples_per_class // 2),
+            "train.examples_per_class": "2"}
+
+
 def rows(dataset: str) -> dict[str, dict[str, str]]:
     """Each row's overrides of the base config; every key a row varies is set by every row."""
     joint, small = JOINT[dataset], JOINT_SMALL[dataset]
@@ -59,8 +71,10 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
         "AM-Softmax + JRD, joint <= 256, + augmentation": {**AM_JRD, **small, "data.augment": "light"},
         "semi-hard, joint, + augmentation": {**SEMIHARD, **joint, "data.augment": "light"},
         "semi-hard, joint <= 256, + augmentation": {**SEMIHARD, **small, "data.augment": "light"},
+        "SupCon on augmented views (no labels), joint": {**views(dataset), **joint},
     }
-    return {name: {"data.augment": "none", "loss.reconstruction_weight": "0.0", **overrides}
+    return {name: {"data.augment": "none", "data.positives": "classes", "loss.reconstruction_weight": "0.0",
+                   **overrides}
             for name, overrides in rows.items()}
 
 
