@@ -42,16 +42,17 @@ AM = {"loss.name": "am_softmax", "loss.scale": "20.0", "loss.margin": "0.1", "lo
 AM_JRD = {**AM, "loss.jrd_weight": "1.0"}
 
 
+# Each dataset's P×K batch of classes (P classes × K images); the self-supervised row draws as many images per step.
+CLASS_BATCH = {"fashion_mnist": (3, 40), "digits": (3, 16)}
+
+
 def views(dataset: str) -> dict[str, str]:
     """Self-supervised: SupCon on 2 strongly augmented views of each image (NT-Xent, τ = 0.2), no labels used; as
-    many images per step as the base config's P × K batch, so the budget is the same."""
-    from reprlearn.config import load_config
-
-    train = load_config(BASE_CONFIGS[dataset]).train
+    many images per step as the P × K batch of classes, so the budget is the same."""
+    p, k = CLASS_BATCH[dataset]
     return {"loss.name": "supervised_contrastive", "loss.scale": "5.0", "loss.distance": "cosine",
             "loss.jrd_weight": "0.0", "data.positives": "views", "data.augment": "strong",
-            "train.classes_per_batch": str(train.classes_per_batch * train.examples_per_class // 2),
-            "train.examples_per_class": "2"}
+            "train.classes_per_batch": str(p * k // 2), "train.examples_per_class": "2"}
 
 
 def rows(dataset: str) -> dict[str, dict[str, str]]:
@@ -73,7 +74,9 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
         "semi-hard, joint <= 256, + augmentation": {**SEMIHARD, **small, "data.augment": "light"},
         "SupCon on augmented views (no labels), joint": {**views(dataset), **joint},
     }
+    p, k = CLASS_BATCH[dataset]
     return {name: {"data.augment": "none", "data.positives": "classes", "loss.reconstruction_weight": "0.0",
+                   "loss.distance": "L2", "train.classes_per_batch": str(p), "train.examples_per_class": str(k),
                    **overrides}
             for name, overrides in rows.items()}
 

@@ -33,10 +33,14 @@ def _negative_logsumexp(logits: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
     return tf.where(has_negative, row_max + tf.math.log(tf.where(has_negative, total, 1.0)), _NO_NEGATIVE)
 
 
-def _logaddexp(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """`log(exp(a) + exp(b))`, broadcast, stable for large and very negative values alike."""
-    high, low = tf.maximum(a, b), tf.minimum(a, b)
-    return high + tf.math.log1p(tf.exp(low - high))
+def _pair_logaddexp(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """`log(exp(a) + exp(b))` for the rows of a positive pair, broadcast, as `a + softplus(b − a)` (one fused pass).
+
+    Exact whenever a and b are both finite log-sum-exps or both `_NO_NEGATIVE`, which holds for every positive
+    pair: two items of one class have the same negatives. Other pairs are masked out by the caller; for them the
+    value stays finite (at worst `_NO_NEGATIVE + softplus(1e30)`), so the masked gradient is 0, never NaN.
+    """
+    return a + tf.nn.softplus(b - a)
 
 
 def _mean_and_active_share(distances, positive, negative, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
@@ -46,12 +50,12 @@ def _mean_and_active_share(distances, positive, negative, margin: float) -> tupl
     def on_slots(width):
         def compute():
             columns, filled = positive_slots(positive, width)                   # [N, W]
-            objective = _logaddexp(row[:, None], tf.gather(row, columns)) + tf.gather(distances, columns, batch_dims=1)
+            objective = _pair_logaddexp(row[:, None], tf.gather(row, columns)) + tf.gather(distances, columns, batch_dims=1)
             return _mean(objective, filled), _active_share(objective, filled)
         return compute
 
     def on_all_pairs():
-        objective = _logaddexp(row[:, None], row[None, :]) + distances
+        objective = _pair_logaddexp(row[:, None], row[None, :]) + distances
         return _mean(objective, positive), _active_share(objective, positive)
 
     return by_positive_count(positive, on_slots, on_all_pairs)
