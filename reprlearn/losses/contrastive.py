@@ -54,12 +54,12 @@ def in_batch_contrastive_loss(labels, embeddings, margin: float = 1.0, distance:
         A scalar in the embeddings' dtype; 0 for a batch of fewer than two items.
     """
     embeddings = tf.convert_to_tensor(embeddings)
-    terms, upper = _in_batch_terms(labels, embeddings, margin, distance)
-    return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(terms), tf.reduce_sum(upper)), embeddings.dtype)
+    terms, pairs = _in_batch_terms(labels, embeddings, margin, distance)
+    return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(terms), pairs), embeddings.dtype)
 
 
 def _in_batch_terms(labels, embeddings, margin: float, distance: Distance) -> tuple[tf.Tensor, tf.Tensor]:
-    """`[N, N]` per-pair terms on the ordered pairs i ≠ j (zero on the diagonal), and that pair mask.
+    """`[N, N]` per-pair terms on the ordered pairs i ≠ j (zero on the diagonal), and the number of those pairs.
 
     Every unordered pair appears twice, so the mean over ordered pairs is the mean over unordered ones.
     """
@@ -67,12 +67,15 @@ def _in_batch_terms(labels, embeddings, margin: float, distance: Distance) -> tu
 
 
 def _pair_terms(d, positive, negative, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
-    terms = tf.where(positive, tf.square(d), tf.where(negative, tf.square(tf.maximum(margin - d, 0.0)), 0.0))
-    return terms, tf.cast(tf.logical_or(positive, negative), tf.float32)
+    # One square of the selected distance or hinge: a positive pair costs D², a negative max(margin − D, 0)².
+    terms = tf.square(tf.where(positive, d, tf.where(negative, tf.maximum(margin - d, 0.0), 0.0)))
+    # Every ordered pair i ≠ j is positive or negative: N(N − 1) of them, no mask to count.
+    n = tf.cast(tf.shape(d)[0], tf.float32)
+    return terms, n * (n - 1.0)
 
 
 def _active_share(terms: tf.Tensor, pairs: tf.Tensor) -> tf.Tensor:
-    return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(terms > 0, tf.float32)), tf.reduce_sum(pairs))
+    return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(terms > 0, tf.float32)), pairs)
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -122,7 +125,7 @@ class InBatchContrastiveLoss(InBatchLoss):
 
     def batch_loss(self, distances, positive, negative):
         terms, pairs = _pair_terms(distances, positive, negative, self.margin)
-        return tf.math.divide_no_nan(tf.reduce_sum(terms), tf.reduce_sum(pairs)), lambda: _active_share(terms, pairs)
+        return tf.math.divide_no_nan(tf.reduce_sum(terms), pairs), lambda: _active_share(terms, pairs)
 
     def get_config(self):
         return {**super().get_config(), "margin": self.margin, "distance": self.distance}
