@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from reprlearn.distances import pairwise_distance
@@ -13,6 +14,16 @@ from reprlearn.replicas import global_batch, per_replica_share
 
 # Replicas of one step (tf.distribute traces one per device) each keep an entry; a few more are harmless.
 _MEMO_ENTRIES = 16
+
+
+def masked_logsumexp(logits: tf.Tensor, mask: tf.Tensor, empty: float) -> tf.Tensor:
+    """Per row, `log Σ_{k: mask} exp(logits_k)`, stable; `empty` for a row where `mask` has no True."""
+    has_any = tf.reduce_any(mask, axis=1)
+    # Masked-out entries become -inf: exp gives 0 and so does its gradient (never inf·0).
+    masked = tf.where(mask, logits, -np.inf)
+    row_max = tf.stop_gradient(tf.where(has_any, tf.reduce_max(masked, axis=1), 0.0))
+    total = tf.reduce_sum(tf.exp(masked - row_max[:, None]), axis=1)
+    return tf.where(has_any, row_max + tf.math.log(tf.where(has_any, total, 1.0)), empty)
 
 
 class BatchMemo:

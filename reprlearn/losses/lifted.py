@@ -11,26 +11,15 @@ it is computed on `[N, 16 or 32]` positive slots instead of all N² pairs (chose
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from reprlearn.distances import check_margin, pairwise_distance
 from reprlearn.labels import by_positive_count, pair_masks, positive_slots
-from reprlearn.losses.in_batch import InBatchLoss
+from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
 
 # A row without negatives has log-sum-exp −inf. A large finite stand-in keeps every
 # value and gradient finite (−inf − (−inf) would be NaN) and still zeroes its hinge.
 _NO_NEGATIVE = -1e30
-
-
-def _negative_logsumexp(logits: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
-    """Per row, `log Σ_{k∈Neg} exp(logits_k)`; `_NO_NEGATIVE` for a row without negatives."""
-    has_negative = tf.reduce_any(negative, axis=1)
-    # Non-negatives become -inf: exp gives 0 and so does its gradient (never inf·0).
-    masked = tf.where(negative, logits, -np.inf)
-    row_max = tf.stop_gradient(tf.where(has_negative, tf.reduce_max(masked, axis=1), 0.0))
-    total = tf.reduce_sum(tf.exp(masked - row_max[:, None]), axis=1)
-    return tf.where(has_negative, row_max + tf.math.log(tf.where(has_negative, total, 1.0)), _NO_NEGATIVE)
 
 
 def _pair_logaddexp(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -45,12 +34,13 @@ def _pair_logaddexp(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 def _mean_and_active_share(distances, positive, negative, margin: float) -> tuple[tf.Tensor, tf.Tensor]:
     """The loss and the share of positive pairs with `J > 0`, from positive slots where they fit, else all pairs."""
-    row = margin + _negative_logsumexp(-distances, negative)
+    row = margin + masked_logsumexp(-distances, negative, _NO_NEGATIVE)
 
     def on_slots(width):
         def compute():
             columns, filled = positive_slots(positive, width)                   # [N, W]
-            objective = _pair_logaddexp(row[:, None], tf.gather(row, columns)) + tf.gather(distances, columns, batch_dims=1)
+            objective = (_pair_logaddexp(row[:, None], tf.gather(row, columns))
+                         + tf.gather(distances, columns, batch_dims=1))
             return _mean(objective, filled), _active_share(objective, filled)
         return compute
 

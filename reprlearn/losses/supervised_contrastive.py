@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from reprlearn.distances import Distance, check_metric, pairwise_distance
 from reprlearn.labels import pair_masks
-from reprlearn.losses.in_batch import InBatchLoss
+from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
 
 
 def _check_scale(scale: float) -> float:
@@ -27,14 +27,9 @@ def _check_scale(scale: float) -> float:
 
 def _anchor_terms(distances, positive, negative, scale: float) -> tuple[tf.Tensor, tf.Tensor]:
     """`[N]` each anchor's loss (0 without positives) and `[N]` float, 1 for anchors with a positive."""
-    others = tf.logical_or(positive, negative)
     logits = -scale * distances
-    # Non-others become -inf: exp gives 0 and so does its gradient; a row without others keeps a finite max.
-    masked = tf.where(others, logits, -np.inf)
-    has_other = tf.reduce_any(others, axis=1)
-    row_max = tf.stop_gradient(tf.where(has_other, tf.reduce_max(masked, axis=1), 0.0))
-    total = tf.reduce_sum(tf.exp(masked - row_max[:, None]), axis=1)
-    log_normaliser = row_max + tf.math.log(tf.where(has_other, total, 1.0))
+    # A row without others (a batch of one) has no positive either: its normaliser is never used.
+    log_normaliser = masked_logsumexp(logits, tf.logical_or(positive, negative), 0.0)
     positive_f = tf.cast(positive, tf.float32)
     count = tf.reduce_sum(positive_f, axis=1)
     positive_logits = tf.reduce_sum(tf.where(positive, logits, 0.0), axis=1)
