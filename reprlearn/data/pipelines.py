@@ -104,7 +104,8 @@ def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, 
 def view_batches(images, images_per_batch: int, views_per_image: int, seed: int = 0, start_step: int = 0,
                  augment: str = "light", flips: bool = False) -> tf.data.Dataset:
     """Infinite batches of K augmented views of each of P distinct images, labelled by image: `(images float32
-    [P*K, H, W, C], labels int32 [P*K])`, the labels 0..P−1 each K times (positives are views of one image).
+    [P*K, H, W, C], labels int32 [P*K])`, each label the image's index in `images`, K times (positives are views
+    of one image; replicas that draw the same image agree on its label).
 
     Each view is augmented independently (`reprlearn.data.augment.augment_batch`), batch s with a seed drawn
     from (seed, s), so resuming reproduces it. The images' own labels are not used.
@@ -124,14 +125,14 @@ def view_batches(images, images_per_batch: int, views_per_image: int, seed: int 
         raise ValueError(f"views_per_image must be >= 2 so every batch has positive pairs. "
                          f"Received: views_per_image={views_per_image}")
     images_t = tf.constant(np.asarray(images))
-    labels = tf.repeat(tf.range(p, dtype=tf.int32), k)
 
     def load(step):
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
         draw_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(step_seed, 2))
         chosen = tf.argsort(tf.random.stateless_uniform([count], draw_seed))[:p]  # distinct images
-        batch = tf.cast(tf.gather(images_t, tf.repeat(chosen, k)), tf.float32)
-        return augment_batch(batch, augment_seed, augment, flips), labels
+        index = tf.repeat(chosen, k)
+        batch = tf.cast(tf.gather(images_t, index), tf.float32)
+        return augment_batch(batch, augment_seed, augment, flips), tf.cast(index, tf.int32)
 
     return tf.data.Dataset.counter(start_step).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                                                    deterministic=True).prefetch(tf.data.AUTOTUNE)
