@@ -329,10 +329,9 @@ def _check_views(cfg: Config) -> None:
     if cfg.data.augment == "none":
         raise ConfigError("config: data.positives: views makes positives from augmented views of one image; set "
                           "data.augment to light or strong. Received: data.augment='none'")
-    spec = LOSSES[cfg.loss.name]
-    if cfg.model.kind != "embedding" or spec.batch != "pk" or spec.classifier:
-        in_batch = [name for name, s in LOSSES.items() if s.batch == "pk" and not s.classifier]
-        raise ConfigError(f"config: data.positives: views trains an embedding with an in-batch loss from {in_batch}. "
+    if cfg.model.kind != "embedding" or cfg.loss.name not in IN_BATCH_LOSSES:
+        raise ConfigError("config: data.positives: views trains an embedding with an in-batch loss from "
+                          f"{list(IN_BATCH_LOSSES)}. "
                           f"Received: loss.name={cfg.loss.name!r}, model.kind={cfg.model.kind!r}")
 
 
