@@ -1,13 +1,16 @@
 # The two commands a fresh machine needs:
-#   make demo   # venv + install + Fashion-MNIST, then train -> evaluate -> report -> export on configs/demo.yaml
-#   make test   # venv + install, then the test suite
+#   make demo      # venv + install + Fashion-MNIST, then train -> evaluate -> report -> export on configs/demo.yaml
+#   make test      # venv + install, then the fast test selection (not marked slow; about 5 minutes on 2 cores)
+# and for CI and contributors:
+#   make test-all  # every test, then the documentation site built with --strict (.ci/run calls this)
+#   make docs      # the documentation site (site/), --strict: a broken link or a missing reference fails
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test venv data bench clean
+.PHONY: demo test test-all docs venv data bench clean
 
 venv: $(VENV)/.installed
 
@@ -34,12 +37,22 @@ demo: venv data
 	$(VENV)/bin/reprlearn train configs/demo.yaml --out $(DEMO_OUT)
 	$(VENV)/bin/reprlearn export $(DEMO_OUT) --out $(DEMO_OUT)/serving --name demo
 
+# Two workers: most tests wait on TensorFlow start-up or a subprocess, so two share the two cores well.
+PYTEST := $(PY) -m pytest -q -n 2
+
 test: venv data
-	$(PY) -m pytest -q
+	$(PYTEST) -m "not slow"
+
+test-all: venv data
+	$(PYTEST)
+	$(MAKE) docs
+
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site
 
 bench: venv data
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/retrieval_metrics.py
 
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) runs site *.egg-info

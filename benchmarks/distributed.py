@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 from reprlearn.config import config_from_dict  # noqa: E402
 from reprlearn.data import splits_for  # noqa: E402
 from reprlearn.models import build_tower  # noqa: E402
-from reprlearn.objectives import TOWER_NAME, compile_embedding_model  # noqa: E402
+from reprlearn.training.objectives import TOWER_NAME, compile_embedding_model  # noqa: E402
 from reprlearn.training import run_training  # noqa: E402
 from reprlearn.training.embedding import training_batches  # noqa: E402
 from reprlearn.training.loop import fit_custom_loop  # noqa: E402
-from reprlearn.strategies import make_strategy  # noqa: E402
+from reprlearn.training.strategies import make_strategy  # noqa: E402
 
 BASE = {
     "data": {"name": "fashion_mnist", "protocol": "seen-classes"},

@@ -35,7 +35,7 @@ LOSSES = ["distance only", "contrastive", "semi-hard", "batch-hard", "batch-all"
 def _loss_fn(name: str):
     import tensorflow as tf
 
-    from reprlearn.distances import pairwise_distance
+    from reprlearn.ops.distances import pairwise_distance
     from reprlearn.losses import (in_batch_contrastive_loss, lifted_struct_loss, triplet_hard_loss, triplet_loss,
                                   triplet_semihard_loss)
     return {
@@ -130,7 +130,7 @@ def training_step_times() -> dict[str, float]:
 
     from reprlearn.config import config_from_dict
     from reprlearn.models import build_tower
-    from reprlearn.objectives import compile_embedding_model
+    from reprlearn.training.objectives import compile_embedding_model
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (1024, 28, 28, 1)).astype(np.float32)

@@ -111,7 +111,7 @@ def baselines(dataset: str, protocol: str, seed: int) -> dict[str, dict]:
     from reprlearn.metrics import retrieval_metrics
     from reprlearn.models import build_tower, joint_embedding_model
     from reprlearn.runs import embed
-    from reprlearn.scoring import pca_baseline
+    from reprlearn.evaluation.scoring import pca_baseline
 
     overrides = [f"data.protocol={protocol}", f"data.seed={seed}"] + (
         ["data.validation_classes=0"] if protocol == "seen-classes" else [])

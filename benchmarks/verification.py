@@ -67,7 +67,7 @@ def raw_pixels(protocol: str, seed: int) -> dict[str, dict]:
     from reprlearn.data.protocols import splits_for
     from reprlearn.metrics import verification_metrics
     from reprlearn.metrics.verification import best_threshold
-    from reprlearn.scoring import pair_distances
+    from reprlearn.evaluation.scoring import pair_distances
 
     cfg = load_config("configs/verification_1c.yaml", overrides=[f"data.protocol={protocol}", f"data.seed={seed}"])
     splits = splits_for(cfg.data)

@@ -5,20 +5,30 @@ models), as Keras does for its built-ins, so saved `.keras` files and checkpoint
 any process after `import reprlearn`. The tensorflow-addons names are registered too
 (`"Addons>TripletSemiHardLoss"`, `"Addons>lifted_struct_loss"`, ...), so addons-era string
 identifiers and saved configs resolve.
+
+The package reads as the pipeline, and imports run one way (a test holds the contract):
+errors → ops, data → config → layers, losses, metrics, index, models → runs → evaluation →
+training → export → cli.
 """
 
-__version__ = "0.2.0"
+from reprlearn._version import __version__  # noqa: E402,F401
 
 from reprlearn._startup import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 
 # Imported for their registrations; each module registers its own objects.
-from reprlearn import layers, losses, metrics, miners, models  # noqa: E402,F401
+from reprlearn import layers, losses, metrics, models  # noqa: E402,F401
+from reprlearn.losses import miners  # noqa: E402,F401
 from reprlearn.losses.addons import register_addons_names  # noqa: E402
 
 register_addons_names()
 
+from reprlearn._moved import alias_moved_modules  # noqa: E402
+
+alias_moved_modules()
+
+from reprlearn.errors import ReprlearnError  # noqa: E402
 from reprlearn.runs import load_run  # noqa: E402  (a run folder's config, record and evaluation arrays)
 
-__all__ = ["__version__", "load_run"]
+__all__ = ["ReprlearnError", "__version__", "load_run"]

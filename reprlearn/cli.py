@@ -6,7 +6,10 @@ import argparse
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
+
+from reprlearn.errors import ConfigError, ReprlearnError
 
 
 def _train(args) -> int:
@@ -51,8 +54,8 @@ def _train(args) -> int:
 
 
 def _train_workers(args, out: Path) -> int:
-    from reprlearn.launch import launch_local_workers
     from reprlearn.runs import remove_run
+    from reprlearn.training.launch import launch_local_workers
 
     if args.force:  # here, before any worker could read the old run
         remove_run(out)
@@ -65,7 +68,7 @@ def _tune(args) -> int:
     from reprlearn.config import load_config, save_config
     from reprlearn.data import splits_for
     from reprlearn.training import run_training
-    from reprlearn.tuning import check_search, describe, make_tuner, write_results
+    from reprlearn.training.tuning import check_search, describe, make_tuner, write_results
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
@@ -112,44 +115,17 @@ def _export(args) -> int:
     return 0
 
 
-def write_embeddings_parquet(out: Path, embeddings, data, run) -> None:
-    """One row per image: `name`, `label`, `class_name`, `embedding` (a fixed-size float32 list); the run's
-    metric and model fingerprint in the schema metadata. Written to a temporary file, then renamed."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    class_names = list(data.class_names)
-    table = pa.table({
-        "name": pa.array([str(name) for name in data.names]),
-        "label": pa.array(data.labels.astype("int64")),
-        "class_name": pa.array([class_names[label] if 0 <= label < len(class_names) else str(label)
-                                for label in data.labels.tolist()]),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()),
-                                                       embeddings.shape[1]),
-    }).replace_schema_metadata({"metric": run.metric, "model_fingerprint": run.model_fingerprint,
-                                "run": str(run.path)})
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
-
-
 def _embed(args) -> int:
-    import numpy as np
-
     from reprlearn.data import load_spec
+    from reprlearn.runs.files import write_embeddings
     from reprlearn.runs import load_run
 
     out = Path(args.out)
     if out.suffix not in (".npz", ".parquet"):
-        raise ValueError(f"--out must name a .npz or .parquet file. Received: --out={args.out!r}")
+        raise ConfigError(f"--out must name a .npz or .parquet file. Received: --out={args.out!r}")
     run, data = load_run(args.run_dir), load_spec(args.data, args.data_dir)
     embeddings = run.embed(data.images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        write_embeddings_parquet(out, embeddings, data, run)
-    else:
-        np.savez(out, embeddings=embeddings, labels=data.labels, names=np.asarray(data.names),
-                 class_names=np.asarray(data.class_names))
+    write_embeddings(out, embeddings, data, run)
     print(f"{len(embeddings)} embeddings of dimension {embeddings.shape[1]} ({run.metric} metric) → {out}")
     return 0
 
@@ -169,11 +145,10 @@ def _index(args) -> int:
 
 
 def _identify(args) -> int:
-    import csv
-
     from reprlearn.data import load_spec
     from reprlearn.index import Gallery
     from reprlearn.runs import load_run
+    from reprlearn.runs.files import write_identifications
 
     run = load_run(args.run_dir)
     gallery = Gallery.load(args.gallery, model_fingerprint=run.model_fingerprint)
@@ -181,19 +156,7 @@ def _identify(args) -> int:
     data = load_spec(args.data, args.data_dir)
     result = gallery.identify(run.embed(data.images), threshold, k=min(args.k, len(gallery)))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.writer(f)
-        k = result.distances.shape[1]
-        writer.writerow(["query", "query_class", "decision", "accepted", "distance",
-                         *[f"{field}_{i + 1}" for i in range(k) for field in ("id", "class", "distance")]])
-        for i, query in enumerate(data.names):
-            decision = gallery.class_name(result.labels[i])
-            neighbours = [value for j in range(k) for value in (
-                result.neighbour_ids[i, j], gallery.class_name(result.neighbour_labels[i, j]),
-                f"{result.distances[i, j]:.6f}")]
-            writer.writerow([query, data.class_names[data.labels[i]], decision, bool(result.accepted[i]),
-                             f"{result.distances[i, 0]:.6f}", *neighbours])
+    write_identifications(out, result, gallery, data)
     print(f"{int(result.accepted.sum())} of {len(data)} queries identified, {int((~result.accepted).sum())} unknown "
           f"(threshold {threshold:.4f}) → {out}")
     return 0
@@ -216,8 +179,8 @@ def _verify(args) -> int:
 
 def _evaluate(args) -> int:
     from reprlearn.data import load_spec
+    from reprlearn.evaluation.scoring import evaluate_run
     from reprlearn.runs import load_run
-    from reprlearn.scoring import evaluate_run
 
     report, folder = evaluate_run(load_run(args.run_dir), load_spec(args.data, args.data_dir), args.data)
     test, raw, cosine = (report["metrics"][k] for k in ("test", "baseline_raw", "baseline_raw_cosine"))
@@ -228,8 +191,8 @@ def _evaluate(args) -> int:
 
 
 def _transfer(args) -> int:
+    from reprlearn.evaluation.transfer import transfer_study, write_transfer_report
     from reprlearn.runs import load_run
-    from reprlearn.transfer import transfer_study, write_transfer_report
 
     run = load_run(args.run_dir)
     report = transfer_study(run, args.shots, args.draws, args.steps, args.far, seed=args.seed)
@@ -241,6 +204,8 @@ def _transfer(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprlearn", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of every error, including problems with the input")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train, evaluate and report one run from a YAML config")
     train.add_argument("config", help="YAML config file (see configs/)")
@@ -329,26 +294,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. Exit 0: done; 2: a problem in the input (one line); 1: an internal error (a traceback);
+    130: interrupted."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from reprlearn.config import ConfigError
-    from reprlearn.data import DatasetNotFoundError
-    from reprlearn.export import ExportError
-
     try:
         return args.handler(args)
-    except (ConfigError, DatasetNotFoundError, ExportError, ValueError) as err:
+    except ReprlearnError as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"reprlearn {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # a path that cannot be read or written: say which, no traceback
+    except OSError as err:  # a path that cannot be read or written: say which
+        if args.debug:
+            traceback.print_exc()
         print(f"reprlearn {args.command}: error: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nreprlearn {args.command}: interrupted; finished epochs are checkpointed, so the same command "
               "continues from there", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug in reprlearn (or a library under it), not in the input: keep the traceback
+        traceback.print_exc()
+        print(f"reprlearn {args.command}: internal error ({type(err).__name__}: {err}). This is a bug, not a problem "
+              "with your input; the traceback above says where. Please report it with the command.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import reprlearn  # noqa: E402
 from reprlearn.losses import InBatchContrastiveLoss, LiftedStructLoss, TripletLoss  # noqa: E402
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance  # noqa: E402
-from reprlearn.strategies import make_strategy  # noqa: E402
+from reprlearn.training.strategies import make_strategy  # noqa: E402
 
 LOSSES = {
     "contrastive": lambda cross: InBatchContrastiveLoss(margin=0.5, cross_replica=cross),

@@ -73,7 +73,7 @@ def test_xla_over_several_cpu_replicas_is_refused_before_a_folder_is_made(replic
 
 
 def test_a_global_batch_that_does_not_split_into_whole_classes_is_refused():
-    from reprlearn.strategies import check_global_batch
+    from reprlearn.training.strategies import check_global_batch
 
     check_global_batch(64, 8, 2)
     with pytest.raises(ValueError, match=r"multiple of the 2 replicas.*Received: train.classes_per_batch=3"):
@@ -83,7 +83,7 @@ def test_a_global_batch_that_does_not_split_into_whole_classes_is_refused():
 
 
 def test_multi_worker_without_tf_config_is_refused(monkeypatch):
-    from reprlearn.strategies import make_strategy
+    from reprlearn.training.strategies import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):

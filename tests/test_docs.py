@@ -1,4 +1,5 @@
-"""The README and export/README.md run as written: every shell, console and Python block, in a scratch folder.
+"""The README, export/README.md and every page of the documentation site (docs/) run as written: every shell,
+console and Python block, in a scratch folder.
 
 Shell blocks run line by line with `bash`; `text` blocks whose lines start with `$ ` are console
 transcripts, run and compared with the lines that follow; the Python blocks of a file run in
@@ -15,11 +16,30 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "export/README.md"]
+
+
+
+def _site_pages() -> list[str]:
+    """The site's pages in mkdocs.yml's navigation order (the order a reader meets them), API reference aside."""
+    import yaml
+
+    def walk(entries):
+        for entry in entries:
+            for value in (entry.values() if isinstance(entry, dict) else [entry]):
+                yield from (walk(value) if isinstance(value, list) else [value])
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    return [f"docs/{page}" for page in walk(nav) if not page.startswith("reference/")]
+
+
+DOCS = ["README.md", *_site_pages(), "export/README.md"]
+PYTHON_DOCS = [doc for doc in DOCS if "```python" in (ROOT / doc).read_text()]
+SHELL_DOCS = [doc for doc in DOCS if "```bash" in (ROOT / doc).read_text()]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 NOT_RUN = {
     "make demo": "the full demo (minutes); its steps run below on a small demo run",
-    "make test": "runs this test",
+    "make test": "runs this test (make test-all too)",
+    "make docs": "builds the site; make test-all runs it with --strict",
     ".venv/bin/tensorboard": "a server that does not exit",
     "docker run": "needs Docker and the TF Serving image",
     "curl": "needs the TF Serving container",
@@ -74,7 +94,7 @@ def shell_results(scratch):
             if lang in ("bash", "sh") for command in shell_commands(body) if not _skipped(command)]
 
 
-@pytest.mark.parametrize("doc", DOCS)
+@pytest.mark.parametrize("doc", SHELL_DOCS)
 def test_every_shell_block_runs(doc, shell_results):
     ran = [(command, result) for name, command, result in shell_results if name == doc]
     assert ran, doc
@@ -92,12 +112,17 @@ def test_console_transcripts_print_what_they_show(doc, scratch):
         assert (result.stdout + result.stderr).strip().splitlines() == lines[1:], lines[0]
 
 
-@pytest.mark.parametrize("doc", DOCS)
+def test_every_site_page_is_in_the_navigation():
+    pages = {f"docs/{path.relative_to(ROOT / 'docs')}" for path in (ROOT / "docs").rglob("*.md")}
+    listed = set(_site_pages()) | {f"docs/reference/{path.name}" for path in (ROOT / "docs/reference").glob("*.md")}
+    assert pages == listed
+    assert len(PYTHON_DOCS) >= 8 and len(SHELL_DOCS) >= 6, (PYTHON_DOCS, SHELL_DOCS)
+
+
+@pytest.mark.parametrize("doc", PYTHON_DOCS)
 def test_python_blocks_run_in_order_in_a_fresh_interpreter(doc, scratch, shell_results):
     # After the shell blocks (shell_results): the Python blocks use what they write.
     code = "\n\n".join(body for lang, body in blocks(doc) if lang == "python")
-    if not code:
-        pytest.fail(f"{doc} has no Python block")
     folder, env = scratch
     result = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
                             timeout=600)

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from reprlearn.distances import paired_distance, pairwise_distance
+from reprlearn.ops.distances import paired_distance, pairwise_distance
 from reprlearn.losses import ContrastiveLoss, InBatchContrastiveLoss, contrastive_loss, in_batch_contrastive_loss
 from tests import reference
 

@@ -10,8 +10,8 @@ from reprlearn.losses import (InBatchContrastiveLoss, LiftedStructLoss, TripletH
                               TripletSemiHardLoss, in_batch_contrastive_loss, lifted_struct_loss, triplet_hard_loss,
                               triplet_loss, triplet_semihard_loss)
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance
-from reprlearn.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, get_miner
-from reprlearn.distances import pairwise_distance
+from reprlearn.losses.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, get_miner
+from reprlearn.ops.distances import pairwise_distance
 from tests import reference
 
 # Rows 1 and 2 are duplicates with different labels; row 5 duplicates row 0 with the same label.
@@ -93,7 +93,7 @@ def test_sorted_semihard_traced_without_a_static_batch_size_matches_eager():
 
 
 def test_sorted_semihard_in_row_chunks_equals_one_chunk(monkeypatch):
-    import reprlearn.miners as miners
+    import reprlearn.losses.miners as miners
 
     emb, labels = random_batch(8, n=150, classes=3)
     d = pairwise_distance(emb)

@@ -20,9 +20,9 @@ from reprlearn.data.pipelines import pk_batches
 from reprlearn.layers import SignedPower
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.models import build_tower, joint_embedding_model, project_joint_embedding
-from reprlearn.objectives import (CLASS_OUTPUT, JRD_OUTPUT, RECONSTRUCTION_OUTPUT, compile_embedding_model, tower_of,
+from reprlearn.training.objectives import (CLASS_OUTPUT, JRD_OUTPUT, RECONSTRUCTION_OUTPUT, compile_embedding_model, tower_of,
                                   training_targets)
-from reprlearn.scoring import pca_baseline
+from reprlearn.evaluation.scoring import pca_baseline
 from reprlearn.training.loop import BestEpoch, kept_epoch
 
 SEED = tf.constant([3, 11], tf.int64)
@@ -279,7 +279,7 @@ def test_open_set_run_exports_a_joint_embedding_that_reloads_in_a_fresh_process(
 
 
 def test_jrd_training_model_round_trips_and_trains_under_mixed_precision(tmp_path):
-    from reprlearn.strategies import dtype_policy
+    from reprlearn.training.strategies import dtype_policy
 
     cfg = config_from_dict(AM_JRD)
     images = np.random.default_rng(0).integers(0, 256, (6, 12, 12, 1)).astype(np.float32)
@@ -343,7 +343,7 @@ def test_init_from_bad_input_is_named(tmp_path):
 
 
 def test_layer_rate_adam_steps_the_slow_layers_as_adam_at_the_lower_rate():
-    from reprlearn.optimizers import LayerRateAdam
+    from reprlearn.models.optimizers import LayerRateAdam
 
     def model():
         keras.utils.set_random_seed(0)

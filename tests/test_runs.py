@@ -172,7 +172,7 @@ def test_a_python_api_run_exports_and_is_checked_on_its_own_data(runs, tmp_path)
 
 
 def test_export_and_tuning_never_import_the_training_driver():
-    script = ("import sys, reprlearn.export, reprlearn.tuning, reprlearn.runs\n"
+    script = ("import sys, reprlearn.export, reprlearn.training.tuning, reprlearn.runs\n"
               "bad = [m for m in sys.modules if m.startswith('reprlearn.training')]\n"
               "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ from reprlearn.config import ConfigError, config_from_dict
 from reprlearn.data.pipelines import view_batches
 from reprlearn.losses import SupervisedContrastiveLoss, supervised_contrastive_loss
 from reprlearn.metrics import ActiveFraction
-from reprlearn.registry import make_loss
+from reprlearn.losses.registry import make_loss
 from tests import reference
 
 

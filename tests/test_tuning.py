@@ -14,7 +14,7 @@ import pytest
 
 from reprlearn.cli import main
 from reprlearn.config import ConfigError, load_config
-from reprlearn.tuning import describe
+from reprlearn.training.tuning import describe
 
 SMOKE = Path(__file__).resolve().parents[1] / "tuner" / "digits_smoke.yaml"
 REPRLEARN = [sys.executable, "-m", "reprlearn.cli"]

@@ -212,7 +212,7 @@ def test_evaluate_rescores_a_run_on_other_data_without_touching_it(used):
 
 
 def test_n_shot_draws_take_n_per_class_and_query_the_rest():
-    from reprlearn.transfer import n_shot_draw
+    from reprlearn.evaluation.transfer import n_shot_draw
 
     labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
     support, queries = n_shot_draw(labels, 2, np.random.default_rng(0))
@@ -222,7 +222,7 @@ def test_n_shot_draws_take_n_per_class_and_query_the_rest():
 
 
 def test_transfer_scores_every_approach_on_the_same_draws(used):
-    from reprlearn.transfer import APPROACHES, n_shot_draw, transfer_study
+    from reprlearn.evaluation.transfer import APPROACHES, n_shot_draw, transfer_study
 
     run = load_run(used / "run")
     report = transfer_study(run, shots=(1, 5), draws=2, steps=20)
@@ -252,7 +252,7 @@ def test_softmax_open_set_accepts_the_top_class_above_a_threshold_fit_on_imposto
     import keras
 
     from reprlearn.index import impostor_threshold
-    from reprlearn.transfer import _softmax_open_set
+    from reprlearn.evaluation.transfer import _softmax_open_set
 
     # Logits in, probabilities out: the test picks each query's top probability directly.
     model = keras.Sequential([keras.Input((2,)), keras.layers.Softmax()])
@@ -278,7 +278,7 @@ def test_softmax_open_set_accepts_the_top_class_above_a_threshold_fit_on_imposto
 def test_transfer_refuses_a_run_whose_test_classes_it_trained_on(used):
     from dataclasses import replace
 
-    from reprlearn.transfer import transfer_study
+    from reprlearn.evaluation.transfer import transfer_study
 
     run = load_run(used / "run")
     seen = replace(run, record={**run.record, "data": {**run.record["data"], "train_classes": [0, 1, 5]}})

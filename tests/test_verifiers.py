@@ -19,7 +19,7 @@ from reprlearn.layers import PairFeatures
 from reprlearn.metrics import sample_pairs, verification_metrics
 from reprlearn.models import build_verifier, mlp_tower, siamese_head_model, two_channel_model
 from reprlearn.runs import load_run, match_probabilities
-from reprlearn.scoring import pair_distances
+from reprlearn.evaluation.scoring import pair_distances
 from reprlearn.training import run_training
 
 BASE = {"data": {"name": "digits"}, "model": {"kind": "verifier", "tower": "mlp", "hidden": [64], "embedding_dim": 16},

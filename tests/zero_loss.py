@@ -8,7 +8,7 @@ Every selected test must fail under it; it is never loaded by a plain `make test
 import keras
 import tensorflow as tf
 
-import reprlearn.objectives as objectives
+import reprlearn.training.objectives as objectives
 import reprlearn.training.autoencoder as ae
 import reprlearn.training.verifier as verifier
 from reprlearn.models import VAE

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from reprlearn.errors import DataError
+
 AUGMENTATIONS = ("none", "light", "strong")
 # Datasets whose classes survive a left-right mirror (clothes do; digits do not).
 MIRROR_INVARIANT = {"fashion_mnist": True, "digits": False, "mnist": False}
@@ -30,7 +32,7 @@ LEVELS = {"light": Augmentation(0.07, 0.0, 0.1), "strong": Augmentation(0.11, 10
 
 def check_augment(level: str) -> str:
     if level not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {list(AUGMENTATIONS)}. Received: augment={level!r}")
+        raise DataError(f"augment must be one of {list(AUGMENTATIONS)}. Received: augment={level!r}")
     return level
 
 

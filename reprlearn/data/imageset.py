@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reprlearn.errors import DataError
+
 
 @dataclass
 class ImageSet:
@@ -41,14 +43,14 @@ def check_images(images, name: str = "images") -> np.ndarray:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
-        raise ValueError(f"{name} must have shape [N, H, W] or [N, H, W, C]. Received: {name}.shape={images.shape}")
+        raise DataError(f"{name} must have shape [N, H, W] or [N, H, W, C]. Received: {name}.shape={images.shape}")
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
-        raise ValueError(f"{name} must be numeric. Received: {name}.dtype={images.dtype}")
+        raise DataError(f"{name} must be numeric. Received: {name}.dtype={images.dtype}")
     if np.issubdtype(images.dtype, np.floating):
         bad = ~np.isfinite(images)
         if bad.any():
             first = int(np.argwhere(bad.reshape(len(images), -1).any(axis=1))[0, 0])
-            raise ValueError(f"{name} contains NaN or inf ({int(bad.sum())} values; first in example {first}). "
+            raise DataError(f"{name} contains NaN or inf ({int(bad.sum())} values; first in example {first}). "
                              f"Received: {name}[{first}] with non-finite values")
     return images
 
@@ -59,18 +61,18 @@ def check_labels(labels, n: int, name: str = "labels") -> np.ndarray:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise ValueError(f"{name} must have shape [N] or [N, 1]. Received: {name}.shape={labels.shape}")
+        raise DataError(f"{name} must have shape [N] or [N, 1]. Received: {name}.shape={labels.shape}")
     if labels.shape[0] != n:
-        raise ValueError(f"{name} must have one label per image ({n}). Received: {name}.shape={labels.shape}")
+        raise DataError(f"{name} must have one label per image ({n}). Received: {name}.shape={labels.shape}")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise ValueError(f"{name} must be integer class ids. Received: {name}.dtype={labels.dtype} "
+            raise DataError(f"{name} must be integer class ids. Received: {name}.dtype={labels.dtype} "
                              "with non-integer values")
     elif not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name} must be integer class ids. Received: {name}.dtype={labels.dtype}")
+        raise DataError(f"{name} must be integer class ids. Received: {name}.dtype={labels.dtype}")
     labels = labels.astype(np.int64)
     if labels.size and labels.min() < 0:
-        raise ValueError(f"{name} must be >= 0. Received: min({name})={labels.min()}")
+        raise DataError(f"{name} must be >= 0. Received: min({name})={labels.min()}")
     return labels
 
 
@@ -91,8 +93,8 @@ def make_imageset(images, labels, class_names: list[str] | None = None, name: st
         class_names = [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
     counts = np.bincount(labels, minlength=len(class_names))
     if len(counts) > len(class_names):
-        raise ValueError(f"{name}.labels has label {len(counts) - 1} but only {len(class_names)} class names")
+        raise DataError(f"{name}.labels has label {len(counts) - 1} but only {len(class_names)} class names")
     empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
     if empty:
-        raise ValueError(f"{name} has an empty class: no example of {empty}. Received: class_names={class_names}")
+        raise DataError(f"{name} has an empty class: no example of {empty}. Received: class_names={class_names}")
     return ImageSet(images, labels, list(class_names))

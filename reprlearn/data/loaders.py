@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from reprlearn.data.imageset import ImageSet, make_imageset
+from reprlearn.errors import DataError, DatasetNotFoundError
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -21,9 +22,6 @@ FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fa
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset is not on this machine; the message says how to get it."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -34,15 +32,15 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (EOFError, gzip.BadGzipFile, OSError) as err:
-        raise ValueError(f"cannot read IDX file {str(path)!r}: {err or type(err).__name__} "
+        raise DataError(f"cannot read IDX file {str(path)!r}: {err or type(err).__name__} "
                          "(truncated or corrupt; re-install or re-copy it)") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"not an IDX file (bad magic number). Received: path={str(path)!r}")
+        raise DataError(f"not an IDX file (bad magic number). Received: path={str(path)!r}")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=_IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"IDX file is truncated: header says {shape}, found {array.size} values. "
+        raise DataError(f"IDX file is truncated: header says {shape}, found {array.size} values. "
                          f"Received: path={str(path)!r}")
     return array.reshape(shape)
 
@@ -156,8 +154,8 @@ def read_image_file(path: Path) -> np.ndarray:
                 bits = 16 if mode.startswith("I;16") or array.max(initial=0) < 65536 else 32
                 return (np.clip(array, 0, 2 ** bits - 1) >> (bits - 8)).astype(np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {str(path)!r}: {err} (corrupt or truncated?)") from None
-    raise ValueError(f"image mode {mode!r} is not supported (8/16-bit grayscale, RGB, RGBA and palette images are). "
+        raise DataError(f"cannot read image {str(path)!r}: {err} (corrupt or truncated?)") from None
+    raise DataError(f"image mode {mode!r} is not supported (8/16-bit grayscale, RGB, RGBA and palette images are). "
                      f"Received: {str(path)!r}")
 
 
@@ -177,12 +175,12 @@ def load_folder(root: str | Path) -> dict[str, ImageSet]:
         raise DatasetNotFoundError(f"image folder not found. Received: path={str(root)!r}")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
-        raise ValueError(f"image folder has no class sub-folders. Received: path={str(root)!r}")
+        raise DataError(f"image folder has no class sub-folders. Received: path={str(root)!r}")
     files, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise ValueError(f"image folder has an empty class: no image in {str(class_dir)!r}")
+            raise DataError(f"image folder has an empty class: no image in {str(class_dir)!r}")
         files += found
         labels += [label] * len(found)
     arrays = [read_image_file(path) for path in files]
@@ -191,7 +189,7 @@ def load_folder(root: str | Path) -> dict[str, ImageSet]:
     if len(values) > 1:
         common = tuple(int(v) for v in values[np.argmax(counts)])
         odd = next(i for i, size in enumerate(sizes) if size != common)
-        raise ValueError(f"all images in a folder dataset must share one size; {counts.max()} of {len(files)} are "
+        raise DataError(f"all images in a folder dataset must share one size; {counts.max()} of {len(files)} are "
                          f"{common[0]}x{common[1]}, but {str(files[odd])!r} is {sizes[odd][0]}x{sizes[odd][1]}")
     if any(a.ndim == 3 for a in arrays):
         arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
@@ -219,7 +217,7 @@ def load_spec(spec: str, data_dir: str | None = None) -> ImageSet:
     sets = load_dataset(name, data_dir)
     split = split or ("test" if "test" in sets else next(iter(sets)))
     if split not in sets:
-        raise ValueError(f"{name} has the splits {sorted(sets)}. Received: data={spec!r}")
+        raise DataError(f"{name} has the splits {sorted(sets)}. Received: data={spec!r}")
     chosen = sets[split]
     if chosen.names is None:
         chosen.names = [f"{split}:{i}" for i in range(len(chosen))]
@@ -246,5 +244,5 @@ def load_dataset(name: str, data_dir: str | None = None) -> dict[str, ImageSet]:
         return load_folder(name[len("folder:"):])
     if os.path.isdir(os.path.expanduser(name)):
         return load_folder(name)
-    raise ValueError("unknown dataset; use 'digits', 'fashion_mnist', 'tfds:NAME' or 'folder:PATH'. "
+    raise DataError("unknown dataset; use 'digits', 'fashion_mnist', 'tfds:NAME' or 'folder:PATH'. "
                      f"Received: name={name!r}")

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.data.augment import augment_batch, check_augment
+from reprlearn.errors import DataError
 
 
 def _class_table(labels: np.ndarray):
@@ -50,10 +51,10 @@ def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: in
     num_classes, max_n = table.shape
     p, k = int(classes_per_batch), int(examples_per_class)
     if p > num_classes or p < 1:
-        raise ValueError(f"classes_per_batch must be in [1, {num_classes}] (the classes in the training data). "
+        raise DataError(f"classes_per_batch must be in [1, {num_classes}] (the classes in the training data). "
                          f"Received: classes_per_batch={classes_per_batch}")
     if k < 1:
-        raise ValueError(f"examples_per_class must be >= 1. Received: examples_per_class={examples_per_class}")
+        raise DataError(f"examples_per_class must be >= 1. Received: examples_per_class={examples_per_class}")
     counts_t = tf.constant(counts, tf.int64)
     table_t = tf.constant(table)
 
@@ -115,14 +116,14 @@ def view_batches(images, images_per_batch: int, views_per_image: int, seed: int 
             `images` holds, or fewer than 2 views.
     """
     if check_augment(augment) == "none":
-        raise ValueError("views of one image differ only by augmentation; augment must be light or strong. "
+        raise DataError("views of one image differ only by augmentation; augment must be light or strong. "
                          "Received: augment='none'")
     count, p, k = len(images), int(images_per_batch), int(views_per_image)
     if not 1 <= p <= count:
-        raise ValueError(f"images_per_batch must be in [1, {count}] (the images given). "
+        raise DataError(f"images_per_batch must be in [1, {count}] (the images given). "
                          f"Received: images_per_batch={images_per_batch}")
     if k < 2:
-        raise ValueError(f"views_per_image must be >= 2 so every batch has positive pairs. "
+        raise DataError(f"views_per_image must be >= 2 so every batch has positive pairs. "
                          f"Received: views_per_image={views_per_image}")
     images_t = tf.constant(np.asarray(images))
 
@@ -152,9 +153,9 @@ def pair_indices(labels, batch_size: int, seed: int, start_step: int = 0) -> tf.
     classes, counts, table = _class_table(labels)
     num_classes = len(classes)
     if num_classes < 2:
-        raise ValueError(f"pairs need at least two classes. Received: {num_classes} class")
+        raise DataError(f"pairs need at least two classes. Received: {num_classes} class")
     if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2. Received: batch_size={batch_size}")
+        raise DataError(f"batch_size must be >= 2. Received: batch_size={batch_size}")
     n_pos = batch_size // 2
     n_neg = batch_size - n_pos
     class_of = np.searchsorted(classes, labels)
@@ -207,7 +208,7 @@ def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, t
     Yields `(images float32, images / 255)` when `targets` (autoencoders), else `images` (a VAE's own loss).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+        raise DataError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     images_t = tf.constant(np.asarray(images))
 
     def make_batch(step):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reprlearn.data.imageset import ImageSet
+from reprlearn.errors import DataError
 
 PROTOCOLS = ("seen-classes", "unseen-classes")
 
@@ -73,7 +74,7 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
         ValueError: unknown protocol, or train classes that leave no test class.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol; use one of {list(PROTOCOLS)}. Received: protocol={protocol!r}")
+        raise DataError(f"unknown protocol; use one of {list(PROTOCOLS)}. Received: protocol={protocol!r}")
     if "all" in sets:
         whole = sets["all"]
         train_index, test_index = stratified_split(whole.labels, 0.2, seed)
@@ -88,10 +89,10 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
         train_cls = sorted(train_classes) if train_classes is not None else all_classes[: len(all_classes) // 2]
         unknown = sorted(set(train_cls) - set(all_classes))
         if unknown:
-            raise ValueError(f"train_classes names classes the dataset lacks. Received: train_classes={train_classes}")
+            raise DataError(f"train_classes names classes the dataset lacks. Received: train_classes={train_classes}")
         test_cls = [c for c in all_classes if c not in train_cls]
         if not test_cls or not train_cls:
-            raise ValueError("unseen-classes needs at least one train and one test class. "
+            raise DataError("unseen-classes needs at least one train and one test class. "
                              f"Received: train_classes={train_classes}")
         train_side = train_side.subset(np.isin(train_side.labels, train_cls))
         test_side = test_side.subset(np.isin(test_side.labels, test_cls))
@@ -100,7 +101,7 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
     test_side = _cap(test_side, max_test, seed)
     if validation_classes:
         if not 0 < validation_classes <= len(train_cls) - 2:
-            raise ValueError(f"validation_classes must leave at least 2 of the {len(train_cls)} training classes "
+            raise DataError(f"validation_classes must leave at least 2 of the {len(train_cls)} training classes "
                              f"to train on. Received: validation_classes={validation_classes}")
         held_out = sorted(np.random.default_rng(seed + 1).choice(train_cls, validation_classes, replace=False))
         is_val = np.isin(train_side.labels, held_out)

@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from reprlearn.errors import ExportError
+
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 
 
@@ -26,7 +28,7 @@ def convert_tflite(saved_model: Path, quantize: str, representative: np.ndarray 
         representative: `[n, H, W, C]` training images for int8 calibration (required for int8).
     """
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}. Received: quantize={quantize!r}")
+        raise ExportError(f"quantize must be one of {list(QUANTIZATIONS)}. Received: quantize={quantize!r}")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serving_default"])
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -34,7 +36,7 @@ def convert_tflite(saved_model: Path, quantize: str, representative: np.ndarray 
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
         if representative is None or len(representative) == 0:
-            raise ValueError("int8 quantization needs representative images. Received: representative=None")
+            raise ExportError("int8 quantization needs representative images. Received: representative=None")
 
         def samples() -> Iterable[list[np.ndarray]]:
             for image in representative:
@@ -56,7 +58,7 @@ class TFLiteEmbedder:
 
         if isinstance(model, (str, Path)):
             if not Path(model).is_file():
-                raise ValueError(f"model must be a .tflite file or its bytes. Received: model={str(model)!r}")
+                raise ExportError(f"model must be a .tflite file or its bytes. Received: model={str(model)!r}")
             content = Path(model).read_bytes()
         else:
             content = bytes(model)
@@ -106,7 +108,7 @@ def onnx_embedder(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime
 
     if not Path(path).is_file():
-        raise ValueError(f"path must be an .onnx file. Received: path={str(path)!r}")
+        raise ExportError(f"path must be an .onnx file. Received: path={str(path)!r}")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: np.asarray(images, np.float32)})[0]

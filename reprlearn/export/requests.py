@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reprlearn.errors import DataError
+
 
 def request_bodies(images: np.ndarray) -> dict[str, dict]:
     """`{"signature_name": ..., "instances": [...]}` bodies for every signature `write_saved_model` can write.
@@ -15,7 +17,7 @@ def request_bodies(images: np.ndarray) -> dict[str, dict]:
         images: at least two `[H, W, C]` uint8 images; the first two make the examples.
     """
     if len(images) < 2:
-        raise ValueError(f"images must hold at least 2 images. Received: {len(images)} images")
+        raise DataError(f"images must hold at least 2 images. Received: {len(images)} images")
     first, second = (np.asarray(image, np.uint8).tolist() for image in images[:2])
     embed = [{"images": first}, {"images": second}]
     pair = [{"images_a": first, "images_b": second}]

@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from reprlearn.errors import ExportError
 from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_onnx, convert_tflite, onnx_embedder
 from reprlearn.export.savedmodel import write_saved_model
 from reprlearn.index import Gallery
@@ -34,16 +35,13 @@ MAX_MAP_DROP = {"dynamic": 0.01, "float16": 0.01, "int8": 0.03}
 PROBE_IMAGES = 1000
 
 
-class ExportError(RuntimeError):
-    """An export failed a parity gate or cannot start; nothing was written to the output folder."""
-
 
 def _parse_list(value: str | list[str], allowed: tuple[str, ...], argument: str) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
     items = [item.strip() for item in items if item.strip()]
     unknown = [item for item in items if item not in allowed]
     if unknown or not items:
-        raise ValueError(f"{argument} must be a comma-separated subset of {list(allowed)}. "
+        raise ExportError(f"{argument} must be a comma-separated subset of {list(allowed)}. "
                          f"Received: {argument}={','.join(items) or value!r}")
     return items
 
@@ -138,29 +136,29 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     formats = _parse_list(formats, FORMATS, "format")
     quantizations = _parse_list(quantize, QUANTIZATIONS, "quantize")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out must be a folder (the model base folder), not a file. Received: out={str(out)!r}")
+        raise ExportError(f"out must be a folder (the model base folder), not a file. Received: out={str(out)!r}")
     run = load_run(run_dir)
     if run.kind == "verifier":
-        raise ValueError(f"a verifier run scores pairs and has no embedding; export takes embedding, pair and "
+        raise ExportError(f"a verifier run scores pairs and has no embedding; export takes embedding, pair and "
                          f"autoencoder runs. Received: run_dir={str(run_dir)!r} (kind 'verifier')")
     name = name or run_dir.resolve().name
     version = next_version(out / name) if version is None else int(version)
     if version < 1:
-        raise ValueError(f"version must be a positive integer. Received: version={version}")
+        raise ExportError(f"version must be a positive integer. Received: version={version}")
     targets = [out / name / str(version), out / name / "artifacts" / str(version)]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
-        raise ValueError(f"version {version} of {name!r} already exists ({existing[0]}); pass --force to replace it. "
+        raise ExportError(f"version {version} of {name!r} already exists ({existing[0]}); pass --force to replace it. "
                          f"Received: version={version}")
 
     enrolled = None
     if gallery is not None:
         if "saved_model" not in formats:
-            raise ValueError(f"gallery needs the saved_model format (identify is a SavedModel signature). "
+            raise ExportError(f"gallery needs the saved_model format (identify is a SavedModel signature). "
                              f"Received: format={','.join(formats)}")
         enrolled = Gallery.load(gallery, model_fingerprint=run.model_fingerprint)
         if enrolled.threshold is None or not len(enrolled):
-            raise ValueError(f"the gallery needs items and a rejection threshold (`reprlearn index` sets one). "
+            raise ExportError(f"the gallery needs items and a rejection threshold (`reprlearn index` sets one). "
                              f"Received: gallery={str(gallery)!r}")
     metric = run.metric
     # The verify signature ships the threshold calibrated on validation pairs (never on test pairs).

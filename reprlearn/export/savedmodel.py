@@ -23,9 +23,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from reprlearn.distances import paired_distance
 from reprlearn.index import UNKNOWN, Gallery
 from reprlearn.index.search import nearest, prepare_reference
+from reprlearn.ops.distances import paired_distance
 
 
 def _image_spec(tower: keras.Model, name: str, dtype=tf.float32) -> tf.TensorSpec:

@@ -26,8 +26,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from reprlearn.distances import canonical_metric
+from reprlearn.errors import GalleryError
 from reprlearn.index.search import search_chunks, unit_rows
+from reprlearn.ops.distances import canonical_metric
 
 UNKNOWN = -1
 BACKENDS = ("exact", "faiss-flat", "faiss-hnsw")
@@ -37,9 +38,6 @@ _VOTE_EPSILON = 1e-12  # distance votes weigh 1 / (d + ε): an exact match outvo
 EMBEDDINGS_FILE, META_FILE = "gallery.npz", "gallery.json"
 FORMAT_VERSION = 1
 
-
-class GalleryError(ValueError):
-    """A gallery cannot be used as asked: bad input, an empty gallery, or a folder that holds no valid gallery."""
 
 
 class Identification(NamedTuple):

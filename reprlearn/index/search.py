@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.distances import METRICS, canonical_metric
+from reprlearn.errors import GalleryError
+from reprlearn.ops.distances import METRICS, canonical_metric
 
 # Scores per chunk: chunk × N float32 values kept under about 128 MB.
 _CHUNK_VALUES = 1 << 25
@@ -95,7 +96,7 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
     self_search = queries is None
     candidates = n - 1 if self_search else n
     if not 1 <= k <= candidates:
-        raise ValueError(f"k must be in [1, {candidates}] (the items a query can be matched with). Received: k={k}")
+        raise GalleryError(f"k must be in [1, {candidates}] (the items a query can be matched with). Received: k={k}")
     if self_search:
         rows_all = np.arange(n) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
         query_vectors = reference

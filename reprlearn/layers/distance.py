@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from reprlearn.distances import canonical_metric, paired_distance
+from reprlearn.ops.distances import canonical_metric, paired_distance
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")

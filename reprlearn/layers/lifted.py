@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from reprlearn.distances import check_margin
 from reprlearn.losses.lifted import lifted_struct_loss
+from reprlearn.ops.distances import check_margin
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")

@@ -11,14 +11,24 @@ SupCon, and SimCLR's NT-Xent on batches of augmented views.
 """
 
 from reprlearn.losses.am_softmax import AMSoftmaxLoss, am_softmax_loss
-from reprlearn.losses.contrastive import (ContrastiveLoss, InBatchContrastiveLoss, contrastive_loss,
-                                          in_batch_contrastive_loss)
-from reprlearn.losses.jrd import JointRepresentationSimilarity, joint_representation_similarity
+from reprlearn.losses.contrastive import (
+                                          ContrastiveLoss,
+                                          InBatchContrastiveLoss,
+                                          contrastive_loss,
+                                          in_batch_contrastive_loss,
+)
 from reprlearn.losses.in_batch import BatchMemo, InBatchLoss
+from reprlearn.losses.jrd import JointRepresentationSimilarity, joint_representation_similarity
 from reprlearn.losses.lifted import LiftedStructLoss, lifted_struct_loss
 from reprlearn.losses.supervised_contrastive import SupervisedContrastiveLoss, supervised_contrastive_loss
-from reprlearn.losses.triplet import (TripletHardLoss, TripletLoss, TripletSemiHardLoss, triplet_hard_loss,
-                                      triplet_loss, triplet_semihard_loss)
+from reprlearn.losses.triplet import (
+                                          TripletHardLoss,
+                                          TripletLoss,
+                                          TripletSemiHardLoss,
+                                          triplet_hard_loss,
+                                          triplet_loss,
+                                          triplet_semihard_loss,
+)
 
 __all__ = ["AMSoftmaxLoss", "BatchMemo", "ContrastiveLoss", "InBatchContrastiveLoss", "InBatchLoss",
            "JointRepresentationSimilarity", "LiftedStructLoss", "SupervisedContrastiveLoss", "TripletHardLoss",

@@ -9,9 +9,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
-from reprlearn.labels import labels_vector, pair_masks
 from reprlearn.losses.in_batch import InBatchLoss
+from reprlearn.ops.distances import Distance, check_margin, check_metric, pairwise_distance
+from reprlearn.ops.labels import labels_vector, pair_masks
 
 
 def _pair_term(match: tf.Tensor, distance: tf.Tensor, margin: float) -> tf.Tensor:
@@ -48,7 +48,7 @@ def in_batch_contrastive_loss(labels, embeddings, margin: float = 1.0, distance:
         labels: `[N]` or `[N, 1]` class ids (int or float).
         embeddings: `[N, d]`.
         margin: as in `contrastive_loss`.
-        distance: a metric name or callable (see `reprlearn.distances`).
+        distance: a metric name or callable (see `reprlearn.ops.distances`).
 
     Returns:
         A scalar in the embeddings' dtype; 0 for a batch of fewer than two items.
@@ -114,7 +114,7 @@ class InBatchContrastiveLoss(InBatchLoss):
 
     Args:
         margin: distance beyond which a non-matching pair costs nothing.
-        distance: a metric name or callable (see `reprlearn.distances`).
+        distance: a metric name or callable (see `reprlearn.ops.distances`).
     """
 
     def __init__(self, margin: float = 1.0, distance: Distance = "L2", name: str = "in_batch_contrastive_loss",

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.distances import pairwise_distance
-from reprlearn.labels import pair_masks
-from reprlearn.replicas import global_batch, per_replica_share
+from reprlearn.ops.distances import pairwise_distance
+from reprlearn.ops.labels import pair_masks
+from reprlearn.ops.replicas import global_batch, per_replica_share
 
 # Replicas of one step (tf.distribute traces one per device) each keep an entry; a few more are harmless.
 _MEMO_ENTRIES = 16
@@ -62,7 +62,7 @@ class InBatchLoss(keras.losses.Loss):
     Under a `tf.distribute` strategy with `cross_replica=True` (the default) the loss is that of
     the global batch: embeddings and labels are all-gathered across replicas and each replica's
     gradient flows into its own slice only, so one step equals the single-device step on the same
-    global batch (see `reprlearn.replicas`). With `cross_replica=False` each replica mines only its
+    global batch (see `reprlearn.ops.replicas`). With `cross_replica=False` each replica mines only its
     own slice. Either way each replica returns its share (value / replicas), as Keras expects.
     """
 

@@ -19,8 +19,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from reprlearn.distances import pairwise_distance
-from reprlearn.labels import labels_vector
+from reprlearn.ops.distances import pairwise_distance
+from reprlearn.ops.labels import labels_vector
 
 BANDWIDTH_FACTORS = (0.5, 1.0, 2.0)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from reprlearn.distances import check_margin, pairwise_distance
-from reprlearn.labels import by_positive_count, pair_masks, positive_slots
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
+from reprlearn.ops.distances import check_margin, pairwise_distance
+from reprlearn.ops.labels import by_positive_count, pair_masks, positive_slots
 
 # A row without negatives has log-sum-exp −inf. A large finite stand-in keeps every
 # value and gradient finite (−inf − (−inf) would be NaN) and still zeroes its hinge.

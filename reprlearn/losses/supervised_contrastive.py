@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.distances import Distance, check_metric, pairwise_distance
-from reprlearn.labels import pair_masks
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
+from reprlearn.ops.distances import Distance, check_metric, pairwise_distance
+from reprlearn.ops.labels import pair_masks
 
 
 def _check_scale(scale: float) -> float:
@@ -60,7 +60,7 @@ def supervised_contrastive_loss(labels, embeddings, scale: float = 10.0, distanc
         labels: `[N]` or `[N, 1]` ids: class ids, or image ids whose items are augmented views of that image.
         embeddings: `[N, d]`; float16/bfloat16 are computed in float32.
         scale: the inverse temperature 1 / τ multiplying the negated distances (10 = τ 0.1).
-        distance: a metric name or callable (see `reprlearn.distances`); `"angular"` gives SupCon's cosines.
+        distance: a metric name or callable (see `reprlearn.ops.distances`); `"angular"` gives SupCon's cosines.
 
     Returns:
         A scalar in the embeddings' dtype; 0 with a zero gradient for a batch without a positive pair.

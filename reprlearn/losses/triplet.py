@@ -18,10 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.distances import Distance, check_margin, check_metric, pairwise_distance
-from reprlearn.labels import pair_masks
 from reprlearn.losses.in_batch import InBatchLoss
-from reprlearn.miners import BatchHardMiner, Miner, SemiHardMiner, get_miner
+from reprlearn.losses.miners import BatchHardMiner, Miner, SemiHardMiner, get_miner
+from reprlearn.ops.distances import Distance, check_margin, check_metric, pairwise_distance
+from reprlearn.ops.labels import pair_masks
 
 
 class TripletTerms(NamedTuple):
@@ -118,9 +118,9 @@ def triplet_loss(labels, embeddings, miner="semi-hard", margin: float = 1.0, dis
     Args:
         labels: `[N]` or `[N, 1]` class ids, int or float.
         embeddings: `[N, d]`; float16/bfloat16 are computed in float32.
-        miner: `"semi-hard"`, `"batch-hard"`, `"batch-all"` or a `reprlearn.miners.Miner`.
+        miner: `"semi-hard"`, `"batch-hard"`, `"batch-all"` or a `reprlearn.losses.miners.Miner`.
         margin: the hinge's margin.
-        distance: a metric name or callable (see `reprlearn.distances`).
+        distance: a metric name or callable (see `reprlearn.ops.distances`).
         soft: use `softplus(D_ap − D_an)` instead of the hinge (no margin), as in addons' `soft=True`.
         active_only: average over the triplets with a non-zero loss only (Hermans' "batch-all ≠ 0").
 
@@ -157,7 +157,7 @@ class TripletLoss(InBatchLoss):
         model.compile(optimizer="adam", loss=TripletLoss(miner="batch-hard", margin=0.3))
 
     Args:
-        miner: `"semi-hard"`, `"batch-hard"`, `"batch-all"` or a `reprlearn.miners.Miner`.
+        miner: `"semi-hard"`, `"batch-hard"`, `"batch-all"` or a `reprlearn.losses.miners.Miner`.
         margin, distance, soft, active_only: as in `triplet_loss`.
     """
 

@@ -16,25 +16,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from reprlearn.distances import canonical_metric
+from reprlearn.errors import DataError
 from reprlearn.index.search import search_chunks
+from reprlearn.ops.distances import canonical_metric
 
 
 def _check(embeddings, labels, ks, metric):
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be [N, d]. Received: embeddings.shape={embeddings.shape}")
+        raise DataError(f"embeddings must be [N, d]. Received: embeddings.shape={embeddings.shape}")
     if not np.all(np.isfinite(embeddings)):
-        raise ValueError("embeddings contain NaN or inf. Received: "
+        raise DataError("embeddings contain NaN or inf. Received: "
                          f"{int((~np.isfinite(embeddings)).sum())} non-finite values")
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.shape != (embeddings.shape[0],):
-        raise ValueError(f"labels must be [N] with N = {embeddings.shape[0]}. Received: labels.shape={labels.shape}")
+        raise DataError(f"labels must be [N] with N = {embeddings.shape[0]}. Received: labels.shape={labels.shape}")
     metric = canonical_metric(metric)
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers. Received: ks={ks}")
+        raise DataError(f"ks must be positive integers. Received: ks={ks}")
     return embeddings, labels, metric
 
 
@@ -88,7 +89,7 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
         queries[np.asarray(query_index, dtype=np.int64)] = True
         valid &= queries
     if not valid.any():
-        raise ValueError("no query has another item of its class (every class has one item); "
+        raise DataError("no query has another item of its class (every class has one item); "
                          f"retrieval metrics are undefined. Received: {len(labels)} items")
     k_max = int(min(max(int(r.max()), max(ks)), len(labels) - 1))
     rank = np.arange(1, k_max + 1)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from reprlearn.distances import Distance, check_metric, pairwise_distance
-from reprlearn.labels import pair_masks
-from reprlearn.replicas import global_batch
+from reprlearn.ops.distances import Distance, check_metric, pairwise_distance
+from reprlearn.ops.labels import pair_masks
+from reprlearn.ops.replicas import global_batch
 
 
 def mean_pair_distance(labels, embeddings, positive: bool, distance: Distance = "L2") -> tf.Tensor:

@@ -18,17 +18,19 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from reprlearn.errors import DataError
+
 
 def _check_pairs(distances, match):
     distances = np.asarray(distances, dtype=np.float64).reshape(-1)
     match = np.asarray(match).reshape(-1).astype(bool)
     if distances.shape != match.shape:
-        raise ValueError(f"distances and match must have one entry per pair. Received: "
+        raise DataError(f"distances and match must have one entry per pair. Received: "
                          f"distances.shape={distances.shape}, match.shape={match.shape}")
     if not np.all(np.isfinite(distances)):
-        raise ValueError("distances contain NaN or inf")
+        raise DataError("distances contain NaN or inf")
     if match.all() or not match.any():
-        raise ValueError("verification needs both matching and non-matching pairs. "
+        raise DataError("verification needs both matching and non-matching pairs. "
                          f"Received: {int(match.sum())} matching of {match.size}")
     return distances, match
 
@@ -99,7 +101,7 @@ def sample_pairs(labels, n_pairs: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     if len(classes) < 2 or counts.max() < 2:
-        raise ValueError("pairs need two classes and a class with two items. "
+        raise DataError("pairs need two classes and a class with two items. "
                          f"Received: {len(classes)} classes, largest of {counts.max()}")
     members = [np.flatnonzero(inverse == c) for c in range(len(classes))]
     n_pos = n_pairs // 2

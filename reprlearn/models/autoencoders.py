@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional, Sequence
 import keras
 import numpy as np
 
+from reprlearn.errors import ConfigError
 from reprlearn.layers.unpooling import MaxPoolingWithArgmax2D, MaxUnpooling2D
 
 DECODERS = ("unpool", "transpose", "upsample")
@@ -33,7 +34,7 @@ class AutoencoderParts(NamedTuple):
 
 def _check_code_dim(code_dim: int) -> int:
     if not isinstance(code_dim, (int, np.integer)) or code_dim < 1:
-        raise ValueError(f"code_dim must be a positive int. Received: code_dim={code_dim!r}")
+        raise ConfigError(f"code_dim must be a positive int. Received: code_dim={code_dim!r}")
     return int(code_dim)
 
 
@@ -83,10 +84,10 @@ def check_poolable(input_shape: Sequence[int], poolings: int, decoder: str) -> N
     """Raises if `poolings` 2×2 poolings of `input_shape` cannot be inverted by `decoder`."""
     height, width = input_shape[:2]
     if min(height, width) < 2 ** poolings:
-        raise ValueError(f"images of {height}x{width} are too small for {poolings} 2x2 poolings. "
+        raise ConfigError(f"images of {height}x{width} are too small for {poolings} 2x2 poolings. "
                          f"Received: input_shape={tuple(input_shape)}")
     if decoder != "unpool" and (height % 2 ** poolings or width % 2 ** poolings):
-        raise ValueError(f"a '{decoder}' decoder doubles sizes, so it cannot invert {poolings} poolings of "
+        raise ConfigError(f"a '{decoder}' decoder doubles sizes, so it cannot invert {poolings} poolings of "
                          f"{height}x{width} (needs multiples of {2 ** poolings}; the 'unpool' decoder can). "
                          f"Received: input_shape={tuple(input_shape)}")
 
@@ -105,9 +106,9 @@ def conv_autoencoder(input_shape: Sequence[int], filters: Sequence[int] = (32, 6
     """
     code_dim = _check_code_dim(code_dim)
     if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {list(DECODERS)}. Received: decoder={decoder!r}")
+        raise ConfigError(f"decoder must be one of {list(DECODERS)}. Received: decoder={decoder!r}")
     if not filters:
-        raise ValueError(f"filters must name at least one conv block. Received: filters={filters!r}")
+        raise ConfigError(f"filters must name at least one conv block. Received: filters={filters!r}")
     input_shape = tuple(int(v) for v in input_shape)
     check_poolable(input_shape, len(filters), decoder)
 

@@ -19,6 +19,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from reprlearn.config.rules import check_joint_weights
+from reprlearn.errors import ConfigError
 from reprlearn.layers import SignedPower
 
 HEAD = "embedding"  # the name the tower's own output goes by in `weights` and messages
@@ -32,19 +34,8 @@ def check_tower_layers(tower: keras.Model, layers: Sequence[str], key: str = "mo
     missing = [name for name in layers if name not in names and name not in also]
     if missing:
         extra = f" (and {list(also)})" if also else ""
-        raise ValueError(f"{key} names layers the tower lacks: {missing}; the tower's layers are {names}{extra}. "
+        raise ConfigError(f"{key} names layers the tower lacks: {missing}; the tower's layers are {names}{extra}. "
                          f"Received: {key}={list(layers)}")
-
-
-def check_joint_weights(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:
-    """One weight >= 0 per layer and one for the head, not all 0 (default: all 1)."""
-    if weights is None:
-        return [1.0] * (len(layers) + 1)
-    weights = [float(w) for w in weights]
-    if len(weights) != len(layers) + 1 or min(weights) < 0 or max(weights) == 0:
-        raise ValueError(f"model.joint_weights needs one weight >= 0 per joint layer and one for the head "
-                         f"({len(layers) + 1}), not all 0. Received: model.joint_weights={weights}")
-    return weights
 
 
 def _part(x, grid: int, power: float, weight: float, name: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 
+from reprlearn.errors import ConfigError
 from reprlearn.layers.channels import RepeatChannels
 
 # Backbones whose input conventions are known: (keras.applications class, pixel scale, offset).
@@ -27,13 +28,13 @@ BACKBONES = {
 def _check_shape(input_shape) -> tuple:
     shape = tuple(input_shape)
     if len(shape) != 3 or any(s is None or int(s) < 1 for s in shape):
-        raise ValueError(f"input_shape must be (height, width, channels). Received: input_shape={input_shape}")
+        raise ConfigError(f"input_shape must be (height, width, channels). Received: input_shape={input_shape}")
     return shape
 
 
 def _check_embedding_dim(embedding_dim) -> int:
     if int(embedding_dim) < 1:
-        raise ValueError(f"embedding_dim must be >= 1. Received: embedding_dim={embedding_dim}")
+        raise ConfigError(f"embedding_dim must be >= 1. Received: embedding_dim={embedding_dim}")
     return int(embedding_dim)
 
 
@@ -96,7 +97,7 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
     """
     shape = _check_shape(input_shape)
     if min(shape[:2]) < 2 ** len(filters):
-        raise ValueError(f"input_shape {shape} is too small for {len(filters)} 2x2 poolings. "
+        raise ConfigError(f"input_shape {shape} is too small for {len(filters)} 2x2 poolings. "
                          f"Received: filters={list(filters)}")
     inputs = keras.Input(shape, name="images")
     x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inputs)
@@ -137,13 +138,13 @@ def backbone_tower(input_shape, backbone: str = "MobileNetV2", weights: str | No
     """
     shape = _check_shape(input_shape)
     if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}. Received: backbone={backbone!r}")
+        raise ConfigError(f"backbone must be one of {sorted(BACKBONES)}. Received: backbone={backbone!r}")
     if shape[2] not in (1, 3):
-        raise ValueError(f"backbone towers take 1 or 3 channels. Received: input_shape={shape}")
+        raise ConfigError(f"backbone towers take 1 or 3 channels. Received: input_shape={shape}")
     if weights is not None and not Path(weights).is_file():
-        raise ValueError(f"backbone weights file not found (nothing is downloaded). Received: weights={weights!r}")
+        raise ConfigError(f"backbone weights file not found (nothing is downloaded). Received: weights={weights!r}")
     if int(image_size) < 32:
-        raise ValueError(f"image_size must be >= 32. Received: image_size={image_size}")
+        raise ConfigError(f"image_size must be >= 32. Received: image_size={image_size}")
     class_name, scale, offset = BACKBONES[backbone]
     base = getattr(keras.applications, class_name)(
         include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg")
@@ -153,7 +154,7 @@ def backbone_tower(input_shape, backbone: str = "MobileNetV2", weights: str | No
     if fine_tune_from is None:
         base.trainable = False
     elif fine_tune_from not in layer_names:
-        raise ValueError(f"fine_tune_from is not a layer of {backbone}. Received: fine_tune_from={fine_tune_from!r}")
+        raise ConfigError(f"fine_tune_from is not a layer of {backbone}. Received: fine_tune_from={fine_tune_from!r}")
     else:
         start = layer_names.index(fine_tune_from)
         for layer in base.layers[:start]:
@@ -180,7 +181,7 @@ def build_tower(model_cfg, input_shape, name: str = "tower") -> keras.Model:
         return backbone_tower(input_shape, backbone=model_cfg.backbone, weights=model_cfg.backbone_weights,
                               image_size=model_cfg.backbone_image_size, fine_tune_from=model_cfg.fine_tune_from,
                               **common)
-    raise ValueError(f"unknown tower. Received: model.tower={model_cfg.tower!r}")
+    raise ConfigError(f"unknown tower. Received: model.tower={model_cfg.tower!r}")
 
 
 def initialise_from(tower: keras.Model, source: keras.Model, freeze: bool = False) -> list[str]:
@@ -212,7 +213,7 @@ def initialise_from(tower: keras.Model, source: keras.Model, freeze: bool = Fals
         if freeze and layer.name != HEAD_LAYER:
             layer.trainable = False
     if not copied:
-        raise ValueError(f"model.init_from: no layer of the source model matches the tower by name and weight shapes. "
+        raise ConfigError(f"model.init_from: no layer of the source model matches the tower by name and weight shapes. "
                          f"Source layers: {[layer.name for layer in source.layers if layer.weights]}; tower layers: "
                          f"{[layer.name for layer in tower.layers if layer.weights]}. Received: source={source.name!r}")
     return copied

@@ -20,8 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from reprlearn.errors import ConfigError
 from reprlearn.models.autoencoders import check_poolable
-from reprlearn.replicas import replica_count
+from reprlearn.ops.replicas import replica_count
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 ARCHITECTURES = ("conv", "dense")
@@ -51,13 +52,13 @@ class VAE(keras.Model):
                  beta: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be an int >= 1. Received: latent_dim={latent_dim!r}")
+            raise ConfigError(f"latent_dim must be an int >= 1. Received: latent_dim={latent_dim!r}")
         if architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}. Received: architecture={architecture!r}")
+            raise ConfigError(f"architecture must be one of {list(ARCHITECTURES)}. Received: architecture={architecture!r}")
         if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}. Received: likelihood={likelihood!r}")
+            raise ConfigError(f"likelihood must be one of {list(LIKELIHOODS)}. Received: likelihood={likelihood!r}")
         if not beta > 0:
-            raise ValueError(f"beta must be > 0. Received: beta={beta!r}")
+            raise ConfigError(f"beta must be > 0. Received: beta={beta!r}")
         self.image_shape = tuple(int(v) for v in image_shape)
         self.latent_dim = int(latent_dim)
         self.architecture = architecture
@@ -172,7 +173,7 @@ class VAE(keras.Model):
         The k samples are drawn `samples_per_pass` at a time, so memory does not grow with k.
         """
         if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an int >= 1. Received: k={k!r}")
+            raise ConfigError(f"k must be an int >= 1. Received: k={k!r}")
         images = np.asarray(images)
         out = []
         for start in range(0, len(images), batch_size):

@@ -20,10 +20,11 @@ import dataclasses
 
 import keras
 
+from reprlearn.config.schema import VERIFIERS
+from reprlearn.errors import ConfigError
 from reprlearn.layers.pair_features import PairFeatures
 from reprlearn.models.towers import build_tower
 
-VERIFIERS = ("siamese_head", "two_channel")
 OUTPUT_LAYER = "match_probability"
 # What a verifier run ranks pairs by (its record's `metric`): lower is a better match, like a distance.
 VERIFIER_SCORE = "1 - match_probability"
@@ -50,7 +51,7 @@ def siamese_head_model(tower: keras.Model, hidden: int = 64, name: str = "siames
         A Functional `keras.Model` with inputs `images_a`, `images_b`.
     """
     if not isinstance(tower, keras.Model) or len(tower.inputs) != 1:
-        raise ValueError(f"tower must be a single-input keras.Model. Received: tower={tower!r}")
+        raise ConfigError(f"tower must be a single-input keras.Model. Received: tower={tower!r}")
     images_a, images_b = _pair_inputs(tuple(tower.inputs[0].shape[1:]))
     features = PairFeatures(name="pair_features")([tower(images_a), tower(images_b)])
     return keras.Model([images_a, images_b], _match_head(features, hidden), name=name)
@@ -68,7 +69,7 @@ def two_channel_model(network: keras.Model, hidden: int = 64, name: str = "two_c
     """
     shape = tuple(network.inputs[0].shape[1:]) if isinstance(network, keras.Model) else ()
     if len(shape) != 3 or shape[-1] % 2:
-        raise ValueError(f"network must take images with an even number of channels (a's and b's). "
+        raise ConfigError(f"network must take images with an even number of channels (a's and b's). "
                          f"Received: network input shape {shape}")
     images_a, images_b = _pair_inputs(shape[:-1] + (shape[-1] // 2,))
     stacked = keras.layers.Concatenate(axis=-1, name="stack_channels")([images_a, images_b])
@@ -83,7 +84,7 @@ def build_verifier(model_cfg, image_shape, tower_name: str = "tower") -> tuple[k
     a hidden layer.
     """
     if model_cfg.verifier not in VERIFIERS:
-        raise ValueError(f"model.verifier must be one of {list(VERIFIERS)}. Received: model.verifier="
+        raise ConfigError(f"model.verifier must be one of {list(VERIFIERS)}. Received: model.verifier="
                          f"{model_cfg.verifier!r}")
     if model_cfg.verifier == "siamese_head":
         tower = build_tower(model_cfg, image_shape, name=tower_name)

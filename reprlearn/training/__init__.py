@@ -17,12 +17,12 @@ import keras
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
 from reprlearn.models.verifiers import VERIFIER_SCORE
-from reprlearn.objectives import is_pair_loss
 from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
 from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
+from reprlearn.training.objectives import is_pair_loss
+from reprlearn.training.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
 from reprlearn.training.verifier import run_verifier
-from reprlearn.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
 
 
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,

@@ -19,10 +19,10 @@ from reprlearn.data import Splits, flat_pixels
 from reprlearn.data.pipelines import image_batches
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
-from reprlearn.objectives import make_optimizer
 from reprlearn.runs import embed, run_summary, save_and_check_reload
 from reprlearn.training.loop import fit_resumable, resume_or_build
-from reprlearn.strategies import is_chief
+from reprlearn.training.objectives import make_optimizer
+from reprlearn.training.strategies import is_chief
 
 CODE_METRIC = "angular"  # cosine k-NN on the codes
 IWAE_K = 100
@@ -86,7 +86,7 @@ def run_autoencoder(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                     callbacks: list[keras.callbacks.Callback] | None = None,
                     strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains, evaluates and reports an autoencoder or VAE run in an opened run folder (see `reprlearn.training`)."""
-    from reprlearn.report import write_autoencoder_report
+    from reprlearn.evaluation.report import write_autoencoder_report
 
     strategy = strategy or tf.distribute.get_strategy()
     model, epochs_done = resume_or_build(out, lambda: build_autoencoder(cfg, splits.train.images.shape[1:]), cfg,

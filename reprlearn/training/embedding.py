@@ -17,13 +17,27 @@ import tensorflow as tf
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.pipelines import pair_batches
+from reprlearn.errors import ConfigError, DataError
+from reprlearn.evaluation.scoring import (
+    can_pair,
+    pair_distances,
+    pca_fit_sample,
+    score_embeddings,
+    validation_threshold,
+)
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
-from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, embedding_model,
-                                  is_pair_loss, pk_training_batches, tower_of)
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
-from reprlearn.scoring import can_pair, pair_distances, pca_fit_sample, score_embeddings, validation_threshold
 from reprlearn.training.loop import fit_resumable, kept_epoch, resume_or_build
-from reprlearn.strategies import is_chief
+from reprlearn.training.objectives import (
+    TOWER_NAME,
+    RetrievalValidation,
+    compile_embedding_model,
+    embedding_model,
+    is_pair_loss,
+    pk_training_batches,
+    tower_of,
+)
+from reprlearn.training.strategies import is_chief
 
 
 def training_batches(cfg: Config, train: ImageSet, start_step: int):
@@ -42,13 +56,13 @@ def batch_size(cfg: Config) -> int:
 def check_embedding_data(cfg: Config, splits: Splits) -> None:
     """Errors that need the data, raised before a run folder is made (embedding and verifier runs)."""
     if cfg.model.init_from and not (Path(cfg.model.init_from) / "model.keras").is_file():
-        raise ValueError(f"model.init_from must name a finished run folder (with model.keras). "
+        raise ConfigError(f"model.init_from must name a finished run folder (with model.keras). "
                          f"Received: model.init_from={cfg.model.init_from!r}")
     pk_batches = cfg.model.kind == "embedding" and not is_pair_loss(cfg)
     drawn, available = ((len(splits.train), "training images") if cfg.data.positives == "views" else
                         (len(splits.train_classes), "training classes"))
     if pk_batches and cfg.train.classes_per_batch > drawn:
-        raise ValueError(f"train.classes_per_batch exceeds the {drawn} {available}. "
+        raise ConfigError(f"train.classes_per_batch exceeds the {drawn} {available}. "
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
 
 
@@ -73,7 +87,7 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
                                                metric, seed) if can_pair(val.labels) else (None, None))
     threshold, calibration = validation_threshold(val_distances, val_match)
     if not can_pair(test.labels):  # the report scores verification on test pairs (score_embeddings would skip it)
-        raise ValueError("the test split needs two classes and a class with two items for verification pairs. "
+        raise DataError("the test split needs two classes and a class with two items for verification pairs. "
                          f"Received: classes {test.classes}")
     metrics, pairs = score_embeddings(embeddings, test.images, test.labels, metric, threshold,
                                       cfg.eval.verification_pairs, seed, pca_train_images=splits.train.images)
@@ -85,7 +99,7 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                   callbacks: list[keras.callbacks.Callback] | None = None,
                   strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains, evaluates and reports an embedding run in an opened run folder (see `reprlearn.training`)."""
-    from reprlearn.report import write_report  # plotting stays out of the import path of library users
+    from reprlearn.evaluation.report import write_report  # plotting stays out of the import path of library users
 
     # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state),
     # made under the strategy; batches are global batches, split over the replicas by the loop.

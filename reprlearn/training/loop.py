@@ -23,8 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
-from reprlearn.runs import CHECKPOINTS, progress, read_checkpoint_state, write_json_atomic
-from reprlearn.strategies import dtype_policy, is_chief, is_multi_worker
+from reprlearn.runs import CHECKPOINTS, read_checkpoint_state, write_json_atomic
+from reprlearn.training.progress import progress
+from reprlearn.training.strategies import dtype_policy, is_chief, is_multi_worker
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -158,7 +159,7 @@ def replica_slices(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
     """Distributes a dataset of global batches: replica r of R gets rows `[r·B/R, (r+1)·B/R)` of each batch.
 
     Worker w builds only its own rows; its local replicas take consecutive slices of them, in the
-    replica order `reprlearn.replicas.global_batch` concatenates.
+    replica order `reprlearn.ops.replicas.global_batch` concatenates.
     """
     def worker_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
         workers, worker = context.num_input_pipelines, context.input_pipeline_id

@@ -21,13 +21,14 @@ import tensorflow as tf
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.pipelines import pair_batches
+from reprlearn.errors import DataError
+from reprlearn.evaluation.scoring import can_pair, validation_threshold
 from reprlearn.metrics import sample_pairs, verification_metrics
 from reprlearn.models import build_verifier, initialise_from
-from reprlearn.objectives import TOWER_NAME, make_optimizer
 from reprlearn.runs import load_run, match_probabilities, run_summary, save_and_check_reload
-from reprlearn.scoring import can_pair, validation_threshold
 from reprlearn.training.loop import VERIFIER_SELECTION_METRIC, fit_resumable, kept_epoch, resume_or_build
-from reprlearn.strategies import is_chief
+from reprlearn.training.objectives import TOWER_NAME, make_optimizer
+from reprlearn.training.strategies import is_chief
 
 
 def verifier_loss() -> keras.losses.Loss:
@@ -64,7 +65,7 @@ def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     construction), of p averaged over (a, b) and (b, a), each at a threshold fit on validation pairs; how far
     p(a, b) and p(b, a) differ on the test pairs."""
     if not can_pair(splits.test.labels):
-        raise ValueError("the test split needs two classes and a class with two items for verification pairs. "
+        raise DataError("the test split needs two classes and a class with two items for verification pairs. "
                          f"Received: classes {splits.test.classes}")
     n_pairs, seed, test, val = cfg.eval.verification_pairs, cfg.data.seed, splits.test, splits.val
     swapped = cfg.model.verifier == "two_channel"
@@ -117,7 +118,7 @@ def run_verifier(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                  callbacks: list[keras.callbacks.Callback] | None = None,
                  strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains, evaluates and reports a verifier run in an opened run folder (see `reprlearn.training`)."""
-    from reprlearn.report import write_verifier_report
+    from reprlearn.evaluation.report import write_verifier_report
 
     strategy = strategy or tf.distribute.get_strategy()
     initialised = {}

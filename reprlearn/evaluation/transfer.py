@@ -32,8 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.data import flat_pixels
+from reprlearn.errors import ConfigError
 from reprlearn.index import Gallery, impostor_threshold, split_class_threshold
-from reprlearn.optimizers import LayerRateAdam
+from reprlearn.models.optimizers import LayerRateAdam
 from reprlearn.runs import Run
 
 APPROACHES = ("raw pixels k-NN (L2)", "raw pixels k-NN (cosine)", "frozen k-NN", "frozen + head", "fine-tuned")
@@ -136,11 +137,11 @@ def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100,
     images, labels = run.evaluation["test_images"], run.evaluation["test_labels"]
     target_classes = np.unique(labels)
     if train_classes & set(target_classes.tolist()):
-        raise ValueError("transfer needs target classes the run never trained on: its test split holds training "
+        raise ConfigError("transfer needs target classes the run never trained on: its test split holds training "
                          f"classes {sorted(train_classes & set(target_classes.tolist()))}. Train with "
                          f"data.protocol=unseen-classes. Received: run={str(run.path)!r}")
     if draws < 1 or steps < 1 or not shots or min(shots) < 1 or not 0 < held_out_share < 1:
-        raise ValueError(f"shots, draws and steps must be >= 1 and held_out_share in (0, 1). Received: shots={shots}, "
+        raise ConfigError(f"shots, draws and steps must be >= 1 and held_out_share in (0, 1). Received: shots={shots}, "
                          f"draws={draws}, steps={steps}, held_out_share={held_out_share}")
     embeddings, pixels = run.embed(images), flat_pixels(images)
     index_of = {c: i for i, c in enumerate(target_classes)}

@@ -1,22 +1,30 @@
-"""PNG figures for run reports (matplotlib, Agg backend: no display needed)."""
+"""PNG figures for run reports, drawn with matplotlib's object API.
+
+Each figure is a `matplotlib.figure.Figure` written straight to its PNG (Agg canvas); pyplot and
+the process-wide backend are never touched, so a notebook's own backend and open figures stay as
+they were.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-from reprlearn.metrics.verification import roc_curve  # noqa: E402
+from reprlearn.metrics.verification import roc_curve
 
 
-def _save(fig, path: Path) -> None:
+def _figure(rows: int = 1, cols: int = 1, figsize=(6, 4), squeeze: bool = True):
+    """A new Figure outside pyplot, and its axes (as `plt.subplots` returns them)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=squeeze)
+
+
+def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=110)  # a Figure without a canvas gets an Agg one to save with
 
 
 def project_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
@@ -32,8 +40,8 @@ def project_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0) -> n
 
 
 def plot_projection(coords: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    fig, ax = _figure(figsize=(7, 6))
+    cmap = matplotlib.colormaps.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for i, c in enumerate(np.unique(labels)):
         sel = labels == c
         ax.scatter(coords[sel, 0], coords[sel, 1], s=4, color=cmap(i % cmap.N), label=class_names[c])
@@ -46,7 +54,7 @@ def plot_projection(coords: np.ndarray, labels: np.ndarray, class_names: list[st
 
 def plot_distance_histograms(distances: np.ndarray, match: np.ndarray, threshold: float | None, path: Path) -> None:
     """Test-pair distance histograms by class agreement, with the threshold calibrated on validation pairs."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure(figsize=(7, 4))
     bins = np.linspace(distances.min(), distances.max(), 60)
     ax.hist(distances[match], bins=bins, alpha=0.6, density=True, label="same class (positive)")
     ax.hist(distances[~match], bins=bins, alpha=0.6, density=True, label="different class (negative)")
@@ -60,7 +68,7 @@ def plot_distance_histograms(distances: np.ndarray, match: np.ndarray, threshold
 
 def plot_roc(distances: np.ndarray, match: np.ndarray, eer: float, auc: float, path: Path) -> None:
     far, tar, _ = roc_curve(distances, match)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _figure(figsize=(5, 5))
     ax.plot(np.maximum(far, 1e-5), tar, label=f"ROC (AUC {auc:.4f})")
     ax.plot([eer], [1 - eer], "o", label=f"EER {eer:.4f}")
     ax.set_xscale("log")
@@ -77,7 +85,7 @@ def plot_retrieval_grid(images: np.ndarray, labels: np.ndarray, queries: np.ndar
                         path: Path, title: str) -> None:
     """One row per query: the query, then its nearest neighbours framed green (same class) or red."""
     rows, cols = len(queries), neighbours.shape[1] + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.25 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, figsize=(1.2 * cols, 1.25 * rows), squeeze=False)
     cmap = "gray" if images.shape[-1] == 1 else None
     for r, q in enumerate(queries):
         for c in range(cols):
@@ -99,7 +107,7 @@ def plot_history(history: list[dict], path: Path) -> None:
     epochs = np.arange(1, len(history) + 1)
     keys = [k for k in ("loss", "reconstruction", "kl", "active_fraction", "mean_positive_distance",
                         "mean_negative_distance", "val_map_at_r", "val_precision_at_1") if history and k in history[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    fig, axes = _figure(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
         ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o")
         ax.set_title(key)
@@ -110,7 +118,7 @@ def plot_history(history: list[dict], path: Path) -> None:
 def plot_image_grid(grid: np.ndarray, path: Path, title: str, row_labels: list[str] | None = None) -> None:
     """Shows `grid` `[rows, cols, H, W, C]` of images in [0, 1] as one figure."""
     rows, cols = grid.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(0.9 * cols + 0.6, 0.9 * rows + 0.5), squeeze=False)
+    fig, axes = _figure(rows, cols, figsize=(0.9 * cols + 0.6, 0.9 * rows + 0.5), squeeze=False)
     cmap = "gray" if grid.shape[-1] == 1 else None
     for r in range(rows):
         for c in range(cols):
@@ -126,7 +134,7 @@ def plot_image_grid(grid: np.ndarray, path: Path, title: str, row_labels: list[s
 
 def plot_objective(rows: list[dict], hyperparameter: str, objective: str, path: Path) -> None:
     """Each finished trial's objective against one hyperparameter (log axis for margins), coloured by loss."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     losses = sorted({str(r.get("loss")) for r in rows})
     for loss in losses:
         points = [(r[hyperparameter], r["objective"]) for r in rows if str(r.get("loss")) == loss]

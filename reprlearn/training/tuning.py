@@ -30,14 +30,20 @@ import keras_tuner
 import numpy as np
 
 from reprlearn.config import Config, ConfigError, config_to_dict
+from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_TRAITS
 from reprlearn.data import Splits
 from reprlearn.models import build_tower
 from reprlearn.models.joint import check_tower_layers
-from reprlearn.objectives import (TOWER_NAME, RetrievalValidation, compile_embedding_model, embedding_model,
-                                  pk_training_batches, tower_of)
-from reprlearn.registry import IN_BATCH_LOSSES, LOSSES
-from reprlearn.runs import progress
-from reprlearn.strategies import check_global_batch, check_jit_compile, dtype_policy, make_strategy
+from reprlearn.training.objectives import (
+    TOWER_NAME,
+    RetrievalValidation,
+    compile_embedding_model,
+    embedding_model,
+    pk_training_batches,
+    tower_of,
+)
+from reprlearn.training.progress import progress
+from reprlearn.training.strategies import check_global_batch, check_jit_compile, dtype_policy, make_strategy
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "search"
@@ -62,7 +68,7 @@ def check_search(cfg: Config, splits: Splits) -> None:
     if too_many:
         raise ConfigError(f"config: search.classes_per_batch exceeds the {classes} training classes. "
                           f"Received: search.classes_per_batch={cfg.search.classes_per_batch or too_many}")
-    spec = LOSSES[cfg.loss.name]
+    spec = LOSS_TRAITS[cfg.loss.name]
     if spec.batch != "pk" or (spec.classifier and cfg.search.loss):
         raise ConfigError(f"config: reprlearn tune trains on P×K batches: loss.name must be one of "
                           f"{list(IN_BATCH_LOSSES)}, or a classifier loss with no search.loss. "
@@ -88,7 +94,7 @@ def check_search(cfg: Config, splits: Splits) -> None:
 def trial_config(cfg: Config, values: dict) -> Config:
     """The base config with one trial's hyperparameter values applied."""
     loss = values.get("loss", cfg.loss.name)
-    spec = LOSSES[loss]
+    spec = LOSS_TRAITS[loss]
     joint_layers = joint_layer_choice(values["joint_layers"]) if "joint_layers" in values else cfg.model.joint_layers
     # The config's joint weights where they fit the trial's layers; otherwise every part weighs 1.
     joint_weights = cfg.model.joint_weights if len(cfg.model.joint_weights) == len(joint_layers) + 1 else []
@@ -183,9 +189,9 @@ def make_tuner(cfg: Config, splits: Splits, kind: str, max_trials: int, director
                verbose: int = 1) -> keras_tuner.Tuner:
     """A keras-tuner tuner over `cfg.search`, resuming whatever `directory` already holds."""
     if kind not in TUNERS:
-        raise ValueError(f"tuner must be one of {list(TUNERS)}. Received: tuner={kind!r}")
+        raise ConfigError(f"tuner must be one of {list(TUNERS)}. Received: tuner={kind!r}")
     if max_trials < 1:
-        raise ValueError(f"max_trials must be >= 1. Received: max_trials={max_trials}")
+        raise ConfigError(f"max_trials must be >= 1. Received: max_trials={max_trials}")
     check_search(cfg, splits)
     common = {"hypermodel": RetrievalHyperModel(cfg, splits, verbose),
               "objective": keras_tuner.Objective(cfg.search.objective, direction="max"),
@@ -214,7 +220,7 @@ def trial_rows(tuner: keras_tuner.Tuner) -> list[dict]:
 def write_results(tuner: keras_tuner.Tuner, cfg: Config, out: Path) -> tuple[Config | None, list[dict]]:
     """Writes trials.csv, objective plots and best.yaml; returns the best trial's config and the rows."""
     from reprlearn.config import save_config
-    from reprlearn.plots import plot_objective
+    from reprlearn.evaluation.figures import plot_objective
 
     rows = trial_rows(tuner)
     with open(out / "trials.csv", "w", newline="") as f:

@@ -9,7 +9,7 @@
 The configured batch (P × K, pairs, or images) is the *global* batch: each of R replicas gets
 `batch / R` consecutive rows of it, and P × K batches are laid out class by class, so with P a
 multiple of R every replica holds whole classes. The in-batch losses all-gather the slices and
-mine the global batch (see `reprlearn.replicas`).
+mine the global batch (see `reprlearn.ops.replicas`).
 
 Example:
     strategy = make_strategy("mirrored")
@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from reprlearn.config import PRECISIONS, STRATEGIES
+from reprlearn.errors import ConfigError
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -35,7 +36,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     same devices would hand out the same collective-op keys and mix up each other's all-gathers.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"train.strategy must be one of {list(STRATEGIES)}. Received: train.strategy={name!r}")
+        raise ConfigError(f"train.strategy must be one of {list(STRATEGIES)}. Received: train.strategy={name!r}")
     if name not in _STRATEGIES:
         _STRATEGIES[name] = _new_strategy(name)
     return _STRATEGIES[name]
@@ -47,7 +48,7 @@ _STRATEGIES: dict[str, tf.distribute.Strategy] = {}
 def _new_strategy(name: str) -> tf.distribute.Strategy:
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("train.strategy='multi_worker' needs the TF_CONFIG environment variable describing the "
+            raise ConfigError("train.strategy='multi_worker' needs the TF_CONFIG environment variable describing the "
                              "cluster (`reprlearn train --workers N` sets it for N workers on this machine). "
                              "Received: no TF_CONFIG")
         # Before anything else starts TensorFlow's runtime (listing logical devices would).
@@ -71,11 +72,11 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def check_global_batch(batch: int, classes_per_batch: int | None, replicas: int) -> None:
     """The global batch splits into equal replica slices (whole classes for P×K batches), or ValueError."""
     if classes_per_batch is not None and classes_per_batch % replicas:
-        raise ValueError(f"train.classes_per_batch must be a multiple of the {replicas} replicas, so that each "
+        raise ConfigError(f"train.classes_per_batch must be a multiple of the {replicas} replicas, so that each "
                          f"replica holds whole classes of the global batch. "
                          f"Received: train.classes_per_batch={classes_per_batch}")
     if batch % replicas:
-        raise ValueError(f"the global batch must split evenly over the {replicas} replicas. "
+        raise ConfigError(f"the global batch must split evenly over the {replicas} replicas. "
                          f"Received: a batch of {batch}")
 
 
@@ -89,10 +90,10 @@ def check_jit_compile(jit_compile: bool, strategy: tf.distribute.Strategy) -> No
     if not jit_compile:
         return
     if is_multi_worker(strategy):
-        raise ValueError("train.jit_compile is not supported under train.strategy='multi_worker'. "
+        raise ConfigError("train.jit_compile is not supported under train.strategy='multi_worker'. "
                          "Received: train.jit_compile=True")
     if strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        raise ValueError(f"train.jit_compile cannot compile a step over {strategy.num_replicas_in_sync} CPU replicas "
+        raise ConfigError(f"train.jit_compile cannot compile a step over {strategy.num_replicas_in_sync} CPU replicas "
                          "(XLA cannot reach variables on another logical CPU device); set train.jit_compile=false "
                          "or train.strategy=one_device. Received: train.jit_compile=True")
 
@@ -105,7 +106,7 @@ def dtype_policy(name: str):
     policy is only needed while a model is made.
     """
     if name not in PRECISIONS:
-        raise ValueError(f"train.mixed_precision must be one of {list(PRECISIONS)}. "
+        raise ConfigError(f"train.mixed_precision must be one of {list(PRECISIONS)}. "
                          f"Received: train.mixed_precision={name!r}")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32" if name == "none" else name)

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.labels import by_positive_count, pair_masks, positive_slots
+from reprlearn.ops.labels import by_positive_count, pair_masks, positive_slots
 
 
 class MinedTriplets(NamedTuple):

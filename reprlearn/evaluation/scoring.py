@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from reprlearn.data import ImageSet, flat_pixels
-from reprlearn.distances import paired_distance
 from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
 from reprlearn.metrics.verification import best_threshold
+from reprlearn.ops.distances import paired_distance
 from reprlearn.runs import Run
 
 

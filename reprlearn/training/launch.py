@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from reprlearn.errors import ConfigError
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -68,7 +70,7 @@ def launch_local_workers(train_args: list[str], workers: int, out: Path) -> int:
         out: the run folder, named in the message when a worker fails.
     """
     if workers < 2:
-        raise ValueError(f"--workers must be >= 2 (one process trains without it). Received: --workers={workers}")
+        raise ConfigError(f"--workers must be >= 2 (one process trains without it). Received: --workers={workers}")
     processes, logs = [], []
     # A stopped launcher stops its workers (which would otherwise wait for each other forever).
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reprlearn import plots
+from reprlearn.evaluation import figures as plots
+from reprlearn.evaluation.projector import write_projector
 from reprlearn.metrics.retrieval import nearest_neighbours
-from reprlearn.projector import write_projector
 
 RETRIEVAL_ROWS = ("precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2", "recall_at_4",
                   "recall_at_8", "nmi")

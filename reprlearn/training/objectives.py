@@ -12,17 +12,19 @@ import keras
 import numpy as np
 
 from reprlearn.config import Config
+from reprlearn.config.losses import LOSS_TRAITS
 from reprlearn.data import ImageSet
 from reprlearn.data.augment import MIRROR_INVARIANT
 from reprlearn.data.pipelines import pk_batches, view_batches
+from reprlearn.errors import ConfigError
 from reprlearn.layers import CosineClassifier
 from reprlearn.losses import JointRepresentationSimilarity
+from reprlearn.losses.registry import make_loss
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
 from reprlearn.models import dense_autoencoder, joint_embedding_model, siamese_pair_model
 from reprlearn.models.joint import check_tower_layers
+from reprlearn.models.optimizers import LayerRateAdam
 from reprlearn.models.towers import HEAD_LAYER
-from reprlearn.optimizers import LayerRateAdam
-from reprlearn.registry import LOSSES, make_loss
 from reprlearn.runs import embed
 
 TOWER_NAME = "tower"
@@ -36,16 +38,16 @@ EMBEDDING_OUTPUT, CLASS_OUTPUT, JRD_OUTPUT, RECONSTRUCTION_OUTPUT = (
 
 def is_pair_loss(cfg: Config) -> bool:
     """The loss trains a Siamese pair model on pairs rather than the tower on P×K batches."""
-    return LOSSES[cfg.loss.name].batch == "pairs"
+    return LOSS_TRAITS[cfg.loss.name].batch == "pairs"
 
 
 def uses_jrd(cfg: Config) -> bool:
-    return LOSSES[cfg.loss.name].classifier and cfg.loss.jrd_weight > 0
+    return LOSS_TRAITS[cfg.loss.name].classifier and cfg.loss.jrd_weight > 0
 
 
 def training_outputs(cfg: Config) -> list[str]:
     """The P×K training model's outputs, each with its own loss term (one output: the model has a single one)."""
-    first = CLASS_OUTPUT if LOSSES[cfg.loss.name].classifier else EMBEDDING_OUTPUT
+    first = CLASS_OUTPUT if LOSS_TRAITS[cfg.loss.name].classifier else EMBEDDING_OUTPUT
     return ([first] + ([JRD_OUTPUT] if uses_jrd(cfg) else [])
             + ([RECONSTRUCTION_OUTPUT] if cfg.loss.reconstruction_weight > 0 else []))
 
@@ -53,7 +55,7 @@ def training_outputs(cfg: Config) -> list[str]:
 def dense_class_ids(cfg: Config, labels: np.ndarray) -> np.ndarray:
     """Labels as the loss needs them: 0..C−1 in sorted order of the training classes for a classifier loss,
     unchanged otherwise."""
-    return np.searchsorted(np.unique(labels), labels) if LOSSES[cfg.loss.name].classifier else labels
+    return np.searchsorted(np.unique(labels), labels) if LOSS_TRAITS[cfg.loss.name].classifier else labels
 
 
 def pk_training_batches(cfg: Config, train: ImageSet, start_step: int = 0):
@@ -102,9 +104,9 @@ def _in_batch_metrics(cfg: Config, loss) -> list[keras.metrics.Metric]:
 def _pk_training_model(cfg: Config, tower: keras.Model, loss, num_classes: int | None):
     """The model P×K batches train, with its losses, loss weights and metrics (single values or per-output dicts)."""
     outputs = training_outputs(cfg)
-    classifier = LOSSES[cfg.loss.name].classifier
+    classifier = LOSS_TRAITS[cfg.loss.name].classifier
     if classifier and num_classes is None:
-        raise ValueError(f"{cfg.loss.name} needs the number of training classes. Received: num_classes=None")
+        raise ConfigError(f"{cfg.loss.name} needs the number of training classes. Received: num_classes=None")
     if outputs == [EMBEDDING_OUTPUT]:
         return tower, loss, None, _in_batch_metrics(cfg, loss)
     images = keras.Input(tower.input_shape[1:], name="images")

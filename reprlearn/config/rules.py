@@ -1,0 +1,157 @@
+"""The config rules that span several fields, and the per-field marks of `reprlearn.config.schema` applied.
+
+Example:
+    check_config(Config())                      # passes: the defaults are valid
+    check_joint_weights(["block_1"], [1, 0.5])  # [1.0, 0.5]: one weight per joint layer and the head
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_TRAITS
+from reprlearn.config.schema import Config, SearchConfig
+from reprlearn.data.augment import AUGMENTATIONS
+from reprlearn.errors import ConfigError
+
+
+def _check_field_marks(cfg: Config) -> None:
+    """Every `choice` field holds one of its options and every `positive` field a value > 0."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for key in dataclasses.fields(values):
+            value, name = getattr(values, key.name), f"{section.name}.{key.name}"
+            allowed = key.metadata.get("choices")
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"config: {name} must be one of {list(allowed)}. Received: {name}={value!r}")
+            if key.metadata.get("positive") and value is not None and value <= 0:
+                raise ConfigError(f"config: {name} must be > 0. Received: {name}={value!r}")
+
+
+def check_config(cfg: Config) -> None:
+    """Raises ConfigError, naming the keys and values, for the first rule `cfg` breaks."""
+    _check_field_marks(cfg)
+    if not 0.0 <= cfg.data.validation_fraction < 1.0:
+        raise ConfigError("config: data.validation_fraction must be in [0, 1). "
+                          f"Received: data.validation_fraction={cfg.data.validation_fraction!r}")
+    if cfg.data.validation_classes < 0:
+        raise ConfigError("config: data.validation_classes must be >= 0. "
+                          f"Received: data.validation_classes={cfg.data.validation_classes!r}")
+    if cfg.model.freeze and not cfg.model.init_from:
+        raise ConfigError("config: model.freeze keeps the layers copied by model.init_from fixed; set "
+                          "model.init_from to a run folder. Received: model.freeze=True, model.init_from=None")
+    if not 0.0 < cfg.model.init_learning_rate_factor <= 1.0 or (
+            cfg.model.init_learning_rate_factor != 1.0 and (cfg.model.freeze or not cfg.model.init_from)):
+        raise ConfigError("config: model.init_learning_rate_factor must be in (0, 1], and below 1 only with "
+                          "model.init_from and without model.freeze (it slows the copied layers' fine-tuning). "
+                          f"Received: model.init_learning_rate_factor={cfg.model.init_learning_rate_factor!r}, "
+                          f"model.init_from={cfg.model.init_from!r}, model.freeze={cfg.model.freeze!r}")
+    if cfg.model.joint_dim is not None and not cfg.model.joint_layers:
+        raise ConfigError("config: model.joint_dim caps a joint embedding; name its layers in model.joint_layers "
+                          f"(model.embedding_dim sets the head's size). Received: model.joint_dim={cfg.model.joint_dim}")
+    if not 0.0 < cfg.model.joint_power <= 1.0:
+        raise ConfigError(f"config: model.joint_power must be in (0, 1]. Received: model.joint_power="
+                          f"{cfg.model.joint_power!r}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"config: model.dropout must be in [0, 1). Received: model.dropout={cfg.model.dropout!r}")
+    if cfg.train.examples_per_class < 2:
+        raise ConfigError("config: train.examples_per_class must be >= 2 so every batch has positive pairs. "
+                          f"Received: train.examples_per_class={cfg.train.examples_per_class!r}")
+    if cfg.data.positives == "views":
+        _check_views(cfg)
+    if cfg.loss.margin < 0:
+        raise ConfigError(f"config: loss.margin must be >= 0. Received: loss.margin={cfg.loss.margin!r}")
+    spec = LOSS_TRAITS[cfg.loss.name]
+    if cfg.loss.distance not in spec.distances:
+        raise ConfigError(f"config: {cfg.loss.name} accepts loss.distance in {list(spec.distances)}. "
+                          f"Received: loss.distance={cfg.loss.distance!r}")
+    _check_search(cfg.search)
+    _check_verifier(cfg)
+    if cfg.model.kind in ("autoencoder", "vae") and cfg.model.tower not in ("mlp", "conv"):
+        raise ConfigError(f"config: an {cfg.model.kind} is built from an mlp or conv tower. "
+                          f"Received: model.tower={cfg.model.tower!r}")
+    try:
+        check_joint_weights(cfg.model.joint_layers, cfg.model.joint_weights or None)
+    except ConfigError as error:
+        raise ConfigError(f"config: {error}") from None
+    if cfg.loss.jrd_weight < 0 or (cfg.loss.jrd_weight > 0 and not spec.classifier):
+        classifiers = [name for name, s in LOSS_TRAITS.items() if s.classifier]
+        raise ConfigError(f"config: loss.jrd_weight must be >= 0, and > 0 only with {classifiers}. "
+                          f"Received: loss.jrd_weight={cfg.loss.jrd_weight!r}, loss.name={cfg.loss.name!r}")
+    if cfg.loss.reconstruction_weight < 0 or (cfg.loss.reconstruction_weight > 0 and spec.batch != "pk"):
+        raise ConfigError("config: loss.reconstruction_weight must be >= 0, and > 0 only with a loss trained on "
+                          f"P×K batches. Received: loss.reconstruction_weight={cfg.loss.reconstruction_weight!r}, "
+                          f"loss.name={cfg.loss.name!r}")
+    if cfg.loss.jrd_layers and (len(cfg.loss.jrd_layers) < 2 or len(set(cfg.loss.jrd_layers)) != len(
+            cfg.loss.jrd_layers)):
+        raise ConfigError("config: loss.jrd_layers must name at least two distinct layers (JRD is joint), or []. "
+                          f"Received: loss.jrd_layers={cfg.loss.jrd_layers!r}")
+    if cfg.loss.soft and not spec.soft:
+        soft_losses = [name for name, s in LOSS_TRAITS.items() if s.soft]
+        raise ConfigError(f"config: loss.soft applies to {soft_losses} only. Received: loss.name={cfg.loss.name!r}")
+
+
+def _check_views(cfg: Config) -> None:
+    """Views of one image are positives only for an in-batch metric loss, and only augmentation makes them differ."""
+    if cfg.data.augment == "none":
+        raise ConfigError("config: data.positives: views makes positives from augmented views of one image; set "
+                          "data.augment to light or strong. Received: data.augment='none'")
+    if cfg.model.kind != "embedding" or cfg.loss.name not in IN_BATCH_LOSSES:
+        raise ConfigError("config: data.positives: views trains an embedding with an in-batch loss from "
+                          f"{list(IN_BATCH_LOSSES)}. "
+                          f"Received: loss.name={cfg.loss.name!r}, model.kind={cfg.model.kind!r}")
+
+
+def _check_verifier(cfg: Config) -> None:
+    if cfg.model.kind != "verifier":
+        return
+    if cfg.model.verifier == "two_channel" and cfg.model.tower == "backbone":
+        raise ConfigError("config: a two_channel verifier stacks two images on the channel axis, which a pretrained "
+                          "backbone cannot take; use an mlp or conv tower. Received: model.tower='backbone'")
+    embedding_only = {"model.joint_layers": cfg.model.joint_layers, "loss.jrd_weight": cfg.loss.jrd_weight,
+                      "loss.reconstruction_weight": cfg.loss.reconstruction_weight}
+    for key, value in embedding_only.items():
+        if value:
+            raise ConfigError(f"config: {key} applies to embedding runs; a verifier trains with binary "
+                              f"cross-entropy on pairs. Received: {key}={value!r}, model.kind='verifier'")
+
+
+def _check_search(search: SearchConfig) -> None:
+    for key in ("margin", "learning_rate"):
+        value = getattr(search, key)
+        if value and not (len(value) == 2 and 0 < value[0] < value[1]):
+            raise ConfigError(f"config: search.{key} must be a range [low, high] with 0 < low < high, or []. "
+                              f"Received: search.{key}={value!r}")
+    for key, lowest in (("embedding_dim", 1), ("classes_per_batch", 1), ("examples_per_class", 2)):
+        value = getattr(search, key)
+        if any(v < lowest for v in value) or len(set(value)) != len(value):
+            raise ConfigError(f"config: search.{key} must list distinct values >= {lowest}. "
+                              f"Received: search.{key}={value!r}")
+    for key in ("jrd_weight", "reconstruction_weight"):
+        value = getattr(search, key)
+        if any(v < 0 for v in value) or len(set(value)) != len(value):
+            raise ConfigError(f"config: search.{key} must list distinct choices >= 0, or []. "
+                              f"Received: search.{key}={value!r}")
+    if any(v not in AUGMENTATIONS for v in search.augment) or len(set(search.augment)) != len(search.augment):
+        raise ConfigError(f"config: search.augment must list distinct choices from {list(AUGMENTATIONS)}. "
+                          f"Received: search.augment={search.augment!r}")
+    if len(set(search.joint_layers)) != len(search.joint_layers):
+        raise ConfigError("config: search.joint_layers must list distinct choices (layer names joined by '+'). "
+                          f"Received: search.joint_layers={search.joint_layers!r}")
+    unknown = [name for name in search.loss if name not in IN_BATCH_LOSSES]
+    if unknown or len(set(search.loss)) != len(search.loss):
+        raise ConfigError(f"config: search.loss must list distinct in-batch losses from {list(IN_BATCH_LOSSES)}. "
+                          f"Received: search.loss={search.loss!r}")
+
+
+
+def check_joint_weights(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:
+    """One weight >= 0 per layer and one for the head, not all 0 (default: all 1)."""
+    if weights is None:
+        return [1.0] * (len(layers) + 1)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(layers) + 1 or min(weights) < 0 or max(weights) == 0:
+        raise ConfigError(f"model.joint_weights needs one weight >= 0 per joint layer and one for the head "
+                         f"({len(layers) + 1}), not all 0. Received: model.joint_weights={weights}")
+    return weights

@@ -1,0 +1,202 @@
+"""The run configuration's schema: five typed sections (and `search`), each constraint beside its field.
+
+A field made with `choice(default, options)` accepts only those options; one made with
+`positive(default)` only values > 0 (or None where the type allows it). `reprlearn.config.rules`
+reads these marks and adds the checks that span several fields; `reprlearn.config.io` reads YAML
+and `--set` overrides into these classes.
+
+Example:
+    cfg = Config()
+    cfg.train.epochs                                   # 5
+    dataclasses.fields(TrainConfig)[0].metadata         # {"positive": True}
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+
+from reprlearn.config.losses import LOSS_TRAITS
+from reprlearn.data.augment import AUGMENTATIONS
+from reprlearn.data.protocols import PROTOCOLS
+from reprlearn.ops.distances import ALIASES, METRICS
+
+TUNING_OBJECTIVES = ("val_map_at_r", "val_precision_at_1")  # what RetrievalValidation logs every epoch
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+# Verifier designs (reprlearn.models.verifiers builds them).
+VERIFIERS = ("siamese_head", "two_channel")
+
+
+def choice(default, options: typing.Iterable):
+    """A field whose value must be one of `options`."""
+    return field(default=default, metadata={"choices": tuple(options)})
+
+
+def positive(default):
+    """A field whose value must be > 0 (None passes where the field is Optional)."""
+    return field(default=default, metadata={"positive": True})
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    protocol: str = choice("seen-classes", PROTOCOLS)
+    data_dir: typing.Optional[str] = None
+    # unseen-classes only: the classes to train on; the rest are the test classes.
+    # None means the lower half of the class ids (Fashion-MNIST: 0-4).
+    train_classes: typing.Optional[list[int]] = None
+    validation_fraction: float = 0.1
+    # > 0: validate on this many whole training classes held out from training (class-disjoint, like the
+    # unseen-classes test) instead of a stratified share of every class.
+    validation_classes: int = 0
+    # P×K training batches: none | light | strong (shifts, rotations, contrast; left-right flips only for data
+    # whose classes survive a mirror, see reprlearn.data.augment). Never applied to validation or test images.
+    augment: str = choice("none", AUGMENTATIONS)
+    # P×K training batches: classes (K images of each of P classes) | views (K augmented views of each of P
+    # images, labelled by image: self-supervised, the training labels are not used; needs data.augment).
+    positives: str = choice("classes", ("classes", "views"))
+    max_train: typing.Optional[int] = positive(None)
+    max_test: typing.Optional[int] = positive(None)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # embedding: a metric-learning tower; autoencoder / vae: trained without labels (tower picks dense or conv);
+    # verifier: a pair model trained with binary cross-entropy on balanced pairs (loss.* unused), see model.verifier.
+    kind: str = choice("embedding", ("embedding", "autoencoder", "vae", "verifier"))
+    tower: str = choice("conv", ("mlp", "conv", "backbone"))
+    embedding_dim: int = positive(64)
+    l2_normalize: bool = True
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    filters: list[int] = field(default_factory=lambda: [32, 64])
+    dense: int = positive(128)
+    batch_norm: bool = False
+    dropout: float = 0.0
+    backbone: str = "MobileNetV2"
+    backbone_weights: typing.Optional[str] = None
+    backbone_image_size: int = positive(96)
+    # None freezes the backbone; a layer name fine-tunes from that layer on.
+    fine_tune_from: typing.Optional[str] = None
+    # Transfer: start from a trained run's tower (RUN/model.keras): same-named, same-shaped layers are copied
+    # (report.json lists them); with freeze they stay fixed and only the embedding head (embedding_dense) trains
+    # (a verifier: the whole tower stays fixed and only the verifier's head trains).
+    init_from: typing.Optional[str] = None
+    freeze: bool = False
+    # Without freeze: the copied layers train at this share of train.learning_rate (fine-tuning a pretrained
+    # tower gently, e.g. 0.1), everything else at the full rate.
+    init_learning_rate_factor: float = 1.0
+    # verifier only: siamese_head (one shared tower, an MLP on [|a-b|, a*b], a sigmoid; frozen by model.freeze or
+    # trained end to end) | two_channel (the images stacked on the channel axis into one network, a sigmoid).
+    verifier: str = choice("siamese_head", VERIFIERS)
+    verifier_hidden: int = positive(64)  # the verifier head's hidden ReLU width
+    # Joint embedding (embedding towers): the exported vector joins these tower layers' features (feature maps
+    # power-normalised, sign(x)·|x|^joint_power, then average-pooled to joint_grid × joint_grid) with the head,
+    # each part unit-length times its weight
+    # (joint_weights: one per layer, then the head's; [] = all 1); joint_dim caps the size with a PCA fit
+    # on training images. [] exports the head alone.
+    joint_layers: list[str] = field(default_factory=list)
+    joint_grid: int = positive(3)
+    joint_power: float = 0.5
+    joint_weights: list[float] = field(default_factory=list)
+    joint_dim: typing.Optional[int] = positive(None)
+    # autoencoder / vae only.
+    code_dim: int = positive(32)
+    decoder: str = choice("unpool", ("unpool", "transpose", "upsample"))          # conv autoencoder: unpool | transpose | upsample
+    linear: bool = False             # dense autoencoder without hidden layers or activations (the PCA check)
+    likelihood: str = choice("bernoulli", ("bernoulli", "gaussian"))    # vae: bernoulli | gaussian
+    beta: float = positive(1.0)                # vae: KL weight
+
+
+@dataclass
+class LossConfig:
+    # contrastive: in-batch pairs of P×K batches; pair_contrastive: a Siamese pair model on balanced pairs;
+    # triplet_semihard / triplet_hard / triplet_batch_all / lifted_struct: in-batch mining on P×K batches;
+    # am_softmax: the tower trained through cosine class weights (margin m = loss.margin, scale loss.scale);
+    # supervised_contrastive: SupCon, a softmax over -loss.scale x distance (NT-Xent with data.positives: views).
+    name: str = choice("contrastive", tuple(LOSS_TRAITS))  # one of reprlearn.config.losses.LOSS_TRAITS
+    margin: float = 0.5
+    distance: str = choice("L2", METRICS + tuple(ALIASES))       # L2 | squared-L2 | angular (alias: cosine)
+    # Under a multi-replica strategy: mine the global batch (all replicas) rather than each replica's slice.
+    cross_replica: bool = True
+    # am_softmax: s in s·(cos − m·onehot(y)) (loss.margin is m); supervised_contrastive: 1 / temperature
+    scale: float = positive(30.0)
+    # am_softmax only: > 0 adds JRD's joint representation similarity over `jrd_layers` with this weight α.
+    jrd_weight: float = 0.0
+    # Tower layer names, plus "logits" for the classifier's cosines; [] means the last pooled conv block
+    # ("features"; an MLP: the layer under the head), the embedding and the logits.
+    jrd_layers: list[str] = field(default_factory=list)
+    # P×K losses: > 0 adds a dense decoder from the embedding back to the pixels (MSE on [0, 1]) with this
+    # weight, so the embedding keeps what it needs to redraw the image, not only what separates the classes.
+    reconstruction_weight: float = 0.0
+    # triplet_hard only: softplus(D_ap - D_an) instead of the margin hinge.
+    soft: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = positive(5)
+    steps_per_epoch: int = positive(200)
+    classes_per_batch: int = positive(8)
+    examples_per_class: int = positive(16)
+    pair_batch_size: int = positive(128)
+    learning_rate: float = positive(1e-3)
+    lr_schedule: str = choice("constant", ("constant", "cosine"))  # constant | cosine (decays to 0 over epochs × steps_per_epoch)
+    jit_compile: bool = False
+    batch_size: int = positive(128)  # autoencoder / vae runs: uniformly drawn images per batch
+    seed: int = 0
+    # auto | one_device | mirrored | multi_worker (see reprlearn.training.strategies); batch sizes are global.
+    strategy: str = choice("auto", STRATEGIES)
+    mixed_precision: str = choice("none", PRECISIONS)  # none | mixed_float16 | mixed_bfloat16 (embeddings stay float32)
+    # The weights a run exports: those of the last epoch, or of the epoch with the best validation MAP@R (a
+    # verifier: ROC AUC on validation pairs) (the validation split: held-out training classes with
+    # data.validation_classes; never the test split).
+    keep: str = choice("last", ("last", "best"))  # last | best
+
+
+@dataclass
+class EvalConfig:
+    verification_pairs: int = positive(20000)
+    projection: str = choice("tsne", ("tsne", "pca"))
+    projection_points: int = positive(2000)
+    projector_points: int = positive(2000)
+    grid_queries: int = positive(8)
+    grid_neighbours: int = positive(8)
+
+
+
+
+
+
+
+
+@dataclass
+class SearchConfig:
+    """`reprlearn tune` only. Ranges are `[low, high]`, sampled log-uniformly; lists are choices.
+    The search space is what the section lists: a hyperparameter left out (or `[]`) stays at the
+    config's own value, and a search with nothing listed is an error."""
+    margin: list[float] = field(default_factory=list)
+    embedding_dim: list[int] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+    loss: list[str] = field(default_factory=list)
+    classes_per_batch: list[int] = field(default_factory=list)
+    examples_per_class: list[int] = field(default_factory=list)
+    # Open-set keys, each a list of choices: loss.jrd_weight (a classifier base loss), loss.reconstruction_weight,
+    # model.joint_layers (each choice the layer names joined by "+"; "" is the head alone), data.augment.
+    jrd_weight: list[float] = field(default_factory=list)
+    reconstruction_weight: list[float] = field(default_factory=list)
+    joint_layers: list[str] = field(default_factory=list)
+    augment: list[str] = field(default_factory=list)
+    objective: str = choice("val_map_at_r", TUNING_OBJECTIVES)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+

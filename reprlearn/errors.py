@@ -1,0 +1,41 @@
+"""The problems a user can fix, one class per kind; anything else raised inside reprlearn is a bug.
+
+The command line prints a `ReprlearnError` as one line and exits 2; any other exception is an
+internal error, shown with its traceback. Every class also derives from the built-in exception
+that the same check raised before the hierarchy existed (`ValueError`, `FileNotFoundError`,
+`RuntimeError`), so `except ValueError` in user code keeps working.
+
+Example:
+    try:
+        cfg = load_config("configs/demo.yaml", overrides=["train.epochs=0"])
+    except ReprlearnError as error:
+        print(error)  # config: train.epochs must be > 0. Received: train.epochs=0
+"""
+
+
+class ReprlearnError(Exception):
+    """A problem in what the user gave reprlearn (config, data, folder, arguments) that the user can fix."""
+
+
+class ConfigError(ReprlearnError, ValueError):
+    """A config key is unknown, mistyped, out of range, or does not fit the other keys or the data."""
+
+
+class DataError(ReprlearnError, ValueError):
+    """Images, labels or a dataset cannot be used as given (wrong shape, too few classes, unreadable files)."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """The dataset is not on this machine; the message says how to get it."""
+
+
+class RunFolderError(ReprlearnError, ValueError):
+    """A run folder cannot be used as asked: made by another config or other data, missing, or not a run."""
+
+
+class ExportError(ReprlearnError, RuntimeError):
+    """An export failed a parity gate or cannot start; nothing was written to the output folder."""
+
+
+class GalleryError(ReprlearnError, ValueError):
+    """A gallery cannot be used as asked: bad input, an empty gallery, or a folder that holds no valid gallery."""

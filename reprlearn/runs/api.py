@@ -1,0 +1,163 @@
+"""A finished run folder read back as a `Run`: its config, record, evaluation arrays and model, and what a user
+does with them (embed, enrol a gallery, calibrate a rejection threshold, verify a pair).
+
+Example:
+    ```python
+    run = load_run("runs/demo")
+    run.config.loss.distance, run.record["data"]["splits"]["test"]["n"], run.evaluation["test_images"].shape
+    ```
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+
+from reprlearn.config import Config, config_from_dict
+from reprlearn.data import check_images
+from reprlearn.ops.distances import paired_distance
+from reprlearn.index import Gallery, split_class_threshold
+from reprlearn.errors import DataError, RunFolderError
+from reprlearn.runs.inference import embed, match_probabilities
+from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, read_json
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run folder, read back: its config, record and evaluation arrays, and its model.
+
+    Example:
+        run = load_run("runs/demo")
+        embeddings = run.embed(images)                       # pixels 0-255, the run's image shape
+        gallery = run.gallery(images, labels)                # enrolled with the run's metric and fingerprint
+        run.verify(image_a, image_b)                         # {"distance", "threshold", "match"}
+    """
+    path: Path
+    config: Config
+    record: dict
+    evaluation: dict
+    _model: keras.Model | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def metric(self) -> str:
+        return self.record["metric"]
+
+    @property
+    def kind(self) -> str:
+        return self.record["kind"]
+
+    @property
+    def report(self) -> dict:
+        return read_json(self.path / "report.json")
+
+    @property
+    def verification_threshold(self) -> float | None:
+        """The match threshold the run fit on its validation pairs (report.json), or None."""
+        return self.report.get("metrics", {}).get("verification", {}).get("threshold")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.record["data"]["class_names"])
+
+    @property
+    def model(self) -> keras.Model:
+        """`model.keras`, the embedding model (an autoencoder's encoder; a verifier's pair model), loaded once."""
+        if self._model is None:
+            self._model = keras.saving.load_model(self.path / "model.keras", compile=False)
+        return self._model
+
+    @property
+    def model_fingerprint(self) -> str:
+        """A SHA-256 prefix of `model.keras`: galleries record it, so one enrolled by another model is refused."""
+        return hashlib.sha256((self.path / "model.keras").read_bytes()).hexdigest()[:16]
+
+    def embed(self, images, batch_size: int = 512) -> np.ndarray:
+        """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it."""
+        if self.kind == "verifier":
+            raise RunFolderError(f"a verifier run scores pairs of images (run.verify, `reprlearn verify`) and has no "
+                             f"embedding to embed, enrol or export. Received: run kind 'verifier' ({self.path})")
+        return embed(self.model, self._checked(images, "images"), batch_size)
+
+    def _checked(self, images, name: str, single: bool = False) -> np.ndarray:
+        """`images` (or one image) as the model's `[N, H, W, C]` input, or ValueError naming `name` and the shape."""
+        given = np.asarray(images)
+        batch = check_images(given[None] if single else given, name)
+        expected = tuple(int(s) for s in self.model.inputs[0].shape[1:])
+        if batch.shape[1:] != expected:
+            want = ", ".join(map(str, expected)) if single else "N, " + ", ".join(map(str, expected))
+            raise DataError(f"{name} must be [{want}] for this run's model. Received: {name}.shape={given.shape}")
+        return batch
+
+    def gallery(self, images, labels, ids=None, backend: str = "exact", class_names=None) -> Gallery:
+        """A gallery of these images, embedded by this run, ranked with its metric and marked with its fingerprint."""
+        gallery = Gallery(self.metric, backend, self.model_fingerprint, class_names=class_names)
+        gallery.add(self.embed(images), labels, ids)
+        return gallery
+
+    def rejection_threshold(self, far: float = 1e-3) -> float:
+        """The open-set rejection distance for a false-accept rate `far`, fit on the validation split only.
+
+        Half of the validation classes (drawn with `data.seed`) are enrolled and the other half act as
+        impostors: the threshold lets at most `far` of the impostors match an enrolled item.
+        """
+        labels = self.evaluation["val_labels"]
+        if len(np.unique(labels)) < 2:
+            raise DataError(f"the validation split needs two classes to calibrate a rejection threshold. "
+                             f"Received: {len(np.unique(labels))} class in {self.path}")
+        return split_class_threshold(self.embed(self.evaluation["val_images"]), labels, self.metric, far,
+                                     self.config.data.seed)
+
+    def verify(self, image_a, image_b) -> dict:
+        """1:1 verification of two images: their distance, the run's threshold (fit on validation pairs) and
+        the decision (None when the run has no threshold, e.g. an autoencoder).
+
+        A verifier run's distance is 1 − its match probability (also returned, as `match_probability`).
+        """
+        image_a = self._checked(image_a, "image_a", single=True)
+        image_b = self._checked(image_b, "image_b", single=True)
+        threshold, extra = self.verification_threshold, {}
+        if self.kind == "verifier":
+            probability = float(match_probabilities(self.model, image_a, image_b)[0])
+            distance, extra = 1.0 - probability, {"match_probability": probability}
+        else:
+            first, second = self.embed(np.concatenate([image_a, image_b]))
+            distance = float(paired_distance(first[None], second[None], self.metric).numpy()[0])
+        return {"distance": distance, "threshold": threshold, **extra,
+                "match": None if threshold is None else bool(distance <= threshold)}
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Reads a run folder's config, record and evaluation arrays; RunFolderError if it is not a finished run."""
+    path = Path(run_dir)
+    missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, "model.keras")
+               if not (path / name).is_file()]
+    if missing:
+        raise RunFolderError(f"{path} is not a finished reprlearn run (missing {', '.join(missing)}). "
+                             f"Received: run_dir={str(path)!r}")
+    config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
+    with np.load(path / EVALUATION_FILE) as arrays:
+        evaluation = {name: arrays[name] for name in arrays.files}
+    record = read_json(path / RECORD_FILE)
+    if "test_images" not in evaluation:
+        evaluation.update(_reload_evaluation(config, record, path))
+    return Run(path, config, record, evaluation)
+
+
+def _reload_evaluation(config: Config, record: dict, path: Path) -> dict:
+    """The validation and test arrays of a run that did not keep them, from its recorded dataset, checked."""
+    from reprlearn.data import splits_for
+
+    splits = splits_for(config.data)
+    for name, part in (("val", splits.val), ("test", splits.test)):
+        if fingerprint(part) != record["data"]["splits"][name]["fingerprint"]:
+            raise RunFolderError(f"the {name} split of {record['data']['source']} has changed since {path} was "
+                                 f"trained (fingerprint {fingerprint(part)}, recorded "
+                                 f"{record['data']['splits'][name]['fingerprint']}); restore the data or retrain")
+    return {"test_images": splits.test.images, "test_labels": splits.test.labels,
+            "val_images": splits.val.images, "val_labels": splits.val.labels}
+

@@ -1,0 +1,66 @@
+"""Running a trained model on images: embeddings, pair match probabilities, and saving a model proven to reload.
+
+Example:
+    embeddings = embed(model, images)          # pixels 0-255 → float32 [N, d]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from reprlearn.errors import DataError
+
+
+def embed(model: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Embeds images (pixels 0-255) with a model, as float32 `[N, d]`.
+
+    Calls the model batch by batch rather than `predict`, which under a multi-worker strategy is a
+    collective step that every worker would have to join; this runs on the chief alone.
+    """
+    if len(images) == 0:
+        return np.zeros((0, *model.output_shape[1:]), np.float32)
+    return np.concatenate([keras.ops.convert_to_numpy(model(images[start:start + batch_size].astype(np.float32),
+                                                            training=False)).astype(np.float32)
+                           for start in range(0, len(images), batch_size)])
+
+
+def match_probabilities(model: keras.Model, images_a: np.ndarray, images_b: np.ndarray,
+                        batch_size: int = 512) -> np.ndarray:
+    """A verifier's `[N]` float32 probabilities that `images_a[i]` and `images_b[i]` show the same class (as `embed`,
+    batch by batch on this process alone)."""
+    if len(images_a) != len(images_b):
+        raise DataError(f"images_a and images_b must pair up one to one. Received: {len(images_a)} and "
+                         f"{len(images_b)} images")
+    if len(images_a) == 0:
+        return np.zeros((0,), np.float32)
+    return np.concatenate([
+        keras.ops.convert_to_numpy(model([images_a[start:start + batch_size].astype(np.float32),
+                                          images_b[start:start + batch_size].astype(np.float32)], training=False))
+        .astype(np.float32).reshape(-1) for start in range(0, len(images_a), batch_size)])
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same layers and weights as a new, uncompiled Functional model: no loss, metrics or optimizer."""
+    # A single input stays a single tensor (not a one-element list), so `model(images)` matches its structure.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray, outputs=embed) -> keras.Model:
+    """Saves `model` uncompiled, proves the file reloads to identical `outputs(model, probe)`, and returns the reload.
+
+    The reloaded model lives outside any `tf.distribute` strategy, so the chief of a multi-worker run
+    can evaluate it alone. The cross-process check (a fresh interpreter that imports only keras and
+    reprlearn) is in the tests.
+    """
+    inference_copy(model).save(path)
+    reloaded = keras.saving.load_model(path)
+    reload_diff = float(np.max(np.abs(outputs(reloaded, probe) - outputs(model, probe))))
+    if reload_diff != 0.0:
+        raise RuntimeError(f"{path.name} reloads to different outputs (max abs diff {reload_diff})")
+    return reloaded
+

@@ -1,0 +1,240 @@
+"""The run folder as a record: what made it, the check that a re-run is the same run, checkpoint state, the summary.
+
+A run folder holds:
+
+    config.yaml        the resolved config, headed by the command that ran it
+    run.json           the record: package versions, data source (name, split sizes, classes,
+                       fingerprints of the arrays), the ranking metric, the model kind
+    evaluation.npz     the validation and test arrays the run was scored on, and a sample of
+                       training images (TFLite calibration), so export and re-scoring never
+                       re-derive the data from a dataset name. Arrays from the Python API are
+                       always kept; a named dataset whose arrays exceed EVALUATION_LIMIT_BYTES
+                       (large image folders) keeps only the sample, and `load_run` reloads the
+                       rest from the recorded source and refuses if their fingerprints changed
+    checkpoints/       last.keras (weights, optimizer, compile state) and state.json
+                       (written by `reprlearn.training.loop` after each epoch)
+    model.keras        the embedding model alone, uncompiled: loads with `import reprlearn`
+                       (or Keras alone when it holds only Keras layers)
+
+Example:
+    out = open_run(cfg, "runs/demo", splits, from_arrays=False, command=None, metric="L2", kind="embedding",
+                   resume=False, force=False)
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+
+from reprlearn._version import __version__
+from reprlearn.config import Config, config_from_dict, config_to_dict, save_config
+from reprlearn.data import ImageSet, Splits
+from reprlearn.errors import RunFolderError
+
+
+RECORD_FILE = "run.json"
+
+
+EVALUATION_FILE = "evaluation.npz"
+
+
+CHECKPOINTS = "checkpoints"
+
+
+REPRESENTATIVE_IMAGES = 200
+
+
+EVALUATION_LIMIT_BYTES = 256 * 2**20
+
+
+
+def fingerprint(imageset: ImageSet) -> str:
+    """A SHA-256 prefix of the images' and labels' bytes: equal arrays, equal fingerprint."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(imageset.images).tobytes())
+    digest.update(np.ascontiguousarray(imageset.labels.astype(np.int64)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_record(cfg: Config, splits: Splits, from_arrays: bool) -> dict:
+    """The data section of the record: where the arrays came from and what each split holds."""
+    return {
+        "source": "arrays passed to the Python API" if from_arrays else f"dataset {cfg.data.name!r}",
+        "name": "arrays" if from_arrays else cfg.data.name,
+        "data_dir": None if from_arrays else cfg.data.data_dir,
+        "protocol": cfg.data.protocol,
+        "train_classes": splits.train_classes, "test_classes": splits.test_classes,
+        "class_names": list(splits.train.class_names),
+        "image_shape": list(splits.train.images.shape[1:]),
+        "splits": {name: {"n": len(part), "classes": part.classes, "fingerprint": fingerprint(part)}
+                   for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))},
+    }
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+    """`key: stored → current` for every key whose value differs (nested keys dotted)."""
+    old, new = _flatten(stored), _flatten(current)
+    return [f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]
+
+
+def _is_run_folder(out: Path) -> bool:
+    return (out / "config.yaml").is_file() or (out / RECORD_FILE).is_file()
+
+
+def remove_run(out_dir: str | Path) -> None:
+    """Deletes the run a folder holds (`--force`); a folder that holds no run is left alone."""
+    out = Path(out_dir)
+    if out.is_dir() and _is_run_folder(out):
+        shutil.rmtree(out)
+
+
+def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool, command: str | None,
+             metric: str, kind: str, resume: bool = False, force: bool = False) -> Path:
+    """Creates (or checks and re-opens) a run folder and writes its record; returns its path.
+
+    Call it after the data is loaded and checked, so bad input leaves no folder behind.
+
+    Args:
+        cfg: the resolved config.
+        out_dir: the run folder.
+        splits: the run's data, recorded (sizes, classes, fingerprints) and saved for evaluation.
+        from_arrays: the data came from the Python API rather than `cfg.data.name`.
+        command: the command line, written at the top of config.yaml.
+        metric: the distance the run ranks with (retrieval, export, galleries).
+        kind: `embedding`, `pair`, `autoencoder`, `vae` or `verifier`.
+        resume: require an existing run with the same config and data, and continue it.
+        force: delete whatever run the folder holds and start over.
+
+    Raises:
+        RunFolderError: the folder holds a run made by another config or other data (the message lists
+            every differing key), `resume` without a run, or a non-empty folder that is not a run.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"the run folder is a file. Received: out={str(out)!r}")
+    record = {"reprlearn_version": __version__, "keras_version": keras.__version__,
+              "tensorflow_version": _tensorflow_version(), "python": sys.version.split()[0],
+              "command": command, "kind": kind, "metric": metric, "data": data_record(cfg, splits, from_arrays)}
+    if force:
+        remove_run(out)
+    if out.is_dir() and _is_run_folder(out):
+        _check_same_run(out, cfg, record["data"])
+        return out
+    if resume:
+        raise RunFolderError(f"--resume: there is no run to continue in {out}. Received: out={str(out)!r}")
+    if out.is_dir() and any(out.iterdir()):
+        raise RunFolderError(f"{out} is not empty and holds no reprlearn run; pick an empty or new folder. "
+                             f"Received: out={str(out)!r}")
+    staging = out.with_name(f".{out.name}.creating")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_config(cfg, staging / "config.yaml", command)
+    record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(staging / RECORD_FILE, record)
+    rng = np.random.default_rng(cfg.data.seed)
+    sample = rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
+    held = {"test_images": splits.test.images, "test_labels": splits.test.labels,
+            "val_images": splits.val.images, "val_labels": splits.val.labels}
+    if not from_arrays and sum(a.nbytes for a in held.values()) > EVALUATION_LIMIT_BYTES:
+        held = {}  # reloaded from the recorded dataset by `load_run`, fingerprints checked
+    np.savez_compressed(staging / EVALUATION_FILE, train_sample=splits.train.images[np.sort(sample)], **held)
+    if out.is_dir():
+        out.rmdir()
+    os.replace(staging, out)  # the folder appears whole or not at all
+    return out
+
+
+def _check_same_run(out: Path, cfg: Config, data: dict) -> None:
+    """RunFolderError listing every key and split where the run in `out` differs from `cfg` and `data`."""
+    stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+    differences = config_differences(config_to_dict(config_from_dict(stored)), config_to_dict(cfg))
+    old_prints = {name: split.get("fingerprint") for name, split
+                  in read_json(out / RECORD_FILE).get("data", {}).get("splits", {}).items()}
+    differences += [f"data: the {name} split's arrays differ (fingerprint {old_prints.get(name)} → "
+                    f"{split['fingerprint']})" for name, split in data["splits"].items()
+                    if old_prints.get(name) != split["fingerprint"]]
+    if differences:
+        raise RunFolderError(
+            f"{out} holds a run made by a different config or data, so it cannot be continued: "
+            + "; ".join(differences) + ". Use another --out, or --force to delete that run and start over")
+
+
+def wait_for_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool,
+                 timeout_s: float = 600.0) -> Path:
+    """The read-only `open_run` of a non-chief worker: waits for the chief to open the folder, then checks it.
+
+    Raises:
+        RunFolderError: no run folder after `timeout_s`, or one made by another config or data.
+    """
+    out = Path(out_dir)
+    deadline = time.monotonic() + timeout_s
+    while not (out / RECORD_FILE).is_file():
+        if time.monotonic() > deadline:
+            raise RunFolderError(f"the chief worker opened no run in {out} within {timeout_s:.0f} s. "
+                                 f"Received: out={str(out)!r}")
+        time.sleep(0.2)
+    _check_same_run(out, cfg, data_record(cfg, splits, from_arrays))
+    return out
+
+
+def _tensorflow_version() -> str:
+    import tensorflow as tf
+    return tf.__version__
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def read_checkpoint_state(directory: Path) -> dict:
+    path = directory / "state.json"
+    return json.loads(path.read_text()) if path.is_file() and (directory / "last.keras").is_file() else {}
+
+
+def run_summary(cfg: Config, out: Path, epochs_done: int, seconds: float, history: list[dict], batch: int) -> dict:
+    """The config, record, data and training sections every run report starts with."""
+    record = read_json(out / RECORD_FILE)
+    data = record["data"]
+    epochs_run = cfg.train.epochs - epochs_done
+    examples = epochs_run * cfg.train.steps_per_epoch * batch
+    return {
+        "config": config_to_dict(cfg),
+        "record": {key: record.get(key) for key in ("reprlearn_version", "keras_version", "tensorflow_version",
+                                                    "command", "kind", "metric", "created")},
+        "data": {"name": data["name"], "source": data["source"], "protocol": data["protocol"],
+                 "train_classes": data["train_classes"], "test_classes": data["test_classes"],
+                 "n_train": data["splits"]["train"]["n"], "n_val": data["splits"]["val"]["n"],
+                 "n_test": data["splits"]["test"]["n"], "image_shape": data["image_shape"]},
+        "train": {"epochs": cfg.train.epochs, "epochs_this_session": epochs_run,
+                  "resumed_from_epoch": epochs_done, "seconds": round(seconds, 2),
+                  "examples_per_second": round(examples / seconds, 1) if examples and seconds > 0 else None,
+                  "batch_size": batch, "steps_per_epoch": cfg.train.steps_per_epoch, "history": history},
+    }
+
