@@ -44,3 +44,26 @@ def digits_config(tmp_path):
                       "train: {epochs: 1, steps_per_epoch: 2, classes_per_batch: 4, examples_per_class: 4}\n"
                       "eval: {verification_pairs: 200, projection: pca, projection_points: 50, projector_points: 20}\n")
     return config
+
+
+# A trained digits embedding run, shared by every test that only needs *a* run to read, enrol, export or
+# transfer from (each pytest-xdist worker trains it once). Trained on classes 0-4 (the open-set protocol), so
+# transfer has unseen test classes; trained enough that export's quantisation gate checks a real embedding.
+DIGITS_RUN_CONFIG = """\
+data: {name: digits, protocol: unseen-classes}
+model: {tower: mlp, hidden: [64], embedding_dim: 16}
+loss: {name: triplet_semihard, margin: 0.2}
+train: {epochs: 2, steps_per_epoch: 20, classes_per_batch: 4, examples_per_class: 8}
+eval: {verification_pairs: 500, projection: pca, projection_points: 100, projector_points: 50}
+"""
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """The folder of a finished digits run (`DIGITS_RUN_CONFIG`), trained through the CLI in this process."""
+    from reprlearn.cli import main
+
+    root = tmp_path_factory.mktemp("shared")
+    (root / "digits_run.yaml").write_text(DIGITS_RUN_CONFIG)
+    assert main(["train", str(root / "digits_run.yaml"), "--out", str(root / "digits_run"), "--quiet"]) == 0
+    return root / "digits_run"

@@ -100,6 +100,7 @@ def test_sizes_the_pooling_cannot_invert_are_rejected():
         VAE((27, 28, 1), filters=[8, 8])
 
 
+@pytest.mark.slow
 def test_linear_autoencoder_matches_pca_on_digits():
     images = load_dataset("digits")["all"].images
     x = images.reshape(len(images), -1).astype(np.float32) / 255.0

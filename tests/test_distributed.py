@@ -32,6 +32,7 @@ LOSS_NAMES = ["contrastive", "triplet_semihard", "triplet_hard", "triplet_batch_
               "addons_semihard"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_two_replicas_step_like_one_device_on_the_global_batch(replica_steps, name):
     assert replica_steps["replicas"] == 2
@@ -44,6 +45,7 @@ def test_two_replicas_step_like_one_device_on_the_global_batch(replica_steps, na
         assert logs["cross_replica"][key] == pytest.approx(value, rel=1e-5), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_without_cross_replica_each_replica_mines_its_own_slice(replica_steps, name):
     steps, logs = replica_steps[name]["steps"], replica_steps[name]["logs"]
@@ -54,6 +56,7 @@ def test_without_cross_replica_each_replica_mines_its_own_slice(replica_steps, n
                                                                     rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_mirrored_run_trains_like_a_one_device_run(replica_steps):
     runs = replica_steps["whole_runs"]
     assert runs["max_weight_difference"] < 1e-5
@@ -61,11 +64,13 @@ def test_a_mirrored_run_trains_like_a_one_device_run(replica_steps):
     assert runs["loss"]["mirrored"] == pytest.approx(runs["loss"]["one_device"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_the_multi_worker_loop_over_two_local_replicas_steps_like_fit_on_one_device(replica_steps):
     # Its per-replica slices rebuild the global batch, and its steps apply the summed replica gradients.
     assert replica_steps["custom_loop"]["max_weight_difference"] < 1e-5
 
 
+@pytest.mark.slow
 def test_xla_over_several_cpu_replicas_is_refused_before_a_folder_is_made(replica_steps):
     refusal = replica_steps["whole_runs"]["jit_refusal"]
     assert refusal and "train.jit_compile cannot compile a step over 2 CPU replicas" in refusal
@@ -111,6 +116,7 @@ PRECISION_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("kind", list(PRECISION_RUNS))
 def test_mixed_precision_runs_finish_with_finite_losses_and_float32_outputs(tmp_path, kind, policy):
@@ -180,6 +186,7 @@ def one_process_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path, one_process_runs):
     run = tmp_path / "mw"
     done = _train(_config(tmp_path, 5), "--out", run, "--workers", 2)
@@ -197,6 +204,7 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path, 
     assert done.stdout.count("epoch 1/3") == 1
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_job_and_the_same_command_resumes(tmp_path, one_process_runs):
     run, config = tmp_path / "mw", _config(tmp_path, 60)
     launcher = subprocess.Popen([*REPRLEARN, str(config), "--out", str(run), "--workers", "2", "--quiet"],
@@ -232,6 +240,7 @@ OTHER_KINDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(OTHER_KINDS))
 def test_two_workers_train_pair_models_and_vaes(tmp_path, kind):
     config = tmp_path / f"{kind}.yaml"

@@ -94,6 +94,7 @@ def shell_results(scratch):
             if lang in ("bash", "sh") for command in shell_commands(body) if not _skipped(command)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", SHELL_DOCS)
 def test_every_shell_block_runs(doc, shell_results):
     ran = [(command, result) for name, command, result in shell_results if name == doc]
@@ -102,6 +103,7 @@ def test_every_shell_block_runs(doc, shell_results):
         assert result.returncode == 0, f"{doc}: {command}\n{result.stderr[-3000:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS)
 def test_console_transcripts_print_what_they_show(doc, scratch):
     for lang, body in blocks(doc):
@@ -119,6 +121,7 @@ def test_every_site_page_is_in_the_navigation():
     assert len(PYTHON_DOCS) >= 8 and len(SHELL_DOCS) >= 6, (PYTHON_DOCS, SHELL_DOCS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", PYTHON_DOCS)
 def test_python_blocks_run_in_order_in_a_fresh_interpreter(doc, scratch, shell_results):
     # After the shell blocks (shell_results): the Python blocks use what they write.

@@ -144,6 +144,7 @@ def test_sample_pairs_are_balanced_and_correct():
     assert np.all(first[match] != second[match])
 
 
+@pytest.mark.slow
 def test_retrieval_memory_is_chunk_by_n_not_n_by_r():
     # N = 200,000 items in 10 classes: R = 19,999 per query. An [N, max R] array alone would be 32 GB; each
     # chunk of queries is reduced before the next, so the peak stays near the chunk × N score block.

@@ -59,6 +59,7 @@ def runs(tmp_path_factory, tiny_sets_module):
     return root
 
 
+@pytest.mark.slow
 def test_every_artefact_reloads_in_a_fresh_process_that_imports_only_keras_and_reprlearn(runs, tiny_sets_module):
     probe = tiny_sets_module["all"].images[:6].astype(np.float32)
     np.save(runs / "probe.npy", probe)

@@ -91,6 +91,7 @@ def test_tune_writes_trials_plots_and_a_best_config_that_trains(tmp_path, capsys
     assert "Best trial" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_instead_of_restarting(tmp_path):
     out = tmp_path / "tune"
     command = [*REPRLEARN, "tune", str(SMOKE), "--tuner", "random", "--max-trials", "3", "--out", str(out), "--quiet"]
@@ -119,6 +120,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_chief_and_two_workers_complete_every_trial_exactly_once(tmp_path):
     out = tmp_path / "dist"
     script = Path(__file__).resolve().parents[1] / "tuner" / "launch_distributed.sh"
@@ -138,6 +140,7 @@ def test_chief_and_two_workers_complete_every_trial_exactly_once(tmp_path):
     assert sorted(finished) == sorted(trials) and len(set(trials)) == 4
 
 
+@pytest.mark.slow
 def test_retrain_best_replaces_a_best_run_left_by_an_earlier_search(tmp_path, capsys):
     from reprlearn.training import run_training
 
@@ -150,6 +153,7 @@ def test_retrain_best_replaces_a_best_run_left_by_an_earlier_search(tmp_path, ca
     assert load_config(out / "best_run" / "config.yaml") == load_config(out / "best.yaml")
 
 
+@pytest.mark.slow
 def test_tune_searches_the_open_set_keys_on_a_classifier_loss(tmp_path):
     out = tmp_path / "tune"
     sets = ["loss.name=am_softmax", "search.loss=[]", "search.margin=[]", "search.embedding_dim=[]",

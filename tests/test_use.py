@@ -17,15 +17,6 @@ from reprlearn.data import load_spec
 from reprlearn.index import UNKNOWN, Gallery
 from reprlearn.runs import load_run
 
-CONFIG = """\
-data: {name: digits, protocol: unseen-classes}
-model: {tower: mlp, hidden: [64], embedding_dim: 16}
-loss: {name: triplet_semihard, margin: 0.2}
-train: {epochs: 2, steps_per_epoch: 20, classes_per_batch: 4, examples_per_class: 8}
-eval: {verification_pairs: 500, projection: pca, projection_points: 100, projector_points: 50}
-"""
-
-
 def reprlearn(*args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "reprlearn.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
@@ -38,12 +29,11 @@ def _write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def used(tmp_path_factory):
-    """A digits run trained on classes 0-4, a gallery folder of classes 5-7 and a query folder of 5-9."""
+def used(tmp_path_factory, digits_run):
+    """The shared digits run (trained on classes 0-4) as `run`, a gallery folder of classes 5-7 and a query folder
+    of 5-9."""
     root = tmp_path_factory.mktemp("use")
-    (root / "run.yaml").write_text(CONFIG)
-    done = reprlearn("train", root / "run.yaml", "--out", root / "run", "--quiet")
-    assert done.returncode == 0, done.stderr[-3000:]
+    (root / "run").symlink_to(digits_run)
     test = load_spec("digits:all")
     rng = np.random.default_rng(0)
     enrolled, queries = [], []
@@ -142,7 +132,7 @@ def test_the_served_identify_signature_answers_like_the_gallery(used):
     np.save(used / "query.npy", queries.images.astype(np.float32))
     script = textwrap.dedent(f"""
         import json, numpy as np, tensorflow as tf
-        served = tf.saved_model.load({str(used / 'serving' / 'run' / '1')!r}).signatures["identify"]
+        served = tf.saved_model.load({str(used / 'serving' / 'digits_run' / '1')!r}).signatures["identify"]
         out = served(images=tf.constant(np.load({str(used / 'query.npy')!r})))
         print(json.dumps({{"label": out["label"].numpy().tolist(), "accepted": out["accepted"].numpy().tolist(),
                           "ids": [[i.decode() for i in row] for row in out["ids"].numpy()],
@@ -157,7 +147,7 @@ def test_the_served_identify_signature_answers_like_the_gallery(used):
     assert served["ids"] == want.neighbour_ids.tolist()
     np.testing.assert_allclose(served["distances"], want.distances, atol=1e-6)
     # Export's own gate ran the same comparison on the run's test split.
-    check = json.loads((used / "serving" / "run" / "artifacts" / "1" / "identify.json").read_text())
+    check = json.loads((used / "serving" / "digits_run" / "artifacts" / "1" / "identify.json").read_text())
     assert check["decisions_equal"] == check["queries"] == len(run.evaluation["test_labels"])
 
 

@@ -20,9 +20,8 @@ from reprlearn.data.pipelines import image_batches
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.models import VAE, conv_autoencoder, dense_autoencoder
 from reprlearn.runs import embed, run_summary, save_and_check_reload
-from reprlearn.training.loop import fit_resumable, resume_or_build
+from reprlearn.training.loop import train_run
 from reprlearn.training.objectives import make_optimizer
-from reprlearn.training.strategies import is_chief
 
 CODE_METRIC = "angular"  # cosine k-NN on the codes
 IWAE_K = 100
@@ -89,13 +88,13 @@ def run_autoencoder(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     from reprlearn.evaluation.report import write_autoencoder_report
 
     strategy = strategy or tf.distribute.get_strategy()
-    model, epochs_done = resume_or_build(out, lambda: build_autoencoder(cfg, splits.train.images.shape[1:]), cfg,
-                                         strategy, verbose)
-    dataset = image_batches(splits.train.images, cfg.train.batch_size, cfg.train.seed,
-                            start_step=epochs_done * cfg.train.steps_per_epoch, targets=not isinstance(model, VAE))
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, None, callbacks, verbose, strategy)
-    if not is_chief(strategy):
+    trained = train_run(out, cfg, strategy, lambda: build_autoencoder(cfg, splits.train.images.shape[1:]),
+                        lambda model, start: image_batches(splits.train.images, cfg.train.batch_size, cfg.train.seed,
+                                                           start_step=start, targets=not isinstance(model, VAE)),
+                        None, callbacks, verbose)
+    if trained is None:  # a worker other than the chief: the chief writes the run
         return {}
+    model = trained.model
 
     # model.keras is the encoder (images → code), what retrieval and `reprlearn export` use.
     save_and_check_reload(code_model(model), out / "model.keras", splits.test.images[:256])
@@ -104,7 +103,7 @@ def run_autoencoder(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     model = keras.saving.load_model(whole, compile=False)  # evaluate the file users load, outside any strategy
 
     evaluation = evaluate_autoencoder(cfg, model, splits)
-    report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.batch_size),
+    report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, cfg.train.batch_size),
               "model": {"kind": cfg.model.kind, "tower": cfg.model.tower, "code_dim": cfg.model.code_dim,
                         "parameters": int(model.count_params()), "reload_max_abs_diff": 0.0},
               "metrics": evaluation["metrics"]}

@@ -27,7 +27,7 @@ from reprlearn.evaluation.scoring import (
 )
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
-from reprlearn.training.loop import fit_resumable, kept_epoch, resume_or_build
+from reprlearn.training.loop import train_run
 from reprlearn.training.objectives import (
     TOWER_NAME,
     RetrievalValidation,
@@ -37,7 +37,6 @@ from reprlearn.training.objectives import (
     pk_training_batches,
     tower_of,
 )
-from reprlearn.training.strategies import is_chief
 
 
 def training_batches(cfg: Config, train: ImageSet, start_step: int):
@@ -114,16 +113,16 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                                layers=initialise_from(tower, load_run(cfg.model.init_from).model, cfg.model.freeze))
         return compile_embedding_model(cfg, tower, len(splits.train.classes), initialised.get("layers", ()))
 
-    model, epochs_done = resume_or_build(out, build, cfg, strategy, verbose)
-    # Validation (and the epoch `train.keep: best` selects) scores the embedding the run exports.
-    exported = embedding_model(cfg, tower_of(model))
-    dataset = training_batches(cfg, splits.train, start_step=epochs_done * cfg.train.steps_per_epoch)
-    validation = RetrievalValidation(exported, splits.val.images, splits.val.labels, cfg.loss.distance)
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose,
-                                     strategy)
-    if not is_chief(strategy):
+    def validation(model):
+        # Validation (and the epoch `train.keep: best` selects) scores the embedding the run exports.
+        return RetrievalValidation(embedding_model(cfg, tower_of(model)), splits.val.images, splits.val.labels,
+                                   cfg.loss.distance)
+
+    trained = train_run(out, cfg, strategy, build, lambda model, start: training_batches(cfg, splits.train, start),
+                        validation, callbacks, verbose)
+    if trained is None:  # a worker other than the chief: the chief writes the run
         return {}
-    kept = kept_epoch(model, cfg, out, history)
+    exported = embedding_model(cfg, tower_of(trained.model))  # the same layers and weights validation scored
     for layer in exported.layers:  # frozen for the transfer only: the saved tower is an ordinary, trainable one
         layer.trainable = True
 
@@ -131,12 +130,12 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras",
                                   splits.test.images[:256])
     if is_pair_loss(cfg):
-        model.save(out / "pair_model.keras")
+        trained.model.save(out / "pair_model.keras")
 
     # Evaluate and report.
     evaluation = evaluate(cfg, tower, splits)
-    report = {**run_summary(cfg, out, epochs_done, seconds, history, batch_size(cfg)),
-              "kept": kept,
+    report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, batch_size(cfg)),
+              "kept": trained.kept,
               "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
                         "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0,
                         **({"initialised_from": initialised} if initialised else {})},

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NamedTuple
 from pathlib import Path
 
 import keras
@@ -153,6 +154,41 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
                       steps_per_epoch=cfg.train.steps_per_epoch, callbacks=writers, verbose=keras_verbose,
                       shuffle=False)
     return time.perf_counter() - started, read_checkpoint_state(checkpoints).get("history", [])
+
+
+class Trained(NamedTuple):
+    """What `train_run` hands a driver: the model with the kept epoch's weights, and how it got there."""
+    model: keras.Model
+    epochs_done: int  # finished before this session (a resumed run)
+    seconds: float    # this session's training time
+    history: list     # every epoch's logs, earlier sessions included
+    kept: dict        # which epoch's weights the model holds (`train.keep`)
+
+
+def train_run(out: Path, cfg: Config, strategy: tf.distribute.Strategy, build, batches, validation=None,
+              callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 1) -> Trained | None:
+    """The sequence every driver runs: resume or build, fit the remaining epochs, then, on the chief, keep an epoch.
+
+    Args:
+        out: the opened run folder.
+        cfg: the run's config.
+        strategy: the distribution strategy the model is built and trained under.
+        build: makes the compiled model (called under the strategy, unless a checkpoint is resumed into it).
+        batches: `batches(model, start_step)`, the training dataset from global step `start_step` on.
+        validation: `validation(model)`, the callback that logs the selection metric, or None.
+        callbacks: the caller's callbacks, run last.
+        verbose: progress output (see `reprlearn.training.progress`).
+
+    Returns:
+        A `Trained` on the chief; None on the other workers of a multi-worker run, which write nothing.
+    """
+    model, epochs_done = resume_or_build(out, build, cfg, strategy, verbose)
+    dataset = batches(model, epochs_done * cfg.train.steps_per_epoch)
+    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation(model) if validation else None,
+                                     callbacks, verbose, strategy)
+    if not is_chief(strategy):
+        return None
+    return Trained(model, epochs_done, seconds, history, kept_epoch(model, cfg, out, history))
 
 
 def replica_slices(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):

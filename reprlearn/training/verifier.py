@@ -26,9 +26,8 @@ from reprlearn.evaluation.scoring import can_pair, validation_threshold
 from reprlearn.metrics import sample_pairs, verification_metrics
 from reprlearn.models import build_verifier, initialise_from
 from reprlearn.runs import load_run, match_probabilities, run_summary, save_and_check_reload
-from reprlearn.training.loop import VERIFIER_SELECTION_METRIC, fit_resumable, kept_epoch, resume_or_build
+from reprlearn.training.loop import VERIFIER_SELECTION_METRIC, train_run
 from reprlearn.training.objectives import TOWER_NAME, make_optimizer
-from reprlearn.training.strategies import is_chief
 
 
 def verifier_loss() -> keras.losses.Loss:
@@ -122,23 +121,26 @@ def run_verifier(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
 
     strategy = strategy or tf.distribute.get_strategy()
     initialised = {}
-    model, epochs_done = resume_or_build(
-        out, lambda: build_compiled_verifier(cfg, splits.train.images.shape[1:], initialised), cfg, strategy, verbose)
-    dataset = pair_batches(splits.train.images, splits.train.labels, cfg.train.pair_batch_size, cfg.train.seed,
-                           start_step=epochs_done * cfg.train.steps_per_epoch)
-    validation = (PairValidation(splits.val, min(VALIDATION_PAIRS, cfg.eval.verification_pairs), cfg.data.seed)
-                  if can_pair(splits.val.labels) else None)
-    seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation, callbacks, verbose,
-                                     strategy)
-    if not is_chief(strategy):
+
+    def batches(model, start_step):
+        return pair_batches(splits.train.images, splits.train.labels, cfg.train.pair_batch_size, cfg.train.seed,
+                            start_step=start_step)
+
+    def validation(model):
+        return PairValidation(splits.val, min(VALIDATION_PAIRS, cfg.eval.verification_pairs), cfg.data.seed)
+
+    trained = train_run(out, cfg, strategy, lambda: build_compiled_verifier(cfg, splits.train.images.shape[1:],
+                                                                            initialised),
+                        batches, validation if can_pair(splits.val.labels) else None, callbacks, verbose)
+    if trained is None:  # a worker other than the chief: the chief writes the run
         return {}
-    kept = kept_epoch(model, cfg, out, history)
+    model, kept = trained.model, trained.kept
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
     model.trainable = True  # the saved verifier is an ordinary, trainable model
 
     verifier = save_and_check_reload(model, out / "model.keras", splits.test.images[:256], _probe_outputs)
     evaluation = evaluate_verifier(cfg, verifier, splits)
-    report = {**run_summary(cfg, out, epochs_done, seconds, history, cfg.train.pair_batch_size), "kept": kept,
+    report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, cfg.train.pair_batch_size), "kept": kept,
               "model": {"kind": "verifier", "verifier": cfg.model.verifier, "tower": cfg.model.tower,
                         "parameters": int(verifier.count_params()), "trained_parameters": trainable,
                         "reload_max_abs_diff": 0.0, **({"initialised_from": initialised} if initialised else {})},
