@@ -37,8 +37,9 @@ demo: venv data
 	$(VENV)/bin/reprlearn train configs/demo.yaml --out $(DEMO_OUT)
 	$(VENV)/bin/reprlearn export $(DEMO_OUT) --out $(DEMO_OUT)/serving --name demo
 
-# Two workers: most tests wait on TensorFlow start-up or a subprocess, so two share the two cores well.
-PYTEST := $(PY) -m pytest -q -n 2
+# Two workers (most tests wait on TensorFlow start-up or a subprocess, so two share the two cores well), each
+# taking whole files, so a module's trained runs are made once.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 
 test: venv data
 	$(PYTEST) -m "not slow"

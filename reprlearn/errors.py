@@ -33,8 +33,9 @@ class RunFolderError(ReprlearnError, ValueError):
     """A run folder cannot be used as asked: made by another config or other data, missing, or not a run."""
 
 
-class ExportError(ReprlearnError, RuntimeError):
-    """An export failed a parity gate or cannot start; nothing was written to the output folder."""
+class ExportError(ReprlearnError, RuntimeError, ValueError):
+    """An export failed a parity gate or cannot start (a bad format, an existing version, a run that has no embedding);
+    nothing was written to the output folder."""
 
 
 class GalleryError(ReprlearnError, ValueError):

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from reprlearn.cli import main
 from reprlearn.data import load_spec
 from reprlearn.index import UNKNOWN, Gallery
 from reprlearn.runs import load_run
 
-def reprlearn(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reprlearn.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+def reprlearn(*args) -> SimpleNamespace:
+    """`reprlearn ARGS` run in this process (`cli.main`): its exit code and what it printed. The checks that need a
+    fresh process (reading the files a command wrote with other libraries alone) start their own."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(arg) for arg in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def _write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:

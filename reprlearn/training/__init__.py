@@ -1,5 +1,8 @@
-"""Training: one entry point that opens the run folder and hands it to the embedding, autoencoder or verifier
-driver.
+"""Training: strategies and launch, objectives, the loop, the embedding / autoencoder / verifier drivers, tuning and
+progress output.
+
+`run_training` (in `reprlearn.training.run`) is imported on first use, so `reprlearn.training.tuning` or
+`reprlearn.training.strategies` can be imported without the drivers.
 
 Example:
     from reprlearn.config import load_config
@@ -7,79 +10,12 @@ Example:
     report = run_training(load_config("configs/demo.yaml"), "runs/demo")
 """
 
-from __future__ import annotations
-
-import shutil
-from pathlib import Path
-
-import keras
-
-from reprlearn.config import Config
-from reprlearn.data import ImageSet, splits_for
-from reprlearn.models.verifiers import VERIFIER_SCORE
-from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
-from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
-from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
-from reprlearn.training.objectives import is_pair_loss
-from reprlearn.training.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
-from reprlearn.training.verifier import run_verifier
+__all__ = ["run_training"]
 
 
-def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
-                 command: str | None = None, verbose: int = 1,
-                 callbacks: list[keras.callbacks.Callback] | None = None, resume: bool = False,
-                 force: bool = False) -> dict:
-    """Trains, evaluates and reports one run; continues an interrupted run of the same config and data.
+def __getattr__(name: str):
+    if name == "run_training":
+        from reprlearn.training.run import run_training
 
-    Args:
-        cfg: a validated Config.
-        out_dir: the run folder. Re-running the same config and data into it continues from the last
-            finished epoch; a different config or data is refused with the differing keys listed.
-        sets: loader-style splits to use instead of `cfg.data.name` (e.g. your own arrays via
-            `reprlearn.data.make_imageset`); the record keeps their fingerprints and the run folder
-            the evaluation arrays, so export and re-scoring use the same data.
-        command: the command line, written at the top of the saved config.
-        verbose: progress output (0 silent; 1: progress bars on a terminal, one line per epoch otherwise).
-        callbacks: extra Keras callbacks, run after the validation, checkpoint and TensorBoard ones.
-        resume: require an existing run to continue (an error if there is none).
-        force: delete the run the folder holds and start over.
-
-    Returns:
-        The report dict also written to `out_dir/report.json` (a non-chief worker of a multi-worker
-        run writes nothing and returns an empty dict).
-
-    Raises:
-        ConfigError, DatasetNotFoundError, ValueError, RunFolderError: bad input, before any folder is made.
-    """
-    # A multi-worker strategy must exist before TensorFlow runs anything else in the process.
-    strategy = make_strategy(cfg.train.strategy)
-    # All input checks come first, so bad data or a bad combination leaves no half-made folder.
-    splits = splits_for(cfg.data, sets)
-    if cfg.model.kind == "embedding":
-        check_embedding_data(cfg, splits)
-        kind, metric = ("pair" if is_pair_loss(cfg) else "embedding"), cfg.loss.distance
-        check_global_batch(batch_size(cfg), None if is_pair_loss(cfg) else cfg.train.classes_per_batch,
-                           strategy.num_replicas_in_sync)
-    elif cfg.model.kind == "verifier":
-        check_embedding_data(cfg, splits)
-        kind, metric = "verifier", VERIFIER_SCORE
-        check_global_batch(cfg.train.pair_batch_size, None, strategy.num_replicas_in_sync)
-    else:
-        kind, metric = cfg.model.kind, CODE_METRIC
-        check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
-    check_jit_compile(cfg.train.jit_compile, strategy)
-    driver = {"embedding": run_embedding, "verifier": run_verifier}.get(cfg.model.kind, run_autoencoder)
-    if not is_chief(strategy):  # only the chief writes the run folder
-        out = wait_for_run(cfg, out_dir, splits, sets is not None)
-        keras.utils.set_random_seed(cfg.train.seed)
-        return driver(cfg, out, splits, 0, None, strategy)
-    existed = Path(out_dir).is_dir() and any(Path(out_dir).iterdir())
-    out = open_run(cfg, out_dir, splits, sets is not None, command, metric, kind, resume, force)
-    keras.utils.set_random_seed(cfg.train.seed)
-    try:
-        return driver(cfg, out, splits, verbose, callbacks, strategy)
-    except Exception:
-        # A run that failed before its first finished epoch (a tower too deep for the images, ...) leaves nothing.
-        if not existed and not read_checkpoint_state(out / CHECKPOINTS):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        return run_training
+    raise AttributeError(f"module 'reprlearn.training' has no attribute {name!r}")
