@@ -92,6 +92,7 @@ def test_every_artefact_reloads_in_a_fresh_process_that_imports_only_keras_and_r
     assert result.stdout.count("ok ") == sum(len(files) for files in FILES.values())
 
 
+@pytest.mark.slow
 def test_a_conv_tower_loads_with_keras_alone_and_carries_no_training_objects(runs, tiny_sets_module):
     config = json.loads(__import__("zipfile").ZipFile(runs / "in_batch/model.keras").read("config.json"))
     assert not config.get("compile_config")  # no loss, metrics or optimizer in the user's model file
@@ -109,6 +110,7 @@ def test_a_conv_tower_loads_with_keras_alone_and_carries_no_training_objects(run
     np.testing.assert_array_equal(np.load(runs / "keras_alone.npy"), want)
 
 
+@pytest.mark.slow
 def test_the_record_says_what_made_the_run(runs):
     run = load_run(runs / "in_batch")
     assert run.kind == "embedding" and run.metric == "L2"
@@ -163,6 +165,7 @@ def test_a_failed_run_leaves_no_folder(tmp_path, tiny_sets):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_python_api_run_exports_and_is_checked_on_its_own_data(runs, tmp_path):
     from reprlearn.export import export_run
 

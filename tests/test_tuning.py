@@ -72,6 +72,7 @@ def test_batch_shape_the_training_classes_cannot_fill_fails_before_any_trial(tmp
     assert not (tmp_path / "search").exists()
 
 
+@pytest.mark.slow
 def test_tune_writes_trials_plots_and_a_best_config_that_trains(tmp_path, capsys):
     out = tmp_path / "tune"
     assert main(["tune", str(SMOKE), "--tuner", "bayesian", "--max-trials", "3", "--out", str(out), "--quiet",

@@ -131,6 +131,7 @@ def designs(tmp_path_factory):
     return root, reports, untrained
 
 
+@pytest.mark.slow
 def test_verifiers_learn_beyond_raw_pixels_and_their_untrained_selves(designs):
     root, reports, untrained = designs
     cfg = _config()
@@ -148,6 +149,7 @@ def test_verifiers_learn_beyond_raw_pixels_and_their_untrained_selves(designs):
         assert verification["accuracy"] > 0.8 and verification["calibration"]["pairs"] > 0
 
 
+@pytest.mark.slow
 def test_verifiers_validate_every_epoch_and_keep_the_best(designs):
     _, reports, _ = designs
     for design in ("1a", "1b", "2"):
@@ -159,6 +161,7 @@ def test_verifiers_validate_every_epoch_and_keep_the_best(designs):
     assert reports["2"]["kept"] == {"keep": "last", "epoch": 3}
 
 
+@pytest.mark.slow
 def test_design_1a_trains_the_head_alone_on_the_1c_tower(designs):
     root, reports, _ = designs
     source, verifier = load_run(root / "1c").model, load_run(root / "1a").model
@@ -174,6 +177,7 @@ def test_design_1a_trains_the_head_alone_on_the_1c_tower(designs):
     assert model["parameters"] == head + tower.count_params()
 
 
+@pytest.mark.slow
 def test_every_design_scores_the_embedding_runs_test_pairs(designs):
     _, reports, _ = designs
     pairs = {design: report["metrics"]["verification"]["num_pairs"] for design, report in reports.items()}
@@ -186,6 +190,7 @@ def test_every_design_scores_the_embedding_runs_test_pairs(designs):
     assert "p averaged over (a, b) and (b, a)" in text and "roc.png" in text
 
 
+@pytest.mark.slow
 def test_a_saved_verifier_answers_in_a_fresh_process_and_refuses_to_embed(designs):
     root = designs[0]
     run = load_run(root / "1b")
@@ -227,6 +232,7 @@ def test_a_saved_verifier_answers_in_a_fresh_process_and_refuses_to_embed(design
     assert not (root / "exported").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_frozen_verifier_resumes_to_the_uninterrupted_model(designs, tmp_path):
     from tests.test_train import StopAfterFirstEpoch
 
