@@ -45,7 +45,8 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.import_module(MOVED[spec.name])
 
     def exec_module(self, module):
-        """Nothing to run: the new module ran when `create_module` imported it; importlib files it under the old name."""
+        """Nothing to run: the new module ran when `create_module` imported it; importlib files it under the
+        old name."""
 
 
 def alias_moved_modules() -> None:

@@ -108,7 +108,9 @@ def _export(args) -> int:
 
     print(f"Exporting {args.run_dir} → {args.out}")
     result = export_run(args.run_dir, args.out, args.format, args.quantize, args.name, args.version, args.force,
-                        gallery=args.gallery, identify_k=args.k)
+                        gallery=args.gallery, identify_k=args.k, new_version=args.new_version)
+    if result.get("unchanged"):
+        return 0  # export_run said which version already holds it
     if result["saved_model"]:
         print(f"SavedModel: {result['saved_model']} (signatures: {', '.join(result['signatures'])})")
     print(f"TFLite/ONNX and parity report: {result['artifacts']}")
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name (default: the run folder's name)")
     export.add_argument("--version", type=int, help="version number (default: the next free one)")
     export.add_argument("--force", action="store_true", help="replace an existing version")
+    export.add_argument("--new-version", action="store_true",
+                        help="write a new version even if the latest is this run's model exported the same way")
     export.add_argument("--gallery",
                         help="a gallery this run enrolled (`reprlearn index`): adds the identify signature")
     export.add_argument("--k", type=int, default=5, help="matches the identify signature returns per image")

@@ -103,7 +103,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"config: an override must look like section.key=value. Received: {item!r}")
         path, text = item.split("=", 1)
         section, key = path.split(".", 1)
-        raw.setdefault(section, {})[key] = yaml.load(text, Loader=ConfigLoader) if text != "" else None
+        try:
+            value = yaml.load(text, Loader=ConfigLoader) if text != "" else None
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"config: the value of {path} is not valid YAML ({problem}). Received: "
+                              f"{path}={text!r}") from None
+        raw.setdefault(section, {})[key] = value
     return raw
 
 

@@ -49,12 +49,16 @@ def check_config(cfg: Config) -> None:
                           f"model.init_from={cfg.model.init_from!r}, model.freeze={cfg.model.freeze!r}")
     if cfg.model.joint_dim is not None and not cfg.model.joint_layers:
         raise ConfigError("config: model.joint_dim caps a joint embedding; name its layers in model.joint_layers "
-                          f"(model.embedding_dim sets the head's size). Received: model.joint_dim={cfg.model.joint_dim}")
+                          "(model.embedding_dim sets the head's size). "
+                          f"Received: model.joint_dim={cfg.model.joint_dim}")
     if not 0.0 < cfg.model.joint_power <= 1.0:
         raise ConfigError(f"config: model.joint_power must be in (0, 1]. Received: model.joint_power="
                           f"{cfg.model.joint_power!r}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"config: model.dropout must be in [0, 1). Received: model.dropout={cfg.model.dropout!r}")
+    if cfg.eval.verification_pairs < 2:
+        raise ConfigError("config: eval.verification_pairs must be >= 2 (half of them matching pairs, half not). "
+                          f"Received: eval.verification_pairs={cfg.eval.verification_pairs!r}")
     if cfg.train.examples_per_class < 2:
         raise ConfigError("config: train.examples_per_class must be >= 2 so every batch has positive pairs. "
                           f"Received: train.examples_per_class={cfg.train.examples_per_class!r}")

@@ -103,7 +103,7 @@ class ModelConfig:
     joint_dim: typing.Optional[int] = positive(None)
     # autoencoder / vae only.
     code_dim: int = positive(32)
-    decoder: str = choice("unpool", ("unpool", "transpose", "upsample"))          # conv autoencoder: unpool | transpose | upsample
+    decoder: str = choice("unpool", ("unpool", "transpose", "upsample"))  # conv autoencoder
     linear: bool = False             # dense autoencoder without hidden layers or activations (the PCA check)
     likelihood: str = choice("bernoulli", ("bernoulli", "gaussian"))    # vae: bernoulli | gaussian
     beta: float = positive(1.0)                # vae: KL weight
@@ -142,7 +142,8 @@ class TrainConfig:
     examples_per_class: int = positive(16)
     pair_batch_size: int = positive(128)
     learning_rate: float = positive(1e-3)
-    lr_schedule: str = choice("constant", ("constant", "cosine"))  # constant | cosine (decays to 0 over epochs × steps_per_epoch)
+    # cosine decays to 0 over epochs × steps_per_epoch
+    lr_schedule: str = choice("constant", ("constant", "cosine"))
     jit_compile: bool = False
     batch_size: int = positive(128)  # autoencoder / vae runs: uniformly drawn images per batch
     seed: int = 0

@@ -37,7 +37,7 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     lines += [f"| {k} | {m['verification'][k]:.4f} |" for k in VERIFICATION_ROWS if k in m["verification"]]
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
-              f"{t['seconds']} s this session, {t['examples_per_second']} examples/s.", ""]
+              f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 
@@ -115,7 +115,7 @@ def _autoencoder_markdown(report: dict, figures: dict[str, str]) -> str:
               for k in RETRIEVAL_ROWS]
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
-              f"{t['seconds']} s this session, {t['examples_per_second']} examples/s.", ""]
+              f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 
@@ -175,7 +175,7 @@ def _verifier_markdown(report: dict, figures: dict[str, str]) -> str:
     lines += ["", f"|p(a, b) − p(b, a)| on the test pairs: mean {order['mean_abs_difference']:.4f}, "
               f"max {order['max_abs_difference']:.4f}.", "", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']} pairs; "
-              f"{t['seconds']} s this session, {t['examples_per_second']} pairs/s; "
+              f"{t['seconds']} s of training, {t['examples_per_second']} pairs/s; "
               f"{model['trained_parameters']} of {model['parameters']} parameters trained.", ""]
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"

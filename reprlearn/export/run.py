@@ -76,8 +76,9 @@ def _gate(row: dict) -> str | None:
     return None
 
 
-def _write_parity(rows: list[dict], keras_map: float, directory: Path) -> None:
-    (directory / "parity.json").write_text(json.dumps({"keras_map_at_r": keras_map, "formats": rows}, indent=2))
+def _write_parity(rows: list[dict], keras_map: float, directory: Path, request: dict) -> None:
+    (directory / "parity.json").write_text(json.dumps({"keras_map_at_r": keras_map, "formats": rows,
+                                                       "request": request}, indent=2))
     lines = [f"Keras MAP@R on the run's test split (from the run folder's evaluation.npz): {keras_map:.4f}", "",
              "| format | file | size (KiB) | max abs diff vs Keras | MAP@R | drop |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['format']} | {r['file']} | {r['bytes'] / 1024:.0f} | {r['max_abs_diff']:.2e} | "
@@ -106,10 +107,26 @@ def _check_identify(saved_model: Path, gallery: Gallery, embeddings: np.ndarray,
             "ms_per_batch_of_16": (time.perf_counter() - started) / repeats * 1000}
 
 
+def _same_export(model_dir: Path, request: dict) -> dict | None:
+    """The latest version under `model_dir` if it was exported with `request` (same model fingerprint, formats,
+    quantizations, gallery and k), as `export_run` returns it; else None."""
+    latest = next_version(model_dir) - 1
+    parity_file = model_dir / "artifacts" / str(latest) / "parity.json"
+    if latest < 1 or not parity_file.is_file():
+        return None
+    parity = json.loads(parity_file.read_text())
+    if parity.get("request") != request:
+        return None
+    saved_model = model_dir / str(latest)
+    return {"name": model_dir.name, "version": latest, "signatures": None, "keras_map_at_r": parity["keras_map_at_r"],
+            "formats": parity["formats"], "saved_model": str(saved_model) if saved_model.is_dir() else None,
+            "artifacts": str(parity_file.parent), "unchanged": True}
+
+
 def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite,onnx",
                quantize="none,dynamic,float16,int8", name: str | None = None, version: int | None = None,
                force: bool = False, verbose: bool = True, gallery: str | Path | None = None,
-               identify_k: int = 5) -> dict:
+               identify_k: int = 5, new_version: bool = False) -> dict:
     """Exports a finished run and checks every artefact against the Keras model.
 
     Args:
@@ -125,6 +142,8 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
         gallery: a gallery folder enrolled by this run (`reprlearn index`): the SavedModel gains an
             `identify` signature holding it, checked against `Gallery.identify` on the test images.
         identify_k: matches per image from `identify`.
+        new_version: write a new version even when the latest one was exported from the same model with the
+            same request (by default that export is returned as it is, and nothing is written).
 
     Returns:
         The parity report (also written as parity.json/parity.md beside the exports).
@@ -142,6 +161,15 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
         raise ExportError(f"a verifier run scores pairs and has no embedding; export takes embedding, pair and "
                          f"autoencoder runs. Received: run_dir={str(run_dir)!r} (kind 'verifier')")
     name = name or run_dir.resolve().name
+    request = {"model_fingerprint": run.model_fingerprint, "formats": formats, "quantize": quantizations,
+               "gallery": str(Path(gallery).resolve()) if gallery is not None else None, "identify_k": identify_k}
+    if version is None and not new_version and not force:
+        previous = _same_export(out / name, request)
+        if previous is not None:
+            if verbose:
+                print(f"{out / name} version {previous['version']} already holds this export of {run_dir} "
+                      "(same model and request); nothing written (--new-version writes another)")
+            return previous
     version = next_version(out / name) if version is None else int(version)
     if version < 1:
         raise ExportError(f"version must be a positive integer. Received: version={version}")
@@ -209,7 +237,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             path = artifacts / "model.onnx"
             convert_onnx(saved_model, path)
             check("onnx", path, onnx_embedder(path)(test_images))
-        _write_parity(rows, keras_map, artifacts)
+        _write_parity(rows, keras_map, artifacts, request)
         failures = [message for message in map(_gate, rows) if message]
         if enrolled is not None:
             (artifacts / "identify.json").write_text(json.dumps(identify_row, indent=2))

@@ -24,7 +24,7 @@ from reprlearn.ops.distances import paired_distance
 from reprlearn.index import Gallery, split_class_threshold
 from reprlearn.errors import DataError, RunFolderError
 from reprlearn.runs.inference import embed, match_probabilities
-from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, read_json
+from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, read_json, run_state
 
 
 @dataclass
@@ -132,13 +132,26 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Reads a run folder's config, record and evaluation arrays; RunFolderError if it is not a finished run."""
+    """Reads a complete run folder's config, record and evaluation arrays.
+
+    Raises:
+        RunFolderError: the folder is not a run, or its run is not complete (failed, interrupted or still
+            running); the message names the state and the command that finishes it.
+    """
     path = Path(run_dir)
     missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, "model.keras")
                if not (path / name).is_file()]
     if missing:
         raise RunFolderError(f"{path} is not a finished reprlearn run (missing {', '.join(missing)}). "
                              f"Received: run_dir={str(path)!r}")
+    state, failure = run_state(path)
+    if state != "complete":
+        command = read_json(path / RECORD_FILE).get("command")
+        again = f"`{command}`" if command else "the same run_training call"
+        why = (f"it failed: {failure}" if state == "failed"
+               else "it is training or evaluating now, or was interrupted")
+        raise RunFolderError(f"{path} is not a complete run ({why}). Running {again} again finishes it from its "
+                             f"checkpoints. Received: run_dir={str(path)!r}")
     config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
     with np.load(path / EVALUATION_FILE) as arrays:
         evaluation = {name: arrays[name] for name in arrays.files}

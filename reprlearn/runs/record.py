@@ -151,6 +151,7 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     staging.mkdir(parents=True)
     save_config(cfg, staging / "config.yaml", command)
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record["state"] = "running"
     write_json_atomic(staging / RECORD_FILE, record)
     rng = np.random.default_rng(cfg.data.seed)
     sample = rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
@@ -198,6 +199,29 @@ def wait_for_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: 
     return out
 
 
+# A run's state in run.json: running (training or evaluating, or interrupted), complete (its report is written),
+# failed (an error after the folder was made; `failure` says which). Runs made before states existed have none:
+# complete if they hold a report.
+STATES = ("running", "complete", "failed")
+
+
+def run_state(out_dir: str | Path) -> tuple[str, str | None]:
+    """`(state, failure message or None)` of the run in a folder."""
+    out = Path(out_dir)
+    record = read_json(out / RECORD_FILE)
+    default = "complete" if (out / "report.json").is_file() else "running"
+    return record.get("state", default), record.get("failure")
+
+
+def set_state(out_dir: str | Path, state: str, failure: str | None = None) -> None:
+    """Records a run's state in run.json (atomically), with the failure's message for `failed`."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {list(STATES)}. Received: state={state!r}")
+    path = Path(out_dir) / RECORD_FILE
+    record = {key: value for key, value in read_json(path).items() if key != "failure"}
+    write_json_atomic(path, {**record, "state": state, **({"failure": failure} if failure else {})})
+
+
 def _tensorflow_version() -> str:
     import tensorflow as tf
     return tf.__version__
@@ -219,11 +243,15 @@ def read_checkpoint_state(directory: Path) -> dict:
 
 
 def run_summary(cfg: Config, out: Path, epochs_done: int, seconds: float, history: list[dict], batch: int) -> dict:
-    """The config, record, data and training sections every run report starts with."""
+    """The config, record, data and training sections every run report starts with.
+
+    `seconds` is the run's whole training time, summed over every session that trained it (a resumed
+    run counts its earlier sessions), and the rate is over all its epochs' examples.
+    """
     record = read_json(out / RECORD_FILE)
     data = record["data"]
     epochs_run = cfg.train.epochs - epochs_done
-    examples = epochs_run * cfg.train.steps_per_epoch * batch
+    examples = cfg.train.epochs * cfg.train.steps_per_epoch * batch
     return {
         "config": config_to_dict(cfg),
         "record": {key: record.get(key) for key in ("reprlearn_version", "keras_version", "tensorflow_version",

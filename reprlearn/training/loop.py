@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
+from reprlearn.errors import ConfigError
 from reprlearn.runs import CHECKPOINTS, read_checkpoint_state, write_json_atomic
 from reprlearn.training.progress import progress
 from reprlearn.training.strategies import dtype_policy, is_chief, is_multi_worker
@@ -32,22 +33,75 @@ from reprlearn.training.strategies import dtype_policy, is_chief, is_multi_worke
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights and optimizer) after every epoch, atomically.
 
-    `state.json` records the number of finished epochs; it is written after the model file
-    is renamed into place, so a kill at any moment leaves a consistent pair.
+    `state.json` records the number of finished epochs, their logs and the training seconds they took
+    (summed over sessions, so a resumed run reports its whole training time); it is written after the
+    model file is renamed into place, so a kill at any moment leaves a consistent pair.
     """
 
     def __init__(self, directory: Path):
         super().__init__()
         self.directory = directory
+        self.started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / "last.tmp.keras"
         self.model.save(tmp)
         os.replace(tmp, self.directory / "last.keras")
-        history = read_checkpoint_state(self.directory).get("history", [])
-        history.append({k: float(v) for k, v in (logs or {}).items()})
-        write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history})
+        state = read_checkpoint_state(self.directory)
+        history = state.get("history", []) + [{k: float(v) for k, v in (logs or {}).items()}]
+        write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history,
+                                                          "seconds": state.get("seconds", 0.0) + seconds})
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss with a `ConfigError` that says where and what to change.
+
+    Keras' `TerminateOnNaN` stops silently; a diverged run then fails later with NaN embeddings and no
+    hint. This runs before the validation and checkpoint callbacks, so a diverged epoch is never
+    checkpointed and the run keeps its last finite epoch.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg, self.epoch, self.last_finite = cfg, 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check((logs or {}).get("loss"), f"epoch {self.epoch + 1}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):  # the only loss check of the multi-worker loop, which logs per epoch
+        self._check((logs or {}).get("loss"), f"epoch {epoch + 1}")
+        # A loss that masks its non-finite rows can stay finite while the weights are not: check them too.
+        broken = [weight.path for weight in self.model.weights
+                  if not bool(keras.ops.all(keras.ops.isfinite(weight)))]
+        if broken:
+            self._fail(f"epoch {epoch + 1}", f"{len(broken)} weights are no longer finite (first: {broken[0]})")
+
+    def _check(self, loss, where: str) -> None:
+        if loss is None:
+            return
+        loss = float(loss)
+        if np.isfinite(loss):
+            self.last_finite = loss
+            return
+        self._fail(where, f"the loss is {loss}")
+
+    def _fail(self, where: str, what: str) -> None:
+        train = self.cfg.train
+        hints = [f"lower train.learning_rate (now {train.learning_rate:g})"]
+        if train.mixed_precision != "none":
+            hints.append(f"set train.mixed_precision: none (now {train.mixed_precision})")
+        last = f"{self.last_finite:.4g}" if self.last_finite is not None else "none yet"
+        raise ConfigError(f"training diverged at {where}: {what} (last finite running loss: {last}). "
+                          f"{' or '.join(hints).capitalize()}, then train again (with --force where the run folder "
+                          "was kept: it keeps the last finite epoch's checkpoint)")
 
 
 SELECTION_METRIC = "val_map_at_r"
@@ -132,7 +186,8 @@ def _check_workers_agree(strategy: tf.distribute.Strategy, epochs_done: int) -> 
 def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
                   validation: keras.callbacks.Callback | None, callbacks: list[keras.callbacks.Callback] | None,
                   verbose: int, strategy: tf.distribute.Strategy) -> tuple[float, list[dict]]:
-    """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (seconds, full history).
+    """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (training seconds, history),
+    both over every session of the run.
 
     `validation` runs first, so the checkpoint's history, TensorBoard and the progress line see the
     metrics it logs; `callbacks` (the caller's) run last. The dataset yields global batches keyed by
@@ -142,9 +197,9 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
     chief = is_chief(strategy)
     keras_verbose, progress_callbacks = progress(verbose if chief else 0, cfg.train.epochs)
     selection = [BestEpoch(checkpoints, selection_metric(cfg))] if cfg.train.keep == "best" else []
-    writers = [*([validation] if validation else []), *selection, EpochCheckpoint(checkpoints),
-               keras.callbacks.TensorBoard(log_dir=str(out / "logs")), *progress_callbacks, *(callbacks or [])]
-    started = time.perf_counter()
+    writers = [StopOnNonFiniteLoss(cfg), *([validation] if validation else []), *selection,
+               EpochCheckpoint(checkpoints), keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
+               *progress_callbacks, *(callbacks or [])]
     if epochs_done < cfg.train.epochs:
         if is_multi_worker(strategy):
             fit_custom_loop(model, dataset, strategy, cfg.train.epochs, epochs_done, cfg.train.steps_per_epoch,
@@ -153,7 +208,8 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
             model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
                       steps_per_epoch=cfg.train.steps_per_epoch, callbacks=writers, verbose=keras_verbose,
                       shuffle=False)
-    return time.perf_counter() - started, read_checkpoint_state(checkpoints).get("history", [])
+    state = read_checkpoint_state(checkpoints)
+    return state.get("seconds", 0.0), state.get("history", [])
 
 
 class Trained(NamedTuple):

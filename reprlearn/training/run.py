@@ -13,16 +13,30 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
+from reprlearn.errors import DataError
 from reprlearn.models.verifiers import VERIFIER_SCORE
 from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
+from reprlearn.runs.lock import run_lock
+from reprlearn.runs.record import read_json, run_state, set_state
 from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
 from reprlearn.training.objectives import is_pair_loss
 from reprlearn.training.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
 from reprlearn.training.verifier import run_verifier
+
+
+def check_test_split(test: ImageSet) -> None:
+    """Evaluation needs test pairs of both kinds and a query with another item of its class: refused before any
+    training, not after it."""
+    counts = np.unique(test.labels, return_counts=True)[1]
+    if len(counts) < 2 or counts.max() < 2:
+        raise DataError(f"the test split needs two classes and a class with two items (for retrieval queries and "
+                        f"verification pairs); check data.max_test and data.train_classes. Received: "
+                        f"{len(test)} test items in {len(counts)} classes, the largest of {int(counts.max(initial=0))}")
 
 
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
@@ -34,7 +48,8 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     Args:
         cfg: a validated Config.
         out_dir: the run folder. Re-running the same config and data into it continues from the last
-            finished epoch; a different config or data is refused with the differing keys listed.
+            finished epoch (or, for a complete run, changes nothing and returns its report); a different
+            config or data is refused with the differing keys listed. One process at a time holds it.
         sets: loader-style splits to use instead of `cfg.data.name` (e.g. your own arrays via
             `reprlearn.data.make_imageset`); the record keeps their fingerprints and the run folder
             the evaluation arrays, so export and re-scoring use the same data.
@@ -68,18 +83,30 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         kind, metric = cfg.model.kind, CODE_METRIC
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     check_jit_compile(cfg.train.jit_compile, strategy)
+    check_test_split(splits.test)
     driver = {"embedding": run_embedding, "verifier": run_verifier}.get(cfg.model.kind, run_autoencoder)
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
         keras.utils.set_random_seed(cfg.train.seed)
         return driver(cfg, out, splits, 0, None, strategy)
-    existed = Path(out_dir).is_dir() and any(Path(out_dir).iterdir())
-    out = open_run(cfg, out_dir, splits, sets is not None, command, metric, kind, resume, force)
-    keras.utils.set_random_seed(cfg.train.seed)
-    try:
-        return driver(cfg, out, splits, verbose, callbacks, strategy)
-    except Exception:
-        # A run that failed before its first finished epoch (a tower too deep for the images, ...) leaves nothing.
-        if not existed and not read_checkpoint_state(out / CHECKPOINTS):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with run_lock(out_dir, command):  # one process per run folder; a second one stops here, naming the first
+        existed = Path(out_dir).is_dir() and any(Path(out_dir).iterdir())
+        out = open_run(cfg, out_dir, splits, sets is not None, command, metric, kind, resume, force)
+        if run_state(out)[0] == "complete":  # the same run, finished: change nothing, say where it is
+            if verbose:
+                print(f"{out} already holds this run, complete; nothing to do. Report: {out / 'report.md'}")
+            return read_json(out / "report.json")
+        set_state(out, "running")
+        keras.utils.set_random_seed(cfg.train.seed)
+        try:
+            report = driver(cfg, out, splits, verbose, callbacks, strategy)
+        except Exception as error:
+            # A run that failed before its first finished epoch (a tower too deep for the images, ...) leaves
+            # nothing; a later failure keeps its checkpoints, and the same command finishes the run from them.
+            if not existed and not read_checkpoint_state(out / CHECKPOINTS):
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                set_state(out, "failed", f"{type(error).__name__}: {error}")
+            raise
+        set_state(out, "complete")
+        return report

@@ -140,7 +140,8 @@ def run_verifier(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
 
     verifier = save_and_check_reload(model, out / "model.keras", splits.test.images[:256], _probe_outputs)
     evaluation = evaluate_verifier(cfg, verifier, splits)
-    report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, cfg.train.pair_batch_size), "kept": kept,
+    summary = run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, cfg.train.pair_batch_size)
+    report = {**summary, "kept": kept,
               "model": {"kind": "verifier", "verifier": cfg.model.verifier, "tower": cfg.model.tower,
                         "parameters": int(verifier.count_params()), "trained_parameters": trainable,
                         "reload_max_abs_diff": 0.0, **({"initialised_from": initialised} if initialised else {})},

@@ -1,0 +1,178 @@
+"""Run folders that cannot be corrupted: one process per folder, a completion mark, re-runs that change nothing,
+failures kept and finished later, and the inputs people type read as they mean them."""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reprlearn.cli import main
+from reprlearn.errors import ConfigError, RunFolderError
+from reprlearn.runs import load_run
+from reprlearn.runs.lock import lock_path, run_lock
+from reprlearn.runs.record import run_state
+
+QUICK = ("data: {name: digits, protocol: unseen-classes}\n"
+         "model: {tower: mlp, hidden: [16], embedding_dim: 8}\n"
+         "train: {epochs: 2, steps_per_epoch: 3, classes_per_batch: 4, examples_per_class: 4}\n"
+         "eval: {verification_pairs: 200, projection: pca, projection_points: 50, projector_points: 20}\n")
+
+
+def cli(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(arg) for arg in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file's bytes (hashed) and modification time."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "quick.yaml"
+    path.write_text(QUICK)
+    return path
+
+
+def test_a_folder_in_use_is_refused_naming_the_holder_and_changed_by_nothing(tmp_path, config):
+    out = tmp_path / "run"
+    with run_lock(out, "reprlearn train other.yaml"):
+        code, _, err = cli("train", config, "--out", out, "--quiet")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"reprlearn train: error: {out} is in use by another reprlearn process (pid {os.getpid()}: reprlearn train "
+        f"other.yaml); wait for it to end or stop it. Received: out={str(out)!r}"]
+    assert not out.exists()
+    # Released, the folder is free again (a killed holder releases it the same way: the OS drops its lock).
+    assert cli("train", config, "--out", out, "--quiet")[0] == 0 and run_state(out)[0] == "complete"
+
+
+def test_a_complete_run_run_again_changes_no_file_and_says_where_its_report_is(tmp_path, config):
+    out = tmp_path / "run"
+    assert cli("train", config, "--out", out)[0] == 0
+    before = snapshot(out)
+    time.sleep(0.01)
+    code, printed, _ = cli("train", config, "--out", out)
+    assert code == 0 and f"{out} already holds this run, complete; nothing to do. Report: {out / 'report.md'}" in printed
+    assert snapshot(out) == before
+    report = json.loads((out / "report.json").read_text())
+    train = report["train"]  # the whole run's training time and rate, never "0.0 s this session"
+    assert train["seconds"] > 0 and train["examples_per_second"] > 0
+
+
+def test_an_unchanged_export_is_not_written_again(tmp_path, config):
+    out = tmp_path / "run"
+    assert cli("train", config, "--out", out, "--quiet")[0] == 0
+    assert cli("export", out, "--out", tmp_path / "serving", "--format", "saved_model")[0] == 0
+    before = snapshot(tmp_path / "serving")
+    code, printed, _ = cli("export", out, "--out", tmp_path / "serving", "--format", "saved_model")
+    assert code == 0 and "version 1 already holds this export" in printed
+    assert snapshot(tmp_path / "serving") == before
+    assert cli("export", out, "--out", tmp_path / "serving", "--format", "saved_model", "--new-version")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "serving" / "run").iterdir()) == ["1", "2", "artifacts"]
+
+
+def test_a_run_that_fails_after_training_is_marked_failed_refused_and_finished_by_the_same_command(
+        tmp_path, config, monkeypatch):
+    from reprlearn.training import embedding
+
+    out = tmp_path / "run"
+
+    def fail(*args, **kwargs):
+        raise MemoryError("embedding the test split ran out of memory")
+
+    monkeypatch.setattr(embedding, "evaluate", fail)
+    code, _, err = cli("train", config, "--out", out, "--quiet")
+    assert code == 1 and "MemoryError: embedding the test split ran out of memory" in err
+    assert run_state(out) == ("failed", "MemoryError: embedding the test split ran out of memory")
+    assert (out / "checkpoints" / "last.keras").is_file()  # the trained weights are kept
+    with pytest.raises(RunFolderError, match="is not a complete run \\(it failed: MemoryError"):
+        load_run(out)
+    code, _, err = cli("export", out, "--out", tmp_path / "serving")
+    assert code == 2 and "reprlearn train" in err and "again finishes it" in err
+    assert not (tmp_path / "serving").exists()
+    trained = json.loads((out / "checkpoints" / "state.json").read_text())
+    monkeypatch.undo()
+    assert cli("train", config, "--out", out, "--quiet")[0] == 0  # evaluates from the checkpoint, no training
+    report = json.loads((out / "report.json").read_text())
+    assert report["train"]["epochs_this_session"] == 0 and report["train"]["resumed_from_epoch"] == 2
+    assert report["train"]["seconds"] == round(trained["seconds"], 2)
+    assert run_state(out) == ("complete", None) and load_run(out).kind == "embedding"
+
+
+def test_what_can_be_known_before_training_is_refused_before_a_folder_exists(tmp_path, config):
+    for setting, message in [("data.max_test=1", "the test split needs two classes and a class with two items"),
+                             ("eval.verification_pairs=1", "eval.verification_pairs must be >= 2")]:
+        code, _, err = cli("train", config, "--set", setting, "--out", tmp_path / "run")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quick.yaml"]
+
+
+def test_what_people_type_is_read_or_refused_in_one_line(tmp_path, config):
+    code, _, err = cli("train", config, "--set", "model.hidden=[128,", "--out", tmp_path / "run")
+    assert code == 2 and err.strip().splitlines() == [
+        "reprlearn train: error: config: the value of model.hidden is not valid YAML (expected the node content, "
+        "but found '<stream end>'). Received: model.hidden='[128,'"]
+    (tmp_path / "afile").write_text("")
+    code, _, err = cli("train", config, "--out", tmp_path / "afile" / "run")
+    assert code == 2 and err.strip().splitlines() == [
+        f"reprlearn train: error: cannot make the run folder {tmp_path / 'afile' / 'run'}: a folder on its path is a "
+        f"file ({tmp_path / 'afile'}). Received: out={str(tmp_path / 'afile' / 'run')!r}"]
+    code, _, err = cli("train", config, "--set", "train.learning_rate=3e-4", "--set", "model.dropout=.5",
+                       "--out", tmp_path / "numbers", "--quiet")
+    assert code == 0, err
+    assert load_run(tmp_path / "numbers").config.train.learning_rate == 3e-4
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_the_step_and_a_hint():
+    from reprlearn.config import config_from_dict
+    from reprlearn.training.loop import StopOnNonFiniteLoss
+
+    stop = StopOnNonFiniteLoss(config_from_dict({"train": {"learning_rate": 0.5, "mixed_precision": "mixed_float16"}}))
+    stop.on_epoch_begin(2)
+    stop.on_train_batch_end(0, {"loss": 0.75})
+    with pytest.raises(ConfigError) as raised:
+        stop.on_train_batch_end(1, {"loss": np.float32("nan")})
+    assert str(raised.value) == (
+        "training diverged at epoch 3, step 2: the loss is nan (last finite running loss: 0.75). Lower "
+        "train.learning_rate (now 0.5) or set train.mixed_precision: none (now mixed_float16), then train again "
+        "(with --force where the run folder was kept: it keeps the last finite epoch's checkpoint)")
+
+
+def test_a_huge_learning_rate_fails_with_the_divergence_message(tmp_path, config):
+    code, _, err = cli("train", config, "--set", "train.learning_rate=1e30", "--out", tmp_path / "run", "--quiet")
+    assert code == 2 and "training diverged at epoch 1" in err and "Lower train.learning_rate (now 1e+30)" in err, err
+    assert len(err.strip().splitlines()) == 1 and (tmp_path / "run").is_dir() is False  # no finished epoch: nothing kept
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_folder_the_second_stops_at_once(tmp_path, config):
+    out = tmp_path / "run"
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(QUICK.replace("epochs: 2, steps_per_epoch: 3", "epochs: 3, steps_per_epoch: 200"))
+    command = [sys.executable, "-m", "reprlearn.cli", "train", str(slow), "--out", str(out), "--quiet"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock_path(out).is_file() and lock_path(out).read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert f"is in use by another reprlearn process (pid {first.pid}: " in second.stderr
+        assert first.wait(timeout=600) == 0
+    finally:
+        first.kill()
+    assert run_state(out)[0] == "complete"
+    assert json.loads((out / "report.json").read_text())["train"]["epochs"] == 3
