@@ -176,3 +176,56 @@ def test_two_processes_on_one_folder_the_second_stops_at_once(tmp_path, config):
         first.kill()
     assert run_state(out)[0] == "complete"
     assert json.loads((out / "report.json").read_text())["train"]["epochs"] == 3
+
+
+# --- the API checks at the door ---
+
+def _in_batch_losses():
+    from reprlearn import losses
+
+    return [losses.TripletSemiHardLoss(), losses.TripletHardLoss(), losses.InBatchContrastiveLoss(),
+            losses.LiftedStructLoss(), losses.SupervisedContrastiveLoss(scale=10.0),
+            losses.triplet_semihard_loss, losses.triplet_hard_loss, losses.lifted_struct_loss,
+            losses.supervised_contrastive_loss]
+
+
+def _name(loss) -> str:
+    return getattr(loss, "name", None) or loss.__name__
+
+
+@pytest.mark.parametrize("loss", _in_batch_losses(), ids=_name)
+def test_a_non_finite_embedding_never_gives_a_finite_loss(loss):
+    rng = np.random.default_rng(0)
+    labels, embeddings = np.repeat(np.arange(3), 2), rng.normal(size=(6, 4)).astype(np.float32)
+    assert np.isfinite(float(loss(labels, embeddings)))
+    for bad in (np.nan, np.inf):
+        broken = embeddings.copy()
+        broken[4, 1] = bad
+        assert np.isnan(float(loss(labels, broken)))
+
+
+@pytest.mark.parametrize("loss", _in_batch_losses(), ids=_name)
+def test_wrong_shapes_and_one_hot_labels_are_refused_naming_the_argument(loss):
+    labels, embeddings = np.repeat(np.arange(3), 2), np.zeros((6, 4), np.float32)
+    names = ("y_true", "y_pred") if hasattr(loss, "name") else ("labels", "embeddings")
+    cases = [((labels, embeddings[:, 0]), f"{names[1]} must be [N, d], one row per item. Received: "
+                                          f"{names[1]}.shape=(6,)"),
+             ((labels[:5], embeddings), f"{names[0]} and {names[1]} must have one row per item. Received: "
+                                        f"{names[0]}.shape=(5,), {names[1]}.shape=(6, 4)"),
+             ((np.eye(3)[labels], embeddings), f"{names[0]} must be class ids [N] or [N, 1], not one-hot [N, C]")]
+    for arguments, message in cases:
+        with pytest.raises(ValueError) as raised:
+            loss(*arguments)
+        assert message in str(raised.value)
+
+
+def test_match_labels_must_be_zero_or_one():
+    from reprlearn.errors import DataError
+    from reprlearn.losses import ContrastiveLoss
+    from reprlearn.metrics import verification_metrics
+
+    with pytest.raises(ValueError, match=r"y_true must mark each pair 1 \(match\) or 0 \(no match\), not class ids"):
+        ContrastiveLoss()(np.array([0, 3]), np.array([0.1, 0.2]))
+    assert float(ContrastiveLoss()(np.array([1, 0]), np.array([0.2, 0.3]))) == pytest.approx((0.04 + 0.49) / 2)
+    with pytest.raises(DataError, match=r"match must mark each pair 1 / True \(same class\) or 0 / False"):
+        verification_metrics(np.array([0.1, 0.2, 0.3]), np.array([0, 2, 1]))

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss
 from reprlearn.ops.distances import Distance, check_margin, check_metric, pairwise_distance
-from reprlearn.ops.labels import labels_vector, pair_masks
+from reprlearn.ops.labels import check_batch, labels_vector, nan_unless_finite, pair_masks
 
 
 def _pair_term(match: tf.Tensor, distance: tf.Tensor, margin: float) -> tf.Tensor:
@@ -35,6 +35,9 @@ def contrastive_loss(y_true, y_pred, margin: float = 1.0) -> tf.Tensor:
     y_pred = tf.convert_to_tensor(y_pred)
     distance = tf.cast(labels_vector(y_pred), tf.float32)
     match = tf.cast(labels_vector(y_true), tf.float32)
+    if tf.executing_eagerly() and not bool(tf.reduce_all((match == 0.0) | (match == 1.0))):
+        raise ValueError("y_true must mark each pair 1 (match) or 0 (no match), not class ids: compare the two "
+                         f"items' classes. Received: y_true values {sorted(set(match.numpy().tolist()))[:6]}")
     return tf.cast(_pair_term(match, distance, margin), y_pred.dtype)
 
 
@@ -53,9 +56,9 @@ def in_batch_contrastive_loss(labels, embeddings, margin: float = 1.0, distance:
     Returns:
         A scalar in the embeddings' dtype; 0 for a batch of fewer than two items.
     """
-    embeddings = tf.convert_to_tensor(embeddings)
+    labels, embeddings = check_batch(labels, embeddings)
     terms, pairs = _in_batch_terms(labels, embeddings, margin, distance)
-    return tf.cast(tf.math.divide_no_nan(tf.reduce_sum(terms), pairs), embeddings.dtype)
+    return tf.cast(nan_unless_finite(tf.math.divide_no_nan(tf.reduce_sum(terms), pairs), embeddings), embeddings.dtype)
 
 
 def _in_batch_terms(labels, embeddings, margin: float, distance: Distance) -> tuple[tf.Tensor, tf.Tensor]:

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.ops.distances import pairwise_distance
-from reprlearn.ops.labels import pair_masks
+from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
 from reprlearn.ops.replicas import global_batch, per_replica_share
 
 # Replicas of one step (tf.distribute traces one per device) each keep an entry; a few more are harmless.
@@ -84,13 +84,14 @@ class InBatchLoss(keras.losses.Loss):
         return global_batch(y_true, y_pred) if self.cross_replica else (y_true, y_pred)
 
     def call(self, y_true, y_pred):
+        check_batch(y_true, y_pred, "y_true", "y_pred")
         labels, embeddings = self._batch(y_true, y_pred)
         distances = pairwise_distance(embeddings, self.distance)
         positive, negative = pair_masks(labels)
         value, active_fraction = self.batch_loss(distances, positive, negative)
         self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
                        active_fraction=active_fraction)
-        return per_replica_share(tf.cast(value, y_pred.dtype))
+        return per_replica_share(tf.cast(nan_unless_finite(value, embeddings), y_pred.dtype))
 
     def active_fraction(self, y_true, y_pred) -> tf.Tensor:
         """The fraction of mined triplets (or pairs) with a non-zero loss in this batch (the global batch

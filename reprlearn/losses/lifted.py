@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
 from reprlearn.ops.distances import check_margin, pairwise_distance
-from reprlearn.ops.labels import by_positive_count, pair_masks, positive_slots
+from reprlearn.ops.labels import by_positive_count, check_batch, nan_unless_finite, pair_masks, positive_slots
 
 # A row without negatives has log-sum-exp −inf. A large finite stand-in keeps every
 # value and gradient finite (−inf − (−inf) would be NaN) and still zeroes its hinge.
@@ -71,9 +71,9 @@ def lifted_struct_loss(labels, embeddings, margin: float = 1.0) -> tf.Tensor:
     Returns:
         A scalar in the embeddings' dtype; 0 with a zero gradient for a batch without a positive pair.
     """
-    embeddings = tf.convert_to_tensor(embeddings)
+    labels, embeddings = check_batch(labels, embeddings)
     mean, _ = _mean_and_active_share(pairwise_distance(embeddings, "L2"), *pair_masks(labels), margin)
-    return tf.cast(mean, embeddings.dtype)
+    return tf.cast(nan_unless_finite(mean, embeddings), embeddings.dtype)
 
 
 def _active_share(objective: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
 from reprlearn.ops.distances import Distance, check_metric, pairwise_distance
-from reprlearn.ops.labels import pair_masks
+from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
 
 
 def _check_scale(scale: float) -> float:
@@ -65,10 +65,10 @@ def supervised_contrastive_loss(labels, embeddings, scale: float = 10.0, distanc
     Returns:
         A scalar in the embeddings' dtype; 0 with a zero gradient for a batch without a positive pair.
     """
-    embeddings = tf.convert_to_tensor(embeddings)
+    labels, embeddings = check_batch(labels, embeddings)
     distances = pairwise_distance(embeddings, check_metric(distance))
     loss, anchors = _anchor_terms(distances, *pair_masks(labels), _check_scale(scale))
-    return tf.cast(_mean_over_anchors(loss, anchors), embeddings.dtype)
+    return tf.cast(nan_unless_finite(_mean_over_anchors(loss, anchors), embeddings), embeddings.dtype)
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")

@@ -21,7 +21,7 @@ import tensorflow as tf
 from reprlearn.losses.in_batch import InBatchLoss
 from reprlearn.losses.miners import BatchHardMiner, Miner, SemiHardMiner, get_miner
 from reprlearn.ops.distances import Distance, check_margin, check_metric, pairwise_distance
-from reprlearn.ops.labels import pair_masks
+from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
 
 
 class TripletTerms(NamedTuple):
@@ -127,9 +127,9 @@ def triplet_loss(labels, embeddings, miner="semi-hard", margin: float = 1.0, dis
     Returns:
         A scalar in the embeddings' dtype; 0 with a zero gradient when nothing was mined.
     """
-    embeddings = tf.convert_to_tensor(embeddings)
+    labels, embeddings = check_batch(labels, embeddings)
     terms = triplet_terms(labels, embeddings, _check_soft(get_miner(miner), soft), margin, distance, soft)
-    return tf.cast(_mean(terms, active_only), embeddings.dtype)
+    return tf.cast(nan_unless_finite(_mean(terms, active_only), embeddings), embeddings.dtype)
 
 
 def triplet_semihard_loss(y_true, y_pred, margin: float = 1.0, distance_metric: Distance = "L2") -> tf.Tensor:

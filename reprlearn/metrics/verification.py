@@ -23,7 +23,11 @@ from reprlearn.errors import DataError
 
 def _check_pairs(distances, match):
     distances = np.asarray(distances, dtype=np.float64).reshape(-1)
-    match = np.asarray(match).reshape(-1).astype(bool)
+    match = np.asarray(match).reshape(-1)
+    if not np.isin(match, (0, 1)).all():
+        raise DataError("match must mark each pair 1 / True (same class) or 0 / False, not class ids. Received: "
+                        f"match values {sorted(set(np.unique(match).tolist()))[:6]}")
+    match = match.astype(bool)
     if distances.shape != match.shape:
         raise DataError(f"distances and match must have one entry per pair. Received: "
                          f"distances.shape={distances.shape}, match.shape={match.shape}")

@@ -52,3 +52,47 @@ def positive_slots(positive: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tenso
     score = tf.pad(score, [[0, 0], [0, tf.maximum(width - n, 0)]])
     slot_score, columns = tf.math.top_k(score, k=width)
     return tf.minimum(columns, n - 1), slot_score > 0
+
+
+def check_batch(labels, embeddings, labels_name: str = "labels",
+                embeddings_name: str = "embeddings") -> tuple[tf.Tensor, tf.Tensor]:
+    """A loss's inputs checked at its door: embeddings `[N, d]`, class ids `[N]` or `[N, 1]`, one per row.
+
+    Only what the static shapes tell is checked, so the check costs nothing inside a traced step (and
+    nothing is asserted at run time under XLA). One-hot labels are refused with how to convert them.
+
+    Example:
+        labels, embeddings = check_batch([0, 0, 1], tf.zeros([3, 8]))
+
+    Returns:
+        The two inputs as tensors.
+
+    Raises:
+        ValueError: naming the argument and the shapes received.
+    """
+    labels, embeddings = tf.convert_to_tensor(labels), tf.convert_to_tensor(embeddings)
+    if embeddings.shape.rank is not None and embeddings.shape.rank != 2:
+        raise ValueError(f"{embeddings_name} must be [N, d], one row per item. "
+                         f"Received: {embeddings_name}.shape={tuple(embeddings.shape)}")
+    if labels.shape.rank is not None:
+        if labels.shape.rank == 2 and labels.shape[1] is not None and labels.shape[1] > 1:
+            raise ValueError(f"{labels_name} must be class ids [N] or [N, 1], not one-hot [N, C]: convert them with "
+                             f"np.argmax({labels_name}, axis=1). Received: {labels_name}.shape={tuple(labels.shape)}")
+        if labels.shape.rank not in (1, 2):
+            raise ValueError(f"{labels_name} must be class ids [N] or [N, 1]. "
+                             f"Received: {labels_name}.shape={tuple(labels.shape)}")
+    rows_labels, rows_embeddings = labels.shape[:1].num_elements(), embeddings.shape[:1].num_elements()
+    if rows_labels is not None and rows_embeddings is not None and rows_labels != rows_embeddings:
+        raise ValueError(f"{labels_name} and {embeddings_name} must have one row per item. Received: "
+                         f"{labels_name}.shape={tuple(labels.shape)}, {embeddings_name}.shape={tuple(embeddings.shape)}")
+    return labels, embeddings
+
+
+def nan_unless_finite(value: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+    """`value`, or NaN when any embedding entry is NaN or inf: a non-finite input never gives a finite loss.
+
+    The losses mask pairs and rows, which would otherwise hide a NaN row behind a finite number while
+    every gradient turns NaN; a NaN loss is what training (and `StopOnNonFiniteLoss`) can see.
+    """
+    finite = tf.reduce_all(tf.math.is_finite(embeddings))
+    return tf.where(finite, value, tf.constant(float("nan"), value.dtype))
