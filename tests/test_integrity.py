@@ -229,3 +229,36 @@ def test_match_labels_must_be_zero_or_one():
     assert float(ContrastiveLoss()(np.array([1, 0]), np.array([0.2, 0.3]))) == pytest.approx((0.04 + 0.49) / 2)
     with pytest.raises(DataError, match=r"match must mark each pair 1 / True \(same class\) or 0 / False"):
         verification_metrics(np.array([0.1, 0.2, 0.3]), np.array([0, 2, 1]))
+
+
+def test_float_images_scaled_to_one_are_flagged_and_converted_on_request():
+    from reprlearn.data import make_imageset
+    from reprlearn.errors import DataError
+
+    images = np.random.default_rng(0).random((8, 6, 6)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 2)
+    with pytest.warns(UserWarning, match=r"dataset.images look scaled to \[0, 1\] \(maximum 0.997\), but towers take "
+                                         r"pixels 0-255: multiply them by 255, or pass make_imageset"):
+        make_imageset(images, labels)
+    with pytest.raises(DataError, match=r"look scaled to \[0, 1\]"):
+        make_imageset(images, labels, strict=True)
+    converted = make_imageset(images, labels, scale="0-1")
+    np.testing.assert_allclose(converted.images[..., 0], images * 255.0, rtol=1e-6)
+    with pytest.raises(DataError, match="scale must be '0-255' or '0-1'. Received: scale='0-100'"):
+        make_imageset(images, labels, scale="0-100")
+
+
+def test_changing_only_eval_keys_re_evaluates_the_trained_model_without_training(tmp_path, config):
+    out = tmp_path / "run"
+    assert cli("train", config, "--out", out, "--quiet")[0] == 0
+    first = json.loads((out / "report.json").read_text())
+    weights = (out / "checkpoints" / "last.keras").read_bytes()
+    code, printed, _ = cli("train", config, "--set", "eval.verification_pairs=400", "--out", out)
+    assert code == 0 and "only eval keys changed (eval.verification_pairs: 200 → 400)" in printed
+    second = json.loads((out / "report.json").read_text())
+    assert second["config"]["eval"]["verification_pairs"] == 400 and run_state(out)[0] == "complete"
+    assert second["train"]["epochs_this_session"] == 0 and second["train"]["seconds"] == first["train"]["seconds"]
+    assert (out / "checkpoints" / "last.keras").read_bytes() == weights  # nothing trained
+    assert second["metrics"]["test"] == first["metrics"]["test"]  # the same model scores the same retrieval
+    code, _, err = cli("train", config, "--set", "train.epochs=3", "--out", out)
+    assert code == 2 and "train.epochs: 2 → 3" in err  # a training key still needs a new run

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import warnings
+
 import numpy as np
 
 from reprlearn.errors import DataError
@@ -34,10 +36,12 @@ class ImageSet:
         return sorted(int(c) for c in np.unique(self.labels))
 
 
-def check_images(images, name: str = "images") -> np.ndarray:
-    """Returns `images` as `[N, H, W, C]`, or raises ValueError naming what is wrong.
+def check_images(images, name: str = "images", strict: bool = False) -> np.ndarray:
+    """Returns `images` as `[N, H, W, C]`, or raises DataError naming what is wrong.
 
-    A `[N, H, W]` array gains a channel axis. Floats must be finite.
+    A `[N, H, W]` array gains a channel axis. Floats must be finite. Towers take pixels 0-255: float
+    images whose maximum is at most 1 look scaled to [0, 1] and get a warning (a DataError with
+    `strict=True`) saying how to pass them.
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -52,6 +56,13 @@ def check_images(images, name: str = "images") -> np.ndarray:
             first = int(np.argwhere(bad.reshape(len(images), -1).any(axis=1))[0, 0])
             raise DataError(f"{name} contains NaN or inf ({int(bad.sum())} values; first in example {first}). "
                              f"Received: {name}[{first}] with non-finite values")
+        if images.size and 0.0 < float(images.max()) <= 1.0:
+            message = (f"{name} look scaled to [0, 1] (maximum {float(images.max()):.3g}), but towers take pixels "
+                       "0-255: multiply them by 255, or pass make_imageset(..., scale='0-1'). "
+                       f"Received: {name}.dtype={images.dtype}")
+            if strict:
+                raise DataError(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
     return images
 
 
@@ -82,12 +93,30 @@ def flat_pixels(images) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def make_imageset(images, labels, class_names: list[str] | None = None, name: str = "dataset") -> ImageSet:
+def make_imageset(images, labels, class_names: list[str] | None = None, name: str = "dataset",
+                  scale: str = "0-255", strict: bool = False) -> ImageSet:
     """Checks images and labels together and builds an ImageSet.
 
-    Raises ValueError for bad shapes, dtypes, NaN, or a named class with no example.
+    Example:
+        sets = {"all": make_imageset(images, labels, ["cat", "dog"])}         # pixels 0-255
+        sets = {"all": make_imageset(images01, labels, scale="0-1")}          # floats in [0, 1], rescaled
+
+    Args:
+        images: `[N, H, W]` or `[N, H, W, C]`, integers or floats.
+        labels: `[N]` or `[N, 1]` class ids 0..C-1.
+        class_names: one name per class id (default: the ids as strings).
+        name: what the messages call the dataset.
+        scale: `"0-255"` (pixels as the towers take them) or `"0-1"` (floats, multiplied by 255 here).
+        strict: refuse float images that look scaled to [0, 1] under `scale="0-255"` instead of warning.
+
+    Raises:
+        DataError: bad shapes, dtypes, NaN, a named class with no example, or an unknown scale.
     """
-    images = check_images(images, f"{name}.images")
+    if scale not in ("0-255", "0-1"):
+        raise DataError(f"scale must be '0-255' or '0-1'. Received: scale={scale!r}")
+    if scale == "0-1":
+        images = check_images(np.asarray(images, np.float32) * 255.0, f"{name}.images")
+    images = check_images(images, f"{name}.images", strict)
     labels = check_labels(labels, images.shape[0], f"{name}.labels")
     if class_names is None:
         class_names = [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]

@@ -110,7 +110,7 @@ def remove_run(out_dir: str | Path) -> None:
 
 
 def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool, command: str | None,
-             metric: str, kind: str, resume: bool = False, force: bool = False) -> Path:
+             metric: str, kind: str, resume: bool = False, force: bool = False, verbose: int = 1) -> Path:
     """Creates (or checks and re-opens) a run folder and writes its record; returns its path.
 
     Call it after the data is loaded and checked, so bad input leaves no folder behind.
@@ -125,6 +125,7 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
         kind: `embedding`, `pair`, `autoencoder`, `vae` or `verifier`.
         resume: require an existing run with the same config and data, and continue it.
         force: delete whatever run the folder holds and start over.
+        verbose: say so when only `eval` keys changed (the run is re-evaluated, not retrained).
 
     Raises:
         RunFolderError: the folder holds a run made by another config or other data (the message lists
@@ -139,7 +140,13 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     if force:
         remove_run(out)
     if out.is_dir() and _is_run_folder(out):
-        _check_same_run(out, cfg, record["data"])
+        changed_eval = _check_same_run(out, cfg, record["data"])
+        if changed_eval:  # the same training: re-evaluate its kept weights with the new eval keys, no training
+            if verbose:
+                print(f"{out}: only eval keys changed ({'; '.join(changed_eval)}): re-evaluating the trained "
+                      "model, no training", flush=True)
+            save_config(cfg, out / "config.yaml", command)
+            set_state(out, "running")
         return out
     if resume:
         raise RunFolderError(f"--resume: there is no run to continue in {out}. Received: out={str(out)!r}")
@@ -166,8 +173,9 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     return out
 
 
-def _check_same_run(out: Path, cfg: Config, data: dict) -> None:
-    """RunFolderError listing every key and split where the run in `out` differs from `cfg` and `data`."""
+def _check_same_run(out: Path, cfg: Config, data: dict) -> list[str]:
+    """RunFolderError listing every key and split where the run in `out` differs from `cfg` and `data`, unless
+    only `eval.*` keys differ (what is scored and drawn, not what is trained): then those differences."""
     stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
     differences = config_differences(config_to_dict(config_from_dict(stored)), config_to_dict(cfg))
     old_prints = {name: split.get("fingerprint") for name, split
@@ -175,10 +183,13 @@ def _check_same_run(out: Path, cfg: Config, data: dict) -> None:
     differences += [f"data: the {name} split's arrays differ (fingerprint {old_prints.get(name)} → "
                     f"{split['fingerprint']})" for name, split in data["splits"].items()
                     if old_prints.get(name) != split["fingerprint"]]
+    if differences and all(difference.startswith("eval.") for difference in differences):
+        return differences
     if differences:
         raise RunFolderError(
             f"{out} holds a run made by a different config or data, so it cannot be continued: "
             + "; ".join(differences) + ". Use another --out, or --force to delete that run and start over")
+    return []
 
 
 def wait_for_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool,

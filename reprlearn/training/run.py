@@ -91,7 +91,7 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         return driver(cfg, out, splits, 0, None, strategy)
     with run_lock(out_dir, command):  # one process per run folder; a second one stops here, naming the first
         existed = Path(out_dir).is_dir() and any(Path(out_dir).iterdir())
-        out = open_run(cfg, out_dir, splits, sets is not None, command, metric, kind, resume, force)
+        out = open_run(cfg, out_dir, splits, sets is not None, command, metric, kind, resume, force, verbose)
         if run_state(out)[0] == "complete":  # the same run, finished: change nothing, say where it is
             if verbose:
                 print(f"{out} already holds this run, complete; nothing to do. Report: {out / 'report.md'}")
