@@ -84,7 +84,8 @@ def check_batch(labels, embeddings, labels_name: str = "labels",
     rows_labels, rows_embeddings = labels.shape[:1].num_elements(), embeddings.shape[:1].num_elements()
     if rows_labels is not None and rows_embeddings is not None and rows_labels != rows_embeddings:
         raise ValueError(f"{labels_name} and {embeddings_name} must have one row per item. Received: "
-                         f"{labels_name}.shape={tuple(labels.shape)}, {embeddings_name}.shape={tuple(embeddings.shape)}")
+                         f"{labels_name}.shape={tuple(labels.shape)}, "
+                         f"{embeddings_name}.shape={tuple(embeddings.shape)}")
     return labels, embeddings
 
 
