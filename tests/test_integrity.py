@@ -115,7 +115,12 @@ def test_a_run_that_fails_after_training_is_marked_failed_refused_and_finished_b
 
 def test_what_can_be_known_before_training_is_refused_before_a_folder_exists(tmp_path, config):
     for setting, message in [("data.max_test=1", "the test split needs two classes and a class with two items"),
-                             ("eval.verification_pairs=1", "eval.verification_pairs must be >= 2")]:
+                             ("eval.verification_pairs=1", "eval.verification_pairs must be >= 2"),
+                             ("model.embedding_dim=2000000000", "a training step needs about 983.5 GiB "
+                                                                "(34,000,001,040 parameters, 16 images of "
+                                                                "4,000,000,160 activations each), and this machine "
+                                                                "has"),
+                             ("model.hidden=[200000,200000]", "(40,014,800,008 parameters, 16 images")]:
         code, _, err = cli("train", config, "--set", setting, "--out", tmp_path / "run")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quick.yaml"]

@@ -17,7 +17,8 @@ import numpy as np
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
-from reprlearn.errors import DataError
+from reprlearn.errors import ConfigError, DataError
+from reprlearn.models.budget import available_memory_bytes, tower_size, training_bytes
 from reprlearn.models.verifiers import VERIFIER_SCORE
 from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
 from reprlearn.runs.lock import run_lock
@@ -37,6 +38,33 @@ def check_test_split(test: ImageSet) -> None:
         raise DataError(f"the test split needs two classes and a class with two items (for retrieval queries and "
                         f"verification pairs); check data.max_test and data.train_classes. Received: "
                         f"{len(test)} test items in {len(counts)} classes, the largest of {int(counts.max(initial=0))}")
+
+
+def images_per_step(cfg: Config) -> int:
+    """The images one training step embeds (both images of each pair for pair models)."""
+    if cfg.model.kind in ("autoencoder", "vae"):
+        return cfg.train.batch_size
+    if cfg.model.kind == "verifier" or is_pair_loss(cfg):
+        return 2 * cfg.train.pair_batch_size
+    return cfg.train.classes_per_batch * cfg.train.examples_per_class
+
+
+def check_memory(cfg: Config, image_shape, images_per_step: int, towers: int = 1) -> None:
+    """Refuses, before anything is built, a run whose training step would not fit in the memory available now.
+
+    `towers` counts the networks of the tower's size a step runs (2 for an autoencoder's encoder and
+    decoder). The estimate (`reprlearn.models.budget`) is of the same order as the real use, not exact;
+    it is there to stop a run that cannot fit before it fills the machine, not to fill it to the byte.
+    """
+    available = available_memory_bytes()
+    parameters, activations = tower_size(cfg.model, image_shape)
+    need = training_bytes(towers * parameters, towers * activations, images_per_step)
+    if available is not None and need > available:
+        raise ConfigError(f"a training step needs about {need / 2**30:.1f} GiB ({towers * parameters:,} parameters, "
+                          f"{images_per_step} images of {towers * activations:,} activations each), and this machine "
+                          f"has {available / 2**30:.1f} GiB available: use a smaller model (model.hidden, "
+                          f"model.filters, model.dense, model.embedding_dim) or batch. Received: "
+                          f"model.tower={cfg.model.tower!r}, model.embedding_dim={cfg.model.embedding_dim}")
 
 
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
@@ -84,6 +112,8 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     check_jit_compile(cfg.train.jit_compile, strategy)
     check_test_split(splits.test)
+    check_memory(cfg, splits.train.images.shape[1:], images_per_step(cfg),
+                 towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1)
     driver = {"embedding": run_embedding, "verifier": run_verifier}.get(cfg.model.kind, run_autoencoder)
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
