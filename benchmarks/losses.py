@@ -12,6 +12,8 @@ machine load falls on all of them alike. Memory: each (loss, N, layout) runs onc
 process, and its peak is VmHWM minus the resident size after tracing, just before the call.
 The training step: a conv tower on N = 1,024 28×28 images (P×K 64 × 16), `train_on_batch`
 with and without the three training metrics, round-robin.
+The "distance + input checks" row is the distance matrix with what every loss now does at its
+door (shape checks, free when traced, and the NaN guard on the value): its ratio is their cost.
 Targets (2-core CPU, N = 1,024): semi-hard ≤ 3× for pk and random, ≤ 6× for any layout;
 batch-hard and lifted ≤ 1.8×; contrastive ≤ 1.5×; every loss under 4 GB at N = 8,192; a
 training step with the metrics ≤ 1.1× the step without.
@@ -29,17 +31,22 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-LOSSES = ["distance only", "contrastive", "semi-hard", "batch-hard", "batch-all", "lifted"]
+LOSSES = ["distance only", "distance + input checks", "contrastive", "semi-hard", "batch-hard", "batch-all",
+          "lifted"]
 
 
 def _loss_fn(name: str):
     import tensorflow as tf
 
     from reprlearn.ops.distances import pairwise_distance
+    from reprlearn.ops.labels import check_batch, nan_unless_finite
     from reprlearn.losses import (in_batch_contrastive_loss, lifted_struct_loss, triplet_hard_loss, triplet_loss,
                                   triplet_semihard_loss)
     return {
         "distance only": lambda y, e: tf.reduce_sum(pairwise_distance(e, "L2")),
+        # What every loss adds at its door: the static shape checks and the non-finite guard on its value.
+        "distance + input checks": lambda y, e: nan_unless_finite(
+            tf.reduce_sum(pairwise_distance(check_batch(y, e)[1], "L2")), e),
         "contrastive": lambda y, e: in_batch_contrastive_loss(y, e, 0.5),
         "semi-hard": lambda y, e: triplet_semihard_loss(y, e, 0.2),
         "batch-hard": lambda y, e: triplet_hard_loss(y, e, 0.2),

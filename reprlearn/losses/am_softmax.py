@@ -18,6 +18,8 @@ import numbers
 import keras
 import tensorflow as tf
 
+from reprlearn.ops.labels import check_batch
+
 
 def _check_positive(name: str, value) -> float:
     if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
@@ -40,6 +42,7 @@ def am_softmax_loss(labels, cosines, scale: float = 30.0, margin: float = 0.35) 
     Raises:
         InvalidArgumentError: a label outside [0, C) (the message names the label and C).
     """
+    labels, cosines = check_batch(labels, cosines, "labels", "cosines")
     cosines = tf.cast(cosines, tf.float32)
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     classes = tf.shape(cosines)[1]
