@@ -116,6 +116,10 @@ def test_a_run_that_fails_after_training_is_marked_failed_refused_and_finished_b
 def test_what_can_be_known_before_training_is_refused_before_a_folder_exists(tmp_path, config):
     for setting, message in [("data.max_test=1", "the test split needs two classes and a class with two items"),
                              ("eval.verification_pairs=1", "eval.verification_pairs must be >= 2"),
+                             ("data.validation_classes=1", "data.validation_classes must be 0 (a share of every "
+                                                           "class) or >= 2"),
+                             ("data.validation_fraction=0.01", "the validation split needs two classes and a class with two "
+                                                  "items"),
                              ("model.embedding_dim=2000000000", "a training step needs about 983.5 GiB "
                                                                 "(34,000,001,040 parameters, 16 images of "
                                                                 "4,000,000,160 activations each), and this machine "

@@ -35,8 +35,9 @@ def check_config(cfg: Config) -> None:
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         raise ConfigError("config: data.validation_fraction must be in [0, 1). "
                           f"Received: data.validation_fraction={cfg.data.validation_fraction!r}")
-    if cfg.data.validation_classes < 0:
-        raise ConfigError("config: data.validation_classes must be >= 0. "
+    if cfg.data.validation_classes < 0 or cfg.data.validation_classes == 1:
+        raise ConfigError("config: data.validation_classes must be 0 (a share of every class) or >= 2 (a "
+                          "validation split of one class has no negative pairs). "
                           f"Received: data.validation_classes={cfg.data.validation_classes!r}")
     if cfg.model.freeze and not cfg.model.init_from:
         raise ConfigError("config: model.freeze keeps the layers copied by model.init_from fixed; set "

@@ -30,14 +30,20 @@ from reprlearn.training.strategies import check_global_batch, check_jit_compile,
 from reprlearn.training.verifier import run_verifier
 
 
-def check_test_split(test: ImageSet) -> None:
-    """Evaluation needs test pairs of both kinds and a query with another item of its class: refused before any
-    training, not after it."""
-    counts = np.unique(test.labels, return_counts=True)[1]
-    if len(counts) < 2 or counts.max() < 2:
-        raise DataError(f"the test split needs two classes and a class with two items (for retrieval queries and "
-                        f"verification pairs); check data.max_test and data.train_classes. Received: "
-                        f"{len(test)} test items in {len(counts)} classes, the largest of {int(counts.max(initial=0))}")
+def check_evaluation_splits(splits) -> None:
+    """Evaluation needs test pairs of both kinds and a query with another item of its class, and so does a
+    validation split, where there is one (its score picks the kept epoch, its pairs the threshold): refused
+    before any training, not after it."""
+    for name, part, keys in (("test", splits.test, "data.max_test and data.train_classes"),
+                             ("validation", splits.val, "data.validation_fraction and data.validation_classes "
+                                                        "(0 for no validation split)")):
+        if name == "validation" and len(part) == 0:
+            continue
+        counts = np.unique(part.labels, return_counts=True)[1]
+        if len(counts) < 2 or counts.max() < 2:
+            raise DataError(f"the {name} split needs two classes and a class with two items (for retrieval queries "
+                            f"and verification pairs); check {keys}. Received: {len(part)} {name} items in "
+                            f"{len(counts)} classes, the largest of {int(counts.max(initial=0))}")
 
 
 def images_per_step(cfg: Config) -> int:
@@ -111,7 +117,7 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         kind, metric = cfg.model.kind, CODE_METRIC
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     check_jit_compile(cfg.train.jit_compile, strategy)
-    check_test_split(splits.test)
+    check_evaluation_splits(splits)
     check_memory(cfg, splits.train.images.shape[1:], images_per_step(cfg),
                  towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1)
     driver = {"embedding": run_embedding, "verifier": run_verifier}.get(cfg.model.kind, run_autoencoder)
