@@ -112,8 +112,11 @@ def test_pair_run_adds_distance_and_verify(pair_run_dir, tmp_path):
     # The example REST bodies name exactly each signature's inputs.
     for name, body in request_bodies(np.zeros((2, 8, 8, 1), np.uint8)).items():
         assert sorted(body["instances"][0]) == sorted(loaded.signatures[name].structured_input_signature[1]), name
-    # The next export without --version takes the next free number.
-    assert export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False)["version"] == 2
+    # The same export again writes nothing and names the version that holds it; a new one takes the next number.
+    again = export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False)
+    assert again["version"] == 1 and again["unchanged"]
+    assert sorted(p.name for p in (tmp_path / "digits_pairs").iterdir()) == ["1", "artifacts"]
+    assert export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False, new_version=True)["version"] == 2
 
 
 def test_failures_leave_the_output_folder_unchanged(run_dir, tmp_path, monkeypatch, capsys):

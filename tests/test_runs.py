@@ -195,7 +195,7 @@ def test_a_large_named_dataset_is_reloaded_from_its_record_and_checked(tmp_path,
     rng = np.random.default_rng(0)
     for c in range(4):
         (root / f"class{c}").mkdir(parents=True)
-        for i in range(12):
+        for i in range(24):  # enough that the validation split holds two of each class
             Image.fromarray((rng.integers(0, 60, (8, 8)) + 50 * c).astype(np.uint8)).save(root / f"class{c}/{i}.png")
     monkeypatch.setattr(record, "EVALUATION_LIMIT_BYTES", 100)  # any named dataset counts as large
     cfg = config_from_dict({"data": {"name": f"folder:{root}"}, "model": {"tower": "mlp", "hidden": [8], "embedding_dim": 4},

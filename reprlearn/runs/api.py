@@ -139,19 +139,19 @@ def load_run(run_dir: str | Path) -> Run:
             running); the message names the state and the command that finishes it.
     """
     path = Path(run_dir)
-    missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, "model.keras")
-               if not (path / name).is_file()]
-    if missing:
-        raise RunFolderError(f"{path} is not a finished reprlearn run (missing {', '.join(missing)}). "
-                             f"Received: run_dir={str(path)!r}")
-    state, failure = run_state(path)
-    if state != "complete":
+    state, failure = run_state(path) if (path / RECORD_FILE).is_file() else (None, None)
+    if state not in (None, "complete"):  # a run, not finished: say why and what finishes it
         command = read_json(path / RECORD_FILE).get("command")
         again = f"`{command}`" if command else "the same run_training call"
         why = (f"it failed: {failure}" if state == "failed"
                else "it is training or evaluating now, or was interrupted")
         raise RunFolderError(f"{path} is not a complete run ({why}). Running {again} again finishes it from its "
                              f"checkpoints. Received: run_dir={str(path)!r}")
+    missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, "model.keras")
+               if not (path / name).is_file()]
+    if missing:
+        raise RunFolderError(f"{path} is not a finished reprlearn run (missing {', '.join(missing)}). "
+                             f"Received: run_dir={str(path)!r}")
     config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
     with np.load(path / EVALUATION_FILE) as arrays:
         evaluation = {name: arrays[name] for name in arrays.files}
