@@ -62,12 +62,13 @@ def test_a_folder_in_use_is_refused_naming_the_holder_and_changed_by_nothing(tmp
 def test_a_complete_run_run_again_changes_no_file_and_says_where_its_report_is(tmp_path, config):
     out = tmp_path / "run"
     assert cli("train", config, "--out", out)[0] == 0
-    before = snapshot(out)
+    before = snapshot(tmp_path)  # the run folder and everything beside it: the lock lives elsewhere
+    assert not lock_path(out).is_relative_to(tmp_path)
     time.sleep(0.01)
     code, printed, _ = cli("train", config, "--out", out)
     assert code == 0
     assert f"{out} already holds this run, complete; nothing to do. Report: {out / 'report.md'}" in printed
-    assert snapshot(out) == before
+    assert snapshot(tmp_path) == before
     report = json.loads((out / "report.json").read_text())
     train = report["train"]  # the whole run's training time and rate, never "0.0 s this session"
     assert train["seconds"] > 0 and train["examples_per_second"] > 0
@@ -139,7 +140,7 @@ def test_what_people_type_is_read_or_refused_in_one_line(tmp_path, config):
     code, _, err = cli("train", config, "--out", tmp_path / "afile" / "run")
     assert code == 2 and err.strip().splitlines() == [
         f"reprlearn train: error: cannot make the run folder {tmp_path / 'afile' / 'run'}: a folder on its path is a "
-        f"file ({tmp_path / 'afile'}). Received: out={str(tmp_path / 'afile' / 'run')!r}"]
+        f"file. Received: out={str(tmp_path / 'afile' / 'run')!r}"]
     code, _, err = cli("train", config, "--set", "train.learning_rate=3e-4", "--set", "model.dropout=.5",
                        "--out", tmp_path / "numbers", "--quiet")
     assert code == 0, err

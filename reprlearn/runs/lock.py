@@ -1,9 +1,11 @@
-"""One process at a time per run folder: an OS file lock beside the folder, held for the whole run.
+"""One process at a time per run folder: an OS file lock, held for the whole run.
 
-The lock is `.NAME.lock` next to the run folder NAME (the folder itself may not exist yet when a
-run starts, and it appears whole, by a rename). It holds the PID and command of the process that
-owns it, so a second process can say who has the folder. The operating system releases the lock
-when its process ends however it ends, so a killed run's lock is simply taken over by the next.
+The lock is a file in the system's temporary folder named after the run folder's absolute path, so
+nothing is written beside or inside the user's folder (a complete run run again leaves every file
+as it was). It holds the PID and command of the process that owns it, so a second process can say
+who has the folder. The operating system releases the lock when its process ends, however it ends,
+so a killed run's lock is simply taken over by the next. It guards processes of one machine; the
+workers of a multi-worker run share their chief's (only the chief writes the folder).
 
 Example:
     with run_lock("runs/demo", command="reprlearn train configs/demo.yaml"):
@@ -13,8 +15,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from reprlearn.errors import RunFolderError
@@ -41,9 +45,9 @@ except ImportError:  # Windows
 
 
 def lock_path(out_dir: str | Path) -> Path:
-    """The lock file of a run folder: `.NAME.lock` beside it."""
-    out = Path(out_dir)
-    return out.parent / f".{out.name}.lock"
+    """The lock file of a run folder, keyed by its absolute path (symbolic links resolved)."""
+    key = hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "reprlearn-locks" / f"{key}.lock"
 
 
 @contextlib.contextmanager
@@ -51,20 +55,12 @@ def run_lock(out_dir: str | Path, command: str | None):
     """Holds the run folder's lock for the `with` block.
 
     Raises:
-        RunFolderError: another live process holds the folder (the message names its PID and command), or the
-            folder's parent cannot hold the lock file (the message names the user's path and why).
+        RunFolderError: another live process holds the folder (the message names its PID and command).
     """
     out = Path(out_dir)
     path = lock_path(out)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
-    except OSError as error:
-        why = ("a folder on its path is a file" if isinstance(error, (FileExistsError, NotADirectoryError))
-               else error.strerror or str(error))
-        raise RunFolderError(f"cannot make the run folder {out}: {why} ({error.filename}). "
-                             f"Received: out={str(out)!r}") from None
-    with handle:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
         if not _try_lock(handle):
             handle.seek(0)
             try:

@@ -155,7 +155,12 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
                              f"Received: out={str(out)!r}")
     staging = out.with_name(f".{out.name}.creating")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:  # name the user's path, not the staging folder beside it
+        why = ("a folder on its path is a file" if isinstance(error, (FileExistsError, NotADirectoryError))
+               else error.strerror or str(error))
+        raise RunFolderError(f"cannot make the run folder {out}: {why}. Received: out={str(out)!r}") from None
     save_config(cfg, staging / "config.yaml", command)
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record["state"] = "running"
