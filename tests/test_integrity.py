@@ -121,10 +121,9 @@ def test_what_can_be_known_before_training_is_refused_before_a_folder_exists(tmp
                                                            "class) or >= 2"),
                              ("data.validation_fraction=0.01", "the validation split needs two classes and a class with two "
                                                   "items"),
-                             ("model.embedding_dim=2000000000", "a training step needs about 983.5 GiB "
-                                                                "(34,000,001,040 parameters, 16 images of "
-                                                                "4,000,000,160 activations each), and this machine "
-                                                                "has"),
+                             ("model.embedding_dim=65", "model.embedding_dim is larger than the 64 values of each "
+                                                        "8×8×1 image it encodes, so it cannot compress them; use "
+                                                        "at most 64. Received: model.embedding_dim=65"),
                              ("model.hidden=[200000,200000]", "(40,014,800,008 parameters, 16 images")]:
         code, _, err = cli("train", config, "--set", setting, "--out", tmp_path / "run")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

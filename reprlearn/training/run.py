@@ -46,6 +46,20 @@ def check_evaluation_splits(splits) -> None:
                             f"{len(counts)} classes, the largest of {int(counts.max(initial=0))}")
 
 
+def check_embedding_size(cfg: Config, image_shape) -> None:
+    """An embedding with more values than the image it encodes (after a backbone's resize) compresses nothing:
+    refused as the slip it almost always is (an extra zero)."""
+    height, width, channels = (int(v) for v in image_shape)
+    if cfg.model.tower == "backbone":
+        height = width = cfg.model.backbone_image_size
+        channels = 3
+    values = height * width * channels
+    if cfg.model.embedding_dim > values:
+        raise ConfigError(f"config: model.embedding_dim is larger than the {values:,} values of each "
+                          f"{height}×{width}×{channels} image it encodes, so it cannot compress them; use at most "
+                          f"{values:,}. Received: model.embedding_dim={cfg.model.embedding_dim}")
+
+
 def images_per_step(cfg: Config) -> int:
     """The images one training step embeds (both images of each pair for pair models)."""
     if cfg.model.kind in ("autoencoder", "vae"):
@@ -106,6 +120,7 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     splits = splits_for(cfg.data, sets)
     if cfg.model.kind == "embedding":
         check_embedding_data(cfg, splits)
+        check_embedding_size(cfg, splits.train.images.shape[1:])
         kind, metric = ("pair" if is_pair_loss(cfg) else "embedding"), cfg.loss.distance
         check_global_batch(batch_size(cfg), None if is_pair_loss(cfg) else cfg.train.classes_per_batch,
                            strategy.num_replicas_in_sync)
