@@ -173,7 +173,7 @@ def test_two_processes_on_one_folder_then_a_kill_then_export_refused_then_the_sa
     out = tmp_path / "run"
     slow = tmp_path / "slow.yaml"
     # Epochs long enough (tens of seconds) that the first process is still training when the second starts.
-    slow.write_text(QUICK.replace("epochs: 2, steps_per_epoch: 3", "epochs: 2, steps_per_epoch: 20000"))
+    slow.write_text(QUICK.replace("epochs: 2, steps_per_epoch: 3", "epochs: 2, steps_per_epoch: 8000"))
     command = [sys.executable, "-m", "reprlearn.cli", "train", str(slow), "--out", str(out), "--quiet"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
