@@ -114,7 +114,7 @@ def test_pair_run_adds_distance_and_verify(pair_run_dir, tmp_path):
         assert sorted(body["instances"][0]) == sorted(loaded.signatures[name].structured_input_signature[1]), name
     # The same export again writes nothing and names the version that holds it; a new one takes the next number.
     again = export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False)
-    assert again["version"] == 1 and again["unchanged"]
+    assert again["version"] == 1 and again["unchanged"] and again["signatures"] == result["signatures"]
     assert sorted(p.name for p in (tmp_path / "digits_pairs").iterdir()) == ["1", "artifacts"]
     assert export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False, new_version=True)["version"] == 2
 

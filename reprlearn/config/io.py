@@ -144,4 +144,3 @@ def save_config(cfg: Config, path: str | Path, command: str | None = None) -> No
     """Writes the resolved config as YAML, headed by the command that produced it."""
     header = f"# {command}\n" if command else ""
     Path(path).write_text(header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-

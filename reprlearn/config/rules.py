@@ -150,7 +150,6 @@ def _check_search(search: SearchConfig) -> None:
                           f"Received: search.loss={search.loss!r}")
 
 
-
 def check_joint_weights(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:
     """One weight >= 0 per layer and one for the head, not all 0 (default: all 1)."""
     if weights is None:

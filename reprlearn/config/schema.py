@@ -166,12 +166,6 @@ class EvalConfig:
     grid_neighbours: int = positive(8)
 
 
-
-
-
-
-
-
 @dataclass
 class SearchConfig:
     """`reprlearn tune` only. Ranges are `[low, high]`, sampled log-uniformly; lists are choices.
@@ -200,4 +194,3 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-

@@ -23,7 +23,6 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-
 def read_idx(path: str | Path) -> np.ndarray:
     """Reads an IDX file (the MNIST format), gzipped or not."""
     path = Path(path)

@@ -35,7 +35,6 @@ MAX_MAP_DROP = {"dynamic": 0.01, "float16": 0.01, "int8": 0.03}
 PROBE_IMAGES = 1000
 
 
-
 def _parse_list(value: str | list[str], allowed: tuple[str, ...], argument: str) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
     items = [item.strip() for item in items if item.strip()]
@@ -76,9 +75,9 @@ def _gate(row: dict) -> str | None:
     return None
 
 
-def _write_parity(rows: list[dict], keras_map: float, directory: Path, request: dict) -> None:
+def _write_parity(rows: list[dict], keras_map: float, directory: Path, request: dict, signatures: list[str]) -> None:
     (directory / "parity.json").write_text(json.dumps({"keras_map_at_r": keras_map, "formats": rows,
-                                                       "request": request}, indent=2))
+                                                       "request": request, "signatures": signatures}, indent=2))
     lines = [f"Keras MAP@R on the run's test split (from the run folder's evaluation.npz): {keras_map:.4f}", "",
              "| format | file | size (KiB) | max abs diff vs Keras | MAP@R | drop |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['format']} | {r['file']} | {r['bytes'] / 1024:.0f} | {r['max_abs_diff']:.2e} | "
@@ -118,7 +117,8 @@ def _same_export(model_dir: Path, request: dict) -> dict | None:
     if parity.get("request") != request:
         return None
     saved_model = model_dir / str(latest)
-    return {"name": model_dir.name, "version": latest, "signatures": None, "keras_map_at_r": parity["keras_map_at_r"],
+    return {"name": model_dir.name, "version": latest, "signatures": parity["signatures"],
+            "keras_map_at_r": parity["keras_map_at_r"],
             "formats": parity["formats"], "saved_model": str(saved_model) if saved_model.is_dir() else None,
             "artifacts": str(parity_file.parent), "unchanged": True}
 
@@ -237,7 +237,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             path = artifacts / "model.onnx"
             convert_onnx(saved_model, path)
             check("onnx", path, onnx_embedder(path)(test_images))
-        _write_parity(rows, keras_map, artifacts, request)
+        _write_parity(rows, keras_map, artifacts, request, signatures)
         failures = [message for message in map(_gate, rows) if message]
         if enrolled is not None:
             (artifacts / "identify.json").write_text(json.dumps(identify_row, indent=2))

@@ -39,7 +39,6 @@ EMBEDDINGS_FILE, META_FILE = "gallery.npz", "gallery.json"
 FORMAT_VERSION = 1
 
 
-
 class Identification(NamedTuple):
     """`identify`'s answer per query: the decided label (or UNKNOWN), whether it was accepted, and the top k."""
     labels: np.ndarray         # [Q] the nearest item's label where accepted, else UNKNOWN

@@ -29,7 +29,7 @@ from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, rea
 
 @dataclass
 class Run:
-    """A finished (or interrupted) run folder, read back: its config, record and evaluation arrays, and its model.
+    """A complete run folder, read back: its config, record and evaluation arrays, and its model.
 
     Example:
         run = load_run("runs/demo")
@@ -139,9 +139,10 @@ def load_run(run_dir: str | Path) -> Run:
             running); the message names the state and the command that finishes it.
     """
     path = Path(run_dir)
-    state, failure = run_state(path) if (path / RECORD_FILE).is_file() else (None, None)
+    record = read_json(path / RECORD_FILE)
+    state, failure = run_state(path, record) if record else (None, None)
     if state not in (None, "complete"):  # a run, not finished: say why and what finishes it
-        command = read_json(path / RECORD_FILE).get("command")
+        command = record.get("command")
         again = f"`{command}`" if command else "the same run_training call"
         why = (f"it failed: {failure}" if state == "failed"
                else "it is training or evaluating now, or was interrupted")
@@ -155,7 +156,6 @@ def load_run(run_dir: str | Path) -> Run:
     config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
     with np.load(path / EVALUATION_FILE) as arrays:
         evaluation = {name: arrays[name] for name in arrays.files}
-    record = read_json(path / RECORD_FILE)
     if "test_images" not in evaluation:
         evaluation.update(_reload_evaluation(config, record, path))
     return Run(path, config, record, evaluation)
@@ -173,4 +173,3 @@ def _reload_evaluation(config: Config, record: dict, path: Path) -> dict:
                                  f"{record['data']['splits'][name]['fingerprint']}); restore the data or retrain")
     return {"test_images": splits.test.images, "test_labels": splits.test.labels,
             "val_images": splits.val.images, "val_labels": splits.val.labels}
-

@@ -63,4 +63,3 @@ def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray, out
     if reload_diff != 0.0:
         raise RuntimeError(f"{path.name} reloads to different outputs (max abs diff {reload_diff})")
     return reloaded
-

@@ -41,21 +41,11 @@ from reprlearn.config import Config, config_from_dict, config_to_dict, save_conf
 from reprlearn.data import ImageSet, Splits
 from reprlearn.errors import RunFolderError
 
-
 RECORD_FILE = "run.json"
-
-
 EVALUATION_FILE = "evaluation.npz"
-
-
 CHECKPOINTS = "checkpoints"
-
-
 REPRESENTATIVE_IMAGES = 200
-
-
 EVALUATION_LIMIT_BYTES = 256 * 2**20
-
 
 
 def fingerprint(imageset: ImageSet) -> str:
@@ -221,10 +211,10 @@ def wait_for_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: 
 STATES = ("running", "complete", "failed")
 
 
-def run_state(out_dir: str | Path) -> tuple[str, str | None]:
-    """`(state, failure message or None)` of the run in a folder."""
+def run_state(out_dir: str | Path, record: dict | None = None) -> tuple[str, str | None]:
+    """`(state, failure message or None)` of the run in a folder (from `record`, its run.json, when already read)."""
     out = Path(out_dir)
-    record = read_json(out / RECORD_FILE)
+    record = read_json(out / RECORD_FILE) if record is None else record
     default = "complete" if (out / "report.json").is_file() else "running"
     return record.get("state", default), record.get("failure")
 
@@ -281,4 +271,3 @@ def run_summary(cfg: Config, out: Path, epochs_done: int, seconds: float, histor
                   "examples_per_second": round(examples / seconds, 1) if examples and seconds > 0 else None,
                   "batch_size": batch, "steps_per_epoch": cfg.train.steps_per_epoch, "history": history},
     }
-

@@ -17,7 +17,7 @@ import tensorflow as tf
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.pipelines import pair_batches
-from reprlearn.errors import ConfigError, DataError
+from reprlearn.errors import ConfigError
 from reprlearn.evaluation.scoring import (
     can_pair,
     pair_distances,
@@ -85,9 +85,6 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     val_distances, val_match = (pair_distances(embed(tower, val.images), val.labels, cfg.eval.verification_pairs,
                                                metric, seed) if can_pair(val.labels) else (None, None))
     threshold, calibration = validation_threshold(val_distances, val_match)
-    if not can_pair(test.labels):  # the report scores verification on test pairs (score_embeddings would skip it)
-        raise DataError("the test split needs two classes and a class with two items for verification pairs. "
-                         f"Received: classes {test.classes}")
     metrics, pairs = score_embeddings(embeddings, test.images, test.labels, metric, threshold,
                                       cfg.eval.verification_pairs, seed, pca_train_images=splits.train.images)
     metrics["verification"]["calibration"] = calibration

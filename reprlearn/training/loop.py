@@ -216,7 +216,7 @@ class Trained(NamedTuple):
     """What `train_run` hands a driver: the model with the kept epoch's weights, and how it got there."""
     model: keras.Model
     epochs_done: int  # finished before this session (a resumed run)
-    seconds: float    # this session's training time
+    seconds: float    # training time over every session of the run
     history: list     # every epoch's logs, earlier sessions included
     kept: dict        # which epoch's weights the model holds (`train.keep`)
 

@@ -36,4 +36,3 @@ def progress(verbose: int, epochs: int) -> tuple[int, list[keras.callbacks.Callb
     if sys.stdout.isatty():
         return 1, []
     return 0, [EpochLog(epochs)]
-

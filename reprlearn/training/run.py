@@ -18,6 +18,7 @@ import numpy as np
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
 from reprlearn.errors import ConfigError, DataError
+from reprlearn.evaluation.scoring import can_pair
 from reprlearn.models.budget import available_memory_bytes, tower_size, training_bytes
 from reprlearn.models.verifiers import VERIFIER_SCORE
 from reprlearn.runs import CHECKPOINTS, open_run, read_checkpoint_state, wait_for_run
@@ -37,13 +38,12 @@ def check_evaluation_splits(splits) -> None:
     for name, part, keys in (("test", splits.test, "data.max_test and data.train_classes"),
                              ("validation", splits.val, "data.validation_fraction and data.validation_classes "
                                                         "(0 for no validation split)")):
-        if name == "validation" and len(part) == 0:
+        if (name == "validation" and len(part) == 0) or can_pair(part.labels):
             continue
         counts = np.unique(part.labels, return_counts=True)[1]
-        if len(counts) < 2 or counts.max() < 2:
-            raise DataError(f"the {name} split needs two classes and a class with two items (for retrieval queries "
-                            f"and verification pairs); check {keys}. Received: {len(part)} {name} items in "
-                            f"{len(counts)} classes, the largest of {int(counts.max(initial=0))}")
+        raise DataError(f"the {name} split needs two classes and a class with two items (for retrieval queries "
+                        f"and verification pairs); check {keys}. Received: {len(part)} {name} items in "
+                        f"{len(counts)} classes, the largest of {int(counts.max(initial=0))}")
 
 
 def check_embedding_size(cfg: Config, image_shape) -> None:
@@ -64,9 +64,9 @@ def images_per_step(cfg: Config) -> int:
     """The images one training step embeds (both images of each pair for pair models)."""
     if cfg.model.kind in ("autoencoder", "vae"):
         return cfg.train.batch_size
-    if cfg.model.kind == "verifier" or is_pair_loss(cfg):
+    if cfg.model.kind == "verifier":
         return 2 * cfg.train.pair_batch_size
-    return cfg.train.classes_per_batch * cfg.train.examples_per_class
+    return (2 if is_pair_loss(cfg) else 1) * batch_size(cfg)
 
 
 def check_memory(cfg: Config, image_shape, images_per_step: int, towers: int = 1) -> None:
