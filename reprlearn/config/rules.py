@@ -29,6 +29,26 @@ def _check_field_marks(cfg: Config) -> None:
                 raise ConfigError(f"config: {name} must be > 0. Received: {name}={value!r}")
 
 
+def _check_backbone(cfg: Config) -> None:
+    """A frozen backbone must have learnt something: random weights are never frozen, wholly or in part."""
+    model, frozen_epochs = cfg.model, cfg.train.frozen_epochs
+    if frozen_epochs < 0 or frozen_epochs >= cfg.train.epochs and frozen_epochs:
+        raise ConfigError(f"config: train.frozen_epochs must be in [0, train.epochs) (the head trains alone that "
+                          f"many epochs, then the backbone joins). Received: train.frozen_epochs={frozen_epochs!r}, "
+                          f"train.epochs={cfg.train.epochs!r}")
+    if frozen_epochs and model.tower != "backbone":
+        raise ConfigError("config: train.frozen_epochs trains the head over a frozen backbone; set model.tower: "
+                          f"backbone. Received: model.tower={model.tower!r}, train.frozen_epochs={frozen_epochs}")
+    random = model.backbone_weights in (None, "none")
+    if model.tower == "backbone" and random and (frozen_epochs or model.fine_tune_from not in (None, "all")):
+        raise ConfigError("config: a backbone with random weights (model.backbone_weights: none) would be frozen, "
+                          "wholly or below model.fine_tune_from, and a frozen random network computes nothing "
+                          "useful: start from model.backbone_weights: imagenet or a weights file, or train it all "
+                          f"(model.fine_tune_from: all, train.frozen_epochs: 0). Received: model.backbone_weights="
+                          f"{model.backbone_weights!r}, model.fine_tune_from={model.fine_tune_from!r}, "
+                          f"train.frozen_epochs={frozen_epochs}")
+
+
 def check_config(cfg: Config) -> None:
     """Raises ConfigError, naming the keys and values, for the first rule `cfg` breaks."""
     _check_field_marks(cfg)
@@ -39,6 +59,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("config: data.validation_classes must be 0 (a share of every class) or >= 2 (a "
                           "validation split of one class has no negative pairs). "
                           f"Received: data.validation_classes={cfg.data.validation_classes!r}")
+    size = cfg.data.image_size
+    if size is not None and (len(size) != 2 or any(int(v) < 1 for v in size)):
+        raise ConfigError(f"config: data.image_size must be [height, width], both >= 1 (or null: the files' own "
+                          f"size). Received: data.image_size={size!r}")
+    _check_backbone(cfg)
     if cfg.model.freeze and not cfg.model.init_from:
         raise ConfigError("config: model.freeze keeps the layers copied by model.init_from fixed; set "
                           "model.init_from to a run folder. Received: model.freeze=True, model.init_from=None")

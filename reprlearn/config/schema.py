@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from reprlearn.config.losses import LOSS_TRAITS
 from reprlearn.data.augment import AUGMENTATIONS
+from reprlearn.data.decode import RESIZE_MODES
 from reprlearn.data.protocols import PROTOCOLS
 from reprlearn.ops.distances import ALIASES, METRICS
 
@@ -59,6 +60,14 @@ class DataConfig:
     max_train: typing.Optional[int] = positive(None)
     max_test: typing.Optional[int] = positive(None)
     seed: int = 0
+    # Streamed sources (folder:PATH, csv:FILE): the size every image is decoded to, [height, width] (None: the
+    # files' own size, which must then be one size), the channels (None: 3 if any file has colour, else 1), how
+    # a differently shaped image fits (pad: letterbox; crop: centre crop, a random one for training with
+    # data.augment; stretch), and what an unusable file does (skip: listed in run.json and the report; error).
+    image_size: typing.Optional[list[int]] = None
+    channels: typing.Optional[int] = choice(None, (None, 1, 3))
+    resize: str = choice("pad", RESIZE_MODES)
+    on_bad_image: str = choice("skip", ("skip", "error"))
 
 
 @dataclass
@@ -74,10 +83,18 @@ class ModelConfig:
     dense: int = positive(128)
     batch_norm: bool = False
     dropout: float = 0.0
+    # model.tower: backbone: any keras.applications class (ResNet50, EfficientNetV2B0, MobileNetV3Small,
+    # ConvNeXtTiny, ...) with its own preprocessing inside the tower; weights imagenet (Keras downloads and caches
+    # the file once), none (random) or the path of a weights file. Streamed sources feed it data.image_size;
+    # in-memory arrays are resized inside the tower to backbone_image_size.
     backbone: str = "MobileNetV2"
     backbone_weights: typing.Optional[str] = None
     backbone_image_size: int = positive(96)
-    # None freezes the backbone; a layer name fine-tunes from that layer on.
+    pooling: str = choice("avg", ("avg", "max", "gem"))   # gem: generalized mean, exponent learnt (init 3)
+    # BatchNorm layers of the backbone keep their ImageNet statistics (inference mode) while the rest fine-tunes.
+    freeze_batchnorm: bool = False
+    # Which backbone layers train: None freezes a pretrained backbone (a random one trains whole), a layer name
+    # trains that layer and all after it, all trains every layer.
     fine_tune_from: typing.Optional[str] = None
     # Transfer: start from a trained run's tower (RUN/model.keras): same-named, same-shaped layers are copied
     # (report.json lists them); with freeze they stay fixed and only the embedding head (embedding_dense) trains
@@ -154,6 +171,9 @@ class TrainConfig:
     # verifier: ROC AUC on validation pairs) (the validation split: held-out training classes with
     # data.validation_classes; never the test split).
     keep: str = choice("last", ("last", "best"))  # last | best
+    # Backbone towers: train the head alone over the frozen backbone this many epochs first, then from
+    # model.fine_tune_from (all when unset) at model.init_learning_rate_factor of the rate.
+    frozen_epochs: int = 0
 
 
 @dataclass

@@ -2,34 +2,81 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
 
 import numpy as np
 
 from reprlearn.errors import DataError
 
+# Raw-pixel baselines of streamed photos compare images shrunk to this side (see `flat_pixels`).
+BASELINE_SIDE = 32
 
-@dataclass
+
 class ImageSet:
-    """Images `[N, H, W, C]` (uint8, or float in [0, 255]), int64 labels `[N]`, class names, item names.
+    """A labelled image set, in memory or streamed from files: labels, class names, item names, and the pixels.
 
-    `class_names[c]` names label `c`; labels index into it. `names[i]` names item i where the source
-    has names (a folder dataset's file paths, relative to its root); None otherwise.
+    In memory, `images` is `[N, H, W, C]` (uint8, or float in [0, 255]). Streamed, `files` lists the image files
+    and `spec` how each is decoded (`reprlearn.data.decode`): pixels exist only for the batch at hand, so a set
+    of 10⁷ files costs its paths and a few integers per item. Everything downstream reads pixels through
+    `reprlearn.data.pipelines` (`batches_in_order`, the samplers) or `pixels` for a handful of items, and so
+    works on both.
+
+    `class_names[c]` names label `c`; labels index into it. `names[i]` names item i where the source has names
+    (a folder's or CSV's file paths, relative to its root); None otherwise.
     """
 
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-    names: list[str] | None = None
+    def __init__(self, images, labels, class_names: list[str], names: list[str] | None = None, files=None,
+                 spec=None):
+        if (images is None) == (files is None):
+            raise DataError("an ImageSet holds either images in memory or files to stream, not both or neither. "
+                            f"Received: images={type(images).__name__}, files={type(files).__name__}")
+        self._images, self.labels, self.class_names, self.names = images, labels, class_names, names
+        self.files, self.spec = files, spec
+        # A streamed source's index record (item count, classes, fingerprint, skipped files), for run.json.
+        self.source_record: dict | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.files is not None
+
+    @property
+    def images(self) -> np.ndarray:
+        """The `[N, H, W, C]` array of an in-memory set (a streamed set has none: see `pixels`)."""
+        if self._images is None:
+            raise DataError("this image set streams its images from files and has no array of them; read them "
+                            "with reprlearn.data.pipelines.batches_in_order, or ImageSet.pixels(index) for a few. "
+                            f"Received: {len(self)} files under {self.files.root}")
+        return self._images
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """`(H, W, C)` of every image the set yields."""
+        if self._images is not None:
+            return tuple(int(v) for v in self._images.shape[1:])
+        return (*self.spec.image_size, self.spec.channels)
+
+    def pixels(self, index) -> np.ndarray:
+        """The images at `index` as float32 `[n, H, W, C]` in [0, 255] (decoded here for a streamed set)."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        if self._images is not None:
+            return np.asarray(self._images[index], np.float32)
+        from reprlearn.data.decode import decode_files
+
+        return decode_files([self.files.path(i) for i in index], self.spec)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: np.ndarray) -> "ImageSet":
-        names = None if self.names is None else [self.names[i] for i in np.asarray(index).reshape(-1)]
-        return ImageSet(self.images[index], self.labels[index], self.class_names, names)
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        names = None if self.names is None else [self.names[i] for i in index.reshape(-1)]
+        if self._images is not None:
+            return ImageSet(self._images[index], self.labels[index], self.class_names, names)
+        part = ImageSet(None, self.labels[index], self.class_names, names, self.files.subset(index), self.spec)
+        part.source_record = self.source_record
+        return part
 
     @property
     def classes(self) -> list[int]:
@@ -88,7 +135,25 @@ def check_labels(labels, n: int, name: str = "labels") -> np.ndarray:
 
 
 def flat_pixels(images) -> np.ndarray:
-    """Images as `[N, H·W·C]` float32 vectors in [0, 1]: the raw-pixel representation baselines rank."""
+    """Images as `[N, H·W·C]` float32 vectors in [0, 1]: the raw-pixel representation baselines rank.
+
+    A streamed `ImageSet` gives its images shrunk to at most `BASELINE_SIDE` pixels a side (area-averaged),
+    decoded in batches, so the baseline of 10⁵ photos costs megabytes, not the gigabytes of their full pixels.
+    """
+    if isinstance(images, ImageSet):
+        if not images.streamed:
+            images = images.images
+        else:
+            import tensorflow as tf
+
+            from reprlearn.data.pipelines import batches_in_order
+
+            height, width, _ = images.image_shape
+            scale = min(1.0, BASELINE_SIDE / max(height, width))
+            side = (max(1, round(height * scale)), max(1, round(width * scale)))
+            parts = [tf.image.resize(batch, side, method="area").numpy().reshape(len(batch), -1) / 255.0
+                     for batch, _ in batches_in_order(images)]
+            return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)
     images = np.asarray(images)
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 

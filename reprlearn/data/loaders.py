@@ -2,17 +2,21 @@
 
 Example:
     splits = load_dataset("fashion_mnist")   # {"train": ImageSet, "test": ImageSet}
-    splits = load_dataset("folder:/data/birds")  # {"all": ImageSet}
+    splits = load_dataset("folder:/data/birds", decoding=Decoding((224, 224)))  # {"all": ImageSet}, streamed
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from reprlearn.data.decode import DecodeSpec
+from reprlearn.data.files import SPLIT_NAMES, FileIndex, describe_problems, index_csv, index_folder, probe_images
 from reprlearn.data.imageset import ImageSet, make_imageset
 from reprlearn.errors import DataError, DatasetNotFoundError
 
@@ -20,7 +24,6 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -158,46 +161,81 @@ def read_image_file(path: Path) -> np.ndarray:
                      f"Received: {str(path)!r}")
 
 
-def load_folder(root: str | Path) -> dict[str, ImageSet]:
-    """A folder-per-class image tree: `root/<class name>/<image file>`; one split.
+@dataclass(frozen=True)
+class Decoding:
+    """What a config says about turning files into pixels (`data.image_size`, `data.channels`, `data.resize`,
+    `data.on_bad_image`); None leaves the size or channels to what the files show."""
 
-    Images are read with Pillow (see `read_image_file` for how each mode becomes 8-bit); all must share
-    one size. Grayscale images stay one channel unless any image in the tree has colour, in which
-    case grayscale ones are repeated to RGB.
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    resize: str = "pad"
+    on_bad_image: str = "skip"
+
+    @classmethod
+    def of(cls, data_cfg) -> "Decoding":
+        return cls(tuple(data_cfg.image_size) if data_cfg.image_size else None, data_cfg.channels,
+                   data_cfg.resize, data_cfg.on_bad_image)
+
+
+def _streamed(index: FileIndex, decoding: Decoding, source: str) -> dict[str, ImageSet]:
+    """The splits of an indexed file source as streamed ImageSets, with the decode spec the files need."""
+    if index.problems:
+        if decoding.on_bad_image == "error":
+            raise DataError(f"{source}: {describe_problems(index)} (data.on_bad_image: error refuses them; "
+                            "'skip' trains without them). Received: on_bad_image='error'")
+        warnings.warn(f"{source}: {describe_problems(index)}", UserWarning, stacklevel=3)
+    if index.dropped_classes:
+        warnings.warn(f"{source}: classes with no readable image were dropped: {index.dropped_classes}",
+                      UserWarning, stacklevel=3)
+    sizes, channels = probe_images(index.files, decoding.image_size is None, decoding.channels is None)
+    if decoding.image_size is None:
+        if len(sizes) > 1:
+            (first, first_name), (second, second_name) = sizes
+            raise DataError(f"{source} holds images of different sizes ({first_name!r} is {first[0]}x{first[1]}, "
+                            f"{second_name!r} is {second[0]}x{second[1]}): set data.image_size: [height, width] "
+                            "(and data.resize: pad | crop | stretch). Received: image_size=None")
+        if not sizes:
+            raise DataError(f"{source}: no image header could be read to find the image size; set "
+                            "data.image_size. Received: image_size=None")
+    spec = DecodeSpec(decoding.image_size or sizes[0][0], decoding.channels or channels, decoding.resize)
+    record = {"items": len(index), "classes": len(index.class_names), "fingerprint":
+              index.files.fingerprint(index.labels), "skipped": [list(p) for p in index.problems],
+              "ignored_files": index.ignored, "dropped_classes": index.dropped_classes}
+    whole = ImageSet(None, index.labels, index.class_names, list(index.files.relative), index.files, spec)
+    whole.source_record = record
+    if index.splits is None:
+        return {"all": whole}
+    out = {}
+    for name in SPLIT_NAMES:
+        part = whole.subset(np.flatnonzero(index.splits == name))
+        if len(part):
+            part.source_record = record
+            out[name] = part
+    if "train" not in out or "test" not in out:
+        raise DataError(f"{source}: a split column needs train and test rows. Received: splits {sorted(out)}")
+    return out
+
+
+def load_folder(root: str | Path, decoding: Decoding = Decoding()) -> dict[str, ImageSet]:
+    """A folder-per-class image tree, `root/<class name>/**/<image file>`, streamed; one split, `all`.
+
+    Nothing is decoded here: the files are indexed (`reprlearn.data.files.index_folder`) and decoded in
+    the pipelines at `decoding.image_size` (required when the files differ in size).
 
     Raises:
         DatasetNotFoundError: `root` is not a folder.
-        ValueError: a class folder is empty, an image is unreadable, or sizes differ (naming the odd file).
+        DataError: no class folders, fewer than 2 usable classes, sizes differ without data.image_size, or
+            unusable files with `on_bad_image: error` (naming them).
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"image folder not found. Received: path={str(root)!r}")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if not class_dirs:
-        raise DataError(f"image folder has no class sub-folders. Received: path={str(root)!r}")
-    files, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise DataError(f"image folder has an empty class: no image in {str(class_dir)!r}")
-        files += found
-        labels += [label] * len(found)
-    arrays = [read_image_file(path) for path in files]
-    sizes = [a.shape[:2] for a in arrays]
-    values, counts = np.unique(np.array(sizes), axis=0, return_counts=True)
-    if len(values) > 1:
-        common = tuple(int(v) for v in values[np.argmax(counts)])
-        odd = next(i for i, size in enumerate(sizes) if size != common)
-        raise DataError(f"all images in a folder dataset must share one size; {counts.max()} of {len(files)} are "
-                         f"{common[0]}x{common[1]}, but {str(files[odd])!r} is {sizes[odd][0]}x{sizes[odd][1]}")
-    if any(a.ndim == 3 for a in arrays):
-        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
-    imageset = make_imageset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs], f"folder:{root}")
-    imageset.names = [str(path.relative_to(root)) for path in files]
-    return {"all": imageset}
+    return _streamed(index_folder(root), decoding, f"folder:{root}")
 
 
-def load_spec(spec: str, data_dir: str | None = None) -> ImageSet:
+def load_csv(csv_file: str | Path, decoding: Decoding = Decoding()) -> dict[str, ImageSet]:
+    """A CSV file list (`path,label[,split]`), streamed: `{"all"}`, or the splits its `split` column names."""
+    return _streamed(index_csv(csv_file), decoding, f"csv:{csv_file}")
+
+
+def load_spec(spec: str, data_dir: str | None = None, decoding: Decoding = Decoding()) -> ImageSet:
     """One split named on a command line: `NAME[:SPLIT]` (`fashion_mnist:test`, `digits`), `tfds:NAME[:SPLIT]`,
     or `folder:PATH` (every image of the tree). Without a split, a dataset's `test` split, or its only one.
 
@@ -207,13 +245,13 @@ def load_spec(spec: str, data_dir: str | None = None) -> ImageSet:
         ValueError: an unknown dataset or split (naming the splits there are).
         DatasetNotFoundError: the data is not on this machine.
     """
-    if spec.startswith("folder:") or os.path.isdir(os.path.expanduser(spec)):
+    if spec.startswith(("folder:", "csv:")) or os.path.isdir(os.path.expanduser(spec)):
         name, split = spec, None
     else:
         prefix = "tfds:" if spec.startswith("tfds:") else ""
         name, _, split = spec[len(prefix):].partition(":")
         name, split = prefix + name, split or None
-    sets = load_dataset(name, data_dir)
+    sets = load_dataset(name, data_dir, decoding)
     split = split or ("test" if "test" in sets else next(iter(sets)))
     if split not in sets:
         raise DataError(f"{name} has the splits {sorted(sets)}. Received: data={spec!r}")
@@ -223,8 +261,9 @@ def load_spec(spec: str, data_dir: str | None = None) -> ImageSet:
     return chosen
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> dict[str, ImageSet]:
-    """Loads a dataset by name: `digits`, `fashion_mnist`, `tfds:NAME` or `folder:PATH` (or a folder path).
+def load_dataset(name: str, data_dir: str | None = None, decoding: Decoding = Decoding()) -> dict[str, ImageSet]:
+    """Loads a dataset by name: `digits`, `fashion_mnist`, `tfds:NAME` (in memory), or the streamed
+    `folder:PATH` (or a folder path) and `csv:FILE`, decoded as `decoding` says.
 
     Returns:
         Splits by name: `{"train", "test"}` for sets with official splits, `{"all"}` otherwise.
@@ -240,8 +279,10 @@ def load_dataset(name: str, data_dir: str | None = None) -> dict[str, ImageSet]:
     if name.startswith("tfds:"):
         return load_tfds(name[len("tfds:"):], data_dir)
     if name.startswith("folder:"):
-        return load_folder(name[len("folder:"):])
+        return load_folder(name[len("folder:"):], decoding)
+    if name.startswith("csv:"):
+        return load_csv(name[len("csv:"):], decoding)
     if os.path.isdir(os.path.expanduser(name)):
-        return load_folder(name)
-    raise DataError("unknown dataset; use 'digits', 'fashion_mnist', 'tfds:NAME' or 'folder:PATH'. "
+        return load_folder(name, decoding)
+    raise DataError("unknown dataset; use 'digits', 'fashion_mnist', 'tfds:NAME', 'folder:PATH' or 'csv:FILE'. "
                      f"Received: name={name!r}")

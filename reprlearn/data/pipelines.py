@@ -1,8 +1,14 @@
-"""`tf.data` pipelines for training: class-balanced P×K batches and balanced pairs.
+"""`tf.data` pipelines: class-balanced P×K batches, views, balanced pairs, image batches, and every image in order.
 
-Both are pure `tf.data` (no Python generator), infinite, and deterministic for a seed:
-batch `s` depends only on `(seed, s)`, so `start_step` resumes a run exactly where it
-stopped and the pipelines shard under `tf.distribute`.
+The samplers draw item indices from the labels alone and are pure `tf.data` (no Python generator),
+infinite, and deterministic for a seed: batch `s` depends only on `(seed, s)`, so `start_step` resumes
+a run exactly where it stopped. Pixels come from the set's source, in memory (a gather) or streamed
+from files (decoded in parallel, per batch, `reprlearn.data.decode`): the same indices give the same
+images either way.
+
+A file that fails to decode mid-run is skipped without stopping the run: each drawn item comes with
+spare candidates of its class (or, for views and image batches, of the set), the first that decodes
+fills the slot, so a P×K batch stays exactly P×K; the skipped paths are appended to `bad_image_log`.
 
 Example:
     ds = pk_batches(images, labels, classes_per_batch=8, examples_per_class=16, seed=0)
@@ -15,7 +21,132 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.data.augment import augment_batch, check_augment
+from reprlearn.data.decode import decode_contents
+from reprlearn.data.imageset import ImageSet
 from reprlearn.errors import DataError
+
+# Spare candidates per drawn item of a streamed set: how many files of a slot may fail before it repeats another.
+SPARES = 4
+# Consecutive items decoded as one group when a streamed set is read in order.
+ORDER_GROUP = 16
+
+
+def _pixels_of(images) -> ImageSet:
+    """An ImageSet as is; an array as an in-memory set (labels unused)."""
+    if isinstance(images, ImageSet):
+        return images
+    images = np.asarray(images)
+    return ImageSet(images, np.zeros(len(images), np.int64), [])
+
+
+def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_image_log: str | None):
+    """Images for a dataset of `(candidates [G, M] int64, step)`: per row, the first `take` candidates that decode.
+
+    Yields `(images float32 [G·take, H, W, C], items used int64 [G·take], step)`. In memory nothing fails: the
+    first `take` columns are gathered. Streamed, the rows of every step are decoded in parallel (one small
+    dataset per row, whose failed files are dropped) and a slot whose candidates all fail repeats a decoded
+    item of its row. `crop`: random crop windows keyed by (seed, step, row, candidate).
+    """
+    if not source.streamed:
+        images_t = tf.constant(source.images)
+
+        def gather(candidates, step):
+            used = tf.reshape(candidates[:, :take], [-1])
+            return tf.cast(tf.gather(images_t, used), tf.float32), used, step
+
+        return rows.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    paths, spec = tf.constant(source.files.paths()), source.spec
+    blank = tf.zeros([*spec.image_size, spec.channels])
+
+    def row_images(row, items, step):
+        row_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), row)
+
+        def decode(column, item):
+            crop_seed = tf.random.experimental.stateless_fold_in(row_seed, column) if crop else None
+            return decode_contents(tf.io.read_file(tf.gather(paths, item)), spec, crop_seed), column
+
+        columns = tf.range(tf.shape(items, out_type=tf.int64)[0])
+        good = tf.data.Dataset.from_tensor_slices((columns, items)).map(decode).ignore_errors()
+        return good.concatenate(tf.data.Dataset.from_tensors((blank, tf.constant(-1, tf.int64))).repeat(take)).take(
+            take)
+
+    def split_rows(candidates, step):
+        count = tf.shape(candidates, out_type=tf.int64)[0]
+        return tf.data.Dataset.from_tensor_slices((tf.range(count), candidates, tf.fill([count], step)))
+
+    decoded = rows.flat_map(split_rows).interleave(
+        row_images, cycle_length=8, block_length=take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def fill(batch, decoded_batch):
+        (candidates, step), (images, columns) = batch, decoded_batch
+        count, width = tf.shape(candidates)[0], tf.shape(candidates)[1]
+        images = tf.reshape(images, [count, take, *spec.image_size, spec.channels])
+        columns = tf.reshape(columns, [count, take])
+        ok = columns >= 0
+        if bad_image_log:
+            _log_failures(paths, candidates, columns, ok, width, take, bad_image_log)
+        # Failed slots repeat the row's decoded images, cyclically (decoded ones first, in order).
+        order = tf.argsort(tf.cast(~ok, tf.int32), axis=1, stable=True)
+        decoded_count = tf.maximum(tf.reduce_sum(tf.cast(ok, tf.int32), axis=1, keepdims=True), 1)
+        source_slot = tf.gather(order, tf.range(take)[None] % decoded_count, batch_dims=1)
+        images = tf.gather(images, source_slot, batch_dims=1)
+        columns = tf.maximum(tf.gather(columns, source_slot, batch_dims=1), 0)
+        used = tf.gather(candidates, columns, batch_dims=1)
+        return tf.reshape(images, [-1, *spec.image_size, spec.channels]), tf.reshape(used, [-1]), step
+
+    return tf.data.Dataset.zip(rows, decoded.batch(_rows_per_step(rows) * take)).map(
+        fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _rows_per_step(rows) -> int:
+    count = rows.element_spec[0].shape[0]
+    if count is None:
+        raise DataError("internal: candidate rows must have a static count per step")
+    return int(count)
+
+
+def _log_failures(paths, candidates, columns, ok, width, take, log_path: str) -> None:
+    """Appends the paths of candidates tried and failed (those before each row's last decoded one, or the whole
+    row when it came up short) to `log_path`."""
+    decoded = tf.reduce_max(tf.one_hot(tf.where(ok, columns, -1), width, dtype=tf.int32), axis=1) > 0  # [G, M]
+    columns_range = tf.range(width, dtype=columns.dtype)[None]
+    full = tf.reduce_sum(tf.cast(ok, tf.int32), axis=1, keepdims=True) >= take
+    last = tf.reduce_max(tf.where(ok, columns, -1), axis=1, keepdims=True)
+    tried = tf.logical_or(~full, columns_range <= last)
+    failed = tf.logical_and(tried, ~decoded)
+
+    def write():
+        tf.print(tf.strings.reduce_join(tf.gather(paths, tf.boolean_mask(candidates, failed)), separator="\n"),
+                 output_stream=f"file://{log_path}")
+        return tf.constant(0)
+
+    tf.cond(tf.reduce_any(failed), write, lambda: tf.constant(0))
+
+
+def batches_in_order(imageset: ImageSet, batch_size: int = 256):
+    """Every image of a set in order, as `(images float32 [b, H, W, C], items int64 [b])` batches (a Python
+    iterator of NumPy arrays).
+
+    A streamed file that fails to decode is left out of its batch (its index is missing from `items`),
+    so callers score what decoded and name what did not.
+    """
+    n = len(imageset)
+    if not imageset.streamed:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            yield np.asarray(imageset.images[start:stop], np.float32), np.arange(start, stop)
+        return
+    paths, spec = tf.constant(imageset.files.paths()), imageset.spec
+
+    def group(first):
+        items = tf.range(first, tf.minimum(first + ORDER_GROUP, n))
+        return tf.data.Dataset.from_tensor_slices(items).map(
+            lambda item: (decode_contents(tf.io.read_file(tf.gather(paths, item)), spec), item)).ignore_errors()
+
+    dataset = tf.data.Dataset.range(0, n, ORDER_GROUP).interleave(
+        group, cycle_length=8, block_length=ORDER_GROUP, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for images, items in dataset.batch(batch_size).prefetch(2).as_numpy_iterator():
+        yield images, items
 
 
 def _class_table(labels: np.ndarray):
@@ -36,8 +167,10 @@ def _uniform_int(shape, high, seed) -> tf.Tensor:
                       high - 1)
 
 
-def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: int, start_step: int = 0):
-    """A dataset of index batches: P distinct classes, K indices of each, `[P*K]` int64.
+def pk_candidates(labels, classes_per_batch: int, examples_per_class: int, seed: int, start_step: int = 0,
+                  spares: int = 0):
+    """A dataset of `(candidates [P, K + spares] int64, step)`: P distinct classes, K items of each, then `spares`
+    more items of the same class (drawn with replacement) to stand in for any that fail to decode.
 
     A class with at least K examples gives K distinct examples. A class with fewer than K
     examples is sampled **with replacement**, so its examples repeat within the batch
@@ -72,41 +205,61 @@ def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: in
         # With replacement, for classes smaller than K.
         drawn = _uniform_int([p, k], n, draw_seed)
         position = tf.where(n >= k, tf.cast(distinct, tf.int64), drawn)
-        rows = tf.gather(table_t, chosen)
-        return tf.reshape(tf.gather(rows, position, batch_dims=1), [p * k])
+        if spares:
+            spare_seed = tf.random.experimental.stateless_fold_in(step_seed, 11)
+            position = tf.concat([position, _uniform_int([p, spares], n, spare_seed)], axis=1)
+        return tf.gather(tf.gather(table_t, chosen), position, batch_dims=1), step
 
     return tf.data.Dataset.counter(start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
                                                    deterministic=True)
 
 
-def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, seed: int = 0,
-               start_step: int = 0, augment: str = "none", flips: bool = False) -> tf.data.Dataset:
-    """Infinite P×K batches `(images float32 [P*K, H, W, C], labels int32 [P*K])`; see `pk_indices`.
+def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: int, start_step: int = 0):
+    """A dataset of index batches: P distinct classes, K indices of each, `[P*K]` int64 (see `pk_candidates`)."""
+    k = int(examples_per_class)
+    return pk_candidates(labels, classes_per_batch, examples_per_class, seed, start_step).map(
+        lambda candidates, step: tf.reshape(candidates[:, :k], [-1]))
 
+
+def _spares_for(source: ImageSet) -> int:
+    return SPARES if source.streamed else 0
+
+
+def _crop_randomly(source: ImageSet, augment: str) -> bool:
+    """Streamed `crop` sets take a random window for training when augmentation is on."""
+    return source.streamed and source.spec.resize == "crop" and augment != "none"
+
+
+def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, seed: int = 0,
+               start_step: int = 0, augment: str = "none", flips: bool = False,
+               bad_image_log: str | None = None) -> tf.data.Dataset:
+    """Infinite P×K batches `(images float32 [P*K, H, W, C], labels int32 [P*K])`; see `pk_candidates`.
+
+    `images`: an array or an `ImageSet` (streamed sets decode each batch's files; `labels` index the same items).
     `augment` / `flips`: see `reprlearn.data.augment.augment_batch`; batch s is augmented with a seed drawn
     from (seed, s), so resuming reproduces it.
     """
     check_augment(augment)
-    images_t = tf.constant(np.asarray(images))
+    source = _pixels_of(images)
     labels_t = tf.constant(np.asarray(labels), tf.int32)
-    index = pk_indices(labels, classes_per_batch, examples_per_class, seed, start_step)
+    k = int(examples_per_class)
+    candidates = pk_candidates(labels, classes_per_batch, examples_per_class, seed, start_step, _spares_for(source))
+    decoded = _decoded_rows(source, candidates, k, seed, _crop_randomly(source, augment), bad_image_log)
 
-    def load(i, step):
-        batch = tf.cast(tf.gather(images_t, i), tf.float32)
+    def finish(batch, used, step):
         if augment != "none":
-            step_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), 1)
-            batch = augment_batch(batch, step_seed, augment, flips)
-        return batch, tf.gather(labels_t, i)
+            step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+            batch = augment_batch(batch, tf.random.experimental.stateless_fold_in(step_seed, 1), augment, flips)
+        return batch, tf.gather(labels_t, used)
 
-    return tf.data.Dataset.zip(index, tf.data.Dataset.counter(start_step)).map(
-        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return decoded.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def view_batches(images, images_per_batch: int, views_per_image: int, seed: int = 0, start_step: int = 0,
-                 augment: str = "light", flips: bool = False) -> tf.data.Dataset:
+                 augment: str = "light", flips: bool = False, bad_image_log: str | None = None) -> tf.data.Dataset:
     """Infinite batches of K augmented views of each of P distinct images, labelled by image: `(images float32
     [P*K, H, W, C], labels int32 [P*K])`, each label the image's index in `images`, K times (positives are views
-    of one image; replicas that draw the same image agree on its label).
+    of one image; replicas that draw the same image agree on its label). `images`: an array or an `ImageSet`.
 
     Each view is augmented independently (`reprlearn.data.augment.augment_batch`), batch s with a seed drawn
     from (seed, s), so resuming reproduces it. The images' own labels are not used.
@@ -125,18 +278,26 @@ def view_batches(images, images_per_batch: int, views_per_image: int, seed: int 
     if k < 2:
         raise DataError(f"views_per_image must be >= 2 so every batch has positive pairs. "
                          f"Received: views_per_image={views_per_image}")
-    images_t = tf.constant(np.asarray(images))
+    source = _pixels_of(images)
+    spares = _spares_for(source)
 
-    def load(step):
+    def draw(step):
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
-        draw_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(step_seed, 2))
-        chosen = tf.argsort(tf.random.stateless_uniform([count], draw_seed))[:p]  # distinct images
-        index = tf.repeat(chosen, k)
-        batch = tf.cast(tf.gather(images_t, index), tf.float32)
-        return augment_batch(batch, augment_seed, augment, flips), tf.cast(index, tf.int32)
+        draw_seed = tf.random.experimental.stateless_split(step_seed, 2)[0]
+        rows = tf.cast(tf.argsort(tf.random.stateless_uniform([count], draw_seed))[:p], tf.int64)[:, None]  # distinct
+        if spares:  # stand-ins for an image that fails to decode: other images of the set
+            rows = tf.concat([rows, _uniform_int([p, spares], count, tf.random.experimental.stateless_fold_in(
+                step_seed, 11))], axis=1)
+        return rows, step
 
-    return tf.data.Dataset.counter(start_step).map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                                                   deterministic=True).prefetch(tf.data.AUTOTUNE)
+    def views(pictures, used, step):
+        augment_seed = tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), step]), 2)[1]
+        return (augment_batch(tf.repeat(pictures, k, axis=0), augment_seed, augment, flips),
+                tf.cast(tf.repeat(used, k), tf.int32))
+
+    rows = tf.data.Dataset.counter(start_step).map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _decoded_rows(source, rows, 1, seed, False, bad_image_log).map(
+        views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def pair_indices(labels, batch_size: int, seed: int, start_step: int = 0) -> tf.data.Dataset:
@@ -190,31 +351,70 @@ def pair_indices(labels, batch_size: int, seed: int, start_step: int = 0) -> tf.
                                                    deterministic=True)
 
 
-def pair_batches(images, labels, batch_size: int, seed: int = 0, start_step: int = 0) -> tf.data.Dataset:
-    """Infinite balanced pair batches `((first, second) float32 images, match float32 [B])`; 1 = same class."""
-    images_t = tf.constant(np.asarray(images))
-    index = pair_indices(labels, batch_size, seed, start_step)
-
-    def gather(first, second, match):
-        return ((tf.cast(tf.gather(images_t, first), tf.float32),
-                 tf.cast(tf.gather(images_t, second), tf.float32)), match)
-
-    return index.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+def _with_spares(index, labels_t_table, step_seed, spares: int):
+    """`[B]` items → `[B, 1 + spares]`: each followed by `spares` items of its own class, drawn with replacement."""
+    if not spares:
+        return index[:, None]
+    class_of, counts, table = labels_t_table
+    cls = tf.gather(class_of, index)
+    position = _uniform_int([tf.shape(index)[0], spares], tf.gather(counts, cls)[:, None], step_seed)
+    return tf.concat([index[:, None], tf.gather(tf.gather(table, cls), position, batch_dims=1)], axis=1)
 
 
-def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, targets: bool = True) -> tf.data.Dataset:
+def _class_lookup(labels):
+    """`(class of each item, items per class, the class table)` as constants, for drawing stand-in items."""
+    classes, counts, table = _class_table(np.asarray(labels))
+    return (tf.constant(np.searchsorted(classes, np.asarray(labels)), tf.int64), tf.constant(counts, tf.int64),
+            tf.constant(table))
+
+
+def pair_batches(images, labels, batch_size: int, seed: int = 0, start_step: int = 0,
+                 bad_image_log: str | None = None) -> tf.data.Dataset:
+    """Infinite balanced pair batches `((first, second) float32 images, match float32 [B])`; 1 = same class.
+
+    `images`: an array or an `ImageSet`; a streamed file that fails to decode is replaced by another of its class.
+    """
+    source = _pixels_of(images)
+    spares, lookup = _spares_for(source), _class_lookup(labels)
+    index = tf.data.Dataset.zip(pair_indices(labels, batch_size, seed, start_step), tf.data.Dataset.counter(start_step))
+
+    def rows_of(part):
+        def rows(batch, step):
+            part_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]),
+                                                                 20 + part)
+            return _with_spares(batch[part], lookup, part_seed, spares), step
+        return _decoded_rows(source, index.map(rows), 1, seed + part, False, bad_image_log)
+
+    def join(batch, first, second):
+        return (first[0], second[0]), batch[0][2]
+
+    return tf.data.Dataset.zip(index, rows_of(0), rows_of(1)).map(
+        join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, targets: bool = True,
+                  bad_image_log: str | None = None) -> tf.data.Dataset:
     """Infinite batches of uniformly drawn images (with replacement), keyed by step, for label-free training.
 
     Yields `(images float32, images / 255)` when `targets` (autoencoders), else `images` (a VAE's own loss).
+    `images`: an array or an `ImageSet` (a file that fails to decode is replaced by another drawn image).
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-    images_t = tf.constant(np.asarray(images))
+    source = _pixels_of(images)
+    count, spares = len(source), _spares_for(source)
 
-    def make_batch(step):
-        batch = tf.cast(tf.gather(images_t, _uniform_int([batch_size], len(images), tf.stack([seed, step]))),
-                        tf.float32)
+    def draw(step):
+        step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        rows = _uniform_int([batch_size], count, step_seed)[:, None]
+        if spares:
+            rows = tf.concat([rows, _uniform_int([batch_size, spares], count,
+                                                 tf.random.experimental.stateless_fold_in(step_seed, 11))], axis=1)
+        return rows, step
+
+    def finish(batch, used, step):
         return (batch, batch / 255.0) if targets else batch
 
-    return tf.data.Dataset.counter(start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                                                   deterministic=True).prefetch(tf.data.AUTOTUNE)
+    rows = tf.data.Dataset.counter(start_step).map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _decoded_rows(source, rows, 1, seed, False, bad_image_log).map(
+        finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -60,7 +60,7 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
     """Builds train/val/test sets for a protocol.
 
     Args:
-        sets: loader output, `{"train", "test"}` or `{"all"}`.
+        sets: loader output, `{"train", "test"}` (a file list may add `"validation"`: the val split) or `{"all"}`.
         protocol: `seen-classes` or `unseen-classes`.
         train_classes: unseen-classes only; default is the lower half of the class ids.
         validation_fraction: share of the training side held out for validation.
@@ -75,6 +75,7 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol; use one of {list(PROTOCOLS)}. Received: protocol={protocol!r}")
+    given_val = sets.get("validation")  # a file list's own validation rows
     if "all" in sets:
         whole = sets["all"]
         train_index, test_index = stratified_split(whole.labels, 0.2, seed)
@@ -96,6 +97,8 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
                              f"Received: train_classes={train_classes}")
         train_side = train_side.subset(np.isin(train_side.labels, train_cls))
         test_side = test_side.subset(np.isin(test_side.labels, test_cls))
+        if given_val is not None:
+            given_val = given_val.subset(np.isin(given_val.labels, train_cls))
 
     train_side = _cap(train_side, max_train, seed)
     test_side = _cap(test_side, max_test, seed)
@@ -107,6 +110,9 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
         is_val = np.isin(train_side.labels, held_out)
         return Splits(train=train_side.subset(~is_val), val=train_side.subset(is_val), test=test_side,
                       train_classes=[c for c in train_cls if c not in held_out], test_classes=list(test_cls))
+    if given_val is not None:
+        return Splits(train=train_side, val=given_val, test=test_side, train_classes=list(train_cls),
+                      test_classes=list(test_cls))
     fit_index, val_index = stratified_split(train_side.labels, validation_fraction, seed + 1)
     return Splits(train=train_side.subset(fit_index), val=train_side.subset(val_index), test=test_side,
                   train_classes=list(train_cls), test_classes=list(test_cls))
@@ -114,9 +120,9 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
 
 def splits_for(data_cfg, sets: dict[str, ImageSet] | None = None) -> Splits:
     """The splits a config's `data` section describes, loading the dataset unless `sets` is given."""
-    from reprlearn.data.loaders import load_dataset
+    from reprlearn.data.loaders import Decoding, load_dataset
 
     if sets is None:
-        sets = load_dataset(data_cfg.name, data_cfg.data_dir)
+        sets = load_dataset(data_cfg.name, data_cfg.data_dir, Decoding.of(data_cfg))
     return make_splits(sets, data_cfg.protocol, data_cfg.train_classes, data_cfg.validation_fraction,
                        data_cfg.seed, data_cfg.max_train, data_cfg.max_test, data_cfg.validation_classes)

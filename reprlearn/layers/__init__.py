@@ -5,8 +5,9 @@ from reprlearn.layers.cosine import CosineClassifier
 from reprlearn.layers.distance import PairDistance
 from reprlearn.layers.lifted import LiftedStructLossLayer
 from reprlearn.layers.pair_features import PairFeatures
+from reprlearn.layers.pooling import GeneralizedMeanPooling, PixelAffine
 from reprlearn.layers.power import SignedPower
 from reprlearn.layers.unpooling import MaxPoolingWithArgmax2D, MaxUnpooling2D
 
-__all__ = ["CosineClassifier", "LiftedStructLossLayer", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "PairDistance",
-           "PairFeatures", "RepeatChannels", "SignedPower"]
+__all__ = ["CosineClassifier", "GeneralizedMeanPooling", "LiftedStructLossLayer", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "PairDistance",
+           "PairFeatures", "PixelAffine", "RepeatChannels", "SignedPower"]

@@ -10,19 +10,108 @@ Example:
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import types
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from reprlearn.errors import ConfigError
 from reprlearn.layers.channels import RepeatChannels
+from reprlearn.layers.pooling import GeneralizedMeanPooling, PixelAffine
 
-# Backbones whose input conventions are known: (keras.applications class, pixel scale, offset).
-BACKBONES = {
-    "MobileNetV2": ("MobileNetV2", 1 / 127.5, -1.0),
-    "ResNet50V2": ("ResNet50V2", 1 / 127.5, -1.0),
-    "EfficientNetB0": ("EfficientNetB0", 1.0, 0.0),  # rescales internally
-}
+POOLINGS = ("avg", "max", "gem")
+
+BACKBONE_NAME = "backbone"  # the keras.applications model nested in a backbone tower
+# Seconds a weights download may wait for the network before the build fails with the file's name.
+DOWNLOAD_TIMEOUT_SECONDS = 10
+
+
+def backbone_names() -> list[str]:
+    """Every `keras.applications` model class name (ResNet50, EfficientNetV2B0, MobileNetV3Small, ...)."""
+    return sorted(name for name in dir(keras.applications) if name[:1].isupper())
+
+
+def _application(name: str):
+    """`(model function, its module's preprocess_input)` for a `keras.applications` class name."""
+    application = getattr(keras.applications, name, None) if name in backbone_names() else None
+    # The public module of the same name as the one defining the class (keras.applications.mobilenet_v3, ...).
+    module = getattr(keras.applications, getattr(application, "__module__", "").rsplit(".", 1)[-1], None)
+    if isinstance(module, types.ModuleType) and hasattr(module, "preprocess_input"):
+        return application, module.preprocess_input
+    raise ConfigError(f"model.backbone must be a keras.applications model: {', '.join(backbone_names())}. "
+                      f"Received: model.backbone={name!r}")
+
+
+def preprocessing_layer(name: str) -> PixelAffine:
+    """The backbone's own `preprocess_input` as a `PixelAffine` layer (probed: every such function is affine per
+    pixel, a scale, a mean/std normalisation, a channel reorder, or the identity when the model rescales inside)."""
+    _, preprocess = _application(name)
+
+    def apply(x):
+        return np.asarray(keras.ops.convert_to_numpy(preprocess(np.array(x, np.float32))), np.float64).reshape(-1, 3)
+
+    offset = apply(np.zeros((1, 1, 1, 3)))[0]
+    matrix = np.stack([apply(np.eye(3)[c].reshape(1, 1, 1, 3) * 100.0)[0] - offset for c in range(3)], axis=1) / 100.0
+    probe = np.random.default_rng(0).uniform(0, 255, (1, 4, 4, 3))
+    if not np.allclose(apply(probe), probe.reshape(-1, 3) @ matrix.T + offset, atol=1e-3):
+        raise ConfigError(f"{name}'s preprocess_input is not a per-pixel affine map, which reprlearn cannot carry "
+                          f"inside the tower. Received: model.backbone={name!r}")
+    return PixelAffine(matrix, offset, name="preprocess")
+
+
+def _keras_cache_folder() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def _build_application(name: str, weights: str | None, image_size: tuple[int, int]) -> keras.Model:
+    """The application without its top at `image_size`, from ImageNet (downloaded once by Keras, with a timeout),
+    a weights file, or random weights."""
+    application, _ = _application(name)
+    shape = (*image_size, 3)
+    if weights == "imagenet":
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
+        try:
+            return application(include_top=False, weights="imagenet", input_shape=shape, pooling=None,
+                               name=BACKBONE_NAME)
+        except Exception as error:  # Keras raises a bare Exception for a failed download
+            url = re.search(r"https?://\S+?(?=[:\s]|$)", str(error))
+            if "fetch failure" not in str(error) and url is None:
+                raise
+            file_name = url.group(0).rsplit("/", 1)[-1] if url else "the weights file"
+            raise ConfigError(f"model.backbone_weights: imagenet needs {file_name}, which is not in Keras's cache "
+                              f"({_keras_cache_folder()}) and could not be downloaded ({error}). Copy it there "
+                              f"from a machine with network{f' ({url.group(0)})' if url else ''}, or set "
+                              "model.backbone_weights to a local file. Received: model.backbone_weights='imagenet'"
+                              ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
+    base = application(include_top=False, weights=None, input_shape=shape, pooling=None, name=BACKBONE_NAME)
+    if weights not in (None, "none"):
+        if not Path(weights).is_file():
+            raise ConfigError(f"model.backbone_weights must be imagenet, none or a weights file that exists. "
+                              f"Received: model.backbone_weights={weights!r}")
+        base.load_weights(weights)
+    return base
+
+
+def set_backbone_trainable(base: keras.Model, fine_tune_from: str | None, freeze_batchnorm: bool) -> None:
+    """Which backbone layers train: `all` (or None with random weights: decided by the caller) every layer, a
+    layer name that one and all after it, `"frozen"` none; with `freeze_batchnorm` the BatchNorm layers never
+    (they then run in inference mode, keeping their statistics)."""
+    names = [layer.name for layer in base.layers]
+    if fine_tune_from not in ("all", "frozen") and fine_tune_from not in names:
+        raise ConfigError(f"model.fine_tune_from is not a layer of the backbone (its layers: {names[1]} … "
+                          f"{names[-1]}). Received: model.fine_tune_from={fine_tune_from!r}")
+    base.trainable = True
+    start = {"all": 0, "frozen": len(names)}.get(fine_tune_from) if fine_tune_from in ("all", "frozen") else (
+        names.index(fine_tune_from))
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= start and not (freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization))
 
 
 def _check_shape(input_shape) -> tuple:
@@ -116,60 +205,69 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
 
 
 def backbone_tower(input_shape, backbone: str = "MobileNetV2", weights: str | None = None,
-                   image_size: int = 96, fine_tune_from: str | None = None, embedding_dim: int = 64,
-                   l2_normalize: bool = True, name: str = "backbone_tower") -> keras.Model:
-    """A `keras.applications` backbone (global-average pooled) under an embedding head.
+                   image_size: int | None = 96, fine_tune_from: str | None = None, embedding_dim: int = 64,
+                   l2_normalize: bool = True, pooling: str = "avg", freeze_batchnorm: bool = False,
+                   frozen: bool = False, name: str = "backbone_tower") -> keras.Model:
+    """A `keras.applications` backbone, pooled (avg, max or GeM), under an embedding head.
 
-    Grayscale inputs are repeated to three channels; images are resized to `image_size`
-    and scaled the way the backbone was trained.
+    The backbone's own preprocessing is the tower's first layer, so the tower takes pixels 0-255 like
+    every other. Grayscale inputs are repeated to three channels.
+
+    Example:
+        tower = backbone_tower((224, 224, 3), "EfficientNetV2B0", weights="imagenet", image_size=None)
 
     Args:
         input_shape: `(H, W, C)`, C of 1 or 3.
-        backbone: one of `BACKBONES`.
-        weights: None (random init) or the path of a local weights file for the backbone
-            without its top (`*.h5` / `*.weights.h5`). Nothing is downloaded.
-        image_size: side the images are resized to (>= 32).
-        fine_tune_from: None freezes the whole backbone (run in inference mode); a layer
-            name makes that layer and all after it trainable.
+        backbone: a `keras.applications` class name (`backbone_names()`).
+        weights: `"imagenet"` (Keras downloads and caches the file on first use; without network a ConfigError
+            names the file and the cache folder), None / `"none"` (random), or a weights file for the backbone
+            without its top.
+        image_size: the side images are resized to inside the tower (in-memory arrays), or None to take them at
+            `input_shape` (streamed sources decode to their final size).
+        fine_tune_from: None freezes a pretrained backbone and trains a random one whole; `"all"` trains every
+            layer; a layer name that layer and all after it.
         embedding_dim, l2_normalize: as in `mlp_tower`.
+        pooling: `avg`, `max` or `gem` (`GeneralizedMeanPooling`, exponent learnt).
+        freeze_batchnorm: the backbone's BatchNorm layers keep their statistics (inference mode).
+        frozen: build with the whole backbone frozen (the head-only epochs of `train.frozen_epochs`).
 
     Raises:
-        ValueError: unknown backbone or layer name, missing weights file, bad channels.
+        ConfigError: unknown backbone, pooling or layer name, missing weights, bad channels, or imagenet weights
+            that are neither cached nor downloadable.
     """
     shape = _check_shape(input_shape)
-    if backbone not in BACKBONES:
-        raise ConfigError(f"backbone must be one of {sorted(BACKBONES)}. Received: backbone={backbone!r}")
     if shape[2] not in (1, 3):
         raise ConfigError(f"backbone towers take 1 or 3 channels. Received: input_shape={shape}")
-    if weights is not None and not Path(weights).is_file():
-        raise ConfigError(f"backbone weights file not found (nothing is downloaded). Received: weights={weights!r}")
-    if int(image_size) < 32:
-        raise ConfigError(f"image_size must be >= 32. Received: image_size={image_size}")
-    class_name, scale, offset = BACKBONES[backbone]
-    base = getattr(keras.applications, class_name)(
-        include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg")
-    if weights is not None:
-        base.load_weights(weights)
-    layer_names = [layer.name for layer in base.layers]
-    if fine_tune_from is None:
-        base.trainable = False
-    elif fine_tune_from not in layer_names:
-        raise ConfigError(f"fine_tune_from is not a layer of {backbone}. Received: fine_tune_from={fine_tune_from!r}")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"model.pooling must be one of {list(POOLINGS)}. Received: model.pooling={pooling!r}")
+    size = (int(image_size), int(image_size)) if image_size else shape[:2]
+    if min(size) < 32:
+        raise ConfigError(f"backbone images must be at least 32 pixels a side. Received: image size {size}")
+    base = _build_application(backbone, weights, size)
+    pretrained = weights not in (None, "none")
+    if frozen:
+        mode = "frozen"
     else:
-        start = layer_names.index(fine_tune_from)
-        for layer in base.layers[:start]:
-            layer.trainable = False
+        mode = fine_tune_from or ("frozen" if pretrained else "all")
+    set_backbone_trainable(base, mode, freeze_batchnorm)
 
     inputs = keras.Input(shape, name="images")
     x = RepeatChannels(3)(inputs) if shape[2] == 1 else inputs
-    x = keras.layers.Resizing(image_size, image_size)(x)
-    x = keras.layers.Rescaling(scale, offset=offset)(x)
-    x = base(x, training=False) if fine_tune_from is None else base(x)
+    if image_size:
+        x = keras.layers.Resizing(*size, name="resize")(x)
+    x = preprocessing_layer(backbone)(x)
+    x = base(x, training=False) if mode == "frozen" else base(x)
+    x = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
+         "gem": GeneralizedMeanPooling}[pooling](name="pool")(x)
     return keras.Model(inputs, _embedding_head(x, _check_embedding_dim(embedding_dim), l2_normalize), name=name)
 
 
-def build_tower(model_cfg, input_shape, name: str = "tower") -> keras.Model:
-    """Builds the tower a `ModelConfig` describes for images of `input_shape`."""
+def build_tower(model_cfg, input_shape, name: str = "tower", streamed: bool = False,
+                frozen: bool = False) -> keras.Model:
+    """Builds the tower a `ModelConfig` describes for images of `input_shape`.
+
+    `streamed`: the images come decoded at their final size (a backbone does not resize them); `frozen`: a
+    backbone starts wholly frozen (`train.frozen_epochs`)."""
     common = dict(embedding_dim=model_cfg.embedding_dim, l2_normalize=model_cfg.l2_normalize, name=name)
     if model_cfg.tower == "mlp":
         return mlp_tower(input_shape, hidden=model_cfg.hidden, batch_norm=model_cfg.batch_norm,
@@ -179,8 +277,9 @@ def build_tower(model_cfg, input_shape, name: str = "tower") -> keras.Model:
                           batch_norm=model_cfg.batch_norm, dropout=model_cfg.dropout, **common)
     if model_cfg.tower == "backbone":
         return backbone_tower(input_shape, backbone=model_cfg.backbone, weights=model_cfg.backbone_weights,
-                              image_size=model_cfg.backbone_image_size, fine_tune_from=model_cfg.fine_tune_from,
-                              **common)
+                              image_size=None if streamed else model_cfg.backbone_image_size,
+                              fine_tune_from=model_cfg.fine_tune_from, pooling=model_cfg.pooling,
+                              freeze_batchnorm=model_cfg.freeze_batchnorm, frozen=frozen, **common)
     raise ConfigError(f"unknown tower. Received: model.tower={model_cfg.tower!r}")
 
 

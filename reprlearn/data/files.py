@@ -1,0 +1,282 @@
+"""Image files as an index: folders of class folders and CSV lists become a table of (path, label, split).
+
+Indexing reads each file's first and last bytes, never its pixels: it finds the format (JPEG, PNG, GIF, BMP),
+and refuses zero-byte, truncated, unsupported (WebP, TIFF, …) and non-image files before training, so a
+bad file costs one list entry, not a run. A file that breaks only when decoded mid-epoch is skipped inside
+the pipelines (`reprlearn.data.pipelines`).
+
+Example:
+    table = index_folder("/data/birds")            # FileIndex: files, labels, class names, problems
+    table.files.path(0), table.labels[0], table.problems[:3]
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reprlearn.errors import DataError, DatasetNotFoundError
+
+# Decodable by TensorFlow: what the pipelines read.
+SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# Images TensorFlow cannot decode: refused by name rather than ignored as "not an image".
+UNSUPPORTED_SUFFIXES = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".ico", ".ppm", ".pgm")
+SPLIT_NAMES = ("train", "validation", "test")
+# How many problem files a warning names before it says "and N more".
+NAMED_PROBLEMS = 5
+
+
+def _join(root: str, name: str) -> str:
+    return name if "://" in name else os.path.join(root, name)
+
+
+@dataclass
+class FileTable:
+    """Image files under a root: relative paths, and the byte size and mtime each had when indexed."""
+
+    root: str
+    relative: np.ndarray          # object array of str
+    sizes: np.ndarray             # int64
+    mtimes: np.ndarray            # int64 nanoseconds
+
+    def path(self, i: int) -> str:
+        return _join(self.root, self.relative[i])
+
+    def paths(self) -> list[str]:
+        return [_join(self.root, name) for name in self.relative]
+
+    def subset(self, index) -> "FileTable":
+        return FileTable(self.root, self.relative[index], self.sizes[index], self.mtimes[index])
+
+    def fingerprint(self, labels: np.ndarray) -> str:
+        """A SHA-256 prefix of every (path, size, mtime, label): a file added, removed, edited or relabelled
+        changes it."""
+        digest = hashlib.sha256()
+        for name, size, mtime, label in zip(self.relative, self.sizes, self.mtimes, labels):
+            digest.update(f"{name}\0{size}\0{mtime}\0{label}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def changed(self) -> list[str]:
+        """The files whose size or mtime differs from the index now (or that are gone)."""
+        out = []
+        for name, size, mtime in zip(self.relative, self.sizes, self.mtimes):
+            if "://" in name:  # a remote file: not checked
+                continue
+            try:
+                stat = os.stat(os.path.join(self.root, name))
+            except OSError:
+                out.append(name)
+                continue
+            if stat.st_size != size or stat.st_mtime_ns != mtime:
+                out.append(name)
+        return out
+
+
+@dataclass
+class FileIndex:
+    """What indexing found: the usable files, their labels and splits, and every file left out and why."""
+
+    files: FileTable
+    labels: np.ndarray                      # int64
+    class_names: list[str]
+    splits: np.ndarray | None               # object array of "train" / "validation" / "test", or None
+    problems: list[tuple[str, str]] = field(default_factory=list)   # (relative path, why it was left out)
+    ignored: int = 0                         # hidden and non-image files, not counted as problems
+    dropped_classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def image_format(head: bytes) -> str | None:
+    """The format named by a file's first bytes: jpeg, png, gif, bmp, webp, tiff, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    return None
+
+
+def check_file(path: str, size: int) -> str | None:
+    """Why an image file cannot be used (zero bytes, unsupported, not an image, truncated), or None.
+
+    Reads 32 bytes at each end: a JPEG must end with its end-of-image marker (within its last 32 bytes,
+    which allows the padding some cameras add), a PNG with its IEND chunk, a GIF with its trailer; a BMP
+    must be as long as its header says.
+    """
+    if size == 0:
+        return "zero bytes"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            f.seek(max(0, size - 32))
+            tail = f.read(32)
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    kind = image_format(head)
+    if kind is None:
+        return "not an image (unknown format)"
+    if kind in ("webp", "tiff"):
+        return f"{kind.upper()} is not supported (TensorFlow decodes JPEG, PNG, GIF and BMP; convert it)"
+    if kind == "jpeg" and b"\xff\xd9" not in tail:
+        return "truncated (no JPEG end marker)"
+    if kind == "png" and b"IEND" not in tail[-12:]:
+        return "truncated (no PNG IEND chunk)"
+    if kind == "gif" and not tail.rstrip(b"\x00").endswith(b"\x3b"):
+        return "truncated (no GIF trailer)"
+    if kind == "bmp" and len(head) >= 6 and int.from_bytes(head[2:6], "little") > size:
+        return "truncated (shorter than its BMP header says)"
+    return None
+
+
+def _is_candidate(name: str) -> bool:
+    """Files indexing looks at: images and image-like suffixes, never hidden files."""
+    return not name.startswith(".") and name.lower().endswith(SUPPORTED_SUFFIXES + UNSUPPORTED_SUFFIXES)
+
+
+def _finish(root: str, entries: list[tuple[str, int, int, str, str | None]], class_names: list[str], ignored: int,
+            source: str) -> FileIndex:
+    """Checks every (relative path, size, mtime, class, split) entry, drops bad files and empty classes."""
+    keep, problems = [], []
+    for entry in entries:
+        problem = None if "://" in entry[0] else check_file(os.path.join(root, entry[0]), entry[1])
+        if problem:
+            problems.append((entry[0], problem))
+        else:
+            keep.append(entry)
+    present = sorted({entry[3] for entry in keep}, key=class_names.index)
+    dropped = [name for name in class_names if name not in present]
+    if len(present) < 2:
+        raise DataError(f"{source} has {len(present)} class with a readable image; training needs at least 2 "
+                        f"({len(problems)} files were unusable{_first(problems)}). Received: classes={class_names}")
+    label_of = {name: i for i, name in enumerate(present)}
+    table = FileTable(root, np.array([e[0] for e in keep], dtype=object), np.array([e[1] for e in keep], np.int64),
+                      np.array([e[2] for e in keep], np.int64))
+    splits = np.array([e[4] for e in keep], dtype=object) if keep and keep[0][4] is not None else None
+    return FileIndex(table, np.array([label_of[e[3]] for e in keep], np.int64), present, splits, problems,
+                     ignored, dropped)
+
+
+def _first(problems: list[tuple[str, str]]) -> str:
+    if not problems:
+        return ""
+    named = "; ".join(f"{name}: {why}" for name, why in problems[:NAMED_PROBLEMS])
+    more = f"; and {len(problems) - NAMED_PROBLEMS} more" if len(problems) > NAMED_PROBLEMS else ""
+    return f": {named}{more}"
+
+
+def describe_problems(index: FileIndex) -> str:
+    """One line: how many files were left out and the first few with why."""
+    return f"{len(index.problems)} unusable image files were skipped{_first(index.problems)}"
+
+
+def index_folder(root: str | Path) -> FileIndex:
+    """A folder of class folders (`root/<class>/**/<image>`): every image below a class folder, recursively.
+
+    Hidden files and folders, and files that are not images by their suffix, are ignored (counted).
+
+    Raises:
+        DatasetNotFoundError: `root` is not a folder.
+        DataError: no class folders, or fewer than 2 classes with a readable image.
+    """
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise DatasetNotFoundError(f"image folder not found. Received: path={str(root)!r}")
+    class_dirs = sorted(entry.name for entry in os.scandir(root_path)
+                        if entry.is_dir() and not entry.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"image folder has no class sub-folders. Received: path={str(root)!r}")
+    entries, ignored = [], 0
+    for class_name in class_dirs:
+        for folder, subfolders, names in os.walk(root_path / class_name):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            for name in sorted(names):
+                if not _is_candidate(name):
+                    ignored += 1
+                    continue
+                full = os.path.join(folder, name)
+                stat = os.stat(full)
+                entries.append((os.path.relpath(full, root_path), stat.st_size, stat.st_mtime_ns, class_name, None))
+    return _finish(str(root_path), entries, class_dirs, ignored, f"folder:{root}")
+
+
+def index_csv(csv_file: str | Path) -> FileIndex:
+    """A CSV of `path,label[,split]` rows (a header line naming those columns); relative paths resolve against
+    the CSV's folder. `split` is `train`, `validation` or `test`. Any path TensorFlow's file system reads
+    works (`gs://…` where it is configured); such paths are checked when decoded, not when indexed.
+
+    Raises:
+        DatasetNotFoundError: the CSV is not there.
+        DataError: missing columns, an unknown split name, a listed file that does not exist.
+    """
+    csv_path = Path(csv_file).expanduser()
+    if not csv_path.is_file():
+        raise DatasetNotFoundError(f"CSV file list not found. Received: path={str(csv_file)!r}")
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if "path" not in columns or "label" not in columns:
+            raise DataError(f"a CSV file list needs a header with the columns path,label (and optionally split). "
+                            f"Received: columns={columns} in {str(csv_path)!r}")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    has_split = "split" in columns
+    root = str(csv_path.parent.resolve())
+    entries, missing, class_names = [], [], []
+    for line, row in enumerate(rows, start=2):
+        path, label, split = row["path"], row["label"], row.get("split") if has_split else None
+        if has_split and split not in SPLIT_NAMES:
+            raise DataError(f"{csv_path}: line {line} has split {split!r}; use one of {list(SPLIT_NAMES)}. "
+                            f"Received: split={split!r}")
+        full = path if "://" in path else os.path.join(root, path)
+        if "://" in path:
+            entries.append((full, 1, 0, label, split))   # remote: checked when decoded
+        else:
+            try:
+                stat = os.stat(full)
+            except OSError:
+                missing.append(path)
+                continue
+            entries.append((os.path.relpath(full, root), stat.st_size, stat.st_mtime_ns, label, split))
+        if label not in class_names:
+            class_names.append(label)
+    if missing:
+        raise DataError(f"{csv_path} lists {len(missing)} files that do not exist, e.g. {missing[:3]}. "
+                        f"Received: path={str(csv_file)!r}")
+    class_names = sorted(class_names)
+    return _finish(root, entries, class_names, 0, f"csv:{csv_file}")
+
+
+def probe_images(files: FileTable, need_size: bool, need_channels: bool) -> tuple[list, int]:
+    """Reads image headers (not pixels) to find what the config left open: `(two different sizes found, or one
+    size, or [])` and the channel count (3 as soon as one file has colour, else 1). Stops early when it can."""
+    from PIL import Image
+
+    sizes, channels = [], 1
+    for i in range(len(files.relative)):
+        if not need_size and not (need_channels and channels == 1):
+            break
+        try:
+            with Image.open(files.path(i)) as image:
+                size, mode = (image.height, image.width), image.mode
+        except Exception:  # an unreadable header: the pipeline's skip handles the file
+            continue
+        if mode not in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+            channels = 3
+        if need_size and (not sizes or size != sizes[0]):
+            sizes.append((size, files.relative[i]))
+            if len(sizes) == 2:
+                need_size = False
+    return sizes, channels
