@@ -125,8 +125,9 @@ def _embed(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".npz", ".parquet"):
         raise ConfigError(f"--out must name a .npz or .parquet file. Received: --out={args.out!r}")
-    run, data = load_run(args.run_dir), load_spec(args.data, args.data_dir)
-    embeddings = run.embed(data.images)
+    run = load_run(args.run_dir)
+    data = load_spec(args.data, args.data_dir, run.decoding)
+    embeddings = run.embed(data)
     write_embeddings(out, embeddings, data, run)
     print(f"{len(embeddings)} embeddings of dimension {embeddings.shape[1]} ({run.metric} metric) → {out}")
     return 0
@@ -136,8 +137,9 @@ def _index(args) -> int:
     from reprlearn.data import load_spec
     from reprlearn.runs import load_run
 
-    run, data = load_run(args.run_dir), load_spec(args.data, args.data_dir)
-    gallery = run.gallery(data.images, data.labels, data.names, backend=args.backend, class_names=data.class_names)
+    run = load_run(args.run_dir)
+    data = load_spec(args.data, args.data_dir, run.decoding)
+    gallery = run.gallery(data, data.labels, data.names, backend=args.backend, class_names=data.class_names)
     gallery.threshold = run.rejection_threshold(args.far)
     gallery.save(args.out)
     print(f"Enrolled {len(gallery)} items of {len(set(data.labels.tolist()))} classes → {args.out}; "
@@ -155,8 +157,8 @@ def _identify(args) -> int:
     run = load_run(args.run_dir)
     gallery = Gallery.load(args.gallery, model_fingerprint=run.model_fingerprint)
     threshold = run.rejection_threshold(args.far) if args.far is not None else gallery.threshold
-    data = load_spec(args.data, args.data_dir)
-    result = gallery.identify(run.embed(data.images), threshold, k=min(args.k, len(gallery)))
+    data = load_spec(args.data, args.data_dir, run.decoding)
+    result = gallery.identify(run.embed(data), threshold, k=min(args.k, len(gallery)))
     out = Path(args.out)
     write_identifications(out, result, gallery, data)
     print(f"{int(result.accepted.sum())} of {len(data)} queries identified, {int((~result.accepted).sum())} unknown "
@@ -184,7 +186,8 @@ def _evaluate(args) -> int:
     from reprlearn.evaluation.scoring import evaluate_run
     from reprlearn.runs import load_run
 
-    report, folder = evaluate_run(load_run(args.run_dir), load_spec(args.data, args.data_dir), args.data)
+    run = load_run(args.run_dir)
+    report, folder = evaluate_run(run, load_spec(args.data, args.data_dir, run.decoding), args.data)
     test, raw, cosine = (report["metrics"][k] for k in ("test", "baseline_raw", "baseline_raw_cosine"))
     print(f"MAP@R {test['map_at_r']:.4f} (raw pixels: L2 {raw['map_at_r']:.4f}, cosine {cosine['map_at_r']:.4f}), "
           f"P@1 {test['precision_at_1']:.4f} on {report['n']} images of {report['classes']} classes")

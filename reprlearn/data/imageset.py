@@ -64,6 +64,22 @@ class ImageSet:
 
         return decode_files([self.files.path(i) for i in index], self.spec)
 
+    def thumbnails(self, index, side: int = 48) -> np.ndarray:
+        """`pixels(index)` as uint8 for display, shrunk for a streamed set to at most `side` pixels a side, decoded
+        256 at a time (sprites and figures of thousands of photos without holding them at full size)."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        if not self.streamed:
+            return np.clip(np.round(self.pixels(index)), 0, 255).astype(np.uint8)
+        import tensorflow as tf
+
+        height, width, _ = self.image_shape
+        scale = min(1.0, side / max(height, width))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        parts = [tf.image.resize(self.pixels(index[start:start + 256]), size, method="area").numpy()
+                 for start in range(0, len(index), 256)]
+        small = np.concatenate(parts) if parts else np.zeros((0, *size, self.image_shape[2]), np.float32)
+        return np.clip(np.round(small), 0, 255).astype(np.uint8)
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 

@@ -38,6 +38,18 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
               f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
+    if "files" in report:
+        f = report["files"]
+        skipped = f["skipped_when_indexed"] + [[name, "failed to decode in training"]
+                                               for name in f["skipped_in_training"]]
+        skipped += [[name, "failed to decode at evaluation"] for name in m.get("skipped_files", [])]
+        lines += ["## Files", "", f"{f['items']} images in {f['classes']} classes; {f['ignored_files']} other files "
+                  f"ignored; {len(skipped)} unusable images skipped"
+                  + (f"; classes dropped (no readable image): {f['dropped_classes']}" if f["dropped_classes"] else "")
+                  + ".", ""]
+        lines += [f"- `{name}`: {why}" for name, why in skipped[:20]]
+        lines += [f"- … and {len(skipped) - 20} more (report.json lists them all)"] if len(skipped) > 20 else []
+        lines += [""]
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 
@@ -55,7 +67,10 @@ def _add_grid_and_history(figures: dict, report: dict, out: Path, test, vectors:
     queries = rng.choice(len(test), size=min(cfg.eval.grid_queries, len(test)), replace=False)
     k = min(cfg.eval.grid_neighbours, len(test) - 1)
     neighbours = nearest_neighbours(vectors, k, metric, query_index=queries)
-    plots.plot_retrieval_grid(test.images, test.labels, queries, neighbours, out / "retrieval_grid.png", title)
+    # Only the shown images are read (decoded, for a streamed set), then the indices point into them.
+    shown = np.unique(np.concatenate([queries, neighbours.reshape(-1)]))
+    plots.plot_retrieval_grid(test.thumbnails(shown, 96), test.labels[shown], np.searchsorted(shown, queries),
+                              np.searchsorted(shown, neighbours), out / "retrieval_grid.png", title)
     figures[caption] = "retrieval_grid.png"
     _add_history(figures, report, out)
 
@@ -71,7 +86,8 @@ def _add_pair_figures(figures: dict, out: Path, pairs: dict, verification: dict,
 
 def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None:
     """Writes every report artefact of a run into `out`."""
-    test, embeddings = splits.test, evaluation["embeddings"]
+    # The test items that were scored (a streamed file that failed to decode is not among them).
+    test, embeddings = evaluation.get("test", splits.test), evaluation["embeddings"]
     rng = np.random.default_rng(cfg.data.seed)
     figures = {}
 
@@ -90,7 +106,7 @@ def write_report(report: dict, out: Path, splits, evaluation: dict, cfg) -> None
     projected = rng.choice(len(test), size=min(cfg.eval.projector_points, len(test)), replace=False)
     # In the log root, where `tensorboard --logdir RUN/logs` looks for a projector beside the scalar runs.
     write_projector(out / "logs", embeddings[projected], test.labels[projected],
-                    test.class_names, test.images[projected])
+                    test.class_names, test.thumbnails(projected))
 
     report["figures"] = figures
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -116,6 +132,18 @@ def _autoencoder_markdown(report: dict, figures: dict[str, str]) -> str:
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
               f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
+    if "files" in report:
+        f = report["files"]
+        skipped = f["skipped_when_indexed"] + [[name, "failed to decode in training"]
+                                               for name in f["skipped_in_training"]]
+        skipped += [[name, "failed to decode at evaluation"] for name in m.get("skipped_files", [])]
+        lines += ["## Files", "", f"{f['items']} images in {f['classes']} classes; {f['ignored_files']} other files "
+                  f"ignored; {len(skipped)} unusable images skipped"
+                  + (f"; classes dropped (no readable image): {f['dropped_classes']}" if f["dropped_classes"] else "")
+                  + ".", ""]
+        lines += [f"- `{name}`: {why}" for name, why in skipped[:20]]
+        lines += [f"- … and {len(skipped) - 20} more (report.json lists them all)"] if len(skipped) > 20 else []
+        lines += [""]
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 

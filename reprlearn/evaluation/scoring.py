@@ -50,11 +50,13 @@ def validation_threshold(distances: np.ndarray | None, match: np.ndarray | None)
 PCA_FIT_IMAGES = 20000
 
 
-def pca_fit_sample(train_images: np.ndarray, seed: int) -> np.ndarray:
-    """The training images a PCA is fit on: all of them, or `PCA_FIT_IMAGES` drawn with `seed`."""
+def pca_fit_sample(train_images, seed: int):
+    """The training images a PCA is fit on: all of them, or `PCA_FIT_IMAGES` drawn with `seed` (an array, or an
+    `ImageSet` whose subset is returned)."""
     if len(train_images) <= PCA_FIT_IMAGES:
         return train_images
-    return train_images[np.random.default_rng(seed).choice(len(train_images), PCA_FIT_IMAGES, replace=False)]
+    chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), PCA_FIT_IMAGES, replace=False))
+    return train_images.subset(chosen) if isinstance(train_images, ImageSet) else train_images[chosen]
 
 
 def pca_baseline(train_images: np.ndarray, images: np.ndarray, labels: np.ndarray, dim: int, seed: int) -> dict:
@@ -111,7 +113,7 @@ def evaluate_run(run: Run, data: ImageSet, spec: str, n_pairs: int | None = None
         `(report, folder)`.
     """
     threshold = run.verification_threshold
-    metrics, _ = score_embeddings(run.embed(data.images), data.images, data.labels, run.metric, threshold,
+    metrics, _ = score_embeddings(run.embed(data), data, data.labels, run.metric, threshold,
                                   n_pairs or run.config.eval.verification_pairs, run.config.data.seed)
     report = {"run": str(run.path), "data": spec, "n": len(data), "classes": len(np.unique(data.labels)),
               "metric": run.metric, "model_fingerprint": run.model_fingerprint,

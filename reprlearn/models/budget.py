@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import math
 
-# backbone: (parameters, activation floats per 224 × 224 image), measured with keras.applications (Keras 3.13).
-BACKBONE_SIZES = {"MobileNetV2": (2_257_984, 21_814_960), "ResNet50V2": (23_564_800, 31_380_204),
-                  "EfficientNetB0": (4_049_571, 25_114_815)}
+# backbone: (parameters, activation floats per 224 × 224 image, pooled features), measured with
+# keras.applications (Keras 3.13) without the top. A backbone not listed is not estimated (the check passes).
+BACKBONE_SIZES = {"MobileNetV2": (2_257_984, 21_814_960, 1280), "ResNet50V2": (23_564_800, 31_380_204, 2048),
+                  "EfficientNetB0": (4_049_571, 25_114_815, 1280), "MobileNetV3Small": (939_120, 5_355_584, 576),
+                  "MobileNetV3Large": (2_996_352, 15_423_904, 960), "ResNet50": (23_587_712, 37_117_164, 2048),
+                  "EfficientNetV2B0": (5_919_312, 16_164_752, 1280), "ConvNeXtTiny": (27_820_128, 28_788_480, 768)}
 BYTES = 4  # float32 weights and activations
 
 
@@ -24,8 +27,9 @@ def _dense(inputs: int, units: int) -> int:
     return inputs * units + units
 
 
-def tower_size(model_cfg, image_shape) -> tuple[int, int]:
-    """`(parameters, activation floats per example)` of the tower `model_cfg` builds for `image_shape`."""
+def tower_size(model_cfg, image_shape, streamed: bool = False) -> tuple[int, int] | None:
+    """`(parameters, activation floats per example)` of the tower `model_cfg` builds for `image_shape` (None for
+    a backbone without measured figures); `streamed`: a backbone takes the images at their own size."""
     height, width, channels = (int(v) for v in image_shape)
     pixels, embedding = height * width * channels, int(model_cfg.embedding_dim)
     if model_cfg.tower == "mlp":
@@ -43,10 +47,12 @@ def tower_size(model_cfg, image_shape) -> tuple[int, int]:
         dense = int(model_cfg.dense)
         parameters += (_dense(features, dense) + _dense(dense, embedding)) if dense else _dense(features, embedding)
         return parameters, activations + features + dense + 2 * embedding
-    backbone_parameters, backbone_activations = BACKBONE_SIZES[model_cfg.backbone]
-    scale = (int(model_cfg.backbone_image_size) / 224) ** 2
-    return (backbone_parameters + _dense(1280 if model_cfg.backbone != "ResNet50V2" else 2048, embedding),
-            math.ceil(backbone_activations * scale) + pixels + 2 * embedding)
+    if model_cfg.backbone not in BACKBONE_SIZES:
+        return None
+    backbone_parameters, backbone_activations, features = BACKBONE_SIZES[model_cfg.backbone]
+    area = height * width if streamed else int(model_cfg.backbone_image_size) ** 2
+    return (backbone_parameters + _dense(features, embedding),
+            math.ceil(backbone_activations * area / 224 ** 2) + pixels + 2 * embedding)
 
 
 def training_bytes(parameters: int, activations: int, batch: int) -> int:

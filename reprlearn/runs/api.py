@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from reprlearn.config import Config, config_from_dict
-from reprlearn.data import check_images
+from reprlearn.data import ImageSet, check_images
 from reprlearn.ops.distances import paired_distance
 from reprlearn.index import Gallery, split_class_threshold
 from reprlearn.errors import DataError, RunFolderError
@@ -76,11 +76,33 @@ class Run:
         """A SHA-256 prefix of `model.keras`: galleries record it, so one enrolled by another model is refused."""
         return hashlib.sha256((self.path / "model.keras").read_bytes()).hexdigest()[:16]
 
+    @property
+    def decoding(self):
+        """How image files become this run's input (its image size and channels, `data.resize`), for
+        `load_spec` / `load_dataset` on new folders and file lists."""
+        from reprlearn.data.loaders import Decoding
+
+        height, width, channels = self.record["data"]["image_shape"]
+        return Decoding((int(height), int(width)), int(channels), self.config.data.resize,
+                        self.config.data.on_bad_image)
+
+    def split(self, name: str) -> ImageSet:
+        """The run's `test` or `val` split as an ImageSet (streamed from its files for a file source)."""
+        if f"{name}_set" in self.evaluation:
+            return self.evaluation[f"{name}_set"]
+        return ImageSet(self.evaluation[f"{name}_images"], self.evaluation[f"{name}_labels"], self.class_names)
+
     def embed(self, images, batch_size: int = 512) -> np.ndarray:
         """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it."""
         if self.kind == "verifier":
             raise RunFolderError(f"a verifier run scores pairs of images (run.verify, `reprlearn verify`) and has no "
                              f"embedding to embed, enrol or export. Received: run kind 'verifier' ({self.path})")
+        if isinstance(images, ImageSet):
+            expected = tuple(int(s) for s in self.model.inputs[0].shape[1:])
+            if images.image_shape != expected:
+                raise DataError(f"images must be {expected} for this run's model. Received: an image set of "
+                                f"{images.image_shape}")
+            return embed(self.model, images, batch_size)
         return embed(self.model, self._checked(images, "images"), batch_size)
 
     def _checked(self, images, name: str, single: bool = False) -> np.ndarray:
@@ -105,11 +127,12 @@ class Run:
         Half of the validation classes (drawn with `data.seed`) are enrolled and the other half act as
         impostors: the threshold lets at most `far` of the impostors match an enrolled item.
         """
-        labels = self.evaluation["val_labels"]
+        val = self.split("val")
+        labels = val.labels
         if len(np.unique(labels)) < 2:
             raise DataError(f"the validation split needs two classes to calibrate a rejection threshold. "
                              f"Received: {len(np.unique(labels))} class in {self.path}")
-        return split_class_threshold(self.embed(self.evaluation["val_images"]), labels, self.metric, far,
+        return split_class_threshold(self.embed(val), labels, self.metric, far,
                                      self.config.data.seed)
 
     def verify(self, image_a, image_b) -> dict:
@@ -156,9 +179,34 @@ def load_run(run_dir: str | Path) -> Run:
     config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
     with np.load(path / EVALUATION_FILE) as arrays:
         evaluation = {name: arrays[name] for name in arrays.files}
-    if "test_images" not in evaluation:
+    if "test_keys" in evaluation:
+        evaluation.update(_file_sets(config, record, evaluation, path))
+    elif "test_images" not in evaluation:
         evaluation.update(_reload_evaluation(config, record, path))
     return Run(path, config, record, evaluation)
+
+
+def _file_sets(config: Config, record: dict, evaluation: dict, path: Path) -> dict:
+    """The validation and test sets of a run trained on files, rebuilt from the paths it recorded; a file
+    changed, moved or gone since is an error naming it."""
+    from reprlearn.data.decode import DecodeSpec
+    from reprlearn.data.files import FileTable
+
+    root = str(evaluation["files_root"])
+    shape = record["data"]["image_shape"]
+    spec = DecodeSpec(tuple(shape[:2]), int(shape[2]), config.data.resize)
+    sets = {}
+    for name in ("test", "val"):
+        table = FileTable(root, evaluation[f"{name}_keys"].astype(object), evaluation[f"{name}_sizes"],
+                          evaluation[f"{name}_mtimes"])
+        changed = table.changed()
+        if changed:
+            raise RunFolderError(f"{len(changed)} {name} files of {path} changed, moved or vanished since it was "
+                                 f"trained (size or modification time), e.g. {changed[:3]} under {root}; restore "
+                                 "them or retrain")
+        sets[f"{name}_set"] = ImageSet(None, evaluation[f"{name}_labels"], list(record["data"]["class_names"]),
+                                       list(table.relative), table, spec)
+    return sets
 
 
 def _reload_evaluation(config: Config, record: dict, path: Path) -> dict:

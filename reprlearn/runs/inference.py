@@ -11,20 +11,41 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from reprlearn.data.imageset import ImageSet
 from reprlearn.errors import DataError
 
 
-def embed(model: keras.Model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def embed(model: keras.Model, images, batch_size: int = 512) -> np.ndarray:
     """Embeds images (pixels 0-255) with a model, as float32 `[N, d]`.
+
+    `images`: an array, or an `ImageSet` (a streamed one is decoded batch by batch; a file that fails to
+    decode gets a row of NaN, see `embed_set`).
 
     Calls the model batch by batch rather than `predict`, which under a multi-worker strategy is a
     collective step that every worker would have to join; this runs on the chief alone.
     """
+    if isinstance(images, ImageSet):
+        return embed_set(model, images, batch_size)[0]
     if len(images) == 0:
         return np.zeros((0, *model.output_shape[1:]), np.float32)
     return np.concatenate([keras.ops.convert_to_numpy(model(images[start:start + batch_size].astype(np.float32),
                                                             training=False)).astype(np.float32)
                            for start in range(0, len(images), batch_size)])
+
+
+def embed_set(model: keras.Model, imageset: ImageSet, batch_size: int = 256) -> tuple[np.ndarray, list[int]]:
+    """`(embeddings float32 [N, d], failed)`: every item of a set embedded in order, streamed sets batch by batch;
+    `failed` lists the items whose file did not decode (their rows are NaN)."""
+    from reprlearn.data.pipelines import batches_in_order
+
+    if not imageset.streamed:
+        return embed(model, imageset.images, batch_size), []
+    out = np.full((len(imageset), *model.output_shape[1:]), np.nan, np.float32)
+    done = np.zeros(len(imageset), bool)
+    for images, items in batches_in_order(imageset, batch_size):
+        out[items] = keras.ops.convert_to_numpy(model(images, training=False)).astype(np.float32)
+        done[items] = True
+    return out, np.flatnonzero(~done).tolist()
 
 
 def match_probabilities(model: keras.Model, images_a: np.ndarray, images_b: np.ndarray,

@@ -5,7 +5,8 @@ A run folder holds:
     config.yaml        the resolved config, headed by the command that ran it
     run.json           the record: package versions, data source (name, split sizes, classes,
                        fingerprints of the arrays), the ranking metric, the model kind
-    evaluation.npz     the validation and test arrays the run was scored on, and a sample of
+    evaluation.npz     the validation and test arrays the run was scored on (for streamed file sources:
+                       their paths, sizes and mtimes, never pixels), and a sample of
                        training images (TFLite calibration), so export and re-scoring never
                        re-derive the data from a dataset name. Arrays from the Python API are
                        always kept; a named dataset whose arrays exceed EVALUATION_LIMIT_BYTES
@@ -46,10 +47,27 @@ EVALUATION_FILE = "evaluation.npz"
 CHECKPOINTS = "checkpoints"
 REPRESENTATIVE_IMAGES = 200
 EVALUATION_LIMIT_BYTES = 256 * 2**20
+# Streamed files that failed to decode during training, one path per line (appended by the pipelines).
+BAD_IMAGE_LOG = "skipped_images.log"
+
+
+def files_report(splits: Splits, out: Path) -> dict:
+    """For a run on files: what indexing left out and what failed to decode while training (report.json)."""
+    if not splits.train.streamed:
+        return {}
+    record = splits.train.source_record or {}
+    log = out / BAD_IMAGE_LOG
+    during = sorted({line for line in log.read_text().splitlines() if line}) if log.is_file() else []
+    return {"files": {"items": record.get("items"), "classes": record.get("classes"),
+                      "skipped_when_indexed": record.get("skipped", []), "ignored_files": record.get("ignored_files"),
+                      "dropped_classes": record.get("dropped_classes", []), "skipped_in_training": during}}
 
 
 def fingerprint(imageset: ImageSet) -> str:
-    """A SHA-256 prefix of the images' and labels' bytes: equal arrays, equal fingerprint."""
+    """A SHA-256 prefix of the images' and labels' bytes: equal arrays, equal fingerprint. A streamed set's is
+    its files' (path, size, mtime, label) rows: no pixel is read."""
+    if imageset.streamed:
+        return imageset.files.fingerprint(imageset.labels)
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(imageset.images).tobytes())
     digest.update(np.ascontiguousarray(imageset.labels.astype(np.int64)).tobytes())
@@ -65,7 +83,9 @@ def data_record(cfg: Config, splits: Splits, from_arrays: bool) -> dict:
         "protocol": cfg.data.protocol,
         "train_classes": splits.train_classes, "test_classes": splits.test_classes,
         "class_names": list(splits.train.class_names),
-        "image_shape": list(splits.train.images.shape[1:]),
+        "image_shape": list(splits.train.image_shape),
+        **({"files": {**splits.train.source_record, "root": splits.train.files.root}}
+           if splits.train.streamed and splits.train.source_record else {}),
         "splits": {name: {"n": len(part), "classes": part.classes, "fingerprint": fingerprint(part)}
                    for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))},
     }
@@ -157,11 +177,17 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     write_json_atomic(staging / RECORD_FILE, record)
     rng = np.random.default_rng(cfg.data.seed)
     sample = rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
-    held = {"test_images": splits.test.images, "test_labels": splits.test.labels,
-            "val_images": splits.val.images, "val_labels": splits.val.labels}
-    if not from_arrays and sum(a.nbytes for a in held.values()) > EVALUATION_LIMIT_BYTES:
-        held = {}  # reloaded from the recorded dataset by `load_run`, fingerprints checked
-    np.savez_compressed(staging / EVALUATION_FILE, train_sample=splits.train.images[np.sort(sample)], **held)
+    if splits.test.streamed:  # the files, as indexed: load_run rebuilds the sets and names any file changed since
+        held = {f"{name}_{field}": values for name, part in (("test", splits.test), ("val", splits.val))
+                for field, values in (("keys", part.files.relative.astype(str)), ("labels", part.labels),
+                                      ("sizes", part.files.sizes), ("mtimes", part.files.mtimes))}
+        held["files_root"] = np.array(splits.test.files.root)
+    else:
+        held = {"test_images": splits.test.images, "test_labels": splits.test.labels,
+                "val_images": splits.val.images, "val_labels": splits.val.labels}
+        if not from_arrays and sum(a.nbytes for a in held.values()) > EVALUATION_LIMIT_BYTES:
+            held = {}  # reloaded from the recorded dataset by `load_run`, fingerprints checked
+    np.savez_compressed(staging / EVALUATION_FILE, train_sample=splits.train.pixels(np.sort(sample)), **held)
     if out.is_dir():
         out.rmdir()
     os.replace(staging, out)  # the folder appears whole or not at all

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
@@ -27,6 +28,8 @@ from reprlearn.evaluation.scoring import (
 )
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
+from reprlearn.runs.inference import embed_set
+from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
 from reprlearn.training.loop import train_run
 from reprlearn.training.objectives import (
     TOWER_NAME,
@@ -39,11 +42,13 @@ from reprlearn.training.objectives import (
 )
 
 
-def training_batches(cfg: Config, train: ImageSet, start_step: int):
-    """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`."""
+def training_batches(cfg: Config, train: ImageSet, start_step: int, bad_image_log: str | None = None):
+    """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`; streamed
+    files that fail to decode are listed in `bad_image_log`."""
     if is_pair_loss(cfg):
-        return pair_batches(train.images, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step)
-    return pk_training_batches(cfg, train, start_step)
+        return pair_batches(train, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step,
+                            bad_image_log)
+    return pk_training_batches(cfg, train, start_step, bad_image_log)
 
 
 def batch_size(cfg: Config) -> int:
@@ -69,7 +74,7 @@ def capped(cfg: Config, model: keras.Model, train: ImageSet) -> keras.Model:
     """The joint embedding with `model.joint_dim` components at most: a PCA fit on training images only."""
     if not cfg.model.joint_layers or cfg.model.joint_dim is None:
         return model
-    return project_joint_embedding(model, embed(model, pca_fit_sample(train.images, cfg.data.seed)),
+    return project_joint_embedding(model, embed(model, pca_fit_sample(train, cfg.data.seed)),
                                    cfg.model.joint_dim)
 
 
@@ -80,15 +85,28 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     The verification threshold is calibrated on validation pairs (training side) and only applied to
     the test pairs: no test data in any fitted number.
     """
-    test, val, metric, seed = splits.test, splits.val, cfg.loss.distance, cfg.data.seed
-    embeddings = embed(tower, test.images)
-    val_distances, val_match = (pair_distances(embed(tower, val.images), val.labels, cfg.eval.verification_pairs,
+    metric, seed = cfg.loss.distance, cfg.data.seed
+    test, embeddings, failed = decoded_part(tower, splits.test)
+    val, val_embeddings, val_failed = decoded_part(tower, splits.val)
+    val_distances, val_match = (pair_distances(val_embeddings, val.labels, cfg.eval.verification_pairs,
                                                metric, seed) if can_pair(val.labels) else (None, None))
     threshold, calibration = validation_threshold(val_distances, val_match)
-    metrics, pairs = score_embeddings(embeddings, test.images, test.labels, metric, threshold,
-                                      cfg.eval.verification_pairs, seed, pca_train_images=splits.train.images)
+    metrics, pairs = score_embeddings(embeddings, test, test.labels, metric, threshold,
+                                      cfg.eval.verification_pairs, seed, pca_train_images=splits.train)
     metrics["verification"]["calibration"] = calibration
-    return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs}
+    if failed or val_failed:
+        metrics["skipped_files"] = failed + val_failed
+    return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs, "test": test}
+
+
+def decoded_part(tower: keras.Model, part: ImageSet) -> tuple[ImageSet, np.ndarray, list[str]]:
+    """`(the items that decoded, their embeddings, the names of the files that did not)`: a streamed file that
+    fails at evaluation is left out of the scores and named, not scored as garbage."""
+    embeddings, failed = embed_set(tower, part)
+    if not failed:
+        return part, embeddings, []
+    keep = np.setdiff1d(np.arange(len(part)), failed)
+    return part.subset(keep), embeddings[keep], [part.names[i] for i in failed]
 
 
 def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
@@ -103,7 +121,7 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     initialised = {}
 
     def build():
-        tower = build_tower(cfg.model, splits.train.images.shape[1:], name=TOWER_NAME)
+        tower = build_tower(cfg.model, splits.train.image_shape, name=TOWER_NAME, streamed=splits.train.streamed)
         if cfg.model.init_from:  # a transfer: start from another run's tower (a checkpoint, if any, loads over it)
             initialised.update(run=cfg.model.init_from, frozen=cfg.model.freeze,
                                learning_rate_factor=cfg.model.init_learning_rate_factor,
@@ -112,10 +130,12 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
 
     def validation(model):
         # Validation (and the epoch `train.keep: best` selects) scores the embedding the run exports.
-        return RetrievalValidation(embedding_model(cfg, tower_of(model)), splits.val.images, splits.val.labels,
+        return RetrievalValidation(embedding_model(cfg, tower_of(model)), splits.val, splits.val.labels,
                                    cfg.loss.distance)
 
-    trained = train_run(out, cfg, strategy, build, lambda model, start: training_batches(cfg, splits.train, start),
+    bad_image_log = str(out / BAD_IMAGE_LOG) if splits.train.streamed else None
+    trained = train_run(out, cfg, strategy, build,
+                        lambda model, start: training_batches(cfg, splits.train, start, bad_image_log),
                         validation, callbacks, verbose)
     if trained is None:  # a worker other than the chief: the chief writes the run
         return {}
@@ -125,7 +145,7 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
 
     # Save the embedding model (uncompiled) and prove it reloads to identical embeddings; evaluate that file.
     tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras",
-                                  splits.test.images[:256])
+                                  splits.test.pixels(np.arange(min(256, len(splits.test)))))
     if is_pair_loss(cfg):
         trained.model.save(out / "pair_model.keras")
 
@@ -136,6 +156,7 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
               "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
                         "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0,
                         **({"initialised_from": initialised} if initialised else {})},
-              "metrics": evaluation["metrics"]}
+              "metrics": evaluation["metrics"],
+              **files_report(splits, out)}
     write_report(report, out, splits, evaluation, cfg)
     return report

@@ -58,17 +58,17 @@ def dense_class_ids(cfg: Config, labels: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.unique(labels), labels) if LOSS_TRAITS[cfg.loss.name].classifier else labels
 
 
-def pk_training_batches(cfg: Config, train: ImageSet, start_step: int = 0):
+def pk_training_batches(cfg: Config, train: ImageSet, start_step: int = 0, bad_image_log: str | None = None):
     """The P×K batches a run or a tuning trial trains on, from batch `start_step`: classifier losses' dense ids,
     `data.augment` (flips where the dataset allows), and one target per output (`training_targets`).
     With `data.positives: views`, P images × K augmented views labelled by image instead of P classes × K."""
     flips = MIRROR_INVARIANT.get(cfg.data.name, False)
     p, k = cfg.train.classes_per_batch, cfg.train.examples_per_class
     if cfg.data.positives == "views":
-        batches = view_batches(train.images, p, k, cfg.train.seed, start_step, cfg.data.augment, flips)
+        batches = view_batches(train, p, k, cfg.train.seed, start_step, cfg.data.augment, flips, bad_image_log)
     else:
-        batches = pk_batches(train.images, dense_class_ids(cfg, train.labels), p, k, cfg.train.seed, start_step,
-                             cfg.data.augment, flips)
+        batches = pk_batches(train, dense_class_ids(cfg, train.labels), p, k, cfg.train.seed, start_step,
+                             cfg.data.augment, flips, bad_image_log)
     return training_targets(cfg, batches)
 
 
@@ -204,7 +204,7 @@ class RetrievalValidation(keras.callbacks.Callback):
     A loss cannot compare runs with different margins; a retrieval metric on held-out data can.
     """
 
-    def __init__(self, tower: keras.Model, images: np.ndarray, labels: np.ndarray, metric: str):
+    def __init__(self, tower: keras.Model, images, labels: np.ndarray, metric: str):
         super().__init__()
         self.tower, self.images, self.labels, self.metric = tower, images, labels, metric
 

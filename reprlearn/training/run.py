@@ -46,11 +46,11 @@ def check_evaluation_splits(splits) -> None:
                         f"{len(counts)} classes, the largest of {int(counts.max(initial=0))}")
 
 
-def check_embedding_size(cfg: Config, image_shape) -> None:
+def check_embedding_size(cfg: Config, image_shape, streamed: bool = False) -> None:
     """An embedding with more values than the image it encodes (after a backbone's resize) compresses nothing:
     refused as the slip it almost always is (an extra zero)."""
     height, width, channels = (int(v) for v in image_shape)
-    if cfg.model.tower == "backbone":
+    if cfg.model.tower == "backbone" and not streamed:  # arrays are resized inside the tower
         height = width = cfg.model.backbone_image_size
         channels = 3
     values = height * width * channels
@@ -69,15 +69,17 @@ def images_per_step(cfg: Config) -> int:
     return (2 if is_pair_loss(cfg) else 1) * batch_size(cfg)
 
 
-def check_memory(cfg: Config, image_shape, images_per_step: int, towers: int = 1) -> None:
+def check_memory(cfg: Config, image_shape, images_per_step: int, towers: int = 1, streamed: bool = False) -> None:
     """Refuses, before anything is built, a run whose training step would not fit in the memory available now.
 
     `towers` counts the networks of the tower's size a step runs (2 for an autoencoder's encoder and
     decoder). The estimate (`reprlearn.models.budget`) is of the same order as the real use, not exact;
     it is there to stop a run that cannot fit before it fills the machine, not to fill it to the byte.
     """
-    available = available_memory_bytes()
-    parameters, activations = tower_size(cfg.model, image_shape)
+    available, size = available_memory_bytes(), tower_size(cfg.model, image_shape, streamed)
+    if size is None:  # a backbone without measured figures: not estimated
+        return
+    parameters, activations = size
     need = training_bytes(towers * parameters, towers * activations, images_per_step)
     if available is not None and need > available:
         raise ConfigError(f"a training step needs about {need / 2**30:.1f} GiB ({towers * parameters:,} parameters, "
@@ -118,9 +120,13 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     strategy = make_strategy(cfg.train.strategy)
     # All input checks come first, so bad data or a bad combination leaves no half-made folder.
     splits = splits_for(cfg.data, sets)
+    if splits.train.streamed and cfg.model.kind != "embedding":
+        raise ConfigError(f"model.kind {cfg.model.kind!r} trains on images in memory; streamed file sources "
+                          f"(folder:, csv:) train embedding towers. Received: model.kind={cfg.model.kind!r}, "
+                          f"data.name={cfg.data.name!r}")
     if cfg.model.kind == "embedding":
         check_embedding_data(cfg, splits)
-        check_embedding_size(cfg, splits.train.images.shape[1:])
+        check_embedding_size(cfg, splits.train.image_shape, splits.train.streamed)
         kind, metric = ("pair" if is_pair_loss(cfg) else "embedding"), cfg.loss.distance
         check_global_batch(batch_size(cfg), None if is_pair_loss(cfg) else cfg.train.classes_per_batch,
                            strategy.num_replicas_in_sync)
@@ -133,8 +139,8 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     check_jit_compile(cfg.train.jit_compile, strategy)
     check_evaluation_splits(splits)
-    check_memory(cfg, splits.train.images.shape[1:], images_per_step(cfg),
-                 towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1)
+    check_memory(cfg, splits.train.image_shape, images_per_step(cfg),
+                 towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1, streamed=splits.train.streamed)
     driver = {"embedding": run_embedding, "verifier": run_verifier}.get(cfg.model.kind, run_autoencoder)
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
