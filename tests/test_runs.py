@@ -201,12 +201,13 @@ def test_a_large_named_dataset_is_reloaded_from_its_record_and_checked(tmp_path,
     cfg = config_from_dict({"data": {"name": f"folder:{root}"}, "model": {"tower": "mlp", "hidden": [8], "embedding_dim": 4},
                             "train": SHORT, "eval": EVAL})
     report = run_training(cfg, tmp_path / "run", verbose=0)
-    with np.load(tmp_path / "run/evaluation.npz") as kept:
-        assert kept.files == ["train_sample"]
+    with np.load(tmp_path / "run/evaluation.npz") as kept:  # a folder streams: its paths are kept, not pixels
+        assert "test_images" not in kept.files and "test_keys" in kept.files
+        victim = str(kept["test_keys"][0])
     run = load_run(tmp_path / "run")
-    assert len(run.evaluation["test_labels"]) == report["data"]["n_test"]
-    (root / "class0/0.png").unlink()  # the data changed since training
-    with pytest.raises(RunFolderError, match="has changed since"):
+    assert len(run.evaluation["test_labels"]) == report["data"]["n_test"] == len(run.split("test"))
+    (root / victim).unlink()  # the data changed since training
+    with pytest.raises(RunFolderError, match=f"1 test files .* changed, moved or vanished.*{victim}"):
         load_run(tmp_path / "run")
 
 

@@ -68,11 +68,11 @@ def test_embed_index_identify_from_the_command_line_agree_with_the_library(used)
     run, gallery = load_run(used / "run"), Gallery.load(used / "gallery")
     queries = load_spec(f"folder:{used / 'query_images'}")
     with np.load(used / "q.npz") as saved:
-        np.testing.assert_array_equal(saved["embeddings"], run.embed(queries.images))
+        np.testing.assert_array_equal(saved["embeddings"], run.embed(queries))
         assert saved["names"].tolist() == queries.names
     assert gallery.threshold == run.rejection_threshold(0.01)  # fit on the run's validation split
     assert gallery.model_fingerprint == run.model_fingerprint and len(gallery) == 30
-    want = gallery.identify(run.embed(queries.images), k=3)
+    want = gallery.identify(run.embed(queries), k=3)
     rows = list(csv.DictReader(open(used / "results.csv")))
     assert [r["query"] for r in rows] == queries.names
     gallery_classes = load_spec(f"folder:{used / 'gallery_images'}").class_names
@@ -101,12 +101,12 @@ def test_embed_writes_parquet_that_a_fresh_process_reads_with_pyarrow_alone(used
     assert got["columns"] == ["name", "label", "class_name", "embedding"] and got["metric"] == run.metric
     assert got["names"] == queries.names and got["labels"] == queries.labels.tolist()
     assert got["classes"] == [queries.class_names[label] for label in queries.labels]
-    np.testing.assert_array_equal(np.asarray(got["vectors"], np.float32), run.embed(queries.images))
+    np.testing.assert_array_equal(np.asarray(got["vectors"], np.float32), run.embed(queries))
 
 
 def test_the_run_api_works_in_a_fresh_process_that_imports_only_reprlearn(used):
     probe = load_spec(f"folder:{used / 'query_images'}")
-    np.save(used / "probe.npy", probe.images)
+    np.save(used / "probe.npy", probe.pixels(np.arange(len(probe))))
     script = textwrap.dedent(f"""
         import json, numpy as np, reprlearn
         run = reprlearn.load_run({str(used / 'run')!r})
@@ -121,7 +121,7 @@ def test_the_run_api_works_in_a_fresh_process_that_imports_only_reprlearn(used):
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     run = load_run(used / "run")
-    np.testing.assert_array_equal(np.float32(out["embedding"]), run.embed(probe.images[:2]))
+    np.testing.assert_array_equal(np.float32(out["embedding"]), run.embed(probe.pixels([0, 1])))
     assert out["n"] == len(probe) and out["fingerprint"] == run.model_fingerprint
     threshold = run.report["metrics"]["verification"]["threshold"]
     assert out["same"] == {"distance": 0.0, "threshold": threshold, "match": True}
@@ -137,7 +137,7 @@ def test_the_served_identify_signature_answers_like_the_gallery(used):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "identify" in done.stdout
     queries = load_spec(f"folder:{used / 'query_images'}")
-    np.save(used / "query.npy", queries.images.astype(np.float32))
+    np.save(used / "query.npy", queries.pixels(np.arange(len(queries))))
     script = textwrap.dedent(f"""
         import json, numpy as np, tensorflow as tf
         served = tf.saved_model.load({str(used / 'serving' / 'digits_run' / '1')!r}).signatures["identify"]
@@ -150,7 +150,7 @@ def test_the_served_identify_signature_answers_like_the_gallery(used):
     assert done.returncode == 0, done.stderr[-3000:]
     served = json.loads(done.stdout.strip().splitlines()[-1])
     run, gallery = load_run(used / "run"), Gallery.load(used / "gallery")
-    want = gallery.identify(run.embed(queries.images), k=4)
+    want = gallery.identify(run.embed(queries), k=4)
     assert served["label"] == want.labels.tolist() and served["accepted"] == want.accepted.tolist()
     assert served["ids"] == want.neighbour_ids.tolist()
     np.testing.assert_allclose(served["distances"], want.distances, atol=1e-6)
@@ -177,13 +177,13 @@ def test_bad_input_is_refused_with_the_argument_named(used, tmp_path):
     done = reprlearn("verify", used / "run", files[0], tmp_path / "big.png")
     assert done.returncode == 2 and "image_b must be [8, 8, 1] for this run's model. Received: image_b.shape=(10, 10)" \
         in done.stderr
+    # A folder is decoded at the run's image size (its data.resize): a 10 × 10 photo is embedded, not refused.
     done = reprlearn("embed", used / "run", "--data", f"folder:{tmp_path}", "--out", tmp_path / "e.npz")
-    assert done.returncode == 2 and "images must be [N, 8, 8, 1] for this run's model" in done.stderr
+    assert done.returncode == 0 and "1 embeddings of dimension" in done.stdout, done.stderr[-2000:]
     done = reprlearn("embed", used / "run", "--data", "digits", "--out", tmp_path / "e.csv")
     assert done.returncode == 2 and "--out must name a .npz or .parquet file" in done.stderr
     done = reprlearn("embed", used / "run", "--data", "digits:val", "--out", tmp_path / "e.npz")
     assert done.returncode == 2 and "digits has the splits ['all']" in done.stderr
-    assert not (tmp_path / "e.npz").exists()
     # A gallery enrolled by another model is refused.
     gallery = Gallery(model_fingerprint="another-run", threshold=1.0)
     gallery.add(np.zeros((2, 16), np.float32), [0, 1])
@@ -204,7 +204,7 @@ def test_evaluate_rescores_a_run_on_other_data_without_touching_it(used):
     report = json.loads((folders[0] / "report.json").read_text())
     run, queries = load_run(used / "run"), load_spec(f"folder:{used / 'query_images'}")
     from reprlearn.metrics import retrieval_metrics
-    want = retrieval_metrics(run.embed(queries.images), queries.labels, run.metric, seed=run.config.data.seed)
+    want = retrieval_metrics(run.embed(queries), queries.labels, run.metric, seed=run.config.data.seed)
     assert report["metrics"]["test"]["map_at_r"] == pytest.approx(want["map_at_r"])
     assert report["metrics"]["verification"]["threshold"] == run.report["metrics"]["verification"]["threshold"]
 

@@ -31,22 +31,14 @@ def _check_field_marks(cfg: Config) -> None:
 
 def _check_backbone(cfg: Config) -> None:
     """A frozen backbone must have learnt something: random weights are never frozen, wholly or in part."""
-    model, frozen_epochs = cfg.model, cfg.train.frozen_epochs
-    if frozen_epochs < 0 or frozen_epochs >= cfg.train.epochs and frozen_epochs:
-        raise ConfigError(f"config: train.frozen_epochs must be in [0, train.epochs) (the head trains alone that "
-                          f"many epochs, then the backbone joins). Received: train.frozen_epochs={frozen_epochs!r}, "
-                          f"train.epochs={cfg.train.epochs!r}")
-    if frozen_epochs and model.tower != "backbone":
-        raise ConfigError("config: train.frozen_epochs trains the head over a frozen backbone; set model.tower: "
-                          f"backbone. Received: model.tower={model.tower!r}, train.frozen_epochs={frozen_epochs}")
+    model = cfg.model
     random = model.backbone_weights in (None, "none")
-    if model.tower == "backbone" and random and (frozen_epochs or model.fine_tune_from not in (None, "all")):
+    if model.tower == "backbone" and random and model.fine_tune_from not in (None, "all"):
         raise ConfigError("config: a backbone with random weights (model.backbone_weights: none) would be frozen, "
                           "wholly or below model.fine_tune_from, and a frozen random network computes nothing "
                           "useful: start from model.backbone_weights: imagenet or a weights file, or train it all "
-                          f"(model.fine_tune_from: all, train.frozen_epochs: 0). Received: model.backbone_weights="
-                          f"{model.backbone_weights!r}, model.fine_tune_from={model.fine_tune_from!r}, "
-                          f"train.frozen_epochs={frozen_epochs}")
+                          f"(model.fine_tune_from: all). Received: model.backbone_weights="
+                          f"{model.backbone_weights!r}, model.fine_tune_from={model.fine_tune_from!r}")
 
 
 def check_config(cfg: Config) -> None:

@@ -48,18 +48,20 @@ class DecodeSpec:
 
 
 def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
-    """float32 `[h, w, c]` with c of 1-4 → `[h, w, channels]`: alpha composited on black, gray repeated or luma."""
+    """float32 `[h, w, c]` with c of 1-4 → `[h, w, channels]`: alpha composited on black, then gray repeated to
+    three channels or colour reduced to luma."""
     count = tf.shape(image)[-1]
 
     def composite():  # colour (or gray) times alpha: the image over a black background
         return image[..., :-1] * (image[..., -1:] / 255.0)
 
     opaque = tf.cond(tf.logical_or(tf.equal(count, 2), tf.equal(count, 4)), composite, lambda: image)
-    opaque = tf.cond(tf.equal(tf.shape(opaque)[-1], 1), lambda: tf.repeat(opaque, 3, axis=-1), lambda: opaque)
-    opaque = tf.ensure_shape(opaque, [None, None, 3])
-    if channels == 1:
-        return tf.image.rgb_to_grayscale(opaque)
-    return opaque
+    colour = tf.equal(tf.shape(opaque)[-1], 3)
+    if channels == 3:
+        return tf.ensure_shape(tf.cond(colour, lambda: opaque, lambda: tf.repeat(opaque, 3, axis=-1)), [None, None, 3])
+    luma = tf.constant([0.2989, 0.5870, 0.1140])  # ITU-R 601, as tf.image.rgb_to_grayscale
+    return tf.ensure_shape(tf.cond(colour, lambda: tf.reduce_sum(opaque * luma, -1, keepdims=True), lambda: opaque),
+                           [None, None, 1])
 
 
 def _resize(image: tf.Tensor, size) -> tf.Tensor:

@@ -159,9 +159,9 @@ def _finish(root: str, entries: list[tuple[str, int, int, str, str | None]], cla
             keep.append(entry)
     present = sorted({entry[3] for entry in keep}, key=class_names.index)
     dropped = [name for name in class_names if name not in present]
-    if len(present) < 2:
-        raise DataError(f"{source} has {len(present)} class with a readable image; training needs at least 2 "
-                        f"({len(problems)} files were unusable{_first(problems)}). Received: classes={class_names}")
+    if not present:  # (training needs two classes: run_training refuses fewer, naming the splits)
+        raise DataError(f"{source} has no readable image ({len(problems)} files were unusable{_first(problems)}). "
+                        f"Received: classes={class_names}")
     label_of = {name: i for i, name in enumerate(present)}
     table = FileTable(root, np.array([e[0] for e in keep], dtype=object), np.array([e[1] for e in keep], np.int64),
                       np.array([e[2] for e in keep], np.int64))
@@ -275,7 +275,7 @@ def probe_images(files: FileTable, need_size: bool, need_channels: bool) -> tupl
             continue
         if mode not in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
             channels = 3
-        if need_size and (not sizes or size != sizes[0]):
+        if need_size and (not sizes or size != sizes[0][0]):
             sizes.append((size, files.relative[i]))
             if len(sizes) == 2:
                 need_size = False

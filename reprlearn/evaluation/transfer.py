@@ -134,7 +134,11 @@ def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100,
         ValueError: the run's test classes are classes it trained on (a seen-classes run), or a bad argument.
     """
     train_classes = set(run.record["data"]["train_classes"])
-    images, labels = run.evaluation["test_images"], run.evaluation["test_labels"]
+    test = run.split("test")
+    if test.streamed:
+        raise ConfigError("transfer fine-tunes on the test images in memory; a run on streamed files is not "
+                          f"supported yet. Received: run={str(run.path)!r} (data.name={run.config.data.name!r})")
+    images, labels = test.images, test.labels
     target_classes = np.unique(labels)
     if train_classes & set(target_classes.tolist()):
         raise ConfigError("transfer needs target classes the run never trained on: its test split holds training "
@@ -150,7 +154,7 @@ def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100,
                   "raw pixels k-NN (L2)": _raw_threshold(run, "L2", far),
                   "raw pixels k-NN (cosine)": _raw_threshold(run, "angular", far)}
     held_count = max(1, int(round(held_out_share * len(target_classes))))
-    val_images = run.evaluation["val_images"].astype(np.float32)
+    val_images = run.split("val").images.astype(np.float32)
     val_embeddings = run.embed(val_images)
     results: dict = {}
     for n in shots:

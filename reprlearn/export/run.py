@@ -123,6 +123,21 @@ def _same_export(model_dir: Path, request: dict) -> dict | None:
             "artifacts": str(parity_file.parent), "unchanged": True}
 
 
+# A run on streamed files checks its exports on this many test images (decoded once), not the whole split.
+PARITY_FILES = 1024
+
+
+def parity_images(run) -> tuple[np.ndarray, np.ndarray]:
+    """The test images every export format must embed as the Keras model does: the whole in-memory test split,
+    or `PARITY_FILES` test files drawn with `data.seed` from a streamed one."""
+    test = run.split("test")
+    if not test.streamed:
+        return test.images, test.labels
+    chosen = np.sort(np.random.default_rng(run.config.data.seed).choice(len(test), min(PARITY_FILES, len(test)),
+                                                                        replace=False))
+    return test.pixels(chosen), test.labels[chosen]
+
+
 def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite,onnx",
                quantize="none,dynamic,float16,int8", name: str | None = None, version: int | None = None,
                force: bool = False, verbose: bool = True, gallery: str | Path | None = None,
@@ -194,7 +209,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     tower = keras.saving.load_model(run_dir / "model.keras")
     generative_path = next((p for p in (run_dir / "vae.keras", run_dir / "autoencoder.keras") if p.is_file()), None)
     generative = keras.saving.load_model(generative_path) if generative_path else None
-    test_images, test_labels = run.evaluation["test_images"], run.evaluation["test_labels"]
+    test_images, test_labels = parity_images(run)
     keras_embeddings = embed(tower, test_images)
     probe = keras_embeddings[:PROBE_IMAGES]
     keras_map = float(retrieval_metrics(keras_embeddings, test_labels, metric, compute_nmi=False)["map_at_r"])

@@ -112,6 +112,8 @@ def set_backbone_trainable(base: keras.Model, fine_tune_from: str | None, freeze
         names.index(fine_tune_from))
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start and not (freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization))
+    if start >= len(names):
+        base.trainable = False
 
 
 def _check_shape(input_shape) -> tuple:

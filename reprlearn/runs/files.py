@@ -4,7 +4,7 @@ Each is written to a temporary file beside the target and renamed, so an interru
 half file under the target's name.
 
 Example:
-    write_embeddings(Path("out/embeddings.parquet"), run.embed(data.images), data, run)
+    write_embeddings(Path("out/embeddings.parquet"), run.embed(data), data, run)
 """
 
 from __future__ import annotations
