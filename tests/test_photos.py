@@ -340,3 +340,37 @@ def test_cli_index_and_identify_a_folder_and_a_changed_file_is_named(photo_run, 
     done = subprocess.run(cli + ["embed", str(run), "--data", f"folder:{photos}", "--out",
                                  str(tmp_path / "e.npz")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "1 test files" in done.stderr and victim.name in done.stderr
+
+
+def test_frozen_epochs_train_the_head_first_then_the_backbone_from_a_weights_file(tmp_path, tiny_sets):
+    import keras
+
+    from reprlearn.config import config_from_dict
+    from reprlearn.models.towers import BACKBONE_NAME, backbone_tower
+    from reprlearn.runs import load_run
+    from reprlearn.training import run_training
+
+    start = backbone_tower((32, 32, 3), "MobileNetV3Small", None, None, embedding_dim=8).get_layer(BACKBONE_NAME)
+    weights = tmp_path / "start.weights.h5"
+    start.save_weights(weights)
+
+    def config(frozen_epochs, epochs):
+        return config_from_dict({
+            "data": {"name": "arrays", "validation_fraction": 0.25},
+            "model": {"tower": "backbone", "backbone": "MobileNetV3Small", "backbone_weights": str(weights),
+                      "backbone_image_size": 32, "embedding_dim": 8, "fine_tune_from": "all"},
+            "train": {"epochs": epochs, "steps_per_epoch": 2, "classes_per_batch": 2, "examples_per_class": 4,
+                      "frozen_epochs": frozen_epochs},
+            "eval": {"verification_pairs": 100, "projection": "pca"}})
+
+    def backbone_change(run_dir):
+        trained = load_run(run_dir).model.get_layer(BACKBONE_NAME)
+        return max(float(np.abs(a - b).max()) for a, b in zip(trained.get_weights(), start.get_weights()))
+
+    run_training(config(1, 2), tmp_path / "joined", sets=tiny_sets, verbose=0)
+    assert backbone_change(tmp_path / "joined") > 0                        # the backbone trained in epoch 2
+    cfg = config(0, 1)  # pretrained and no model.fine_tune_from: the backbone stays frozen
+    cfg.model.fine_tune_from = None
+    run_training(cfg, tmp_path / "head_only", sets=tiny_sets, verbose=0)
+    assert backbone_change(tmp_path / "head_only") == 0                    # frozen: only the head trains
+    keras.backend.clear_session()

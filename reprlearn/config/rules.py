@@ -31,14 +31,23 @@ def _check_field_marks(cfg: Config) -> None:
 
 def _check_backbone(cfg: Config) -> None:
     """A frozen backbone must have learnt something: random weights are never frozen, wholly or in part."""
-    model = cfg.model
+    model, frozen_epochs = cfg.model, cfg.train.frozen_epochs
+    if frozen_epochs < 0 or (frozen_epochs and frozen_epochs >= cfg.train.epochs):
+        raise ConfigError(f"config: train.frozen_epochs must be in [0, train.epochs) (the head trains alone that "
+                          f"many epochs, then the backbone joins). Received: train.frozen_epochs={frozen_epochs!r}, "
+                          f"train.epochs={cfg.train.epochs!r}")
+    if frozen_epochs and (model.tower != "backbone" or model.kind != "embedding"):
+        raise ConfigError("config: train.frozen_epochs trains an embedding head over a frozen backbone; set "
+                          f"model.tower: backbone. Received: model.tower={model.tower!r}, model.kind={model.kind!r}, "
+                          f"train.frozen_epochs={frozen_epochs}")
     random = model.backbone_weights in (None, "none")
-    if model.tower == "backbone" and random and model.fine_tune_from not in (None, "all"):
+    if model.tower == "backbone" and random and (frozen_epochs or model.fine_tune_from not in (None, "all")):
         raise ConfigError("config: a backbone with random weights (model.backbone_weights: none) would be frozen, "
                           "wholly or below model.fine_tune_from, and a frozen random network computes nothing "
                           "useful: start from model.backbone_weights: imagenet or a weights file, or train it all "
-                          f"(model.fine_tune_from: all). Received: model.backbone_weights="
-                          f"{model.backbone_weights!r}, model.fine_tune_from={model.fine_tune_from!r}")
+                          f"(model.fine_tune_from: all, train.frozen_epochs: 0). Received: model.backbone_weights="
+                          f"{model.backbone_weights!r}, model.fine_tune_from={model.fine_tune_from!r}, "
+                          f"train.frozen_epochs={frozen_epochs}")
 
 
 def check_config(cfg: Config) -> None:
@@ -59,10 +68,13 @@ def check_config(cfg: Config) -> None:
     if cfg.model.freeze and not cfg.model.init_from:
         raise ConfigError("config: model.freeze keeps the layers copied by model.init_from fixed; set "
                           "model.init_from to a run folder. Received: model.freeze=True, model.init_from=None")
+    pretrained_backbone = cfg.model.tower == "backbone" and cfg.model.backbone_weights not in (None, "none")
     if not 0.0 < cfg.model.init_learning_rate_factor <= 1.0 or (
-            cfg.model.init_learning_rate_factor != 1.0 and (cfg.model.freeze or not cfg.model.init_from)):
+            cfg.model.init_learning_rate_factor != 1.0 and not pretrained_backbone
+            and (cfg.model.freeze or not cfg.model.init_from)):
         raise ConfigError("config: model.init_learning_rate_factor must be in (0, 1], and below 1 only with "
-                          "model.init_from and without model.freeze (it slows the copied layers' fine-tuning). "
+                          "model.init_from and without model.freeze, or for a pretrained backbone (it slows the "
+                          "pretrained layers' fine-tuning). "
                           f"Received: model.init_learning_rate_factor={cfg.model.init_learning_rate_factor!r}, "
                           f"model.init_from={cfg.model.init_from!r}, model.freeze={cfg.model.freeze!r}")
     if cfg.model.joint_dim is not None and not cfg.model.joint_layers:

@@ -171,6 +171,10 @@ class TrainConfig:
     # verifier: ROC AUC on validation pairs) (the validation split: held-out training classes with
     # data.validation_classes; never the test split).
     keep: str = choice("last", ("last", "best"))  # last | best
+    # Backbone towers: train the head alone over the frozen backbone this many epochs first, then from
+    # model.fine_tune_from (all when unset) with a fresh optimizer, the backbone at
+    # model.init_learning_rate_factor of the rate (its BatchNorm layers stay in inference mode).
+    frozen_epochs: int = 0
 
 
 @dataclass

@@ -27,6 +27,7 @@ from reprlearn.evaluation.scoring import (
     validation_threshold,
 )
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
+from reprlearn.models.towers import BACKBONE_NAME, set_backbone_trainable
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
 from reprlearn.runs.inference import embed_set
 from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
@@ -68,6 +69,37 @@ def check_embedding_data(cfg: Config, splits: Splits) -> None:
     if pk_batches and cfg.train.classes_per_batch > drawn:
         raise ConfigError(f"train.classes_per_batch exceeds the {drawn} {available}. "
                          f"Received: train.classes_per_batch={cfg.train.classes_per_batch}")
+
+
+def pretrained_layers(cfg: Config, tower: keras.Model) -> list[str]:
+    """The layers that train at `model.init_learning_rate_factor` of the rate: a pretrained backbone's."""
+    if cfg.model.tower != "backbone" or cfg.model.backbone_weights in (None, "none"):
+        return []
+    base = find_layer(tower, BACKBONE_NAME)
+    return [BACKBONE_NAME] + [layer.name for layer in base.layers]
+
+
+def find_layer(model: keras.Model, name: str):
+    """The layer called `name` in `model` or in a model nested in it."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def carry_weights(old: keras.Model, new: keras.Model) -> None:
+    """Copies the weights of `old`'s layers into `new`'s layers of the same name and shapes (a recompiled training
+    model keeps its classifier head; the tower's layers are shared already)."""
+    by_name = {layer.name: layer for layer in old.layers}
+    for layer in new.layers:
+        match = by_name.get(layer.name)
+        if match is not None and match is not layer and layer.weights and (
+                [tuple(w.shape) for w in match.weights] == [tuple(w.shape) for w in layer.weights]):
+            layer.set_weights(match.get_weights())
 
 
 def capped(cfg: Config, model: keras.Model, train: ImageSet) -> keras.Model:
@@ -121,12 +153,23 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     initialised = {}
 
     def build():
-        tower = build_tower(cfg.model, splits.train.image_shape, name=TOWER_NAME, streamed=splits.train.streamed)
+        tower = build_tower(cfg.model, splits.train.image_shape, name=TOWER_NAME, streamed=splits.train.streamed,
+                            frozen=cfg.train.frozen_epochs > 0)
         if cfg.model.init_from:  # a transfer: start from another run's tower (a checkpoint, if any, loads over it)
             initialised.update(run=cfg.model.init_from, frozen=cfg.model.freeze,
                                learning_rate_factor=cfg.model.init_learning_rate_factor,
                                layers=initialise_from(tower, load_run(cfg.model.init_from).model, cfg.model.freeze))
-        return compile_embedding_model(cfg, tower, len(splits.train.classes), initialised.get("layers", ()))
+        return compile_embedding_model(cfg, tower, len(splits.train.classes),
+                                       initialised.get("layers", ()) or pretrained_layers(cfg, tower))
+
+    def unfreeze(model):
+        # After train.frozen_epochs: the backbone trains from model.fine_tune_from, with a fresh optimizer.
+        tower = tower_of(model)
+        base = find_layer(model, BACKBONE_NAME)
+        set_backbone_trainable(base, cfg.model.fine_tune_from or "all", cfg.model.freeze_batchnorm)
+        recompiled = compile_embedding_model(cfg, tower, len(splits.train.classes), pretrained_layers(cfg, tower))
+        carry_weights(model, recompiled)
+        return recompiled
 
     def validation(model):
         # Validation (and the epoch `train.keep: best` selects) scores the embedding the run exports.
@@ -136,7 +179,7 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     bad_image_log = str(out / BAD_IMAGE_LOG) if splits.train.streamed else None
     trained = train_run(out, cfg, strategy, build,
                         lambda model, start: training_batches(cfg, splits.train, start, bad_image_log),
-                        validation, callbacks, verbose)
+                        validation, callbacks, verbose, unfreeze if cfg.model.tower == "backbone" else None)
     if trained is None:  # a worker other than the chief: the chief writes the run
         return {}
     exported = embedding_model(cfg, tower_of(trained.model))  # the same layers and weights validation scored

@@ -185,9 +185,9 @@ def _check_workers_agree(strategy: tf.distribute.Strategy, epochs_done: int) -> 
 
 def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
                   validation: keras.callbacks.Callback | None, callbacks: list[keras.callbacks.Callback] | None,
-                  verbose: int, strategy: tf.distribute.Strategy) -> tuple[float, list[dict]]:
+                  verbose: int, strategy: tf.distribute.Strategy, until: int | None = None) -> tuple[float, list[dict]]:
     """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (training seconds, history),
-    both over every session of the run.
+    both over every session of the run. `until`: stop after this epoch (default `train.epochs`).
 
     `validation` runs first, so the checkpoint's history, TensorBoard and the progress line see the
     metrics it logs; `callbacks` (the caller's) run last. The dataset yields global batches keyed by
@@ -200,12 +200,13 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
     writers = [StopOnNonFiniteLoss(cfg), *([validation] if validation else []), *selection,
                EpochCheckpoint(checkpoints), keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
                *progress_callbacks, *(callbacks or [])]
-    if epochs_done < cfg.train.epochs:
+    until = cfg.train.epochs if until is None else until
+    if epochs_done < until:
         if is_multi_worker(strategy):
-            fit_custom_loop(model, dataset, strategy, cfg.train.epochs, epochs_done, cfg.train.steps_per_epoch,
+            fit_custom_loop(model, dataset, strategy, until, epochs_done, cfg.train.steps_per_epoch,
                             writers if chief else [])
         else:
-            model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=epochs_done,
+            model.fit(dataset, epochs=until, initial_epoch=epochs_done,
                       steps_per_epoch=cfg.train.steps_per_epoch, callbacks=writers, verbose=keras_verbose,
                       shuffle=False)
     state = read_checkpoint_state(checkpoints)
@@ -222,7 +223,8 @@ class Trained(NamedTuple):
 
 
 def train_run(out: Path, cfg: Config, strategy: tf.distribute.Strategy, build, batches, validation=None,
-              callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 1) -> Trained | None:
+              callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 1,
+              unfreeze=None) -> Trained | None:
     """The sequence every driver runs: resume or build, fit the remaining epochs, then, on the chief, keep an epoch.
 
     Args:
@@ -234,11 +236,27 @@ def train_run(out: Path, cfg: Config, strategy: tf.distribute.Strategy, build, b
         validation: `validation(model)`, the callback that logs the selection metric, or None.
         callbacks: the caller's callbacks, run last.
         verbose: progress output (see `reprlearn.training.progress`).
+        unfreeze: `unfreeze(model)`, the model recompiled with its backbone trainable, after `train.frozen_epochs`
+            head-only epochs (`build` then makes the backbone frozen); a resumed run past them is built and
+            unfrozen before its checkpoint loads, so the optimizer state matches.
 
     Returns:
         A `Trained` on the chief; None on the other workers of a multi-worker run, which write nothing.
     """
-    model, epochs_done = resume_or_build(out, build, cfg, strategy, verbose)
+    frozen = cfg.train.frozen_epochs if unfreeze else 0
+    past_frozen = frozen and int(read_checkpoint_state(out / CHECKPOINTS).get("epochs_done", 0)) > frozen
+    model, epochs_done = resume_or_build(out, (lambda: unfreeze(build())) if past_frozen else build, cfg, strategy,
+                                         verbose)
+    if epochs_done < frozen or (frozen and epochs_done == frozen and not past_frozen):
+        if epochs_done < frozen:  # the head alone, over the frozen backbone
+            fit_resumable(model, batches(model, epochs_done * cfg.train.steps_per_epoch), cfg, out, epochs_done,
+                          validation(model) if validation else None, callbacks, verbose, strategy, until=frozen)
+        with strategy.scope(), dtype_policy(cfg.train.mixed_precision):
+            model = unfreeze(model)
+        epochs_done = frozen
+        if verbose and is_chief(strategy):
+            print(f"Epoch {frozen}: the backbone joins training (model.fine_tune_from: "
+                  f"{cfg.model.fine_tune_from or 'all'}).", flush=True)
     dataset = batches(model, epochs_done * cfg.train.steps_per_epoch)
     seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation(model) if validation else None,
                                      callbacks, verbose, strategy)
