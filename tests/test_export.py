@@ -87,10 +87,18 @@ def test_saved_model_loads_without_reprlearn(exported):
               "print(sorted(f.structured_input_signature[1]), sorted(f.structured_outputs))\n"
               "e = f(images=tf.zeros([2, 8, 8, 1]))['embedding'].numpy()\n"
               "u = m.signatures['embed_uint8'](images=tf.zeros([2, 8, 8, 1], tf.uint8))['embedding'].numpy()\n"
-              "print(e.shape, float(np.abs(e - u).max()))\n")
+              "print(e.shape, float(np.abs(e - u).max()))\n"
+              # A client sends PNG files of any size; the graph decodes and resizes them as the run's data.
+              "pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)\n"
+              "files = tf.stack([tf.io.encode_png(p) for p in pixels])\n"
+              "b = m.signatures['embed_encoded'](image_bytes=files)['embedding'].numpy()\n"
+              "p = f(images=tf.constant(pixels, tf.float32))['embedding'].numpy()\n"
+              "big = tf.io.encode_png(tf.image.resize(pixels[0], (16, 16), method='nearest'))\n"
+              "s = m.signatures['embed_encoded'](image_bytes=tf.stack([big]))['embedding'].numpy()\n"
+              "print(float(np.abs(b - p).max()) < 1e-5, float(np.abs(s[0] - p[0]).max()) < 1e-4)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.splitlines() == ["['embed_uint8', 'serving_default']", "['images'] ['embedding']",
-                                        "(2, 16) 0.0"]
+    assert done.stdout.splitlines() == ["['embed_encoded', 'embed_uint8', 'serving_default']",
+                                        "['images'] ['embedding']", "(2, 16) 0.0", "True True"]
     cli = Path(sys.executable).parent / "saved_model_cli"
     shown = subprocess.run([str(cli), "show", "--all", "--dir", str(out / "digits_run" / "1")],
                            capture_output=True, text=True, check=True).stdout
@@ -99,7 +107,7 @@ def test_saved_model_loads_without_reprlearn(exported):
 
 def test_pair_run_adds_distance_and_verify(pair_run_dir, tmp_path):
     result = export_run(pair_run_dir, tmp_path, formats="saved_model", verbose=False)
-    assert result["signatures"] == ["serving_default", "embed_uint8", "distance", "verify"]
+    assert result["signatures"] == ["serving_default", "embed_uint8", "embed_encoded", "distance", "verify"]
     loaded = tf.saved_model.load(result["saved_model"])
     a = tf.random.uniform([4, 8, 8, 1], 0, 16)
     verify = loaded.signatures["verify"](images_a=a, images_b=a)

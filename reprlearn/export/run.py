@@ -219,7 +219,8 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     staging = Path(tempfile.mkdtemp(prefix=".reprlearn-export-", dir=out.parent))
     try:
         saved_model = staging / "saved_model"
-        signatures = write_saved_model(tower, saved_model, metric, threshold, generative, enrolled, identify_k)
+        signatures = write_saved_model(tower, saved_model, metric, threshold, generative, enrolled, identify_k,
+                                       run.config.data.resize)
         artifacts = staging / "artifacts"
         artifacts.mkdir()
         rows = []

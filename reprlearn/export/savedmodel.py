@@ -3,6 +3,9 @@
 Signatures (every input and output is named):
 - `serving_default`: `images` (float32, raw 0-255 pixels) → `embedding`;
 - `embed_uint8`: the same for uint8 images;
+- `embed_encoded`: `image_bytes` (a string per image: the bytes of a JPEG, PNG, GIF or BMP file, any size) →
+  `embedding`, each decoded and resized as the run's data (`data.resize`) inside the graph, so a client
+  can send a photo as it is (with a gallery, `identify_encoded` likewise);
 - pair runs add `distance` (`images_a`, `images_b` → `distance`) and `verify`
   (→ `distance`, `match`: distance <= the threshold calibrated in the run report);
 - with a gallery, `identify`: `images` → `labels`, `ids`, `distances` (the k nearest enrolled
@@ -23,6 +26,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from reprlearn.data.decode import DecodeSpec, decode_contents
 from reprlearn.index import UNKNOWN, Gallery
 from reprlearn.index.search import nearest, prepare_reference
 from reprlearn.ops.distances import paired_distance
@@ -99,7 +103,7 @@ class _GalleryState(tf.Module):
         self.ids = tf.Variable(gallery.ids.astype(object).astype(bytes), trainable=False, dtype=tf.string)
 
 
-def _add_identify_endpoint(archive, embed, image_spec: tf.TensorSpec, gallery: Gallery, k: int) -> None:
+def _add_identify_endpoint(archive, embed, image_spec: tf.TensorSpec, gallery: Gallery, k: int):
     state = _GalleryState(gallery)
     archive.track(state)
     k, threshold = min(k, len(gallery)), tf.constant(gallery.threshold, tf.float32)
@@ -113,11 +117,12 @@ def _add_identify_endpoint(archive, embed, image_spec: tf.TensorSpec, gallery: G
                 "accepted": accepted, "label": tf.where(accepted, labels[:, 0], tf.constant(UNKNOWN, tf.int64))}
 
     archive.add_endpoint("identify", identify, input_signature=[image_spec])
+    return identify
 
 
 def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", threshold: float | None = None,
                       generative: keras.Model | None = None, gallery: Gallery | None = None,
-                      identify_k: int = 5) -> list[str]:
+                      identify_k: int = 5, resize: str = "pad") -> list[str]:
     """Writes `tower` as a SavedModel at `path`; returns the signature names.
 
     Args:
@@ -129,6 +134,7 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
             log_likelihood) signatures to add.
         gallery: a gallery enrolled by `tower`, with a rejection threshold: adds `identify`.
         identify_k: the matches `identify` returns per image (at most the gallery's size).
+        resize: how `embed_encoded` fits a file of another size to the tower's input (`data.resize`).
     """
     from reprlearn.models import VAE
 
@@ -140,6 +146,16 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
 
     archive.add_endpoint("serving_default", embed, input_signature=[_image_spec(tower, "images")])
     archive.add_endpoint("embed_uint8", embed, input_signature=[_image_spec(tower, "images", tf.uint8)])
+    height, width, channels = (int(v) for v in tower.input_shape[1:])
+    spec = DecodeSpec((height, width), channels, resize)
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+    def decoded(image_bytes):
+        return tf.map_fn(lambda contents: decode_contents(contents, spec), image_bytes,
+                         fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
+
+    archive.add_endpoint("embed_encoded", lambda image_bytes: embed(decoded(image_bytes)),
+                         input_signature=[bytes_spec])
     if threshold is not None:
         pair_spec = [_image_spec(tower, "images_a"), _image_spec(tower, "images_b")]
 
@@ -152,10 +168,13 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
 
         archive.add_endpoint("distance", distance, input_signature=pair_spec)
         archive.add_endpoint("verify", verify, input_signature=pair_spec)
-    names = ["serving_default", "embed_uint8"] + (["distance", "verify"] if threshold is not None else [])
+    names = ["serving_default", "embed_uint8", "embed_encoded"] + (["distance", "verify"] if threshold is not None
+                                                                   else [])
     if gallery is not None:
-        _add_identify_endpoint(archive, embed, _image_spec(tower, "images"), gallery, identify_k)
-        names.append("identify")
+        identify = _add_identify_endpoint(archive, embed, _image_spec(tower, "images"), gallery, identify_k)
+        archive.add_endpoint("identify_encoded", lambda image_bytes: identify(decoded(image_bytes)),
+                             input_signature=[bytes_spec])
+        names += ["identify", "identify_encoded"]
     if generative is not None:
         archive.track(generative)
         names += (_add_vae_endpoints(archive, generative) if isinstance(generative, VAE)
