@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.photo_folder import make_photo_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
@@ -81,6 +83,7 @@ def scratch(tmp_path_factory):
     overrides = [arg for setting in SMALL_DEMO for arg in ("--set", setting)]
     subprocess.run([str(ROOT / ".venv/bin/reprlearn"), "train", "configs/demo.yaml", "--out", "runs/demo", "--quiet",
                     *overrides], cwd=folder, env=env, check=True, capture_output=True, timeout=600)
+    make_photo_folder(folder / "photos", classes=6, per_class=20, seed=0)  # the README's "your own photos"
     return folder, env
 
 
