@@ -374,3 +374,19 @@ def test_frozen_epochs_train_the_head_first_then_the_backbone_from_a_weights_fil
     run_training(cfg, tmp_path / "head_only", sets=tiny_sets, verbose=0)
     assert backbone_change(tmp_path / "head_only") == 0                    # frozen: only the head trains
     keras.backend.clear_session()
+
+
+def test_cache_in_memory_and_on_disk_gives_the_same_batches_as_decoding(photos, tmp_path):
+    from reprlearn.data.cache import cache_decoded
+
+    streamed = _load(photos)
+    in_memory, failed = cache_decoded(streamed, "memory")
+    on_disk, _ = cache_decoded(streamed, str(tmp_path / "cache"))
+    again, _ = cache_decoded(streamed, str(tmp_path / "cache"))               # the file is reused
+    assert not failed and in_memory.decoded and in_memory.streamed and isinstance(on_disk.images, np.memmap)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 and np.array_equal(again.images, on_disk.images)
+    batches = [list(pk_batches(s, s.labels, 3, 4, seed=2).take(3).as_numpy_iterator())
+               for s in (streamed, in_memory, on_disk)]
+    for reference, memory, disk in zip(*batches):
+        assert np.abs(reference[0] - memory[0]).max() <= 0.5 and np.array_equal(memory[0], disk[0])
+        assert np.array_equal(reference[1], memory[1]) and np.array_equal(memory[1], disk[1])

@@ -68,6 +68,9 @@ class DataConfig:
     channels: typing.Optional[int] = choice(None, (None, 1, 3))
     resize: str = choice("pad", RESIZE_MODES)
     on_bad_image: str = choice("skip", ("skip", "error"))
+    # Streamed sources: none (decode every batch) | memory (decode the train and validation files once into RAM)
+    # | a folder (the same, memory-mapped from DIR/<fingerprint>.npy, reused by later runs on the same files).
+    cache: str = "none"
 
 
 @dataclass

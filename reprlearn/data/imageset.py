@@ -17,7 +17,9 @@ class ImageSet:
 
     In memory, `images` is `[N, H, W, C]` (uint8, or float in [0, 255]). Streamed, `files` lists the image files
     and `spec` how each is decoded (`reprlearn.data.decode`): pixels exist only for the batch at hand, so a set
-    of 10⁷ files costs its paths and a few integers per item. Everything downstream reads pixels through
+    of 10⁷ files costs its paths and a few integers per item. A file set cached by `data.cache`
+    (`reprlearn.data.cache`) has both: its files (what the run records) and their decoded pixels (what is
+    read), in memory or memory-mapped from disk. Everything downstream reads pixels through
     `reprlearn.data.pipelines` (`batches_in_order`, the samplers) or `pixels` for a handful of items, and so
     works on both.
 
@@ -27,9 +29,9 @@ class ImageSet:
 
     def __init__(self, images, labels, class_names: list[str], names: list[str] | None = None, files=None,
                  spec=None):
-        if (images is None) == (files is None):
-            raise DataError("an ImageSet holds either images in memory or files to stream, not both or neither. "
-                            f"Received: images={type(images).__name__}, files={type(files).__name__}")
+        if images is None and files is None:
+            raise DataError("an ImageSet needs images in memory or files to stream. Received: images=None, "
+                            "files=None")
         self._images, self.labels, self.class_names, self.names = images, labels, class_names, names
         self.files, self.spec = files, spec
         # A streamed source's index record (item count, classes, fingerprint, skipped files), for run.json.
@@ -37,7 +39,13 @@ class ImageSet:
 
     @property
     def streamed(self) -> bool:
+        """The set comes from image files (a folder or a CSV): the run records their paths, not pixels."""
         return self.files is not None
+
+    @property
+    def decoded(self) -> bool:
+        """The pixels are at hand (an array, or the `data.cache` of a file set): nothing is decoded when read."""
+        return self._images is not None
 
     @property
     def images(self) -> np.ndarray:
@@ -59,7 +67,7 @@ class ImageSet:
         """The images at `index` as float32 `[n, H, W, C]` in [0, 255] (decoded here for a streamed set)."""
         index = np.asarray(index, np.int64).reshape(-1)
         if self._images is not None:
-            return np.asarray(self._images[index], np.float32)
+            return np.asarray(self._images[np.sort(index)][np.argsort(np.argsort(index))], np.float32)
         from reprlearn.data.decode import decode_files
 
         return decode_files([self.files.path(i) for i in index], self.spec)
@@ -68,7 +76,7 @@ class ImageSet:
         """`pixels(index)` as uint8 for display, shrunk for a streamed set to at most `side` pixels a side, decoded
         256 at a time (sprites and figures of thousands of photos without holding them at full size)."""
         index = np.asarray(index, np.int64).reshape(-1)
-        if not self.streamed:
+        if self.decoded:
             return np.clip(np.round(self.pixels(index)), 0, 255).astype(np.uint8)
         import tensorflow as tf
 
@@ -88,9 +96,10 @@ class ImageSet:
         if index.dtype == bool:
             index = np.flatnonzero(index)
         names = None if self.names is None else [self.names[i] for i in index.reshape(-1)]
-        if self._images is not None:
+        if self._images is not None and self.files is None:
             return ImageSet(self._images[index], self.labels[index], self.class_names, names)
-        part = ImageSet(None, self.labels[index], self.class_names, names, self.files.subset(index), self.spec)
+        images = None if self._images is None else self._images[np.sort(index)][np.argsort(np.argsort(index))]
+        part = ImageSet(images, self.labels[index], self.class_names, names, self.files.subset(index), self.spec)
         part.source_record = self.source_record
         return part
 
@@ -157,7 +166,7 @@ def flat_pixels(images) -> np.ndarray:
     decoded in batches, so the baseline of 10⁵ photos costs megabytes, not the gigabytes of their full pixels.
     """
     if isinstance(images, ImageSet):
-        if not images.streamed:
+        if images.decoded:
             images = images.images
         else:
             import tensorflow as tf

@@ -47,12 +47,12 @@ def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_
     dataset per row, whose failed files are dropped) and a slot whose candidates all fail repeats a decoded
     item of its row. `crop`: random crop windows keyed by (seed, step, row, candidate).
     """
-    if not source.streamed:
-        images_t = tf.constant(source.images)
+    if source.decoded:
+        gather_images = _gatherer(source.images)
 
         def gather(candidates, step):
             used = tf.reshape(candidates[:, :take], [-1])
-            return tf.cast(tf.gather(images_t, used), tf.float32), used, step
+            return gather_images(used), used, step
 
         return rows.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     paths, spec = tf.constant(source.files.paths()), source.spec
@@ -98,6 +98,26 @@ def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_
         fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _gatherer(images):
+    """`f(index) → float32 images`: a gather from a constant, or, for a memory-mapped cache, a read of just those
+    rows from the file (a constant would load it whole)."""
+    if not isinstance(images, np.memmap):
+        images_t = tf.constant(images)
+        return lambda index: tf.cast(tf.gather(images_t, index), tf.float32)
+    shape = [None, *images.shape[1:]]
+
+    def read(index):
+        order = np.argsort(index)
+        rows = np.empty((len(index), *images.shape[1:]), images.dtype)
+        rows[order] = images[index[order]]
+        return rows.astype(np.float32)
+
+    def gather(index):
+        return tf.ensure_shape(tf.numpy_function(read, [index], tf.float32, stateful=False), shape)
+
+    return gather
+
+
 def _rows_per_step(rows) -> int:
     count = rows.element_spec[0].shape[0]
     if count is None:
@@ -131,7 +151,7 @@ def batches_in_order(imageset: ImageSet, batch_size: int = 256):
     so callers score what decoded and name what did not.
     """
     n = len(imageset)
-    if not imageset.streamed:
+    if imageset.decoded:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             yield np.asarray(imageset.images[start:stop], np.float32), np.arange(start, stop)
@@ -222,12 +242,12 @@ def pk_indices(labels, classes_per_batch: int, examples_per_class: int, seed: in
 
 
 def _spares_for(source: ImageSet) -> int:
-    return SPARES if source.streamed else 0
+    return 0 if source.decoded else SPARES
 
 
 def _crop_randomly(source: ImageSet, augment: str) -> bool:
     """Streamed `crop` sets take a random window for training when augmentation is on."""
-    return source.streamed and source.spec.resize == "crop" and augment != "none"
+    return not source.decoded and source.spec.resize == "crop" and augment != "none"
 
 
 def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, seed: int = 0,

@@ -131,7 +131,7 @@ def parity_images(run) -> tuple[np.ndarray, np.ndarray]:
     """The test images every export format must embed as the Keras model does: the whole in-memory test split,
     or `PARITY_FILES` test files drawn with `data.seed` from a streamed one."""
     test = run.split("test")
-    if not test.streamed:
+    if test.decoded:
         return test.images, test.labels
     chosen = np.sort(np.random.default_rng(run.config.data.seed).choice(len(test), min(PARITY_FILES, len(test)),
                                                                         replace=False))

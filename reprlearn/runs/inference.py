@@ -38,7 +38,7 @@ def embed_set(model: keras.Model, imageset: ImageSet, batch_size: int = 256) -> 
     `failed` lists the items whose file did not decode (their rows are NaN)."""
     from reprlearn.data.pipelines import batches_in_order
 
-    if not imageset.streamed:
+    if imageset.decoded:
         return embed(model, imageset.images, batch_size), []
     out = np.full((len(imageset), *model.output_shape[1:]), np.nan, np.float32)
     done = np.zeros(len(imageset), bool)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
+from reprlearn.data.cache import cache_decoded
 from reprlearn.errors import ConfigError, DataError
 from reprlearn.evaluation.scoring import can_pair
 from reprlearn.models.budget import available_memory_bytes, tower_size, training_bytes
@@ -89,6 +91,21 @@ def check_memory(cfg: Config, image_shape, images_per_step: int, towers: int = 1
                           f"model.tower={cfg.model.tower!r}, model.embedding_dim={cfg.model.embedding_dim}")
 
 
+def cached_splits(splits, cache: str):
+    """The splits with their training and validation files decoded once (`data.cache`); files that fail to decode
+    then are left out and listed with the files indexing skipped."""
+    if cache in (None, "none") or not splits.train.streamed:
+        return splits
+    train, train_failed = cache_decoded(splits.train, cache)
+    val, val_failed = cache_decoded(splits.val, cache)
+    failed = [[name, "failed to decode when cached"] for name in train_failed + val_failed]
+    if failed:
+        record = {**train.source_record, "skipped": train.source_record["skipped"] + failed}
+        for part in (train, val, splits.test):
+            part.source_record = record
+    return dataclasses.replace(splits, train=train, val=val)
+
+
 def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | None = None,
                  command: str | None = None, verbose: int = 1,
                  callbacks: list[keras.callbacks.Callback] | None = None, resume: bool = False,
@@ -119,7 +136,7 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     # A multi-worker strategy must exist before TensorFlow runs anything else in the process.
     strategy = make_strategy(cfg.train.strategy)
     # All input checks come first, so bad data or a bad combination leaves no half-made folder.
-    splits = splits_for(cfg.data, sets)
+    splits = cached_splits(splits_for(cfg.data, sets), cfg.data.cache)
     if splits.train.streamed and cfg.model.kind != "embedding":
         raise ConfigError(f"model.kind {cfg.model.kind!r} trains on images in memory; streamed file sources "
                           f"(folder:, csv:) train embedding towers. Received: model.kind={cfg.model.kind!r}, "
