@@ -390,3 +390,15 @@ def test_cache_in_memory_and_on_disk_gives_the_same_batches_as_decoding(photos, 
     for reference, memory, disk in zip(*batches):
         assert np.abs(reference[0] - memory[0]).max() <= 0.5 and np.array_equal(memory[0], disk[0])
         assert np.array_equal(reference[1], memory[1]) and np.array_equal(memory[1], disk[1])
+
+
+@pytest.mark.parametrize("level, flips", [("light", False), ("light", True), ("strong", True)])
+def test_augment_image_is_augment_batch_of_one_image(level, flips):
+    from reprlearn.data.augment import augment_batch, augment_image
+
+    for draw in range(4):
+        image = tf.random.stateless_uniform([37, 53, 3], [draw, 1], 0, 255)
+        seed = tf.constant([draw, 9], tf.int64)
+        one = augment_image(image, seed, level, flips).numpy()
+        assert np.allclose(one, augment_batch(image[None], seed, level, flips)[0].numpy(), atol=1e-3)
+        assert not np.allclose(one, image.numpy())                             # it did change the image

@@ -56,24 +56,6 @@ def _affine(images, seed, augmentation: Augmentation):
                                                  fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
-def _shift(images, seed, augmentation: Augmentation):
-    """The same random whole-pixel shift per image as `_affine` without rotation (zeros shifted in), by two gathers
-    instead of a bilinear transform: the same pixels, several times faster on large images."""
-    shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))[0]
-    shift = tf.random.stateless_uniform([batch, 2], shift_seed, -1.0, 1.0) * augmentation.shift
-    dx = tf.cast(tf.round(shift[:, 0] * tf.cast(width, tf.float32)), tf.int32)
-    dy = tf.cast(tf.round(shift[:, 1] * tf.cast(height, tf.float32)), tf.int32)
-    rows = tf.range(height)[None] - dy[:, None]                       # output row y reads input row y − dy
-    cols = tf.range(width)[None] - dx[:, None]
-    out = tf.gather(images, tf.clip_by_value(rows, 0, height - 1), axis=1, batch_dims=1)
-    out = tf.gather(out, tf.clip_by_value(cols, 0, width - 1), axis=2, batch_dims=1)
-    inside = tf.logical_and(((rows >= 0) & (rows < height))[:, :, None, None],
-                            ((cols >= 0) & (cols < width))[:, None, :, None])
-    return tf.where(inside, out, tf.zeros_like(out))
-
-
 def augment_batch(images, seed, level: str, flips: bool):
     """Augments a batch `[B, H, W, C]` of 0–255 pixels (float32); `level` "none" returns it unchanged.
 
@@ -91,8 +73,7 @@ def augment_batch(images, seed, level: str, flips: bool):
         return images
     augmentation = LEVELS[level]
     affine_seed, flip_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    images = (_affine(images, affine_seed, augmentation) if augmentation.rotation_degrees
-              else _shift(images, affine_seed, augmentation))
+    images = _affine(images, affine_seed, augmentation)
     batch = tf.shape(images)[0]
     if flips:
         mirror = tf.random.stateless_uniform([batch, 1, 1, 1], flip_seed) < 0.5
@@ -101,3 +82,31 @@ def augment_batch(images, seed, level: str, flips: bool):
                                          1.0 + augmentation.contrast)
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
     return tf.clip_by_value((images - mean) * factor + mean, 0.0, 255.0)
+
+
+def augment_image(image, seed, level: str, flips: bool):
+    """`augment_batch` of one image `[H, W, C]`, the same draws and the same pixels: what streamed files get as they
+    are decoded. Without rotation ("light") the whole-pixel shift is a pad and a slice (a copy, not a transform)."""
+    augmentation = LEVELS[check_augment(level)] if level != "none" else None
+    if augmentation is None:
+        return image
+    if augmentation.rotation_degrees:
+        return augment_batch(image[None], seed, level, flips)[0]
+    affine_seed, flip_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    shift_seed = tf.unstack(tf.random.experimental.stateless_split(affine_seed, 2))[0]
+    shift = tf.random.stateless_uniform([1, 2], shift_seed, -1.0, 1.0)[0] * augmentation.shift
+    dx = tf.cast(tf.round(shift[0] * tf.cast(width, tf.float32)), tf.int32)
+    dy = tf.cast(tf.round(shift[1] * tf.cast(height, tf.float32)), tf.int32)
+    # Output pixel (x, y) reads input (x − dx, y − dy); outside the image it is 0.
+    padded = tf.pad(image, [[tf.abs(dy), tf.abs(dy)], [tf.abs(dx), tf.abs(dx)], [0, 0]])
+    image = tf.slice(padded, [tf.abs(dy) - dy, tf.abs(dx) - dx, 0], shape)
+    if flips:
+        mirror = tf.random.stateless_uniform([1, 1, 1, 1], flip_seed)[0, 0, 0, 0] < 0.5
+        image = tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    factor = tf.random.stateless_uniform([1, 1, 1, 1], contrast_seed, 1.0 - augmentation.contrast,
+                                         1.0 + augmentation.contrast)[0]
+    mean = tf.reduce_mean(image, keepdims=True)
+    return tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
+

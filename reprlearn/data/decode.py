@@ -104,9 +104,9 @@ def decode_contents(contents: tf.Tensor, spec: DecodeSpec, crop_seed: tf.Tensor 
     (the pipelines catch it and skip the file)."""
     image = tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8)
     image = _to_channels(tf.cast(image, tf.float32), spec.channels)
-    image = resize_image(image, spec, crop_seed)
+    image = resize_image(image, spec, crop_seed)  # area averages and bilinear blends stay within [0, 255]
     target_h, target_w = spec.image_size
-    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), [target_h, target_w, spec.channels])
+    return tf.ensure_shape(image, [target_h, target_w, spec.channels])
 
 
 def decode_files(paths: list[str], spec: DecodeSpec) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.data.augment import augment_batch, check_augment
+from reprlearn.data.augment import augment_batch, augment_image, check_augment
 from reprlearn.data.decode import decode_contents
 from reprlearn.data.imageset import ImageSet
 from reprlearn.errors import DataError
@@ -39,13 +39,16 @@ def _pixels_of(images) -> ImageSet:
     return ImageSet(images, np.zeros(len(images), np.int64), [])
 
 
-def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_image_log: str | None):
+def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_image_log: str | None,
+                  augment: tuple[str, bool] | None = None):
     """Images for a dataset of `(candidates [G, M] int64, step)`: per row, the first `take` candidates that decode.
 
     Yields `(images float32 [G·take, H, W, C], items used int64 [G·take], step)`. In memory nothing fails: the
     first `take` columns are gathered. Streamed, the rows of every step are decoded in parallel (one small
     dataset per row, whose failed files are dropped) and a slot whose candidates all fail repeats a decoded
-    item of its row. `crop`: random crop windows keyed by (seed, step, row, candidate).
+    item of its row. `crop`: random crop windows keyed by (seed, step, row, candidate); `augment`: `(level, flips)`
+    applied to each decoded file as it is decoded, keyed the same way (`augment_image`: a streamed batch is
+    augmented file by file, in parallel, where a whole decoded batch would pass through memory again).
     """
     if source.decoded:
         gather_images = _gatherer(source.images)
@@ -62,8 +65,11 @@ def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_
         row_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), row)
 
         def decode(column, item):
-            crop_seed = tf.random.experimental.stateless_fold_in(row_seed, column) if crop else None
-            return decode_contents(tf.io.read_file(tf.gather(paths, item)), spec, crop_seed), column
+            item_seed = tf.random.experimental.stateless_fold_in(row_seed, column)
+            image = decode_contents(tf.io.read_file(tf.gather(paths, item)), spec, item_seed if crop else None)
+            if augment:
+                image = augment_image(image, tf.random.experimental.stateless_fold_in(item_seed, 1), *augment)
+            return image, column
 
         columns = tf.range(tf.shape(items, out_type=tf.int64)[0])
         good = tf.data.Dataset.from_tensor_slices((columns, items)).map(decode).ignore_errors()
@@ -85,11 +91,12 @@ def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_
         ok = columns >= 0
         if bad_image_log:
             _log_failures(paths, candidates, columns, ok, width, take, bad_image_log)
-        # Failed slots repeat the row's decoded images, cyclically (decoded ones first, in order).
+        # Failed slots repeat the row's decoded images, cyclically (decoded ones first, in order); a batch where
+        # every file decoded (nearly always) is not copied again.
         order = tf.argsort(tf.cast(~ok, tf.int32), axis=1, stable=True)
         decoded_count = tf.maximum(tf.reduce_sum(tf.cast(ok, tf.int32), axis=1, keepdims=True), 1)
         source_slot = tf.gather(order, tf.range(take)[None] % decoded_count, batch_dims=1)
-        images = tf.gather(images, source_slot, batch_dims=1)
+        images = tf.cond(tf.reduce_all(ok), lambda: images, lambda: tf.gather(images, source_slot, batch_dims=1))
         columns = tf.maximum(tf.gather(columns, source_slot, batch_dims=1), 0)
         used = tf.gather(candidates, columns, batch_dims=1)
         return tf.reshape(images, [-1, *spec.image_size, spec.channels]), tf.reshape(used, [-1]), step
@@ -264,10 +271,12 @@ def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, 
     labels_t = tf.constant(np.asarray(labels), tf.int32)
     k = int(examples_per_class)
     candidates = pk_candidates(labels, classes_per_batch, examples_per_class, seed, start_step, _spares_for(source))
-    decoded = _decoded_rows(source, candidates, k, seed, _crop_randomly(source, augment), bad_image_log)
+    per_file = not source.decoded and augment != "none"
+    decoded = _decoded_rows(source, candidates, k, seed, _crop_randomly(source, augment), bad_image_log,
+                            (augment, flips) if per_file else None)
 
     def finish(batch, used, step):
-        if augment != "none":
+        if augment != "none" and not per_file:
             step_seed = tf.stack([tf.constant(seed, tf.int64), step])
             batch = augment_batch(batch, tf.random.experimental.stateless_fold_in(step_seed, 1), augment, flips)
         return batch, tf.gather(labels_t, used)
