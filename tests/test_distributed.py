@@ -279,3 +279,22 @@ def test_the_gpu_extra_can_install_next_to_the_default_requirements():
     assert cuda.extras == {"and-cuda"} and cuda.specifier == base.specifier
     installed = version("tensorflow")
     assert base.specifier.contains(installed) and cuda.specifier.contains(installed)
+
+
+@pytest.mark.slow
+def test_two_workers_on_a_folder_decode_their_own_classes_and_train_like_one_process(tmp_path):
+    from tests.photo_folder import make_photo_folder
+
+    make_photo_folder(tmp_path / "photos", classes=6, per_class=12, seed=5)
+    config = tmp_path / "folder.yaml"
+    config.write_text(MULTI_WORKER_CONFIG.replace("STEPS", "4").replace(
+        "data: {name: digits}", f"data: {{name: 'folder:{tmp_path / 'photos'}', image_size: [24, 24], "
+                                "augment: light, resize: crop}").replace(
+        "model: {tower: mlp, hidden: [32], embedding_dim: 16}", "model: {tower: conv, filters: [8], dense: 16, "
+                                                               "embedding_dim: 8}"))
+    one = _train(config, "--out", tmp_path / "one", "--quiet")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _train(config, "--out", tmp_path / "two", "--workers", 2, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for got, want in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one")):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

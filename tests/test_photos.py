@@ -67,7 +67,7 @@ def test_bad_files_are_skipped_listed_or_refused(photos, tmp_path):
     assert reasons["class_02/garbage.png"].startswith("not an image")
     assert reasons["class_02/photo.webp"].startswith("WEBP is not supported")
     assert record["ignored_files"] == 2 and record["dropped_classes"] == ["class_03"]
-    with pytest.raises(DataError, match=r"5 unusable image files.*class_00/empty.jpg.*on_bad_image: error refuses them"):
+    with pytest.raises(DataError, match=r"5 unusable image files.*class_00/empty.jpg.*on_bad_image: error refuses"):
         load_dataset(f"folder:{root}", decoding=Decoding((32, 32), on_bad_image="error"))
 
 
@@ -392,13 +392,121 @@ def test_cache_in_memory_and_on_disk_gives_the_same_batches_as_decoding(photos, 
         assert np.array_equal(reference[1], memory[1]) and np.array_equal(memory[1], disk[1])
 
 
-@pytest.mark.parametrize("level, flips", [("light", False), ("light", True), ("strong", True)])
-def test_augment_image_is_augment_batch_of_one_image(level, flips):
-    from reprlearn.data.augment import augment_batch, augment_image
+def test_augment_image_shifts_mirrors_and_scales_contrast_within_the_light_ranges():
+    from reprlearn.data.augment import LEVELS, augment_image
 
-    for draw in range(4):
-        image = tf.random.stateless_uniform([37, 53, 3], [draw, 1], 0, 255)
-        seed = tf.constant([draw, 9], tf.int64)
-        one = augment_image(image, seed, level, flips).numpy()
-        assert np.allclose(one, augment_batch(image[None], seed, level, flips)[0].numpy(), atol=1e-3)
-        assert not np.allclose(one, image.numpy())                             # it did change the image
+    image = np.zeros((40, 50, 3), np.float32)
+    image[10:30, 10:20] = 200.0                                              # a bright block, left of centre
+    light = LEVELS["light"]
+    moved = set()
+    for draw in range(40):
+        out = augment_image(tf.constant(image), tf.constant([draw, 3], tf.int64), "light", True).numpy()
+        assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255
+        rows, cols = np.nonzero(out[..., 0] > out[..., 0].mean())
+        top, left = rows.min(), cols.min()
+        mirrored = left > 25                                                 # the block is now right of centre
+        left = 50 - 10 - left if mirrored else left                          # the block is 10 wide
+        assert abs(top - 10) <= round(light.shift * 40) and abs(left - 10) <= round(light.shift * 50)
+        moved.add((top, left, mirrored))
+    assert len(moved) > 10 and {m for *_, m in moved} == {True, False}
+    assert np.array_equal(augment_image(tf.constant(image), tf.constant([1, 3], tf.int64), "none", True), image)
+
+
+RSS_RUN = """
+import json, resource, sys
+from reprlearn.config import config_from_dict
+from reprlearn.training import run_training
+run_training(config_from_dict(json.loads(sys.argv[1])), sys.argv[2], verbose=0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_on_three_times_more_files_holds_no_more_memory(tmp_path):
+    side = 128
+    runs = {}
+    for files in (2000, 6000):  # both large enough that every evaluation batch is full
+        make_photo_folder(tmp_path / f"photos{files}", classes=10, per_class=files // 10, seed=6, modes=False)
+        cfg = {"data": {"name": f"folder:{tmp_path / f'photos{files}'}", "image_size": [side, side]},
+               "model": {"tower": "conv", "filters": [4, 4, 4, 4], "dense": 16, "embedding_dim": 8},
+               "train": {"epochs": 1, "steps_per_epoch": 3, "classes_per_batch": 4, "examples_per_class": 4},
+               "eval": {"verification_pairs": 200, "projection": "pca", "projection_points": 200,
+                        "projector_points": 200}}
+        done = subprocess.run([sys.executable, "-c", RSS_RUN, json.dumps(cfg), str(tmp_path / f"run{files}")],
+                              capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[files] = int(done.stdout.split()[-1])
+    copy_growth = 4000 * side * side * 3 * 4                                    # 4,000 more float32 images: 786 MB
+    growth = runs[6000] - runs[2000]
+    assert growth < 200 * 2**20 < copy_growth / 3, f"peak RSS grew by {growth / 2**20:.0f} MB for 4,000 more files"
+
+
+def test_a_tfds_dataset_streams_from_its_records_written_once_as_files(tmp_path):
+    import tensorflow_datasets as tfds
+
+    class TinyShapes(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.ClassLabel(names=["ellipse", "square", "triangle"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 8), "test": self._generate_examples(1, 4)}
+
+        def _generate_examples(self, seed, per_class):
+            from tests.photo_folder import photo
+
+            rng = np.random.default_rng(seed)
+            for i in range(3 * per_class):
+                size = tuple(int(v) for v in rng.integers(30, 60, 2))
+                yield i, {"image": np.asarray(photo(i % 3, rng, size)), "label": i % 3}
+
+    TinyShapes(data_dir=str(tmp_path)).download_and_prepare()
+    sets = load_dataset("tfds:tiny_shapes", str(tmp_path), Decoding((32, 32)))
+    assert sorted(sets) == ["test", "train"] and (len(sets["train"]), len(sets["test"])) == (24, 12)
+    assert sets["train"].streamed and not sets["train"].decoded
+    assert sets["train"].class_names == ["ellipse", "square", "triangle"]
+    assert np.bincount(sets["train"].labels).tolist() == [8, 8, 8]
+    images, labels = next(iter(pk_batches(sets["train"], sets["train"].labels, 3, 4, seed=0)))
+    assert images.shape == (12, 32, 32, 3) and np.bincount(labels.numpy()).tolist() == [4, 4, 4]
+    again = load_dataset("tfds:tiny_shapes", str(tmp_path), Decoding((32, 32)))   # the files are reused
+    assert again["train"].files.fingerprint(again["train"].labels) == sets["train"].files.fingerprint(
+        sets["train"].labels)
+
+
+@pytest.mark.slow
+def test_a_backbone_tower_serves_identify_on_jpeg_bytes_like_the_gallery(tmp_path):
+    from reprlearn.export.savedmodel import write_saved_model
+    from reprlearn.index import Gallery
+    from reprlearn.models.towers import backbone_tower
+    from reprlearn.runs import embed
+
+    make_photo_folder(tmp_path / "photos", classes=4, per_class=6, seed=8, modes=False)
+    photos = _load(tmp_path / "photos", (48, 48))
+    tower = backbone_tower((48, 48, 3), "MobileNetV3Small", None, None, embedding_dim=16)
+    enrolled = np.arange(len(photos)) % 2 == 0
+    gallery = Gallery("L2")
+    gallery.add(embed(tower, photos.subset(np.flatnonzero(enrolled))), photos.labels[enrolled])
+    queries = photos.subset(np.flatnonzero(~enrolled))
+    query_embeddings = embed(tower, queries)
+    nearest = gallery.search(query_embeddings, 2)[0]
+    gallery.threshold = float(np.median(nearest[:, 0]))
+    want = gallery.identify(query_embeddings)
+    write_saved_model(tower, tmp_path / "served", "L2", gallery=gallery, identify_k=2, resize="pad")
+    code = ("import sys, json, numpy as np, tensorflow as tf\n"
+            "sys.modules['reprlearn'] = None\n"
+            f"m = tf.saved_model.load({str(tmp_path / 'served')!r})\n"
+            f"files = [tf.io.read_file(p) for p in {queries.files.paths()!r}]\n"
+            "out = m.signatures['identify_encoded'](image_bytes=tf.stack(files))\n"
+            "print(json.dumps({'label': out['label'].numpy().tolist(), "
+            "'distance': out['distances'].numpy()[:, 0].tolist()}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.splitlines()[-1])
+    clear = np.abs(nearest[:, 0] - gallery.threshold) > 1e-4                   # decisions not on the threshold
+    clear &= (nearest[:, 1] - nearest[:, 0]) > 1e-4                             # nor between two near items
+    assert clear.sum() >= 4
+    assert np.array_equal(np.array(served["label"])[clear], want.labels[clear])
+    assert np.allclose(served["distance"], want.distances[:, 0], atol=1e-4)

@@ -85,28 +85,22 @@ def augment_batch(images, seed, level: str, flips: bool):
 
 
 def augment_image(image, seed, level: str, flips: bool):
-    """`augment_batch` of one image `[H, W, C]`, the same draws and the same pixels: what streamed files get as they
-    are decoded. Without rotation ("light") the whole-pixel shift is a pad and a slice (a copy, not a transform)."""
-    augmentation = LEVELS[check_augment(level)] if level != "none" else None
-    if augmentation is None:
+    """One image `[H, W, C]` augmented as `augment_batch` augments each image of a batch (the same transforms and
+    ranges, its own draws): what streamed files get as they are decoded, in parallel. Without rotation ("light")
+    the whole-pixel shift is a pad and a slice, and every draw comes from one call: a few small ops per image."""
+    if check_augment(level) == "none":
         return image
+    augmentation = LEVELS[level]
     if augmentation.rotation_degrees:
         return augment_batch(image[None], seed, level, flips)[0]
-    affine_seed, flip_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    draws = tf.random.stateless_uniform([4], seed)
     shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    shift_seed = tf.unstack(tf.random.experimental.stateless_split(affine_seed, 2))[0]
-    shift = tf.random.stateless_uniform([1, 2], shift_seed, -1.0, 1.0)[0] * augmentation.shift
-    dx = tf.cast(tf.round(shift[0] * tf.cast(width, tf.float32)), tf.int32)
-    dy = tf.cast(tf.round(shift[1] * tf.cast(height, tf.float32)), tf.int32)
+    shift = (draws[:2] * 2.0 - 1.0) * augmentation.shift * tf.cast(shape[1::-1][:2], tf.float32)
+    dx, dy = tf.unstack(tf.cast(tf.round(shift), tf.int32))
     # Output pixel (x, y) reads input (x − dx, y − dy); outside the image it is 0.
     padded = tf.pad(image, [[tf.abs(dy), tf.abs(dy)], [tf.abs(dx), tf.abs(dx)], [0, 0]])
     image = tf.slice(padded, [tf.abs(dy) - dy, tf.abs(dx) - dx, 0], shape)
     if flips:
-        mirror = tf.random.stateless_uniform([1, 1, 1, 1], flip_seed)[0, 0, 0, 0] < 0.5
-        image = tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    factor = tf.random.stateless_uniform([1, 1, 1, 1], contrast_seed, 1.0 - augmentation.contrast,
-                                         1.0 + augmentation.contrast)[0]
-    mean = tf.reduce_mean(image, keepdims=True)
-    return tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
-
+        image = tf.cond(draws[2] < 0.5, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    factor = 1.0 - augmentation.contrast + 2.0 * augmentation.contrast * draws[3]
+    return tf.clip_by_value(image * factor + tf.reduce_mean(image) * (1.0 - factor), 0.0, 255.0)

@@ -147,8 +147,8 @@ def _is_candidate(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(SUPPORTED_SUFFIXES + UNSUPPORTED_SUFFIXES)
 
 
-def _finish(root: str, entries: list[tuple[str, int, int, str, str | None]], class_names: list[str], ignored: int,
-            source: str) -> FileIndex:
+def finish_index(root: str, entries: list[tuple[str, int, int, str, str | None]], class_names: list[str],
+                 ignored: int, source: str) -> FileIndex:
     """Checks every (relative path, size, mtime, class, split) entry, drops bad files and empty classes."""
     keep, problems = [], []
     for entry in entries:
@@ -210,7 +210,7 @@ def index_folder(root: str | Path) -> FileIndex:
                 full = os.path.join(folder, name)
                 stat = os.stat(full)
                 entries.append((os.path.relpath(full, root_path), stat.st_size, stat.st_mtime_ns, class_name, None))
-    return _finish(str(root_path), entries, class_dirs, ignored, f"folder:{root}")
+    return finish_index(str(root_path), entries, class_dirs, ignored, f"folder:{root}")
 
 
 def index_csv(csv_file: str | Path) -> FileIndex:
@@ -256,7 +256,7 @@ def index_csv(csv_file: str | Path) -> FileIndex:
         raise DataError(f"{csv_path} lists {len(missing)} files that do not exist, e.g. {missing[:3]}. "
                         f"Received: path={str(csv_file)!r}")
     class_names = sorted(class_names)
-    return _finish(root, entries, class_names, 0, f"csv:{csv_file}")
+    return finish_index(root, entries, class_names, 0, f"csv:{csv_file}")
 
 
 def probe_images(files: FileTable, need_size: bool, need_channels: bool) -> tuple[list, int]:

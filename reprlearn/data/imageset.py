@@ -9,7 +9,7 @@ import numpy as np
 from reprlearn.errors import DataError
 
 # Raw-pixel baselines of streamed photos compare images shrunk to this side (see `flat_pixels`).
-BASELINE_SIDE = 32
+BASELINE_SIDE = 16
 
 
 class ImageSet:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from reprlearn.data.decode import DecodeSpec
-from reprlearn.data.files import SPLIT_NAMES, FileIndex, describe_problems, index_csv, index_folder, probe_images
+from reprlearn.data.files import (SPLIT_NAMES, FileIndex, finish_index, describe_problems, image_format, index_csv,
+                                  index_folder, probe_images)
 from reprlearn.data.imageset import ImageSet, make_imageset
 from reprlearn.errors import DataError, DatasetNotFoundError
 
@@ -24,6 +25,22 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What a config says about turning files into pixels (`data.image_size`, `data.channels`, `data.resize`,
+    `data.on_bad_image`); None leaves the size or channels to what the files show."""
+
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    resize: str = "pad"
+    on_bad_image: str = "skip"
+
+    @classmethod
+    def of(cls, data_cfg) -> "Decoding":
+        return cls(tuple(data_cfg.image_size) if data_cfg.image_size else None, data_cfg.channels,
+                   data_cfg.resize, data_cfg.on_bad_image)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -54,7 +71,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_fashion_mnist(data_dir: str | None = None) -> dict[str, ImageSet]:
+def load_fashion_mnist(data_dir: str | None = None, decoding: Decoding = Decoding()) -> dict[str, ImageSet]:
     """Fashion-MNIST's official train (60,000) and test (10,000) splits, from local files only.
 
     With `data_dir`, only that folder is used: its four IDX files, or a TFDS copy prepared
@@ -79,7 +96,7 @@ def load_fashion_mnist(data_dir: str | None = None) -> dict[str, ImageSet]:
             }
     if data_dir:  # that folder only: its IDX files were not all there, so a TFDS copy, or an error naming them
         try:
-            return load_tfds("fashion_mnist", data_dir)
+            return load_tfds("fashion_mnist", data_dir, decoding)
         except DatasetNotFoundError:
             pass
         missing = [stem for stem, path in files.items() if path is None]
@@ -101,8 +118,13 @@ def load_digits() -> dict[str, ImageSet]:
     return {"all": make_imageset(images, bunch.target, [str(c) for c in range(10)], "digits")}
 
 
-def load_tfds(name: str, data_dir: str | None) -> dict[str, ImageSet]:
-    """A TFDS dataset already prepared under `data_dir`; `download=False` always.
+def load_tfds(name: str, data_dir: str | None, decoding: Decoding = Decoding()) -> dict[str, ImageSet]:
+    """A TFDS dataset already prepared under `data_dir`, streamed; `download=False` always.
+
+    Its records are read once, image bytes undecoded, and each encoded image is written as a file beside them
+    (`<dataset folder>/reprlearn-files/<split>/`, kept for later runs): from then on the dataset is an index of
+    files like a folder source (random access for P×K batches, which TFRecord files do not give), never an
+    array of a whole split. The disk cost is the encoded images once more.
 
     Raises:
         DatasetNotFoundError: the dataset is not prepared there (TFDS would otherwise try the network).
@@ -122,14 +144,44 @@ def load_tfds(name: str, data_dir: str | None) -> dict[str, ImageSet]:
             f"(tfds.builder('{name}', data_dir=...).download_and_prepare()) and copy the folder here. "
             f"Received: data_dir={data_dir!r}")
     features = builder.info.features
-    image_key = next(k for k in ("image", "img") if k in features)
-    label_key = "label"
-    class_names = list(features[label_key].names)
-    out = {}
-    for split in builder.info.splits:
-        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        out[split] = make_imageset(data[image_key], data[label_key], class_names, f"tfds:{name}.{split}")
-    return out
+    image_key = next((k for k in ("image", "img") if k in features), None)
+    if image_key is None or "label" not in features:
+        raise DataError(f"tfds:{name} needs an image feature (image or img) and a label feature. Received: "
+                        f"features {sorted(features.keys())}")
+    class_names = list(features["label"].names)
+    splits = sorted(builder.info.splits)
+    named = [split for split in splits if split in SPLIT_NAMES]
+    if "train" in named and "test" in named:
+        splits = named
+    root = Path(builder.data_dir) / "reprlearn-files"
+    entries = []
+    for split in splits:
+        for relative, label in _tfds_files(builder, split, image_key, root):
+            stat = os.stat(root / relative)
+            entries.append((relative, stat.st_size, stat.st_mtime_ns, class_names[label],
+                            split if len(splits) > 1 else None))
+    return _streamed(finish_index(str(root), entries, class_names, 0, f"tfds:{name}"), decoding, f"tfds:{name}")
+
+
+def _tfds_files(builder, split: str, image_key: str, root: Path) -> list[tuple[str, int]]:
+    """`(relative path, label)` of every example of a split, writing the encoded images as files the first time
+    (a `.complete` list marks a split written whole; an interrupted one is written again)."""
+    import tensorflow_datasets as tfds
+
+    folder = root / split
+    listing = folder / ".complete"
+    if not listing.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        dataset = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+        for i, example in enumerate(dataset.as_numpy_iterator()):
+            encoded = example[image_key]
+            suffix = {"jpeg": "jpg"}.get(image_format(encoded[:32]) or "png", image_format(encoded[:32]) or "png")
+            relative = f"{split}/{i:08d}.{suffix}"
+            (root / relative).write_bytes(encoded)
+            rows.append(f"{relative}\t{int(example['label'])}")
+        listing.write_text("\n".join(rows) + "\n")
+    return [(line.split("\t")[0], int(line.split("\t")[1])) for line in listing.read_text().splitlines() if line]
 
 
 def read_image_file(path: Path) -> np.ndarray:
@@ -159,22 +211,6 @@ def read_image_file(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image {str(path)!r}: {err} (corrupt or truncated?)") from None
     raise DataError(f"image mode {mode!r} is not supported (8/16-bit grayscale, RGB, RGBA and palette images are). "
                      f"Received: {str(path)!r}")
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """What a config says about turning files into pixels (`data.image_size`, `data.channels`, `data.resize`,
-    `data.on_bad_image`); None leaves the size or channels to what the files show."""
-
-    image_size: tuple[int, int] | None = None
-    channels: int | None = None
-    resize: str = "pad"
-    on_bad_image: str = "skip"
-
-    @classmethod
-    def of(cls, data_cfg) -> "Decoding":
-        return cls(tuple(data_cfg.image_size) if data_cfg.image_size else None, data_cfg.channels,
-                   data_cfg.resize, data_cfg.on_bad_image)
 
 
 def _streamed(index: FileIndex, decoding: Decoding, source: str) -> dict[str, ImageSet]:
@@ -275,9 +311,9 @@ def load_dataset(name: str, data_dir: str | None = None, decoding: Decoding = De
     if name == "digits":
         return load_digits()
     if name == "fashion_mnist":
-        return load_fashion_mnist(data_dir)
+        return load_fashion_mnist(data_dir, decoding)
     if name.startswith("tfds:"):
-        return load_tfds(name[len("tfds:"):], data_dir)
+        return load_tfds(name[len("tfds:"):], data_dir, decoding)
     if name.startswith("folder:"):
         return load_folder(name[len("folder:"):], decoding)
     if name.startswith("csv:"):

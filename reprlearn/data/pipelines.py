@@ -40,7 +40,7 @@ def _pixels_of(images) -> ImageSet:
 
 
 def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_image_log: str | None,
-                  augment: tuple[str, bool] | None = None):
+                  augment: tuple[str, bool] | None = None, row_offset: int = 0):
     """Images for a dataset of `(candidates [G, M] int64, step)`: per row, the first `take` candidates that decode.
 
     Yields `(images float32 [G·take, H, W, C], items used int64 [G·take], step)`. In memory nothing fails: the
@@ -49,6 +49,7 @@ def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_
     item of its row. `crop`: random crop windows keyed by (seed, step, row, candidate); `augment`: `(level, flips)`
     applied to each decoded file as it is decoded, keyed the same way (`augment_image`: a streamed batch is
     augmented file by file, in parallel, where a whole decoded batch would pass through memory again).
+    `row_offset`: the first row's index in the global batch (a worker's share keys its draws as the whole would).
     """
     if source.decoded:
         gather_images = _gatherer(source.images)
@@ -78,7 +79,7 @@ def _decoded_rows(source: ImageSet, rows, take: int, seed: int, crop: bool, bad_
 
     def split_rows(candidates, step):
         count = tf.shape(candidates, out_type=tf.int64)[0]
-        return tf.data.Dataset.from_tensor_slices((tf.range(count), candidates, tf.fill([count], step)))
+        return tf.data.Dataset.from_tensor_slices((tf.range(count) + row_offset, candidates, tf.fill([count], step)))
 
     decoded = rows.flat_map(split_rows).interleave(
         row_images, cycle_length=8, block_length=take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -259,12 +260,15 @@ def _crop_randomly(source: ImageSet, augment: str) -> bool:
 
 def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, seed: int = 0,
                start_step: int = 0, augment: str = "none", flips: bool = False,
-               bad_image_log: str | None = None) -> tf.data.Dataset:
+               bad_image_log: str | None = None, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Infinite P×K batches `(images float32 [P*K, H, W, C], labels int32 [P*K])`; see `pk_candidates`.
 
     `images`: an array or an `ImageSet` (streamed sets decode each batch's files; `labels` index the same items).
     `augment` / `flips`: see `reprlearn.data.augment.augment_batch`; batch s is augmented with a seed drawn
     from (seed, s), so resuming reproduces it.
+    `shard`: `(worker, workers)`: only this worker's rows of each global batch (its P / workers classes), and for
+    a streamed set only their files are decoded. In memory the whole batch is gathered, then sliced (so the
+    batch-wide augmentation draws stay those of one process).
     """
     check_augment(augment)
     source = _pixels_of(images)
@@ -272,8 +276,14 @@ def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, 
     k = int(examples_per_class)
     candidates = pk_candidates(labels, classes_per_batch, examples_per_class, seed, start_step, _spares_for(source))
     per_file = not source.decoded and augment != "none"
+    row_offset = 0
+    if shard is not None and not source.decoded:
+        worker, workers = shard
+        share = int(classes_per_batch) // workers
+        row_offset = worker * share
+        candidates = candidates.map(lambda rows, step: (rows[row_offset:row_offset + share], step))
     decoded = _decoded_rows(source, candidates, k, seed, _crop_randomly(source, augment), bad_image_log,
-                            (augment, flips) if per_file else None)
+                            (augment, flips) if per_file else None, row_offset)
 
     def finish(batch, used, step):
         if augment != "none" and not per_file:
@@ -281,7 +291,21 @@ def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, 
             batch = augment_batch(batch, tf.random.experimental.stateless_fold_in(step_seed, 1), augment, flips)
         return batch, tf.gather(labels_t, used)
 
-    return decoded.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    batches = decoded.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard is not None and source.decoded:
+        batches = worker_rows(batches, *shard)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def worker_rows(dataset: tf.data.Dataset, worker: int, workers: int) -> tf.data.Dataset:
+    """Each global batch's rows `[w·B/W, (w+1)·B/W)` for worker w of W (every tensor of the element)."""
+    def rows(*batch):
+        def own(tensor):
+            per_worker = tf.shape(tensor)[0] // workers
+            return tensor[worker * per_worker:(worker + 1) * per_worker]
+        return tf.nest.map_structure(own, batch)
+
+    return dataset.map(rows)
 
 
 def view_batches(images, images_per_batch: int, views_per_image: int, seed: int = 0, start_step: int = 0,

@@ -48,14 +48,18 @@ def validation_threshold(distances: np.ndarray | None, match: np.ndarray | None)
 
 # Training images a PCA is fit on, for a baseline or a joint embedding's cap (a random sample beyond this).
 PCA_FIT_IMAGES = 20000
+# Streamed photos: the PCA fits on at most this many training files (shrunk as `flat_pixels` shrinks them), so the
+# baseline's memory does not grow with the dataset.
+PCA_FIT_FILES = 5000
 
 
 def pca_fit_sample(train_images, seed: int):
-    """The training images a PCA is fit on: all of them, or `PCA_FIT_IMAGES` drawn with `seed` (an array, or an
-    `ImageSet` whose subset is returned)."""
-    if len(train_images) <= PCA_FIT_IMAGES:
+    """The training images a PCA is fit on: all of them, or `PCA_FIT_IMAGES` (`PCA_FIT_FILES` for streamed photos)
+    drawn with `seed` (an array, or an `ImageSet` whose subset is returned)."""
+    limit = PCA_FIT_FILES if isinstance(train_images, ImageSet) and train_images.streamed else PCA_FIT_IMAGES
+    if len(train_images) <= limit:
         return train_images
-    chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), PCA_FIT_IMAGES, replace=False))
+    chosen = np.sort(np.random.default_rng(seed).choice(len(train_images), limit, replace=False))
     return train_images.subset(chosen) if isinstance(train_images, ImageSet) else train_images[chosen]
 
 

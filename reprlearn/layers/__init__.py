@@ -9,5 +9,5 @@ from reprlearn.layers.pooling import GeneralizedMeanPooling, PixelAffine
 from reprlearn.layers.power import SignedPower
 from reprlearn.layers.unpooling import MaxPoolingWithArgmax2D, MaxUnpooling2D
 
-__all__ = ["CosineClassifier", "GeneralizedMeanPooling", "LiftedStructLossLayer", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "PairDistance",
-           "PairFeatures", "PixelAffine", "RepeatChannels", "SignedPower"]
+__all__ = ["CosineClassifier", "GeneralizedMeanPooling", "LiftedStructLossLayer", "MaxPoolingWithArgmax2D",
+           "MaxUnpooling2D", "PairDistance", "PairFeatures", "PixelAffine", "RepeatChannels", "SignedPower"]

@@ -24,6 +24,7 @@ from reprlearn.layers.channels import RepeatChannels
 from reprlearn.layers.pooling import GeneralizedMeanPooling, PixelAffine
 
 POOLINGS = ("avg", "max", "gem")
+RANDOM_BACKBONE_BN_MOMENTUM = 0.9
 
 BACKBONE_NAME = "backbone"  # the keras.applications model nested in a backbone tower
 # Seconds a weights download may wait for the network before the build fails with the file's name.
@@ -247,6 +248,13 @@ def backbone_tower(input_shape, backbone: str = "MobileNetV2", weights: str | No
         raise ConfigError(f"backbone images must be at least 32 pixels a side. Received: image size {size}")
     base = _build_application(backbone, weights, size)
     pretrained = weights not in (None, "none")
+    if not pretrained:
+        # keras.applications' BatchNorm momentum (0.99-0.999) suits long ImageNet runs; a random backbone's moving
+        # statistics would still describe its random start after hundreds of steps, and inference (validation,
+        # evaluation, export) would see vanishing activations. At 0.9 they follow the data within tens of steps.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, RANDOM_BACKBONE_BN_MOMENTUM)
     if frozen:
         mode = "frozen"
     else:

@@ -14,6 +14,10 @@ import numpy as np
 from reprlearn.data.imageset import ImageSet
 from reprlearn.errors import DataError
 
+# Images an ImageSet is embedded in at a time: a backbone's activations for a batch are the peak memory of an
+# evaluation, so this stays small (at 64 × 64 a MobileNetV3 holds about 1.7 MB of activations per image).
+SET_BATCH = 128
+
 
 def embed(model: keras.Model, images, batch_size: int = 512) -> np.ndarray:
     """Embeds images (pixels 0-255) with a model, as float32 `[N, d]`.
@@ -25,7 +29,7 @@ def embed(model: keras.Model, images, batch_size: int = 512) -> np.ndarray:
     collective step that every worker would have to join; this runs on the chief alone.
     """
     if isinstance(images, ImageSet):
-        return embed_set(model, images, batch_size)[0]
+        return embed_set(model, images, min(batch_size, SET_BATCH))[0]
     if len(images) == 0:
         return np.zeros((0, *model.output_shape[1:]), np.float32)
     return np.concatenate([keras.ops.convert_to_numpy(model(images[start:start + batch_size].astype(np.float32),
@@ -33,7 +37,7 @@ def embed(model: keras.Model, images, batch_size: int = 512) -> np.ndarray:
                            for start in range(0, len(images), batch_size)])
 
 
-def embed_set(model: keras.Model, imageset: ImageSet, batch_size: int = 256) -> tuple[np.ndarray, list[int]]:
+def embed_set(model: keras.Model, imageset: ImageSet, batch_size: int = SET_BATCH) -> tuple[np.ndarray, list[int]]:
     """`(embeddings float32 [N, d], failed)`: every item of a set embedded in order, streamed sets batch by batch;
     `failed` lists the items whose file did not decode (their rows are NaN)."""
     from reprlearn.data.pipelines import batches_in_order

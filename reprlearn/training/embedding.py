@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
-from reprlearn.data.pipelines import pair_batches
+from reprlearn.data.pipelines import pair_batches, worker_rows
 from reprlearn.errors import ConfigError
 from reprlearn.evaluation.scoring import (
     can_pair,
@@ -43,13 +43,16 @@ from reprlearn.training.objectives import (
 )
 
 
-def training_batches(cfg: Config, train: ImageSet, start_step: int, bad_image_log: str | None = None):
+def training_batches(cfg: Config, train: ImageSet, start_step: int, bad_image_log: str | None = None,
+                     shard: tuple[int, int] | None = None):
     """Balanced pairs for pair losses, P×K batches for in-batch losses, starting at batch `start_step`; streamed
-    files that fail to decode are listed in `bad_image_log`."""
+    files that fail to decode are listed in `bad_image_log`. `shard`: `(worker, workers)`, that worker's rows of
+    each global batch only (P×K batches of classes from files decode only those rows' files)."""
     if is_pair_loss(cfg):
-        return pair_batches(train, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step,
-                            bad_image_log)
-    return pk_training_batches(cfg, train, start_step, bad_image_log)
+        batches = pair_batches(train, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step,
+                               bad_image_log)
+        return batches if shard is None else worker_rows(batches, *shard)
+    return pk_training_batches(cfg, train, start_step, bad_image_log, shard)
 
 
 def batch_size(cfg: Config) -> int:
@@ -179,7 +182,9 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     bad_image_log = str(out / BAD_IMAGE_LOG) if splits.train.streamed else None
     trained = train_run(out, cfg, strategy, build,
                         lambda model, start: training_batches(cfg, splits.train, start, bad_image_log),
-                        validation, callbacks, verbose, unfreeze if cfg.model.tower == "backbone" else None)
+                        validation, callbacks, verbose, unfreeze if cfg.model.tower == "backbone" else None,
+                        lambda model, start, worker, workers: training_batches(cfg, splits.train, start,
+                                                                               bad_image_log, (worker, workers)))
     if trained is None:  # a worker other than the chief: the chief writes the run
         return {}
     exported = embedding_model(cfg, tower_of(trained.model))  # the same layers and weights validation scored

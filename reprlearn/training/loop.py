@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
+from reprlearn.data.pipelines import worker_rows
 from reprlearn.errors import ConfigError
 from reprlearn.runs import CHECKPOINTS, read_checkpoint_state, write_json_atomic
 from reprlearn.training.progress import progress
@@ -185,9 +186,11 @@ def _check_workers_agree(strategy: tf.distribute.Strategy, epochs_done: int) -> 
 
 def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_done: int,
                   validation: keras.callbacks.Callback | None, callbacks: list[keras.callbacks.Callback] | None,
-                  verbose: int, strategy: tf.distribute.Strategy, until: int | None = None) -> tuple[float, list[dict]]:
+                  verbose: int, strategy: tf.distribute.Strategy, until: int | None = None,
+                  worker_dataset=None) -> tuple[float, list[dict]]:
     """Fits the remaining epochs with per-epoch checkpoints and TensorBoard; returns (training seconds, history),
-    both over every session of the run. `until`: stop after this epoch (default `train.epochs`).
+    both over every session of the run. `until`: stop after this epoch (default `train.epochs`);
+    `worker_dataset(w, W)`: worker w's rows of the global batches in a multi-worker run (see `replica_slices`).
 
     `validation` runs first, so the checkpoint's history, TensorBoard and the progress line see the
     metrics it logs; `callbacks` (the caller's) run last. The dataset yields global batches keyed by
@@ -204,7 +207,7 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
     if epochs_done < until:
         if is_multi_worker(strategy):
             fit_custom_loop(model, dataset, strategy, until, epochs_done, cfg.train.steps_per_epoch,
-                            writers if chief else [])
+                            writers if chief else [], worker_dataset)
         else:
             model.fit(dataset, epochs=until, initial_epoch=epochs_done,
                       steps_per_epoch=cfg.train.steps_per_epoch, callbacks=writers, verbose=keras_verbose,
@@ -224,7 +227,7 @@ class Trained(NamedTuple):
 
 def train_run(out: Path, cfg: Config, strategy: tf.distribute.Strategy, build, batches, validation=None,
               callbacks: list[keras.callbacks.Callback] | None = None, verbose: int = 1,
-              unfreeze=None) -> Trained | None:
+              unfreeze=None, worker_batches=None) -> Trained | None:
     """The sequence every driver runs: resume or build, fit the remaining epochs, then, on the chief, keep an epoch.
 
     Args:
@@ -236,6 +239,8 @@ def train_run(out: Path, cfg: Config, strategy: tf.distribute.Strategy, build, b
         validation: `validation(model)`, the callback that logs the selection metric, or None.
         callbacks: the caller's callbacks, run last.
         verbose: progress output (see `reprlearn.training.progress`).
+        worker_batches: `worker_batches(model, start_step, worker, workers)`, one worker's rows of the global
+            batches (a streamed pipeline decodes only those); without it each worker slices the whole batch.
         unfreeze: `unfreeze(model)`, the model recompiled with its backbone trainable, after `train.frozen_epochs`
             head-only epochs (`build` then makes the backbone frozen); a resumed run past them is built and
             unfrozen before its checkpoint loads, so the optimizer state matches.
@@ -249,8 +254,10 @@ def train_run(out: Path, cfg: Config, strategy: tf.distribute.Strategy, build, b
                                          verbose)
     if epochs_done < frozen or (frozen and epochs_done == frozen and not past_frozen):
         if epochs_done < frozen:  # the head alone, over the frozen backbone
-            fit_resumable(model, batches(model, epochs_done * cfg.train.steps_per_epoch), cfg, out, epochs_done,
-                          validation(model) if validation else None, callbacks, verbose, strategy, until=frozen)
+            start = epochs_done * cfg.train.steps_per_epoch
+            fit_resumable(model, batches(model, start), cfg, out, epochs_done,
+                          validation(model) if validation else None, callbacks, verbose, strategy, until=frozen,
+                          worker_dataset=_for_workers(worker_batches, model, start))
         with strategy.scope(), dtype_policy(cfg.train.mixed_precision):
             model = unfreeze(model)
         epochs_done = frozen
@@ -259,27 +266,30 @@ def train_run(out: Path, cfg: Config, strategy: tf.distribute.Strategy, build, b
                   f"{cfg.model.fine_tune_from or 'all'}).", flush=True)
     dataset = batches(model, epochs_done * cfg.train.steps_per_epoch)
     seconds, history = fit_resumable(model, dataset, cfg, out, epochs_done, validation(model) if validation else None,
-                                     callbacks, verbose, strategy)
+                                     callbacks, verbose, strategy, worker_dataset=_for_workers(
+                                         worker_batches, model, epochs_done * cfg.train.steps_per_epoch))
     if not is_chief(strategy):
         return None
     return Trained(model, epochs_done, seconds, history, kept_epoch(model, cfg, out, history))
 
 
-def replica_slices(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
+def _for_workers(worker_batches, model: keras.Model, start_step: int):
+    if worker_batches is None:
+        return None
+    return lambda worker, workers: worker_batches(model, start_step, worker, workers)
+
+
+def replica_slices(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, worker_dataset=None):
     """Distributes a dataset of global batches: replica r of R gets rows `[r·B/R, (r+1)·B/R)` of each batch.
 
-    Worker w builds only its own rows; its local replicas take consecutive slices of them, in the
-    replica order `reprlearn.ops.replicas.global_batch` concatenates.
+    Worker w takes only its own rows: `worker_dataset(w, W)` builds them (a streamed P×K pipeline then decodes
+    only its classes' files), or they are sliced from `dataset`. Its local replicas take consecutive slices of
+    them, in the replica order `reprlearn.ops.replicas.global_batch` concatenates.
     """
     def worker_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
         workers, worker = context.num_input_pipelines, context.input_pipeline_id
         local_replicas = context.num_replicas_in_sync // workers
-
-        def own_rows(*batch):
-            def rows(tensor):
-                per_worker = tf.shape(tensor)[0] // workers
-                return tensor[worker * per_worker:(worker + 1) * per_worker]
-            return tf.nest.map_structure(rows, batch)
+        own = worker_dataset(worker, workers) if worker_dataset else worker_rows(dataset, worker, workers)
 
         def per_replica(*batch):
             def split(tensor):
@@ -287,19 +297,20 @@ def replica_slices(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
                 return tf.reshape(tensor, tf.concat([[local_replicas, size], tf.shape(tensor)[1:]], 0))
             return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, batch))
 
-        return dataset.map(own_rows).flat_map(per_replica)
+        return own.flat_map(per_replica)
 
     return strategy.distribute_datasets_from_function(worker_batches)
 
 
 def fit_custom_loop(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, epochs: int,
-                    initial_epoch: int, steps_per_epoch: int, callbacks: list[keras.callbacks.Callback]) -> None:
+                    initial_epoch: int, steps_per_epoch: int, callbacks: list[keras.callbacks.Callback],
+                    worker_dataset=None) -> None:
     """`model.fit` for a compiled model under `strategy`, written out: `train_step` per replica, callbacks per epoch.
 
     Every process of the strategy calls it (the metric reads at the end of each epoch are collective);
     pass the writing callbacks to the chief only.
     """
-    iterator = iter(replica_slices(dataset, strategy))
+    iterator = iter(replica_slices(dataset, strategy, worker_dataset))
     with strategy.scope():
         # Keras makes the optimizer's and the compiled metrics' variables on the first batch; here they are
         # made before the step is traced, in the strategy's scope, from one local batch. (A model with its own

@@ -15,7 +15,7 @@ from reprlearn.config import Config
 from reprlearn.config.losses import LOSS_TRAITS
 from reprlearn.data import ImageSet
 from reprlearn.data.augment import MIRROR_INVARIANT
-from reprlearn.data.pipelines import pk_batches, view_batches
+from reprlearn.data.pipelines import pk_batches, view_batches, worker_rows
 from reprlearn.errors import ConfigError
 from reprlearn.layers import CosineClassifier
 from reprlearn.losses import JointRepresentationSimilarity
@@ -58,17 +58,20 @@ def dense_class_ids(cfg: Config, labels: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.unique(labels), labels) if LOSS_TRAITS[cfg.loss.name].classifier else labels
 
 
-def pk_training_batches(cfg: Config, train: ImageSet, start_step: int = 0, bad_image_log: str | None = None):
+def pk_training_batches(cfg: Config, train: ImageSet, start_step: int = 0, bad_image_log: str | None = None,
+                        shard: tuple[int, int] | None = None):
     """The P×K batches a run or a tuning trial trains on, from batch `start_step`: classifier losses' dense ids,
     `data.augment` (flips where the dataset allows), and one target per output (`training_targets`).
-    With `data.positives: views`, P images × K augmented views labelled by image instead of P classes × K."""
+    With `data.positives: views`, P images × K augmented views labelled by image instead of P classes × K.
+    `shard`: `(worker, workers)`, that worker's rows of each global batch only."""
     flips = MIRROR_INVARIANT.get(cfg.data.name, False)
     p, k = cfg.train.classes_per_batch, cfg.train.examples_per_class
     if cfg.data.positives == "views":
         batches = view_batches(train, p, k, cfg.train.seed, start_step, cfg.data.augment, flips, bad_image_log)
+        batches = batches if shard is None else worker_rows(batches, *shard)
     else:
         batches = pk_batches(train, dense_class_ids(cfg, train.labels), p, k, cfg.train.seed, start_step,
-                             cfg.data.augment, flips, bad_image_log)
+                             cfg.data.augment, flips, bad_image_log, shard)
     return training_targets(cfg, batches)
 
 

@@ -76,7 +76,7 @@ def check_search(cfg: Config, splits: Splits) -> None:
     if cfg.search.jrd_weight and not spec.classifier:
         raise ConfigError(f"config: search.jrd_weight needs a classifier base loss (loss.name: am_softmax). "
                           f"Received: loss.name={cfg.loss.name!r}")
-    tower = build_tower(cfg.model, splits.train.images.shape[1:])
+    tower = build_tower(cfg.model, splits.train.image_shape, streamed=splits.train.streamed)
     for choice in cfg.search.joint_layers:
         check_tower_layers(tower, joint_layer_choice(choice), "search.joint_layers")
     if cfg.train.strategy == "multi_worker":
@@ -158,8 +158,9 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
         cfg = trial_config(self.cfg, self.declare(hp))
         keras.utils.set_random_seed(cfg.train.seed)
         with dtype_policy(cfg.train.mixed_precision):
-            return compile_embedding_model(cfg, build_tower(cfg.model, self.splits.train.images.shape[1:],
-                                                            name=TOWER_NAME), len(self.splits.train.classes))
+            train = self.splits.train
+            tower = build_tower(cfg.model, train.image_shape, name=TOWER_NAME, streamed=train.streamed)
+            return compile_embedding_model(cfg, tower, len(train.classes))
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         cfg = trial_config(self.cfg, self.declare(hp))
@@ -167,7 +168,7 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
         dataset = pk_training_batches(cfg, train)
         # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs; it
         # scores what the trial would export (the joint embedding when the trial has one).
-        validation = RetrievalValidation(embedding_model(cfg, tower_of(model)), val.images, val.labels,
+        validation = RetrievalValidation(embedding_model(cfg, tower_of(model)), val, val.labels,
                                          cfg.loss.distance)
         epochs = kwargs.get("epochs", cfg.train.epochs)
         keras_verbose, progress_callbacks = progress(self.verbose, epochs)
