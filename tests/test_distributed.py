@@ -285,7 +285,7 @@ def test_the_gpu_extra_can_install_next_to_the_default_requirements():
 def test_two_workers_on_a_folder_decode_their_own_classes_and_train_like_one_process(tmp_path):
     from tests.photo_folder import make_photo_folder
 
-    make_photo_folder(tmp_path / "photos", classes=6, per_class=12, seed=5)
+    make_photo_folder(tmp_path / "photos", classes=6, per_class=20, seed=5)
     config = tmp_path / "folder.yaml"
     config.write_text(MULTI_WORKER_CONFIG.replace("STEPS", "4").replace(
         "data: {name: digits}", f"data: {{name: 'folder:{tmp_path / 'photos'}', image_size: [24, 24], "
