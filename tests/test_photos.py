@@ -324,6 +324,7 @@ def test_a_backbone_run_on_a_folder_records_its_files_and_reloads_in_a_fresh_pro
     assert done.stdout.split() == ["True", str(n_test), f"({n_test},", "16)"], done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_cli_index_and_identify_a_folder_and_a_changed_file_is_named(photo_run, tmp_path):
     run, photos = photo_run / "run", photo_run / "photos"
     cli = [sys.executable, "-m", "reprlearn.cli"]
@@ -342,6 +343,7 @@ def test_cli_index_and_identify_a_folder_and_a_changed_file_is_named(photo_run, 
     assert done.returncode == 2 and "1 test files" in done.stderr and victim.name in done.stderr
 
 
+@pytest.mark.slow
 def test_frozen_epochs_train_the_head_first_then_the_backbone_from_a_weights_file(tmp_path, tiny_sets):
     import keras
 
