@@ -512,3 +512,25 @@ def test_a_backbone_tower_serves_identify_on_jpeg_bytes_like_the_gallery(tmp_pat
     assert clear.sum() >= 4
     assert np.array_equal(np.array(served["label"])[clear], want.labels[clear])
     assert np.allclose(served["distance"], want.distances[:, 0], atol=1e-4)
+
+
+def test_unicode_and_spaces_in_paths_index_and_decode(tmp_path):
+    root = tmp_path / "fotos del año"
+    for label, name in enumerate(("café crème", "日本 語")):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((10, 12, 3), 60 * label + 10 * i, np.uint8)).save(root / name / f"ü {i}.png")
+    imageset = load_dataset(f"folder:{root}")["all"]
+    assert imageset.class_names == ["café crème", "日本 語"] and imageset.image_shape == (10, 12, 3)
+    pixels = np.concatenate([images for images, _ in batches_in_order(imageset)])
+    assert pixels.shape == (6, 10, 12, 3) and pixels[4, 0, 0, 0] == 70
+
+
+def test_transfer_runs_on_a_folder_run(photo_run):
+    from reprlearn.evaluation.transfer import transfer_study
+    from reprlearn.runs import load_run
+
+    run = load_run(photo_run / "run")
+    study = transfer_study(run, shots=(1,), draws=1, steps=3)
+    assert study["target_classes"] == [3, 4, 5] and 1 in study["shots"]          # the classes it never trained on
+    assert set(study["thresholds"]) == {"frozen k-NN", "raw pixels k-NN (L2)", "raw pixels k-NN (cosine)"}

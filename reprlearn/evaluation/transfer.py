@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reprlearn.data import flat_pixels
+from reprlearn.data import flat_pixels, stratified_split
 from reprlearn.errors import ConfigError
 from reprlearn.index import Gallery, impostor_threshold, split_class_threshold
 from reprlearn.models.optimizers import LayerRateAdam
@@ -120,10 +120,26 @@ def _fresh_tower(run: Run) -> keras.Model:
     return keras.saving.load_model(run.path / "model.keras", compile=False)
 
 
-def _raw_threshold(run: Run, metric: str, far: float) -> float:
+def _raw_threshold(val_images: np.ndarray, val_labels: np.ndarray, run: Run, metric: str, far: float) -> float:
     """The rejection threshold of raw pixels, by `Run.rejection_threshold`'s recipe on the validation pixels."""
-    return split_class_threshold(flat_pixels(run.evaluation["val_images"]), run.evaluation["val_labels"], metric,
-                                 far, run.config.data.seed)
+    return split_class_threshold(flat_pixels(val_images), val_labels, metric, far, run.config.data.seed)
+
+
+# A run on files: the study decodes at most this many test (and validation) files into memory, a class-stratified
+# sample, since the fine-tuned heads train on pixels in memory.
+TRANSFER_FILES = 5000
+
+
+def _in_memory(part, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(images, labels)` of a split: its array, or for files at most `TRANSFER_FILES` of them decoded (uint8)."""
+    if part.decoded:
+        return part.images, part.labels
+    keep = np.arange(len(part))
+    if len(part) > TRANSFER_FILES:
+        keep = stratified_split(part.labels, TRANSFER_FILES / len(part), seed)[1]
+    decoded = np.concatenate([np.clip(np.round(part.pixels(keep[i:i + 256])), 0, 255).astype(np.uint8)
+                              for i in range(0, len(keep), 256)])
+    return decoded, part.labels[keep]
 
 
 def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100, far: float = 1e-2,
@@ -134,11 +150,8 @@ def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100,
         ValueError: the run's test classes are classes it trained on (a seen-classes run), or a bad argument.
     """
     train_classes = set(run.record["data"]["train_classes"])
-    test = run.split("test")
-    if test.streamed:
-        raise ConfigError("transfer fine-tunes on the test images in memory; a run on streamed files is not "
-                          f"supported yet. Received: run={str(run.path)!r} (data.name={run.config.data.name!r})")
-    images, labels = test.images, test.labels
+    images, labels = _in_memory(run.split("test"), run.config.data.seed)
+    val_images, val_labels = _in_memory(run.split("val"), run.config.data.seed)
     target_classes = np.unique(labels)
     if train_classes & set(target_classes.tolist()):
         raise ConfigError("transfer needs target classes the run never trained on: its test split holds training "
@@ -151,10 +164,10 @@ def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100,
     index_of = {c: i for i, c in enumerate(target_classes)}
     dense_labels = np.array([index_of[c] for c in labels])
     thresholds = {"frozen k-NN": run.rejection_threshold(far),
-                  "raw pixels k-NN (L2)": _raw_threshold(run, "L2", far),
-                  "raw pixels k-NN (cosine)": _raw_threshold(run, "angular", far)}
+                  "raw pixels k-NN (L2)": _raw_threshold(val_images, val_labels, run, "L2", far),
+                  "raw pixels k-NN (cosine)": _raw_threshold(val_images, val_labels, run, "angular", far)}
     held_count = max(1, int(round(held_out_share * len(target_classes))))
-    val_images = run.split("val").images.astype(np.float32)
+    val_images = val_images.astype(np.float32)
     val_embeddings = run.embed(val_images)
     results: dict = {}
     for n in shots:
