@@ -275,6 +275,7 @@ def photo_run(tmp_path_factory):
     """A backbone run (random MobileNetV3Small) on a generated folder, through the command line."""
     base = tmp_path_factory.mktemp("photo_run")
     make_photo_folder(base / "photos", classes=6, per_class=16, seed=4)
+    (base / "photos" / "class_02" / "empty.jpg").write_bytes(b"")            # skipped, and named in the report
     config = base / "photos.yaml"
     config.write_text(f"""data:
   name: folder:{base / 'photos'}
@@ -315,7 +316,9 @@ def test_a_backbone_run_on_a_folder_records_its_files_and_reloads_in_a_fresh_pro
         assert "test_keys" in held.files and "test_images" not in held.files   # paths, not pixels
         assert held["test_keys"].shape == (n_test,)
     report = json.loads((run / "report.json").read_text())
-    assert report["files"]["skipped_when_indexed"] == [] and report["files"]["items"] == 96
+    assert report["files"]["skipped_when_indexed"] == [["class_02/empty.jpg", "zero bytes"]]
+    assert report["files"]["items"] == 96
+    assert "- `class_02/empty.jpg`: zero bytes" in (run / "report.md").read_text()
     code = ("from reprlearn.runs import load_run\n"
             f"run = load_run({str(run)!r})\n"
             "test = run.split('test')\n"

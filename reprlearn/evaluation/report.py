@@ -21,6 +21,21 @@ def _pca_title(metrics: dict) -> str:
     return f"PCA-{pca['dim']} of pixels ({pca['metric']}; fit on training images)" if pca else "PCA of pixels"
 
 
+def _files_section(report: dict) -> list[str]:
+    """A run on files: how many there were, and every file left out with why (the first 20 named here)."""
+    if "files" not in report:
+        return []
+    f = report["files"]
+    skipped = f["skipped_when_indexed"] + [[name, "failed to decode in training"] for name in f["skipped_in_training"]]
+    skipped += [[name, "failed to decode at evaluation"] for name in report["metrics"].get("skipped_files", [])]
+    dropped = f"; classes dropped (no readable image): {f['dropped_classes']}" if f["dropped_classes"] else ""
+    lines = ["## Files", "", f"{f['items']} images in {f['classes']} classes; {f['ignored_files']} other files "
+             f"ignored; {len(skipped)} unusable images skipped{dropped}.", ""]
+    lines += [f"- `{name}`: {why}" for name, why in skipped[:20]]
+    lines += [f"- … and {len(skipped) - 20} more (report.json lists them all)"] if len(skipped) > 20 else []
+    return lines + [""]
+
+
 def _markdown(report: dict, figures: dict[str, str]) -> str:
     m, d, t = report["metrics"], report["data"], report["train"]
     lines = [f"# reprlearn run: {d['name']}, {d['protocol']}", "",
@@ -38,18 +53,7 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
               f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
-    if "files" in report:
-        f = report["files"]
-        skipped = f["skipped_when_indexed"] + [[name, "failed to decode in training"]
-                                               for name in f["skipped_in_training"]]
-        skipped += [[name, "failed to decode at evaluation"] for name in m.get("skipped_files", [])]
-        lines += ["## Files", "", f"{f['items']} images in {f['classes']} classes; {f['ignored_files']} other files "
-                  f"ignored; {len(skipped)} unusable images skipped"
-                  + (f"; classes dropped (no readable image): {f['dropped_classes']}" if f["dropped_classes"] else "")
-                  + ".", ""]
-        lines += [f"- `{name}`: {why}" for name, why in skipped[:20]]
-        lines += [f"- … and {len(skipped) - 20} more (report.json lists them all)"] if len(skipped) > 20 else []
-        lines += [""]
+    lines += _files_section(report)
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 
@@ -132,18 +136,6 @@ def _autoencoder_markdown(report: dict, figures: dict[str, str]) -> str:
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
               f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
-    if "files" in report:
-        f = report["files"]
-        skipped = f["skipped_when_indexed"] + [[name, "failed to decode in training"]
-                                               for name in f["skipped_in_training"]]
-        skipped += [[name, "failed to decode at evaluation"] for name in m.get("skipped_files", [])]
-        lines += ["## Files", "", f"{f['items']} images in {f['classes']} classes; {f['ignored_files']} other files "
-                  f"ignored; {len(skipped)} unusable images skipped"
-                  + (f"; classes dropped (no readable image): {f['dropped_classes']}" if f["dropped_classes"] else "")
-                  + ".", ""]
-        lines += [f"- `{name}`: {why}" for name, why in skipped[:20]]
-        lines += [f"- … and {len(skipped) - 20} more (report.json lists them all)"] if len(skipped) > 20 else []
-        lines += [""]
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 
