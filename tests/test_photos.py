@@ -306,6 +306,7 @@ eval:
     return base
 
 
+@pytest.mark.slow
 def test_a_backbone_run_on_a_folder_records_its_files_and_reloads_in_a_fresh_process(photo_run):
     run = photo_run / "run"
     record = json.loads((run / "run.json").read_text())["data"]
@@ -533,6 +534,7 @@ def test_unicode_and_spaces_in_paths_index_and_decode(tmp_path):
     assert pixels.shape == (6, 10, 12, 3) and pixels[4, 0, 0, 0] == 70
 
 
+@pytest.mark.slow
 def test_transfer_runs_on_a_folder_run(photo_run):
     from reprlearn.evaluation.transfer import transfer_study
     from reprlearn.runs import load_run
