@@ -12,6 +12,18 @@ from reprlearn.errors import DataError
 BASELINE_SIDE = 16
 
 
+def shrunk_size(image_shape, side: int) -> tuple[int, int]:
+    """`(height, width)` of an image of `image_shape` shrunk to at most `side` pixels a side, aspect kept."""
+    height, width = int(image_shape[0]), int(image_shape[1])
+    scale = min(1.0, side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def take_rows(images, index: np.ndarray) -> np.ndarray:
+    """`images[index]`, read in ascending order (a memory-mapped cache then reads its file forwards)."""
+    return images[np.sort(index)][np.argsort(np.argsort(index, kind="stable"), kind="stable")]
+
+
 class ImageSet:
     """A labelled image set, in memory or streamed from files: labels, class names, item names, and the pixels.
 
@@ -67,7 +79,7 @@ class ImageSet:
         """The images at `index` as float32 `[n, H, W, C]` in [0, 255] (decoded here for a streamed set)."""
         index = np.asarray(index, np.int64).reshape(-1)
         if self._images is not None:
-            return np.asarray(self._images[np.sort(index)][np.argsort(np.argsort(index))], np.float32)
+            return np.asarray(take_rows(self._images, index), np.float32)
         from reprlearn.data.decode import decode_files
 
         return decode_files([self.files.path(i) for i in index], self.spec)
@@ -80,9 +92,7 @@ class ImageSet:
             return np.clip(np.round(self.pixels(index)), 0, 255).astype(np.uint8)
         import tensorflow as tf
 
-        height, width, _ = self.image_shape
-        scale = min(1.0, side / max(height, width))
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        size = shrunk_size(self.image_shape, side)
         parts = [tf.image.resize(self.pixels(index[start:start + 256]), size, method="area").numpy()
                  for start in range(0, len(index), 256)]
         small = np.concatenate(parts) if parts else np.zeros((0, *size, self.image_shape[2]), np.float32)
@@ -98,7 +108,7 @@ class ImageSet:
         names = None if self.names is None else [self.names[i] for i in index.reshape(-1)]
         if self._images is not None and self.files is None:
             return ImageSet(self._images[index], self.labels[index], self.class_names, names)
-        images = None if self._images is None else self._images[np.sort(index)][np.argsort(np.argsort(index))]
+        images = None if self._images is None else take_rows(self._images, index)
         part = ImageSet(images, self.labels[index], self.class_names, names, self.files.subset(index), self.spec)
         part.source_record = self.source_record
         return part
@@ -173,9 +183,7 @@ def flat_pixels(images) -> np.ndarray:
 
             from reprlearn.data.pipelines import batches_in_order
 
-            height, width, _ = images.image_shape
-            scale = min(1.0, BASELINE_SIDE / max(height, width))
-            side = (max(1, round(height * scale)), max(1, round(width * scale)))
+            side = shrunk_size(images.image_shape, BASELINE_SIDE)
             parts = [tf.image.resize(batch, side, method="area").numpy().reshape(len(batch), -1) / 255.0
                      for batch, _ in batches_in_order(images)]
             return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from reprlearn.data.augment import augment_batch, augment_image, check_augment
 from reprlearn.data.decode import decode_contents
-from reprlearn.data.imageset import ImageSet
+from reprlearn.data.imageset import ImageSet, take_rows
 from reprlearn.errors import DataError
 
 # Spare candidates per drawn item of a streamed set: how many files of a slot may fail before it repeats another.
@@ -115,10 +115,7 @@ def _gatherer(images):
     shape = [None, *images.shape[1:]]
 
     def read(index):
-        order = np.argsort(index)
-        rows = np.empty((len(index), *images.shape[1:]), images.dtype)
-        rows[order] = images[index[order]]
-        return rows.astype(np.float32)
+        return take_rows(images, index).astype(np.float32)
 
     def gather(index):
         return tf.ensure_shape(tf.numpy_function(read, [index], tf.float32, stateful=False), shape)
@@ -431,17 +428,17 @@ def pair_batches(images, labels, batch_size: int, seed: int = 0, start_step: int
     spares, lookup = _spares_for(source), _class_lookup(labels)
     index = tf.data.Dataset.zip(pair_indices(labels, batch_size, seed, start_step), tf.data.Dataset.counter(start_step))
 
-    def rows_of(part):
-        def rows(batch, step):
-            part_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]),
-                                                                 20 + part)
-            return _with_spares(batch[part], lookup, part_seed, spares), step
-        return _decoded_rows(source, index.map(rows), 1, seed + part, False, bad_image_log)
+    def rows(batch, step):
+        # Both images of every pair in one set of rows (first images, then second), so one pipeline decodes them.
+        step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        return tf.concat([_with_spares(batch[part], lookup, tf.random.experimental.stateless_fold_in(
+            step_seed, 20 + part), spares) for part in (0, 1)], axis=0), step
 
-    def join(batch, first, second):
-        return (first[0], second[0]), batch[0][2]
+    def join(batch, decoded):
+        first, second = tf.split(decoded[0], 2)
+        return (first, second), batch[0][2]
 
-    return tf.data.Dataset.zip(index, rows_of(0), rows_of(1)).map(
+    return tf.data.Dataset.zip(index, _decoded_rows(source, index.map(rows), 1, seed, False, bad_image_log)).map(
         join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
