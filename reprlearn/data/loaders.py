@@ -176,7 +176,8 @@ def _tfds_files(builder, split: str, image_key: str, root: Path) -> list[tuple[s
         dataset = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
         for i, example in enumerate(dataset.as_numpy_iterator()):
             encoded = example[image_key]
-            suffix = {"jpeg": "jpg"}.get(image_format(encoded[:32]) or "png", image_format(encoded[:32]) or "png")
+            kind = image_format(encoded[:32]) or "png"
+            suffix = "jpg" if kind == "jpeg" else kind
             relative = f"{split}/{i:08d}.{suffix}"
             (root / relative).write_bytes(encoded)
             rows.append(f"{relative}\t{int(example['label'])}")
