@@ -258,3 +258,141 @@ def supervised_contrastive(labels, embeddings, scale, metric="angular"):
         normaliser = math.log(sum(math.exp(-scale * d[a, k]) for k in others))
         losses.append(sum(normaliser + scale * d[a, p] for p in positives) / len(positives))
     return sum(losses) / len(losses) if losses else 0.0
+
+
+# Losses beyond triplet, as pytorch-metric-learning 2.9 defines them (its default reducers).
+
+def _unit(embeddings):
+    e = np.asarray(embeddings, np.float64)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def _pair_matrix(embeddings, metric):
+    """(matrix, inverted): cosine similarities for "angular", distances otherwise."""
+    if metric == "angular":
+        unit = _unit(embeddings)
+        return unit @ unit.T, True
+    return pairwise(np.asarray(embeddings, np.float64), metric), False
+
+
+def _margin(x, y, inverted):
+    return y - x if inverted else x - y
+
+
+def _all_pairs(labels):
+    n = len(labels)
+    positive = [[i != j and labels[i] == labels[j] for j in range(n)] for i in range(n)]
+    negative = [[labels[i] != labels[j] for j in range(n)] for i in range(n)]
+    return positive, negative
+
+
+def multi_similarity_mined(labels, embeddings, epsilon=0.1, metric="angular"):
+    """MultiSimilarityMiner: per anchor, positives within ε of beating its hardest negative and negatives within ε
+    of beating its hardest positive (on similarities for angular, on distances otherwise)."""
+    m, inverted = _pair_matrix(embeddings, metric)
+    positive, negative = _all_pairs(labels)
+    n = len(labels)
+    kept_positive = [[False] * n for _ in range(n)]
+    kept_negative = [[False] * n for _ in range(n)]
+    for a in range(n):
+        ps = [j for j in range(n) if positive[a][j]]
+        ns = [j for j in range(n) if negative[a][j]]
+        if not ps or not ns:
+            continue
+        for p in ps:
+            if inverted:
+                kept_positive[a][p] = m[a, p] - epsilon < max(m[a, k] for k in ns)
+            else:
+                kept_positive[a][p] = m[a, p] + epsilon > min(m[a, k] for k in ns)
+        for k in ns:
+            if inverted:
+                kept_negative[a][k] = m[a, k] + epsilon > min(m[a, p] for p in ps)
+            else:
+                kept_negative[a][k] = m[a, k] - epsilon < max(m[a, p] for p in ps)
+    return np.array(kept_positive), np.array(kept_negative)
+
+
+def multi_similarity(labels, embeddings, alpha=2.0, beta=50.0, base=0.5, metric="angular", epsilon=None):
+    """Per anchor (1/α) log(1 + Σ_P exp(α·margin(S, λ))) + (1/β) log(1 + Σ_N exp(β·margin(λ, S))); mean over all
+    anchors. `epsilon`: only the pairs Multi-Similarity's miner keeps."""
+    m, inverted = _pair_matrix(embeddings, metric)
+    positive, negative = (multi_similarity_mined(labels, embeddings, epsilon, metric) if epsilon is not None
+                          else _all_pairs(labels))
+    n = len(labels)
+    total = 0.0
+    for a in range(n):
+        pos = sum(math.exp(alpha * _margin(m[a, p], base, inverted)) for p in range(n) if positive[a][p])
+        neg = sum(math.exp(beta * _margin(base, m[a, k], inverted)) for k in range(n) if negative[a][k])
+        total += math.log(1 + pos) / alpha + math.log(1 + neg) / beta
+    return total / n
+
+
+def circle(labels, embeddings, m=0.4, gamma=80.0):
+    """Per anchor with a positive and a negative: softplus(lse_N γ α_n (S_n − m) + lse_P −γ α_p (S_p − 1 + m)),
+    α_p = max(1 + m − S_p, 0), α_n = max(S_n + m, 0); mean over the anchors with a non-zero loss."""
+    s, _ = _pair_matrix(embeddings, "angular")
+    positive, negative = _all_pairs(labels)
+    n = len(labels)
+    losses = []
+    for a in range(n):
+        ps = [p for p in range(n) if positive[a][p]]
+        ns = [k for k in range(n) if negative[a][k]]
+        if not ps or not ns:
+            continue
+        lse_p = _logsumexp([-gamma * max(1 + m - s[a, p], 0) * (s[a, p] - (1 - m)) for p in ps])
+        lse_n = _logsumexp([gamma * max(s[a, k] + m, 0) * (s[a, k] - m) for k in ns])
+        value = _softplus(lse_p + lse_n)
+        if value > 0:
+            losses.append(value)
+    return sum(losses) / len(losses) if losses else 0.0
+
+
+def ntxent(labels, embeddings, temperature=0.07, metric="angular"):
+    """Per positive pair (a, p): −log(e^{l_ap} / (e^{l_ap} + Σ_{N_a} e^{l_an})), l = S/τ (−D/τ for a distance);
+    mean over positive pairs."""
+    m, inverted = _pair_matrix(embeddings, metric)
+    logits = (m if inverted else -m) / temperature
+    positive, negative = _all_pairs(labels)
+    n = len(labels)
+    terms = []
+    for a in range(n):
+        for p in range(n):
+            if positive[a][p]:
+                rest = [logits[a, k] for k in range(n) if negative[a][k]]
+                terms.append(_logsumexp([logits[a, p]] + rest) - logits[a, p])
+    return sum(terms) / len(terms) if terms else 0.0
+
+
+def proxy_anchor(labels, embeddings, proxies, margin=0.1, alpha=32.0):
+    """(1/|C⁺|) Σ_{C⁺} log(1 + Σ_{x∈c} e^{−α(s−δ)}) + (1/C) Σ_c log(1 + Σ_{x∉c} e^{α(s+δ)})."""
+    cos = _unit(embeddings) @ _unit(proxies).T
+    classes = len(proxies)
+    present = sorted(set(int(y) for y in labels))
+    pos = sum(math.log(1 + sum(math.exp(-alpha * (cos[i, c] - margin)) for i in range(len(labels))
+                                if labels[i] == c)) for c in present)
+    neg = sum(math.log(1 + sum(math.exp(alpha * (cos[i, c] + margin)) for i in range(len(labels))
+                                if labels[i] != c)) for c in range(classes))
+    return (pos / len(present) if present else 0.0) + neg / classes
+
+
+def arcface(labels, cosines, scale=64.0, margin=0.5):
+    """Cross-entropy of s·cos θ_j with the true class's logit s·cos(θ_y + m) (s·(cos θ_y − m sin m) past π − m);
+    mean over the batch."""
+    cosines = np.asarray(cosines, np.float64)
+    total = 0.0
+    for row, y in zip(cosines, labels):
+        theta = math.acos(min(max(row[y], -1.0), 1.0))
+        target = math.cos(theta + margin) if theta <= math.pi - margin else math.cos(theta) - margin * math.sin(
+            margin)
+        logits = [scale * (target if j == y else c) for j, c in enumerate(row)]
+        total += _logsumexp(logits) - logits[y]
+    return total / len(labels)
+
+
+def _logsumexp(values):
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))

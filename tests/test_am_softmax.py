@@ -86,8 +86,11 @@ def test_bad_input_names_the_value():
         AMSoftmaxLoss(scale=0)
     with pytest.raises(ValueError, match="margin must be a finite number >= 0. Received: margin=-0.1"):
         AMSoftmaxLoss(margin=-0.1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="a label is >= the number of classes"):
+    with pytest.raises(ValueError, match="Received: label 3 with num_classes=3"):
         am_softmax_loss(np.array([0, 3]), COSINES[:2], 30.0, 0.35)
+    # Inside a traced step (no XLA) the same check stops the step, naming the labels and the class count.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="every label must be a class id in"):
+        tf.function(am_softmax_loss)(np.array([0, 3]), COSINES[:2], 30.0, 0.35)
 
 
 def test_a_model_with_the_classifier_trains_and_reloads_in_a_fresh_process(tmp_path):

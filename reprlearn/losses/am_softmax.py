@@ -12,19 +12,11 @@ Example:
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import keras
 import tensorflow as tf
 
-from reprlearn.ops.labels import check_batch
-
-
-def _check_positive(name: str, value) -> float:
-    if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0. Received: {name}={value!r}")
-    return float(value)
+from reprlearn.ops.checks import check_non_negative_number, check_positive_number
+from reprlearn.ops.labels import check_batch, check_class_ids
 
 
 def am_softmax_loss(labels, cosines, scale: float = 30.0, margin: float = 0.35) -> tf.Tensor:
@@ -40,15 +32,12 @@ def am_softmax_loss(labels, cosines, scale: float = 30.0, margin: float = 0.35) 
         The scalar mean loss, float32.
 
     Raises:
-        InvalidArgumentError: a label outside [0, C) (the message names the label and C).
+        ValueError: a label outside [0, C), naming it and C (InvalidArgumentError inside a traced step).
     """
     labels, cosines = check_batch(labels, cosines, "labels", "cosines")
     cosines = tf.cast(cosines, tf.float32)
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     classes = tf.shape(cosines)[1]
-    tf.debugging.assert_non_negative(labels, message="am_softmax_loss: a label is negative")
-    tf.debugging.assert_less(labels, classes, message="am_softmax_loss: a label is >= the number of classes C "
-                                                      "the class weights were built for")
+    labels = check_class_ids(labels, classes, "am_softmax_loss")
     logits = scale * (cosines - margin * tf.one_hot(labels, classes, dtype=tf.float32))
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
@@ -61,16 +50,15 @@ class AMSoftmaxLoss(keras.losses.Loss):
         model.compile(optimizer="adam", loss=AMSoftmaxLoss(scale=20.0, margin=0.1))
 
     Args:
-        scale: s > 0 (Wang et al.: 30; JRD's code: 20).
+        scale: s > 0 (Wang et al.: 30; JRD's code: 20; pytorch-metric-learning's `CosFaceLoss`: 64, so
+            `AMSoftmaxLoss(scale=64.0, margin=0.35)` gives its numbers).
         margin: m >= 0 (Wang et al.: 0.35; JRD's code: 0.1).
     """
 
     def __init__(self, scale: float = 30.0, margin: float = 0.35, name: str = "am_softmax_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.scale = _check_positive("scale", scale)
-        if not isinstance(margin, numbers.Real) or not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin must be a finite number >= 0. Received: margin={margin!r}")
-        self.margin = float(margin)
+        self.scale = check_positive_number("scale", scale)
+        self.margin = check_non_negative_number("margin", margin)
 
     def call(self, y_true, y_pred):
         return tf.cast(am_softmax_loss(y_true, y_pred, self.scale, self.margin), y_pred.dtype)

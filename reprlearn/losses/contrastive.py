@@ -120,6 +120,8 @@ class InBatchContrastiveLoss(InBatchLoss):
         distance: a metric name or callable (see `reprlearn.ops.distances`).
     """
 
+    takes_pair_miner = True
+
     def __init__(self, margin: float = 1.0, distance: Distance = "L2", name: str = "in_batch_contrastive_loss",
                  **kwargs):
         super().__init__(name=name, **kwargs)

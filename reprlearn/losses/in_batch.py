@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from reprlearn.losses.pair_miners import get_pair_miner
 from reprlearn.ops.distances import pairwise_distance
 from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
 from reprlearn.ops.replicas import global_batch, per_replica_share
@@ -67,13 +68,25 @@ class InBatchLoss(keras.losses.Loss):
     """
 
     distance = "L2"
+    # Pair losses score the positive and negative pairs they are given, so a pair miner can choose them.
+    takes_pair_miner = False
 
-    def __init__(self, name: str, cross_replica: bool = True, **kwargs):
+    def __init__(self, name: str, cross_replica: bool = True, pair_miner=None, **kwargs):
         super().__init__(name=name, **kwargs)
         if not isinstance(cross_replica, bool):
             raise ValueError(f"cross_replica must be True or False. Received: cross_replica={cross_replica!r}")
+        if pair_miner is not None and not self.takes_pair_miner:
+            raise ValueError(f"{type(self).__name__} scores triplets or classes, not the pairs a pair miner keeps. "
+                             f"Received: pair_miner={pair_miner!r}")
         self.cross_replica = cross_replica
+        self.pair_miner = None if pair_miner is None else get_pair_miner(pair_miner)
         self.memo = BatchMemo()
+
+    def _scored_pairs(self, distances, positive, negative):
+        """The pairs the loss scores: every pair of the batch, or those the pair miner keeps."""
+        if self.pair_miner is None:
+            return positive, negative
+        return self.pair_miner.mine(distances, positive, negative)
 
     def batch_loss(self, distances, positive, negative) -> tuple[tf.Tensor, Callable[[], tf.Tensor]]:
         """`(loss, active_fraction)`: the scalar loss and a function computing the batch's active fraction."""
@@ -88,7 +101,8 @@ class InBatchLoss(keras.losses.Loss):
         labels, embeddings = self._batch(y_true, y_pred)
         distances = pairwise_distance(embeddings, self.distance)
         positive, negative = pair_masks(labels)
-        value, active_fraction = self.batch_loss(distances, positive, negative)
+        value, active_fraction = self.batch_loss(distances, *self._scored_pairs(distances, positive, negative))
+        # The distance metrics report every pair of the batch, mined or not.
         self.memo.keep(y_pred, distances=distances, positive=positive, negative=negative,
                        active_fraction=active_fraction)
         return per_replica_share(tf.cast(nan_unless_finite(value, embeddings), y_pred.dtype))
@@ -98,7 +112,10 @@ class InBatchLoss(keras.losses.Loss):
         under a strategy when `cross_replica`)."""
         labels, embeddings = self._batch(y_true, y_pred)
         distances = pairwise_distance(tf.cast(embeddings, tf.float32), self.distance)
-        return self.batch_loss(distances, *pair_masks(labels))[1]()
+        return self.batch_loss(distances, *self._scored_pairs(distances, *pair_masks(labels)))[1]()
 
     def get_config(self):
-        return {**super().get_config(), "cross_replica": self.cross_replica}
+        config = {**super().get_config(), "cross_replica": self.cross_replica}
+        if self.pair_miner is not None:
+            config["pair_miner"] = keras.saving.serialize_keras_object(self.pair_miner)
+        return config

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
+from reprlearn.losses.pairs import misranked_share
 from reprlearn.ops.distances import Distance, check_metric, pairwise_distance
 from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
 
@@ -39,15 +40,6 @@ def _anchor_terms(distances, positive, negative, scale: float) -> tuple[tf.Tenso
 
 def _mean_over_anchors(loss, anchors) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(loss * anchors), tf.reduce_sum(anchors))
-
-
-def _misranked_share(distances, positive, negative) -> tf.Tensor:
-    """The share of positive pairs (a, p) with some negative closer to a than p (what the loss still pushes on
-    hardest); 0 without positive pairs."""
-    nearest_negative = tf.reduce_min(tf.where(negative, distances, np.inf), axis=1, keepdims=True)
-    misranked = tf.logical_and(positive, distances > nearest_negative)
-    return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(misranked, tf.float32)),
-                                 tf.reduce_sum(tf.cast(positive, tf.float32)))
 
 
 def supervised_contrastive_loss(labels, embeddings, scale: float = 10.0, distance: Distance = "angular") -> tf.Tensor:
@@ -84,6 +76,8 @@ class SupervisedContrastiveLoss(InBatchLoss):
     Its training metric `ActiveFraction` reports the share of positive pairs with a negative ranked closer.
     """
 
+    takes_pair_miner = True
+
     def __init__(self, scale: float = 10.0, distance: Distance = "angular", name: str = "supervised_contrastive_loss",
                  **kwargs):
         super().__init__(name=name, **kwargs)
@@ -92,7 +86,7 @@ class SupervisedContrastiveLoss(InBatchLoss):
 
     def batch_loss(self, distances, positive, negative):
         loss, anchors = _anchor_terms(distances, positive, negative, self.scale)
-        return _mean_over_anchors(loss, anchors), lambda: _misranked_share(distances, positive, negative)
+        return _mean_over_anchors(loss, anchors), lambda: misranked_share(distances, positive, negative)
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "distance": self.distance}

@@ -97,3 +97,28 @@ def nan_unless_finite(value: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
     """
     finite = tf.reduce_all(tf.math.is_finite(embeddings))
     return tf.where(finite, value, tf.constant(float("nan"), value.dtype))
+
+
+def check_class_ids(labels, classes, caller: str) -> tf.Tensor:
+    """`labels` as `[N]` int32 class ids, checked to lie in `[0, classes)`: a ValueError naming the first label
+    outside and the class count when run eagerly, an assertion with the same message inside a traced step.
+
+    Example:
+        check_class_ids([0, 2, 1], 3, "arcface_loss")   # [0, 2, 1]
+    """
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    classes = tf.cast(classes, tf.int32)
+    outside = tf.logical_or(labels < 0, labels >= classes)
+    if tf.executing_eagerly():
+        if bool(tf.reduce_any(outside)):
+            bad = int(tf.boolean_mask(labels, outside)[0])
+            raise ValueError(f"{caller}: every label must be a class id in [0, num_classes), the classes the class "
+                             f"weights or proxies were made for. Received: label {bad} with num_classes="
+                             f"{int(classes)}")
+        return labels
+    # XLA compiles the assertion away (it has no asserts); a traced step without XLA stops here.
+    check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(outside)), [
+        f"{caller}: every label must be a class id in [0, num_classes). Received: labels", labels,
+        "num_classes", classes])
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
