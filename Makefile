@@ -2,7 +2,8 @@
 #   make demo      # venv + install + Fashion-MNIST, then train -> evaluate -> report -> export on configs/demo.yaml
 #   make test      # venv + install, then the fast test selection (not marked slow; about 5 minutes on 2 cores)
 # and for CI and contributors:
-#   make test-all  # every test, then the documentation site built with --strict (.ci/run calls this)
+#   make test-all  # every test (PML parity in .venv-pml too), then the documentation site built with --strict
+#                  # (.ci/run calls this)
 #   make docs      # the documentation site (site/), --strict: a broken link or a missing reference fails
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -20,6 +21,14 @@ $(VENV)/.installed: setup.cfg setup.py
 	@# tensorflow-cpu (required before 0.3) and tensorflow share one package folder: keep only tensorflow.
 	$(PY) -m pip uninstall -q -y tensorflow-cpu 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# pytorch-metric-learning in an environment of its own, for the parity tests (tests/test_pml_parity.py): torch 2.13.0
+# is pinned because pip finds its CPU build on this machine's disk (a bare `torch` would fetch a CUDA build).
+PML_VENV ?= .venv-pml
+$(PML_VENV)/.installed:
+	test -x $(PML_VENV)/bin/python || $(PYTHON) -m venv $(PML_VENV)
+	$(PML_VENV)/bin/python -m pip install -q torch==2.13.0 pytorch-metric-learning==2.9.0
 	touch $@
 
 # Debian's dataset-fashion-mnist package; skipped (with a message) where apt-get cannot run.
@@ -44,7 +53,7 @@ PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 test: venv data
 	$(PYTEST) -m "not slow"
 
-test-all: venv data
+test-all: venv data $(PML_VENV)/.installed
 	$(PYTEST)
 	$(MAKE) docs
 
@@ -56,4 +65,4 @@ bench: venv data
 	$(PY) benchmarks/retrieval_metrics.py
 
 clean:
-	rm -rf $(VENV) runs site *.egg-info
+	rm -rf $(VENV) $(PML_VENV) runs site *.egg-info
