@@ -22,7 +22,7 @@ class ZeroLoss(keras.losses.Loss):
         return tf.constant(0.0)
 
 
-objectives.make_loss = lambda *args, **kwargs: ZeroLoss()
+objectives.config_loss = lambda *args, **kwargs: ZeroLoss()
 verifier.verifier_loss = ZeroLoss
 _pk_training_model = objectives._pk_training_model
 

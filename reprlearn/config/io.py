@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from reprlearn.config.losses import LOSS_TRAITS
 from reprlearn.config.rules import check_config
 from reprlearn.config.schema import Config
 from reprlearn.errors import ConfigError
@@ -89,10 +90,22 @@ def config_from_dict(raw: dict | None) -> Config:
             kwargs[key] = _coerce(f"{section_name}.{key}", value, hints[key])
         sections[section_name] = section_cls(**kwargs)
     cfg = Config(**sections)
+    _resolve_loss_defaults(cfg, set((raw.get("loss") or {}).keys()))
     # "cosine" is accepted as the common name; the resolved config records the canonical one.
     cfg.loss.distance = ALIASES.get(cfg.loss.distance, cfg.loss.distance)
     check_config(cfg)
     return cfg
+
+
+def _resolve_loss_defaults(cfg: Config, given: set[str]) -> None:
+    """The keys the loss section leaves out take the loss's own defaults (a per-loss key given to a loss that does
+    not take it is left for check_config to name)."""
+    traits = LOSS_TRAITS.get(cfg.loss.name)
+    if traits is None:
+        return  # the unknown name is reported by check_config
+    for key, value in traits.defaults.items():
+        if key not in given:
+            setattr(cfg.loss, key, value)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

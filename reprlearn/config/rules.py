@@ -8,9 +8,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
-from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_TRAITS
+from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES
 from reprlearn.config.schema import Config, SearchConfig
 from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.errors import ConfigError
@@ -121,9 +122,34 @@ def check_config(cfg: Config) -> None:
             cfg.loss.jrd_layers)):
         raise ConfigError("config: loss.jrd_layers must name at least two distinct layers (JRD is joint), or []. "
                           f"Received: loss.jrd_layers={cfg.loss.jrd_layers!r}")
+    _check_loss_options(cfg)
     if cfg.loss.soft and not spec.soft:
         soft_losses = [name for name, s in LOSS_TRAITS.items() if s.soft]
         raise ConfigError(f"config: loss.soft applies to {soft_losses} only. Received: loss.name={cfg.loss.name!r}")
+
+
+def _check_loss_options(cfg: Config) -> None:
+    """The pair miner only with a pair loss, and each loss's values in their ranges (the key and value named)."""
+    loss, spec = cfg.loss, LOSS_TRAITS[cfg.loss.name]
+    if loss.miner != "none" and not spec.pairs:
+        pair_losses = [name for name, s in LOSS_TRAITS.items() if s.pairs]
+        raise ConfigError(f"config: loss.miner chooses the pairs a pair loss scores; {loss.name} takes no pairs "
+                          f"(pair losses: {pair_losses}). Received: loss.miner={loss.miner!r}, "
+                          f"loss.name={loss.name!r}")
+    if not (math.isfinite(loss.epsilon) and loss.epsilon >= 0):
+        raise ConfigError(f"config: loss.epsilon must be a finite number >= 0. Received: loss.epsilon={loss.epsilon!r}")
+    limits = {"circle": (1.0, "[0, 1)"), "arcface": (math.pi / 2, "[0, π/2) radians")}
+    if loss.name in limits and not loss.margin < limits[loss.name][0]:
+        raise ConfigError(f"config: {loss.name} takes loss.margin in {limits[loss.name][1]}. "
+                          f"Received: loss.margin={loss.margin!r}")
+    for key in LOSS_OPTIONS:
+        value = getattr(loss, key)
+        if value is not None and key not in spec.defaults:
+            takers = [name for name, s in LOSS_TRAITS.items() if key in s.defaults]
+            raise ConfigError(f"config: loss.{key} applies to {takers} only. Received: loss.{key}={value!r}, "
+                              f"loss.name={loss.name!r}")
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"config: loss.{key} must be a finite number. Received: loss.{key}={value!r}")
 
 
 def _check_views(cfg: Config) -> None:
@@ -173,9 +199,10 @@ def _check_search(search: SearchConfig) -> None:
     if len(set(search.joint_layers)) != len(search.joint_layers):
         raise ConfigError("config: search.joint_layers must list distinct choices (layer names joined by '+'). "
                           f"Received: search.joint_layers={search.joint_layers!r}")
-    unknown = [name for name in search.loss if name not in IN_BATCH_LOSSES]
+    unknown = [name for name in search.loss if name not in PK_LOSSES]
     if unknown or len(set(search.loss)) != len(search.loss):
-        raise ConfigError(f"config: search.loss must list distinct in-batch losses from {list(IN_BATCH_LOSSES)}. "
+        raise ConfigError(f"config: search.loss must list distinct losses trained on P×K batches from "
+                          f"{list(PK_LOSSES)}. "
                           f"Received: search.loss={search.loss!r}")
 
 

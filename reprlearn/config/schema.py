@@ -16,7 +16,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 
-from reprlearn.config.losses import LOSS_TRAITS
+from reprlearn.config.losses import LOSS_TRAITS, PAIR_MINERS
 from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.data.decode import RESIZE_MODES
 from reprlearn.data.protocols import PROTOCOLS
@@ -134,13 +134,15 @@ class LossConfig:
     # contrastive: in-batch pairs of P×K batches; pair_contrastive: a Siamese pair model on balanced pairs;
     # triplet_semihard / triplet_hard / triplet_batch_all / lifted_struct: in-batch mining on P×K batches;
     # am_softmax: the tower trained through cosine class weights (margin m = loss.margin, scale loss.scale);
-    # supervised_contrastive: SupCon, a softmax over -loss.scale x distance (NT-Xent with data.positives: views).
+    # supervised_contrastive: SupCon, a softmax over -loss.scale x distance (NT-Xent with data.positives: views);
+    # multi_similarity, circle, ntxent: pytorch-metric-learning's pair losses; proxy_anchor, arcface: through
+    # cosine class weights (proxies) like am_softmax.
     name: str = choice("contrastive", tuple(LOSS_TRAITS))  # one of reprlearn.config.losses.LOSS_TRAITS
     margin: float = 0.5
     distance: str = choice("L2", METRICS + tuple(ALIASES))       # L2 | squared-L2 | angular (alias: cosine)
     # Under a multi-replica strategy: mine the global batch (all replicas) rather than each replica's slice.
     cross_replica: bool = True
-    # am_softmax: s in s·(cos − m·onehot(y)) (loss.margin is m); supervised_contrastive: 1 / temperature
+    # am_softmax: s in s·(cos − m·onehot(y)) (loss.margin is m); arcface: s; supervised_contrastive: 1 / temperature
     scale: float = positive(30.0)
     # am_softmax only: > 0 adds JRD's joint representation similarity over `jrd_layers` with this weight α.
     jrd_weight: float = 0.0
@@ -152,6 +154,22 @@ class LossConfig:
     reconstruction_weight: float = 0.0
     # triplet_hard only: softplus(D_ap - D_an) instead of the margin hinge.
     soft: bool = False
+    # Pair losses (contrastive, supervised_contrastive, multi_similarity, circle, ntxent): score only the pairs
+    # Multi-Similarity's miner keeps (slack loss.epsilon), as pytorch-metric-learning's miners do.
+    miner: str = choice("none", PAIR_MINERS)
+    epsilon: float = 0.1
+    # Keys only some losses take; left out (null), they are the loss's own default (the resolved config in a run
+    # folder records the number): multi_similarity alpha 2, beta 50, base 0.5; proxy_anchor alpha 32, its class
+    # weights (the proxies) at proxy_learning_rate_factor 100 × the learning rate; circle gamma 80; ntxent
+    # temperature 0.07; arcface sub_centers 1. Each loss also has its own margin, scale and distance defaults
+    # (circle margin 0.4; proxy_anchor margin 0.1; arcface margin 0.5 rad, scale 64; all five: angular).
+    alpha: typing.Optional[float] = positive(None)
+    beta: typing.Optional[float] = positive(None)
+    base: typing.Optional[float] = None
+    gamma: typing.Optional[float] = positive(None)
+    temperature: typing.Optional[float] = positive(None)
+    sub_centers: typing.Optional[int] = positive(None)
+    proxy_learning_rate_factor: typing.Optional[float] = positive(None)
 
 
 @dataclass

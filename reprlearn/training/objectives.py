@@ -12,14 +12,14 @@ import keras
 import numpy as np
 
 from reprlearn.config import Config
-from reprlearn.config.losses import LOSS_TRAITS
+from reprlearn.config.losses import LOSS_TRAITS, loss_option
 from reprlearn.data import ImageSet
 from reprlearn.data.augment import MIRROR_INVARIANT
 from reprlearn.data.pipelines import pk_batches, view_batches, worker_rows
 from reprlearn.errors import ConfigError
 from reprlearn.layers import CosineClassifier
 from reprlearn.losses import JointRepresentationSimilarity
-from reprlearn.losses.registry import make_loss
+from reprlearn.losses.registry import config_loss
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
 from reprlearn.models import dense_autoencoder, joint_embedding_model, siamese_pair_model
 from reprlearn.models.joint import check_tower_layers
@@ -123,7 +123,8 @@ def _pk_training_model(cfg: Config, tower: keras.Model, loss, num_classes: int |
         parts, embeddings = [], tower(images)
     heads, losses, metrics = {}, {}, {}
     if classifier:
-        heads[CLASS_OUTPUT] = CosineClassifier(num_classes, name=CLASS_OUTPUT)(embeddings)
+        heads[CLASS_OUTPUT] = CosineClassifier(num_classes, sub_centers=loss_option(cfg.loss, "sub_centers") or 1,
+                                               name=CLASS_OUTPUT)(embeddings)
         losses[CLASS_OUTPUT] = loss
         metrics[CLASS_OUTPUT] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     else:
@@ -169,13 +170,18 @@ def embedding_model(cfg: Config, tower: keras.Model) -> keras.Model:
 
 def make_optimizer(cfg: Config, copied_layers: list[str] | tuple = ()) -> keras.optimizers.Optimizer:
     """Adam at `train.learning_rate`, constant or cosine-decayed over the whole run; the `copied_layers` (from
-    `model.init_from`) at `model.init_learning_rate_factor` of that rate."""
+    `model.init_from`) at `model.init_learning_rate_factor` of that rate, Proxy-Anchor's proxies (the class weights)
+    at `loss.proxy_learning_rate_factor` of it."""
     rate = cfg.train.learning_rate
     if cfg.train.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(rate, cfg.train.epochs * cfg.train.steps_per_epoch)
-    if copied_layers and cfg.model.init_learning_rate_factor != 1.0:
-        return LayerRateAdam(rate, slow_layers=copied_layers, factor=cfg.model.init_learning_rate_factor)
-    return keras.optimizers.Adam(rate)
+    factors = {name: cfg.model.init_learning_rate_factor for name in copied_layers}
+    proxy_factor = loss_option(cfg.loss, "proxy_learning_rate_factor") if "proxy_learning_rate_factor" in LOSS_TRAITS[
+        cfg.loss.name].defaults else None
+    if proxy_factor is not None:
+        factors[CLASS_OUTPUT] = proxy_factor
+    factors = {name: factor for name, factor in factors.items() if factor != 1.0}
+    return LayerRateAdam(rate, layer_factors=factors) if factors else keras.optimizers.Adam(rate)
 
 
 def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | None = None,
@@ -189,8 +195,7 @@ def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | 
     classifier losses log their training accuracy. `copied_layers` (from `model.init_from`) train at
     `model.init_learning_rate_factor` of the learning rate.
     """
-    loss = make_loss(cfg.loss.name, cfg.loss.margin, cfg.loss.distance, cfg.loss.soft, cfg.loss.cross_replica,
-                     cfg.loss.scale)
+    loss = config_loss(cfg.loss)
     if is_pair_loss(cfg):
         model, losses, weights, metrics = siamese_pair_model(tower, distance=cfg.loss.distance), loss, None, [
             ActiveFraction(loss)]
