@@ -2,7 +2,7 @@
 for each label layout, and the cost of the training metrics in a training step.
 
 Run:  .venv/bin/python benchmarks/losses.py [--sizes 256 1024 4096 8192] [--dim 128]
-          [--layouts pk random 4-classes] [--no-train-step]
+          [--layouts pk random 4-classes] [--losses ...] [--no-train-step]
 
 Label layouts: `pk` P×K batches of 16 per class (64 × 16 at N = 1,024), `random` uniform labels
 over N/8 classes (about 8 per class), `4-classes` uniform labels over 4 classes.
@@ -14,9 +14,15 @@ The training step: a conv tower on N = 1,024 28×28 images (P×K 64 × 16), `tra
 with and without the three training metrics, round-robin.
 The "distance + input checks" row is the distance matrix with what every loss now does at its
 door (shape checks, free when traced, and the NaN guard on the value): its ratio is their cost.
+The pair losses of pytorch-metric-learning (Multi-Similarity with its miner, Circle, NT-Xent; cosine
+similarity) are timed against the same L2 distance matrix ("distance only"; "angular distance only" is
+the cosine matrix they start from). Proxy-Anchor and ArcFace are timed, with the gradient to the
+embeddings and to the C = 1,000 class weights, against that `[N, d] × [d, C]` matmul alone
+("class matmul").
 Targets (2-core CPU, N = 1,024): semi-hard ≤ 3× for pk and random, ≤ 6× for any layout;
-batch-hard and lifted ≤ 1.8×; contrastive ≤ 1.5×; every loss under 4 GB at N = 8,192; a
-training step with the metrics ≤ 1.1× the step without.
+batch-hard and lifted ≤ 1.8×; contrastive ≤ 1.5×; Multi-Similarity + miner, Circle, NT-Xent ≤ 2×;
+Proxy-Anchor and ArcFace ≤ 2× the class matmul; every loss under 4 GB at N = 8,192; a training step
+with the metrics ≤ 1.1× the step without.
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 LOSSES = ["distance only", "distance + input checks", "contrastive", "semi-hard", "batch-hard", "batch-all",
-          "lifted"]
+          "lifted", "angular distance only", "multi-similarity+miner", "circle", "ntxent", "class matmul",
+          "proxy-anchor", "arcface"]
+# Losses on [N, C] class cosines: timed with the gradient to the class weights too, against the matmul alone.
+CLASS_LOSSES = ("class matmul", "proxy-anchor", "arcface")
+CLASSES = 1000
 
 
 def _loss_fn(name: str):
@@ -40,8 +50,13 @@ def _loss_fn(name: str):
 
     from reprlearn.ops.distances import pairwise_distance
     from reprlearn.ops.labels import check_batch, nan_unless_finite
-    from reprlearn.losses import (in_batch_contrastive_loss, lifted_struct_loss, triplet_hard_loss, triplet_loss,
-                                  triplet_semihard_loss)
+    from reprlearn.losses import (arcface_loss, circle_loss, in_batch_contrastive_loss, lifted_struct_loss,
+                                  multi_similarity_loss, ntxent_loss, proxy_anchor_loss, triplet_hard_loss,
+                                  triplet_loss, triplet_semihard_loss)
+
+    def cosines(e, w):
+        return tf.matmul(tf.math.l2_normalize(e, axis=1), tf.math.l2_normalize(w, axis=0))
+
     return {
         "distance only": lambda y, e: tf.reduce_sum(pairwise_distance(e, "L2")),
         # What every loss adds at its door: the static shape checks and the non-finite guard on its value.
@@ -52,6 +67,13 @@ def _loss_fn(name: str):
         "batch-hard": lambda y, e: triplet_hard_loss(y, e, 0.2),
         "batch-all": lambda y, e: triplet_loss(y, e, "batch-all", 0.2),
         "lifted": lambda y, e: lifted_struct_loss(y, e, 1.0),
+        "angular distance only": lambda y, e: tf.reduce_sum(pairwise_distance(e, "angular")),
+        "multi-similarity+miner": lambda y, e: multi_similarity_loss(y, e, pair_miner="multi_similarity"),
+        "circle": lambda y, e: circle_loss(y, e),
+        "ntxent": lambda y, e: ntxent_loss(y, e),
+        "class matmul": lambda y, e, w: tf.reduce_sum(tf.matmul(e, w)),
+        "proxy-anchor": lambda y, e, w: proxy_anchor_loss(y, e, tf.transpose(w)),
+        "arcface": lambda y, e, w: arcface_loss(y, cosines(e, w)),
     }[name]
 
 
@@ -71,6 +93,18 @@ def _step(name: str):
     import tensorflow as tf
 
     fn = _loss_fn(name)
+    if name in CLASS_LOSSES:
+        weights = tf.random.stateless_normal([128 if _DIM is None else _DIM, CLASSES], seed=[0, 1])
+
+        @tf.function
+        def class_step(y, e):
+            with tf.GradientTape() as tape:
+                tape.watch([e, weights])
+                value = fn(y % CLASSES, e, weights)
+            gradients = tape.gradient(value, [e, weights])
+            return value, gradients[0] + tf.reduce_sum(gradients[1])
+
+        return class_step
 
     @tf.function
     def step(y, e):
@@ -80,6 +114,9 @@ def _step(name: str):
         return value, tape.gradient(value, e)
 
     return step
+
+
+_DIM = None  # the embedding size of the class weights (set from --dim)
 
 
 LAYOUTS = ("pk", "random", "4-classes")
@@ -161,31 +198,34 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES, metavar="LOSS",
-                        help="losses to measure (the first row of each N is the ratio's base)")
+                        help="losses to measure (the first row of each N is the ratio's base; class matmul that of the class losses)")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
     parser.add_argument("--no-train-step", action="store_true", help="skip the training-step benchmark")
     parser.add_argument("--child", nargs=3, metavar=("LOSS", "N", "LAYOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global _DIM
+    _DIM = args.dim
     if args.child:
         print(json.dumps({"peak_bytes": peak_memory(args.child[0], int(args.child[1]), args.dim, args.child[2])}))
         return
 
     import tensorflow as tf
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, d = {args.dim}, float32, forward+backward")
-    header = f"{'N':>6} {'layout':<10} {'loss':<14} {'ms/call':>10} {'× distance':>11} {'peak MiB':>9}"
+    header = f"{'N':>6} {'layout':<10} {'loss':<24} {'ms/call':>10} {'× distance':>11} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))
     for n in args.sizes:
         for layout in args.layouts:
             seconds = times(args.losses, n, args.dim, layout)
-            base = seconds[args.losses[0]]
             for name in args.losses:
+                base = seconds["class matmul" if name in CLASS_LOSSES and "class matmul" in seconds
+                               else args.losses[0]]
                 peak = "-"
                 if not args.no_memory:
                     out = subprocess.run([sys.executable, __file__, "--child", name, str(n), layout, "--dim",
                                           str(args.dim)], capture_output=True, text=True, check=True)
                     peak = f"{json.loads(out.stdout.strip().splitlines()[-1])['peak_bytes'] / 2**20:.0f}"
-                print(f"{n:>6} {layout:<10} {name:<14} {seconds[name] * 1e3:>10.2f} {seconds[name] / base:>10.2f}× "
+                print(f"{n:>6} {layout:<10} {name:<24} {seconds[name] * 1e3:>10.2f} {seconds[name] / base:>10.2f}× "
                       f"{peak:>9}", flush=True)
     if not args.no_train_step:
         print("\nTraining step, conv tower, N = 1,024 (64 × 16), train_on_batch")

@@ -6,6 +6,7 @@ import pytest
 
 from reprlearn.cli import main
 from reprlearn.config import ConfigError, config_from_dict
+from reprlearn.config.losses import LOSS_TRAITS
 from reprlearn.data.imageset import ImageSet
 from reprlearn.training import run_training
 
@@ -83,7 +84,14 @@ def _untrained_scores(cfg) -> dict:
                                   {"name": "am_softmax", "margin": 0.2, "scale": 10.0},
                                   {"name": "supervised_contrastive", "scale": 10.0, "distance": "cosine"},
                                   {"name": "am_softmax", "margin": 0.2, "scale": 10.0, "jrd_weight": 1.0,
-                                   "reconstruction_weight": 1.0}],
+                                   "reconstruction_weight": 1.0},
+                                  # pytorch-metric-learning's losses at its defaults (CI: make test-all)
+                                  pytest.param({"name": "multi_similarity", "miner": "multi_similarity"},
+                                               marks=pytest.mark.slow),
+                                  pytest.param({"name": "circle"}, marks=pytest.mark.slow),
+                                  pytest.param({"name": "ntxent"}, marks=pytest.mark.slow),
+                                  pytest.param({"name": "proxy_anchor"}, marks=pytest.mark.slow),
+                                  pytest.param({"name": "arcface", "sub_centers": 2}, marks=pytest.mark.slow)],
                          ids=lambda loss: loss["name"] + ("-soft" if loss.get("soft") else "")
                          + ("-jrd-reconstruction" if loss.get("jrd_weight") else ""))
 def test_every_loss_learns_beyond_raw_pixels_and_the_untrained_tower(tmp_path, loss):
@@ -96,7 +104,7 @@ def test_every_loss_learns_beyond_raw_pixels_and_the_untrained_tower(tmp_path, l
     # Its own objective too: verification ROC AUC rises over the untrained tower's.
     assert metrics["verification"]["roc_auc"] > untrained["roc_auc"] + 0.05
     history = report["train"]["history"]
-    if loss["name"] == "am_softmax":  # trained through cosine class weights: it classifies its training classes
+    if LOSS_TRAITS[loss["name"]].classifier:  # trained through cosine class weights: it classifies its classes
         # (with JRD and reconstruction the model has several outputs, and Keras prefixes the output's name)
         assert history[-1]["class_cosines_accuracy" if loss.get("jrd_weight") else "accuracy"] > 0.8
     elif loss["name"] != "pair_contrastive":
@@ -142,8 +150,20 @@ def test_loss_config_combinations_are_checked():
     assert _cfg(loss={"name": "triplet_semihard", "distance": "cosine"}).loss.distance == "angular"
     with pytest.raises(ConfigError, match="loss.name='triplet_semihard'"):
         _cfg(loss={"name": "triplet_semihard", "soft": True})
-    with pytest.raises(ConfigError, match="loss.name='arcface'"):
-        _cfg(loss={"name": "arcface"})
+    with pytest.raises(ConfigError, match="loss.name='sphereface'"):
+        _cfg(loss={"name": "sphereface"})
+    # The losses beyond triplet take their own defaults for what the config leaves out, and their own keys only.
+    arcface = _cfg(loss={"name": "arcface"}).loss
+    assert (arcface.margin, arcface.scale, arcface.distance, arcface.sub_centers) == (0.5, 64.0, "angular", 1)
+    assert _cfg(loss={"name": "circle", "margin": 0.25}).loss.margin == 0.25
+    for loss, match in (({"name": "triplet_hard", "miner": "multi_similarity"}, "triplet_hard takes no pairs"),
+                        ({"name": "contrastive", "temperature": 0.1}, r"loss.temperature applies to \['ntxent'\]"),
+                        ({"name": "arcface", "margin": 1.6}, "Received: loss.margin=1.6"),
+                        ({"name": "circle", "distance": "L2"}, "Received: loss.distance='L2'"),
+                        ({"name": "ntxent", "temperature": -0.1}, "Received: loss.temperature=-0.1"),
+                        ({"name": "arcface", "sub_centers": 0}, "Received: loss.sub_centers=0")):
+        with pytest.raises(ConfigError, match=match):
+            _cfg(loss=loss)
 
 
 def test_bad_inputs_fail_before_training(tmp_path, tiny_sets):

@@ -29,12 +29,12 @@ def _trial_files(out: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in (out / "search").glob("trial_*/trial.json")}
 
 
-def test_tune_refuses_a_classifier_base_loss_with_a_loss_search(tmp_path):
-    # The smoke config searches search.loss over in-batch losses, which a classifier loss cannot switch to.
+def test_tune_refuses_a_pair_model_loss_and_a_per_loss_range_no_loss_takes(tmp_path):
+    # search.gamma is Circle's; the smoke config's losses do not take it.
     done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "tune", str(SMOKE), "--out", str(tmp_path / "t"),
-                           "--set", "loss.name=am_softmax"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "a classifier loss with no search.loss" in done.stderr
-    assert "Received: loss.name='am_softmax'" in done.stderr and not (tmp_path / "t").exists()
+                           "--set", "search.gamma=[10, 100]"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "search.gamma applies to ['circle']" in done.stderr
+    assert "Received: search.gamma=[10.0, 100.0]" in done.stderr and not (tmp_path / "t").exists()
     done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "tune", str(SMOKE), "--out", str(tmp_path / "t"),
                            "--set", "loss.name=pair_contrastive", "--set", "search.loss=[]"],
                           capture_output=True, text=True, timeout=120)
@@ -181,3 +181,34 @@ def test_open_set_search_keys_are_checked_before_any_trial(tmp_path, capsys, ite
     assert main(["tune", str(SMOKE), "--out", str(tmp_path), "--set", item]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "search").exists()
+
+
+def test_trials_of_the_losses_beyond_triplet_take_their_own_defaults_and_ranges():
+    import keras_tuner
+
+    from reprlearn.config import config_from_dict
+    from reprlearn.config.rules import check_config
+    from reprlearn.training.tuning import RetrievalHyperModel, trial_config
+
+    cfg = config_from_dict({"loss": {"name": "triplet_semihard", "margin": 0.2},
+                            "search": {"loss": ["triplet_semihard", "circle", "ntxent", "proxy_anchor", "arcface"],
+                                       "temperature": [0.03, 0.3], "gamma": [16.0, 256.0]}})
+    want = {"triplet_semihard": (0.2, "L2", None, None), "circle": (0.4, "angular", None, 80.0),
+            "ntxent": (0.5, "angular", 0.07, None), "proxy_anchor": (0.1, "angular", None, None),
+            "arcface": (0.5, "angular", None, None)}
+    for loss, (margin, distance, temperature, gamma) in want.items():
+        trial = trial_config(cfg, {"loss": loss})
+        check_config(trial)
+        assert (trial.loss.margin, trial.loss.distance, trial.loss.temperature, trial.loss.gamma) == (
+            margin, distance, temperature, gamma), loss
+    assert trial_config(cfg, {"loss": "proxy_anchor"}).loss.proxy_learning_rate_factor == 100.0
+    assert trial_config(cfg, {"loss": "arcface"}).loss.scale == 64.0
+    # A per-loss range is declared under the loss it belongs to: a trial of another loss has no value for it.
+    model = RetrievalHyperModel(cfg, splits=None, verbose=0)
+    for loss in ("ntxent", "circle", "triplet_semihard"):
+        hp = keras_tuner.HyperParameters()
+        hp.values["loss"] = loss
+        values = model.declare(hp)
+        assert ("temperature" in values) == (loss == "ntxent") and ("gamma" in values) == (loss == "circle")
+        assert trial_config(cfg, values).loss.temperature == values.get(
+            "temperature", 0.07 if loss == "ntxent" else None)

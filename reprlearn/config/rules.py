@@ -178,7 +178,7 @@ def _check_verifier(cfg: Config) -> None:
 
 
 def _check_search(search: SearchConfig) -> None:
-    for key in ("margin", "learning_rate"):
+    for key in ("margin", "learning_rate", "alpha", "gamma", "temperature"):
         value = getattr(search, key)
         if value and not (len(value) == 2 and 0 < value[0] < value[1]):
             raise ConfigError(f"config: search.{key} must be a range [low, high] with 0 < low < high, or []. "

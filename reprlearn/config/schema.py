@@ -225,6 +225,11 @@ class SearchConfig:
     reconstruction_weight: list[float] = field(default_factory=list)
     joint_layers: list[str] = field(default_factory=list)
     augment: list[str] = field(default_factory=list)
+    # Per-loss ranges [low, high], searched only in trials whose loss takes the key (loss.alpha: multi_similarity,
+    # proxy_anchor; loss.gamma: circle; loss.temperature: ntxent); the other trials keep their loss's default.
+    alpha: list[float] = field(default_factory=list)
+    gamma: list[float] = field(default_factory=list)
+    temperature: list[float] = field(default_factory=list)
     objective: str = choice("val_map_at_r", TUNING_OBJECTIVES)
 
 

@@ -21,23 +21,38 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from reprlearn.losses.pairs import log_one_plus_sum_exp
 from reprlearn.ops.checks import check_non_negative_number, check_positive_number
 from reprlearn.ops.labels import check_batch, check_class_ids, nan_unless_finite
 from reprlearn.ops.replicas import global_batch, per_replica_share
 
 
+def _log_one_plus(values, bound):
+    """`log(1 + Σ exp(values))` given the sum's terms already shifted by `bound` (>= 0, no gradient): `bound +
+    log(exp(−bound) + Σ exp(values − bound))`, so neither sum overflows whatever α is."""
+    return bound + tf.math.log(tf.exp(-bound) + values)
+
+
 def _proxy_anchor(labels, cosines, margin: float, alpha: float, caller: str) -> tf.Tensor:
-    """The loss from `[N, C]` cosines between the batch and the proxies (float32)."""
+    """The loss from `[N, C]` cosines between the batch and the proxies (float32).
+
+    Each item has one positive proxy (its class's), so the positive terms are N values summed per class
+    (segment sums), and the negative terms one masked column sum of the `[N, C]` matrix: no transposes, no
+    masked `[C, N]` log-sum-exp (about 1.5× cheaper)."""
     cosines = tf.cast(cosines, tf.float32)
     classes = tf.shape(cosines)[1]
-    member = tf.transpose(tf.one_hot(check_class_ids(labels, classes, caller), classes, on_value=True,
-                                     off_value=False, dtype=tf.bool))          # [C, N]: x is of class c
-    by_proxy = tf.transpose(cosines)                                           # [C, N]
-    positive_terms = log_one_plus_sum_exp(-alpha * (by_proxy - margin), member)
-    negative_terms = log_one_plus_sum_exp(alpha * (by_proxy + margin), tf.logical_not(member))
-    present = tf.reduce_sum(tf.cast(tf.reduce_any(member, axis=1), tf.float32))
-    return (tf.math.divide_no_nan(tf.reduce_sum(positive_terms), present)
+    labels = check_class_ids(labels, classes, caller)
+    member = tf.one_hot(labels, classes, dtype=tf.float32)                            # [N, C]
+    # Negative terms: every item against every proxy not its class's.
+    pushed = alpha * (cosines + margin)
+    push_bound = tf.stop_gradient(tf.maximum(tf.reduce_max(pushed, axis=0), 0.0))    # [C]
+    negative_terms = _log_one_plus(tf.reduce_sum(tf.exp(pushed - push_bound) * (1.0 - member), axis=0), push_bound)
+    # Positive terms: each item against its own class's proxy, summed per class present in the batch.
+    pulled = -alpha * (tf.gather(cosines, labels[:, None], batch_dims=1)[:, 0] - margin)   # [N]
+    pull_bound = tf.stop_gradient(tf.maximum(tf.math.unsorted_segment_max(pulled, labels, classes), 0.0))
+    pulled_sums = tf.math.unsorted_segment_sum(tf.exp(pulled - tf.gather(pull_bound, labels)), labels, classes)
+    present = tf.reduce_sum(member, axis=0) > 0.0
+    positive_terms = tf.where(present, _log_one_plus(pulled_sums, pull_bound), 0.0)
+    return (tf.math.divide_no_nan(tf.reduce_sum(positive_terms), tf.reduce_sum(tf.cast(present, tf.float32)))
             + tf.reduce_sum(negative_terms) / tf.cast(classes, tf.float32))
 
 

@@ -11,7 +11,6 @@ with at least one positive.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp

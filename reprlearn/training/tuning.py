@@ -18,6 +18,7 @@ continues the search (an interrupted trial is retried), and the `KERASTUNER_TUNE
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -30,7 +31,8 @@ import keras_tuner
 import numpy as np
 
 from reprlearn.config import Config, ConfigError, config_to_dict
-from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_TRAITS
+from reprlearn.config.schema import LossConfig
+from reprlearn.config.losses import LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES
 from reprlearn.data import Splits
 from reprlearn.models import build_tower
 from reprlearn.models.joint import check_tower_layers
@@ -49,7 +51,9 @@ TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "search"
 # Hyperparameters, each fixed to the config's own value when its search list is empty.
 HYPERPARAMETERS = ("margin", "embedding_dim", "learning_rate", "loss", "classes_per_batch", "examples_per_class",
-                   "jrd_weight", "reconstruction_weight", "joint_layers", "augment")
+                   "jrd_weight", "reconstruction_weight", "joint_layers", "augment", "alpha", "gamma", "temperature")
+# Searched only in the trials whose loss takes them (the keys its LOSS_TRAITS defaults list).
+PER_LOSS = ("alpha", "gamma", "temperature")
 JOINED = "+"  # a search.joint_layers choice: layer names joined by "+" (keras-tuner choices are scalars)
 
 
@@ -69,10 +73,15 @@ def check_search(cfg: Config, splits: Splits) -> None:
         raise ConfigError(f"config: search.classes_per_batch exceeds the {classes} training classes. "
                           f"Received: search.classes_per_batch={cfg.search.classes_per_batch or too_many}")
     spec = LOSS_TRAITS[cfg.loss.name]
-    if spec.batch != "pk" or (spec.classifier and cfg.search.loss):
+    if spec.batch != "pk":
         raise ConfigError(f"config: reprlearn tune trains on P×K batches: loss.name must be one of "
-                          f"{list(IN_BATCH_LOSSES)}, or a classifier loss with no search.loss. "
-                          f"Received: loss.name={cfg.loss.name!r}, search.loss={cfg.search.loss!r}")
+                          f"{list(PK_LOSSES)}. Received: loss.name={cfg.loss.name!r}")
+    losses = cfg.search.loss or [cfg.loss.name]
+    for key in PER_LOSS:
+        if getattr(cfg.search, key) and not any(key in LOSS_TRAITS[name].defaults for name in losses):
+            takers = [name for name, traits in LOSS_TRAITS.items() if key in traits.defaults]
+            raise ConfigError(f"config: search.{key} applies to {takers}, and no loss of the search takes it. "
+                              f"Received: search.{key}={getattr(cfg.search, key)!r}, losses={losses}")
     if cfg.search.jrd_weight and not spec.classifier:
         raise ConfigError(f"config: search.jrd_weight needs a classifier base loss (loss.name: am_softmax). "
                           f"Received: loss.name={cfg.loss.name!r}")
@@ -92,9 +101,15 @@ def check_search(cfg: Config, splits: Splits) -> None:
 
 
 def trial_config(cfg: Config, values: dict) -> Config:
-    """The base config with one trial's hyperparameter values applied."""
+    """The base config with one trial's hyperparameter values applied. A trial whose loss is not the config's takes
+    that loss's own defaults (margin, scale, its per-loss keys) where the search does not set them."""
     loss = values.get("loss", cfg.loss.name)
     spec = LOSS_TRAITS[loss]
+    own = loss == cfg.loss.name
+    per_loss = {key: (getattr(cfg.loss, key) if own else spec.defaults.get(key)) for key in LOSS_OPTIONS}
+    per_loss.update({key: float(values[key]) for key in PER_LOSS if key in values and key in spec.defaults})
+    base = cfg.loss if own else dataclasses.replace(cfg.loss, **{
+        key: spec.defaults.get(key, getattr(LossConfig(), key)) for key in ("margin", "scale")})
     joint_layers = joint_layer_choice(values["joint_layers"]) if "joint_layers" in values else cfg.model.joint_layers
     # The config's joint weights where they fit the trial's layers; otherwise every part weighs 1.
     joint_weights = cfg.model.joint_weights if len(cfg.model.joint_weights) == len(joint_layers) + 1 else []
@@ -104,9 +119,11 @@ def trial_config(cfg: Config, values: dict) -> Config:
         model=dataclasses.replace(cfg.model, embedding_dim=int(values.get("embedding_dim", cfg.model.embedding_dim)),
                                   joint_layers=joint_layers, joint_weights=joint_weights),
         # A trial's loss keeps the config's distance and soft flag where it accepts them (the registry says).
-        loss=dataclasses.replace(cfg.loss, name=loss, margin=float(values.get("margin", cfg.loss.margin)),
-                                 distance=cfg.loss.distance if cfg.loss.distance in spec.distances
-                                 else spec.distances[0],
+        loss=dataclasses.replace(base, name=loss, margin=float(values.get("margin", base.margin)), **per_loss,
+                                 miner=cfg.loss.miner if spec.pairs else "none",
+                                 distance=cfg.loss.distance if own else spec.defaults.get(
+                                     "distance", cfg.loss.distance if cfg.loss.distance in spec.distances
+                                     else spec.distances[0]),
                                  soft=cfg.loss.soft and spec.soft,
                                  jrd_weight=float(values.get("jrd_weight", cfg.loss.jrd_weight)) if spec.classifier
                                  else 0.0,
@@ -151,6 +168,15 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
         for name in ("jrd_weight", "reconstruction_weight", "joint_layers", "augment"):
             if getattr(s, name):
                 values[name] = hp.Choice(name, getattr(s, name))
+        loss = values.get("loss", self.cfg.loss.name)
+        for name in PER_LOSS:
+            if getattr(s, name):
+                takers = [n for n in (s.loss or [self.cfg.loss.name]) if name in LOSS_TRAITS[n].defaults]
+                with hp.conditional_scope("loss", takers) if s.loss else contextlib.nullcontext():
+                    low, high = getattr(s, name)
+                    value = hp.Float(name, low, high, sampling="log")
+                if loss in takers:
+                    values[name] = value
         return values
 
     def build(self, hp):
