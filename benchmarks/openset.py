@@ -40,6 +40,15 @@ SEMIHARD = {"loss.name": "triplet_semihard", "loss.margin": "0.2", "loss.jrd_wei
 CONTRASTIVE = {"loss.name": "contrastive", "loss.margin": "0.5", "loss.jrd_weight": "0.0"}
 AM = {"loss.name": "am_softmax", "loss.scale": "20.0", "loss.margin": "0.1", "loss.jrd_weight": "0.0"}
 AM_JRD = {**AM, "loss.jrd_weight": "1.0"}
+# pytorch-metric-learning's losses at its defaults (cosine similarity), each setting the loss keys the base configs
+# also set, so none is inherited from the base config's own loss.
+PML_ROWS = {
+    "Multi-Similarity + miner": {"loss.name": "multi_similarity", "loss.miner": "multi_similarity"},
+    "Circle": {"loss.name": "circle", "loss.margin": "0.4"},
+    "NT-Xent (labels)": {"loss.name": "ntxent"},
+    "Proxy-Anchor": {"loss.name": "proxy_anchor", "loss.margin": "0.1"},
+    "ArcFace": {"loss.name": "arcface", "loss.margin": "0.5", "loss.scale": "64.0"},
+}
 
 
 # Each dataset's P×K batch of classes (P classes × K images); the self-supervised row draws as many images per step.
@@ -73,6 +82,8 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
         "semi-hard, joint, + augmentation": {**SEMIHARD, **joint, "data.augment": "light"},
         "semi-hard, joint <= 256, + augmentation": {**SEMIHARD, **small, "data.augment": "light"},
         "SupCon on augmented views (no labels), joint": {**views(dataset), **joint},
+        **{name: {"loss.jrd_weight": "0.0", "loss.distance": "cosine", **loss, **HEAD_ONLY}
+           for name, loss in PML_ROWS.items()},
     }
     p, k = CLASS_BATCH[dataset]
     return {name: {"data.augment": "none", "data.positives": "classes", "loss.reconstruction_weight": "0.0",
