@@ -26,7 +26,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import reprlearn  # noqa: E402
-from reprlearn.losses import InBatchContrastiveLoss, LiftedStructLoss, TripletLoss  # noqa: E402
+from reprlearn.layers import CosineClassifier  # noqa: E402
+from reprlearn.losses import (  # noqa: E402
+    CircleLoss,
+    InBatchContrastiveLoss,
+    LiftedStructLoss,
+    MultiSimilarityLoss,
+    NTXentLoss,
+    ProxyAnchorLoss,
+    TripletLoss,
+)
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance  # noqa: E402
 from reprlearn.training.strategies import make_strategy  # noqa: E402
 
@@ -37,6 +46,11 @@ LOSSES = {
     "triplet_batch_all": lambda cross: TripletLoss("batch-all", margin=0.5, active_only=True, cross_replica=cross),
     "lifted_struct": lambda cross: LiftedStructLoss(margin=1.0, cross_replica=cross),
     "addons_semihard": lambda cross: reprlearn.losses.TripletSemiHardLoss(margin=0.5, cross_replica=cross),
+    "multi_similarity": lambda cross: MultiSimilarityLoss(pair_miner="multi_similarity", cross_replica=cross),
+    "circle": lambda cross: CircleLoss(gamma=16.0, cross_replica=cross),  # γ 80 turns summation order into 1e-6
+    "ntxent": lambda cross: NTXentLoss(temperature=0.5, cross_replica=cross),
+    # Trained through 8 class weights (the proxies): its loss is over the batch's classes, not its items.
+    "proxy_anchor": lambda cross: ProxyAnchorLoss(cross_replica=cross),
 }
 
 # A P×K batch: 8 classes × 4 examples, classes contiguous, so each replica holds 4 whole classes.
@@ -58,8 +72,15 @@ def one_step(make_loss, strategy=None) -> tuple[list[np.ndarray], dict]:
     with scope:
         model = tower()
         loss = make_loss()
-        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss,
-                      metrics=[ActiveFraction(loss), MeanPositiveDistance(loss=loss), MeanNegativeDistance(loss=loss)])
+        if isinstance(loss, ProxyAnchorLoss):
+            model = keras.Sequential([model, CosineClassifier(8)])
+            model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+        else:
+            # The metrics at the loss's distance read its memo (the global batch or the replica's slice, as it
+            # mined); at another distance they would compute for themselves on the global batch.
+            model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss, metrics=[
+                ActiveFraction(loss), MeanPositiveDistance(loss.distance, loss=loss),
+                MeanNegativeDistance(loss.distance, loss=loss)])
     history = model.fit(INPUTS, LABELS, batch_size=32, epochs=1, shuffle=False, verbose=0)
     return model.get_weights(), {name: float(values[-1]) for name, values in history.history.items()}
 
