@@ -257,3 +257,44 @@ def test_bad_input_names_the_argument():
     from reprlearn.losses import TripletSemiHardLoss
     with pytest.raises(ValueError, match="pair_miner"):
         TripletSemiHardLoss(pair_miner="multi_similarity")
+
+
+def test_models_compiled_with_each_loss_reload_in_a_fresh_process(tmp_path):
+    """A `.keras` file keeps the loss (its miner and settings); a process that imports only keras and reprlearn
+    loads it and gets the same loss value."""
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(12, 6)).astype(np.float32), np.repeat(np.arange(4), 3)
+    losses = {"multi_similarity": MultiSimilarityLoss(alpha=3.0, pair_miner=MultiSimilarityMiner(0.2)),
+              "circle": CircleLoss(m=0.25, gamma=64.0), "ntxent": NTXentLoss(temperature=0.2),
+              "proxy_anchor": ProxyAnchorLoss(margin=0.2), "arcface": ArcFaceLoss(scale=32.0, margin=0.3)}
+    want = {}
+    for name, loss in losses.items():
+        keras.utils.set_random_seed(0)
+        layers = [keras.Input((6,)), keras.layers.Dense(4)]
+        if name in ("proxy_anchor", "arcface"):
+            layers.append(CosineClassifier(4, sub_centers=2 if name == "arcface" else 1))
+        model = keras.Sequential(layers)
+        model.compile(optimizer="adam", loss=loss)
+        model.save(tmp_path / f"{name}.keras")
+        want[name] = [float(model.compute_loss(x, labels, model(x))), loss.get_config()]
+    script = f"""
+import json, sys
+import keras, numpy as np
+import reprlearn
+x, labels = np.random.default_rng(0).normal(size=(12, 6)).astype(np.float32), np.repeat(np.arange(4), 3)
+out = {{}}
+for name in {sorted(losses)!r}:
+    model = keras.saving.load_model({str(tmp_path)!r} + "/" + name + ".keras")
+    out[name] = [float(model.compute_loss(x, labels, model(x))), model.loss.get_config()]
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (value, config) in want.items():
+        assert got[name][0] == pytest.approx(value, rel=1e-5), name
+        assert got[name][1] == json.loads(json.dumps(config)), name
