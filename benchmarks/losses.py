@@ -198,7 +198,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES, metavar="LOSS",
-                        help="losses to measure (the first row of each N is the ratio's base; class matmul that of the class losses)")
+                        help="losses to measure (the first row of each N is the ratio's base; class matmul that of "
+                             "the class losses)")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
     parser.add_argument("--no-train-step", action="store_true", help="skip the training-step benchmark")
     parser.add_argument("--child", nargs=3, metavar=("LOSS", "N", "LAYOUT"), help=argparse.SUPPRESS)

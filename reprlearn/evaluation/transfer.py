@@ -67,7 +67,8 @@ def _train_head(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, step
     """
     keras.utils.set_random_seed(seed)
     tower_layers = [] if tower is None else [layer.name for layer in tower.layers if layer.weights]
-    optimizer = LayerRateAdam(HEAD_LEARNING_RATE, layer_factors={name: TOWER_LEARNING_RATE_FACTOR for name in tower_layers})
+    optimizer = LayerRateAdam(HEAD_LEARNING_RATE,
+                              layer_factors={name: TOWER_LEARNING_RATE_FACTOR for name in tower_layers})
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     x, y = tf.constant(inputs, tf.float32), tf.constant(labels)
 

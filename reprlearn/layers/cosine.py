@@ -36,7 +36,8 @@ class CosineClassifier(keras.layers.Layer):
         self.num_classes, self.sub_centers = num_classes, sub_centers
 
     def build(self, input_shape):
-        self.class_weights = self.add_weight(shape=(int(input_shape[-1]), self.num_classes * self.sub_centers), name="class_weights",
+        self.class_weights = self.add_weight(shape=(int(input_shape[-1]), self.num_classes * self.sub_centers),
+                                             name="class_weights",
                                              initializer="glorot_uniform", dtype="float32")
 
     def call(self, embeddings):

@@ -17,11 +17,9 @@ import keras
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
-from reprlearn.losses.pair_miners import get_pair_miner
-from reprlearn.losses.pairs import misranked_share, similarity_matrix
+from reprlearn.losses.pairs import misranked_share, scored_pairs, similarity_matrix
 from reprlearn.ops.checks import check_number_in, check_positive_number
-from reprlearn.ops.distances import pairwise_distance
-from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
+from reprlearn.ops.labels import nan_unless_finite
 
 
 def _check_relaxation(m) -> float:
@@ -57,11 +55,7 @@ def circle_loss(labels, embeddings, m: float = 0.4, gamma: float = 80.0, pair_mi
         A scalar in the embeddings' dtype; 0 with a zero gradient when no anchor has both a positive and a
         negative.
     """
-    labels, embeddings = check_batch(labels, embeddings)
-    distances = pairwise_distance(embeddings, "angular")
-    positive, negative = pair_masks(labels)
-    if pair_miner is not None:
-        positive, negative = get_pair_miner(pair_miner).mine(distances, positive, negative)
+    embeddings, _, distances, positive, negative = scored_pairs(labels, embeddings, "angular", pair_miner)
     value = _circle(distances, positive, negative, _check_relaxation(m), check_positive_number("gamma", gamma))
     return tf.cast(nan_unless_finite(value, embeddings), embeddings.dtype)
 

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from reprlearn.losses.pair_miners import resolve_miner
 from reprlearn.ops.labels import by_positive_count, pair_masks, positive_slots
 
 
@@ -317,12 +318,4 @@ MINERS = {"semi-hard": SemiHardMiner, "batch-hard": BatchHardMiner, "batch-all":
 
 def get_miner(identifier) -> Miner:
     """A miner from a name in `MINERS`, a serialized config, or a `Miner` (returned as is)."""
-    if isinstance(identifier, Miner):
-        return identifier
-    if isinstance(identifier, dict):
-        miner = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(miner, Miner):
-            return miner
-    if isinstance(identifier, str) and identifier in MINERS:
-        return MINERS[identifier]()
-    raise ValueError(f"miner must be one of {list(MINERS)} or a Miner. Received: miner={identifier!r}")
+    return resolve_miner(identifier, Miner, MINERS, "miner", "a Miner")

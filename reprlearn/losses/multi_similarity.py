@@ -18,11 +18,16 @@ import keras
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss
-from reprlearn.losses.pair_miners import get_pair_miner
-from reprlearn.losses.pairs import log_one_plus_sum_exp, misranked_share, pair_margin, similarity_matrix
+from reprlearn.losses.pairs import (
+    log_one_plus_sum_exp,
+    misranked_share,
+    pair_margin,
+    scored_pairs,
+    similarity_matrix,
+)
 from reprlearn.ops.checks import check_finite_number, check_positive_number
-from reprlearn.ops.distances import Distance, check_metric, pairwise_distance
-from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
+from reprlearn.ops.distances import Distance, check_metric
+from reprlearn.ops.labels import nan_unless_finite
 
 
 def _check_base(base) -> float:
@@ -56,12 +61,7 @@ def multi_similarity_loss(labels, embeddings, alpha: float = 2.0, beta: float = 
     Returns:
         A scalar in the embeddings' dtype (NaN if an embedding is NaN or infinite).
     """
-    labels, embeddings = check_batch(labels, embeddings)
-    metric = check_metric(distance)
-    distances = pairwise_distance(embeddings, metric)
-    positive, negative = pair_masks(labels)
-    if pair_miner is not None:
-        positive, negative = get_pair_miner(pair_miner).mine(distances, positive, negative)
+    embeddings, metric, distances, positive, negative = scored_pairs(labels, embeddings, distance, pair_miner)
     losses = _anchor_losses(distances, positive, negative, metric, check_positive_number("alpha", alpha),
                             check_positive_number("beta", beta), _check_base(base))
     return tf.cast(nan_unless_finite(tf.reduce_mean(losses), embeddings), embeddings.dtype)

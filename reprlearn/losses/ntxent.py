@@ -18,11 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
-from reprlearn.losses.pair_miners import get_pair_miner
-from reprlearn.losses.pairs import misranked_share, similarity_matrix
+from reprlearn.losses.pairs import misranked_share, scored_pairs, similarity_matrix
 from reprlearn.ops.checks import check_positive_number
-from reprlearn.ops.distances import Distance, check_metric, pairwise_distance
-from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
+from reprlearn.ops.distances import Distance, check_metric
+from reprlearn.ops.labels import nan_unless_finite
 
 
 def _ntxent(distances, positive, negative, metric, temperature: float) -> tf.Tensor:
@@ -54,12 +53,7 @@ def ntxent_loss(labels, embeddings, temperature: float = 0.07, distance: Distanc
     Returns:
         A scalar in the embeddings' dtype; 0 with a zero gradient for a batch without a positive pair.
     """
-    labels, embeddings = check_batch(labels, embeddings)
-    metric = check_metric(distance)
-    distances = pairwise_distance(embeddings, metric)
-    positive, negative = pair_masks(labels)
-    if pair_miner is not None:
-        positive, negative = get_pair_miner(pair_miner).mine(distances, positive, negative)
+    embeddings, metric, distances, positive, negative = scored_pairs(labels, embeddings, distance, pair_miner)
     value = _ntxent(distances, positive, negative, metric, check_positive_number("temperature", temperature))
     return tf.cast(nan_unless_finite(value, embeddings), embeddings.dtype)
 

@@ -69,18 +69,24 @@ class MultiSimilarityMiner:
 PAIR_MINERS = {"multi_similarity": MultiSimilarityMiner}
 
 
-def get_pair_miner(identifier) -> MultiSimilarityMiner:
-    """A pair miner from a name in `PAIR_MINERS`, a serialized config, or a pair miner (returned as is)."""
-    if isinstance(identifier, MultiSimilarityMiner):
+def resolve_miner(identifier, kind: type, registry: dict, argument: str, example: str):
+    """A miner of class `kind` from a name in `registry`, a serialized config, or such a miner (returned as is);
+    ValueError naming `argument` otherwise."""
+    if isinstance(identifier, kind):
         return identifier
     if isinstance(identifier, dict):
         miner = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(miner, MultiSimilarityMiner):
+        if isinstance(miner, kind):
             return miner
-    if isinstance(identifier, str) and identifier in PAIR_MINERS:
-        return PAIR_MINERS[identifier]()
-    raise ValueError(f"pair_miner must be one of {list(PAIR_MINERS)} or a pair miner such as "
-                     f"MultiSimilarityMiner(). Received: pair_miner={identifier!r}")
+    if isinstance(identifier, str) and identifier in registry:
+        return registry[identifier]()
+    raise ValueError(f"{argument} must be one of {list(registry)} or {example}. Received: {argument}={identifier!r}")
+
+
+def get_pair_miner(identifier) -> MultiSimilarityMiner:
+    """A pair miner from a name in `PAIR_MINERS`, a serialized config, or a pair miner (returned as is)."""
+    return resolve_miner(identifier, MultiSimilarityMiner, PAIR_MINERS, "pair_miner",
+                         "a pair miner such as MultiSimilarityMiner()")
 
 
 def multi_similarity_miner(labels, embeddings, epsilon: float = 0.1,

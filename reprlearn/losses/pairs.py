@@ -13,6 +13,21 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import masked_logsumexp
+from reprlearn.losses.pair_miners import get_pair_miner
+from reprlearn.ops.distances import check_metric, pairwise_distance
+from reprlearn.ops.labels import check_batch, pair_masks
+
+
+def scored_pairs(labels, embeddings, metric, pair_miner):
+    """What a pair loss's function form scores: `(embeddings, metric, distances, positive, negative)`, the pairs
+    being every pair of the batch or those `pair_miner` keeps."""
+    labels, embeddings = check_batch(labels, embeddings)
+    metric = check_metric(metric)
+    distances = pairwise_distance(embeddings, metric)
+    positive, negative = pair_masks(labels)
+    if pair_miner is not None:
+        positive, negative = get_pair_miner(pair_miner).mine(distances, positive, negative)
+    return embeddings, metric, distances, positive, negative
 
 
 def similarity_matrix(distances: tf.Tensor, metric) -> tuple[tf.Tensor, bool]:
