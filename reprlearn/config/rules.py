@@ -95,8 +95,10 @@ def check_config(cfg: Config) -> None:
                           f"Received: train.examples_per_class={cfg.train.examples_per_class!r}")
     if cfg.data.positives == "views":
         _check_views(cfg)
-    if cfg.loss.margin < 0:
-        raise ConfigError(f"config: loss.margin must be >= 0. Received: loss.margin={cfg.loss.margin!r}")
+    if not (math.isfinite(cfg.loss.margin) and cfg.loss.margin >= 0):
+        raise ConfigError(f"config: loss.margin must be a finite number >= 0. Received: loss.margin={cfg.loss.margin!r}")
+    if not math.isfinite(cfg.loss.scale):
+        raise ConfigError(f"config: loss.scale must be a finite number > 0. Received: loss.scale={cfg.loss.scale!r}")
     spec = LOSS_TRAITS[cfg.loss.name]
     if cfg.loss.distance not in spec.distances:
         raise ConfigError(f"config: {cfg.loss.name} accepts loss.distance in {list(spec.distances)}. "
