@@ -239,6 +239,7 @@ def test_bad_input_names_the_argument():
             (lambda: ProxyAnchorLoss()([0, 7], cosines), "label 7 with num_classes=3"),
             (lambda: proxy_anchor_loss([0, 4], np.ones((2, 4)), np.ones((3, 4))), "label 4 with num_classes=3"),
             (lambda: CosineClassifier(3, sub_centers=0), "sub_centers=0"),
+            (lambda: proxy_anchor_loss([0, 1], np.ones((2, 4)), np.ones((3, 5))), "proxies.shape=(3, 5)"),
             (lambda: NTXentLoss(temperature=0.0), "temperature=0.0"),
             (lambda: ntxent_loss([0, 0], np.ones((2, 3)), temperature=-1.0), "temperature=-1.0"),
             (lambda: ArcFaceLoss(scale=0), "scale=0"),

@@ -76,6 +76,11 @@ def proxy_anchor_loss(labels, embeddings, proxies, margin: float = 0.1, alpha: f
         ValueError: a label outside [0, C), naming it and C.
     """
     labels, embeddings = check_batch(labels, embeddings)
+    proxies = tf.convert_to_tensor(proxies)
+    if proxies.shape.rank != 2 or (proxies.shape[1] is not None and embeddings.shape[1] is not None
+                                   and proxies.shape[1] != embeddings.shape[1]):
+        raise ValueError(f"proxies must be [C, d], one row per class with the embeddings' size d. Received: "
+                         f"proxies.shape={tuple(proxies.shape)}, embeddings.shape={tuple(embeddings.shape)}")
     unit = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
     cosines = tf.matmul(unit, tf.math.l2_normalize(tf.cast(proxies, tf.float32), axis=1), transpose_b=True)
     value = _proxy_anchor(labels, cosines, check_non_negative_number("margin", margin),
