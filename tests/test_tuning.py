@@ -193,8 +193,9 @@ def test_trials_of_the_losses_beyond_triplet_take_their_own_defaults_and_ranges(
     cfg = config_from_dict({"loss": {"name": "triplet_semihard", "margin": 0.2},
                             "search": {"loss": ["triplet_semihard", "circle", "ntxent", "proxy_anchor", "arcface"],
                                        "temperature": [0.03, 0.3], "gamma": [16.0, 256.0]}})
+    # (margin, distance, temperature, gamma): a loss without a margin of its own keeps the config's (NT-Xent's 0.2).
     want = {"triplet_semihard": (0.2, "L2", None, None), "circle": (0.4, "angular", None, 80.0),
-            "ntxent": (0.5, "angular", 0.07, None), "proxy_anchor": (0.1, "angular", None, None),
+            "ntxent": (0.2, "angular", 0.07, None), "proxy_anchor": (0.1, "angular", None, None),
             "arcface": (0.5, "angular", None, None)}
     for loss, (margin, distance, temperature, gamma) in want.items():
         trial = trial_config(cfg, {"loss": loss})

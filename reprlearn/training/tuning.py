@@ -31,7 +31,6 @@ import keras_tuner
 import numpy as np
 
 from reprlearn.config import Config, ConfigError, config_to_dict
-from reprlearn.config.schema import LossConfig
 from reprlearn.config.losses import LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES
 from reprlearn.data import Splits
 from reprlearn.models import build_tower
@@ -108,8 +107,9 @@ def trial_config(cfg: Config, values: dict) -> Config:
     own = loss == cfg.loss.name
     per_loss = {key: (getattr(cfg.loss, key) if own else spec.defaults.get(key)) for key in LOSS_OPTIONS}
     per_loss.update({key: float(values[key]) for key in PER_LOSS if key in values and key in spec.defaults})
-    base = cfg.loss if own else dataclasses.replace(cfg.loss, **{
-        key: spec.defaults.get(key, getattr(LossConfig(), key)) for key in ("margin", "scale")})
+    # Another loss's own margin and scale where it has them (Circle's m 0.4, ArcFace's s 64); the config's otherwise.
+    base = dataclasses.replace(cfg.loss, **{key: spec.defaults.get(key, getattr(cfg.loss, key))
+                                            for key in ("margin", "scale")}) if not own else cfg.loss
     joint_layers = joint_layer_choice(values["joint_layers"]) if "joint_layers" in values else cfg.model.joint_layers
     # The config's joint weights where they fit the trial's layers; otherwise every part weighs 1.
     joint_weights = cfg.model.joint_weights if len(cfg.model.joint_weights) == len(joint_layers) + 1 else []
