@@ -96,7 +96,8 @@ def check_config(cfg: Config) -> None:
     if cfg.data.positives == "views":
         _check_views(cfg)
     if not (math.isfinite(cfg.loss.margin) and cfg.loss.margin >= 0):
-        raise ConfigError(f"config: loss.margin must be a finite number >= 0. Received: loss.margin={cfg.loss.margin!r}")
+        raise ConfigError(f"config: loss.margin must be a finite number >= 0. "
+                          f"Received: loss.margin={cfg.loss.margin!r}")
     if not math.isfinite(cfg.loss.scale):
         raise ConfigError(f"config: loss.scale must be a finite number > 0. Received: loss.scale={cfg.loss.scale!r}")
     spec = LOSS_TRAITS[cfg.loss.name]

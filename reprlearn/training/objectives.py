@@ -176,8 +176,7 @@ def make_optimizer(cfg: Config, copied_layers: list[str] | tuple = ()) -> keras.
     if cfg.train.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(rate, cfg.train.epochs * cfg.train.steps_per_epoch)
     factors = {name: cfg.model.init_learning_rate_factor for name in copied_layers}
-    proxy_factor = loss_option(cfg.loss, "proxy_learning_rate_factor") if "proxy_learning_rate_factor" in LOSS_TRAITS[
-        cfg.loss.name].defaults else None
+    proxy_factor = loss_option(cfg.loss, "proxy_learning_rate_factor")  # None for a loss without proxies
     if proxy_factor is not None:
         factors[CLASS_OUTPUT] = proxy_factor
     factors = {name: factor for name, factor in factors.items() if factor != 1.0}
