@@ -280,3 +280,14 @@ def test_changing_only_eval_keys_re_evaluates_the_trained_model_without_training
     assert second["metrics"]["test"] == first["metrics"]["test"]  # the same model scores the same retrieval
     code, _, err = cli("train", config, "--set", "train.epochs=3", "--out", out)
     assert code == 2 and "train.epochs: 2 → 3" in err  # a training key still needs a new run
+
+
+def test_another_data_cache_continues_the_same_run(tmp_path, config):
+    """data.cache says where decoded images are kept, not what is trained: the finished run stays as it was."""
+    out = tmp_path / "run"
+    assert cli("train", config, "--out", out, "--quiet")[0] == 0
+    report = (out / "report.json").read_bytes()
+    code, printed, _ = cli("train", config, "--set", f"data.cache={tmp_path / 'decoded'}", "--out", out)
+    assert code == 0 and (out / "report.json").read_bytes() == report
+    code, _, error = cli("train", config, "--set", "train.seed=5", "--out", out)
+    assert code != 0 and "train.seed: 0 → 5" in error

@@ -194,11 +194,18 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     return out
 
 
+# Config keys that say how a run is computed, not what: changing one never makes it another run.
+RUNTIME_ONLY_KEYS = ("data.cache:",)
+
+
 def _check_same_run(out: Path, cfg: Config, data: dict) -> list[str]:
     """RunFolderError listing every key and split where the run in `out` differs from `cfg` and `data`, unless
     only `eval.*` keys differ (what is scored and drawn, not what is trained): then those differences."""
     stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
-    differences = config_differences(config_to_dict(config_from_dict(stored)), config_to_dict(cfg))
+    # Where decoded images are cached changes no number a run computes: a run continues under another data.cache.
+    differences = [difference for difference in config_differences(config_to_dict(config_from_dict(stored)),
+                                                                     config_to_dict(cfg))
+                   if not difference.startswith(RUNTIME_ONLY_KEYS)]
     old_prints = {name: split.get("fingerprint") for name, split
                   in read_json(out / RECORD_FILE).get("data", {}).get("splits", {}).items()}
     differences += [f"data: the {name} split's arrays differ (fingerprint {old_prints.get(name)} → "
