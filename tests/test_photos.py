@@ -543,3 +543,37 @@ def test_transfer_runs_on_a_folder_run(photo_run):
     study = transfer_study(run, shots=(1,), draws=1, steps=3)
     assert study["target_classes"] == [3, 4, 5] and "1" in study["shots"]          # the classes it never trained on
     assert set(study["thresholds"]) == {"frozen k-NN", "raw pixels k-NN (L2)", "raw pixels k-NN (cosine)"}
+
+
+@pytest.mark.slow
+def test_an_interrupted_folder_run_resumes_to_the_uninterrupted_model(tmp_path):
+    """A run streamed from a folder, stopped after its first epoch, resumes from the same batch with the same
+    optimizer state; its weights are those of the run that was never stopped."""
+    import keras
+
+    from reprlearn.config import config_from_dict
+    from reprlearn.training import run_training
+
+    make_photo_folder(tmp_path / "photos", classes=5, per_class=12, seed=7)
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    cfg = config_from_dict({
+        "data": {"name": f"folder:{tmp_path / 'photos'}", "image_size": [32, 32], "validation_fraction": 0.25,
+                 "augment": "light"},
+        "model": {"tower": "conv", "filters": [8], "dense": 16, "embedding_dim": 8},
+        "train": {"epochs": 3, "steps_per_epoch": 4, "classes_per_batch": 3, "examples_per_class": 4},
+        "eval": {"verification_pairs": 100, "projection": "pca", "projection_points": 20, "projector_points": 10,
+                 "grid_queries": 2, "grid_neighbours": 2}})
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "a", verbose=0, callbacks=[StopAfterFirstEpoch()])
+    assert json.loads((tmp_path / "a/checkpoints/state.json").read_text())["epochs_done"] == 1
+    resumed = run_training(cfg, tmp_path / "a", verbose=0)
+    assert resumed["train"]["resumed_from_epoch"] == 1 and resumed["train"]["epochs_this_session"] == 2
+    run_training(cfg, tmp_path / "b", verbose=0)
+    a = keras.saving.load_model(tmp_path / "a/model.keras").get_weights()
+    b = keras.saving.load_model(tmp_path / "b/model.keras").get_weights()
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
