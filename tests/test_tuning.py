@@ -29,16 +29,15 @@ def _trial_files(out: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in (out / "search").glob("trial_*/trial.json")}
 
 
-def test_tune_refuses_a_pair_model_loss_and_a_per_loss_range_no_loss_takes(tmp_path):
+def test_tune_refuses_a_pair_model_loss_and_a_per_loss_range_no_loss_takes(tmp_path, capsys):
     # search.gamma is Circle's; the smoke config's losses do not take it.
-    done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "tune", str(SMOKE), "--out", str(tmp_path / "t"),
-                           "--set", "search.gamma=[10, 100]"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "search.gamma applies to ['circle']" in done.stderr
-    assert "Received: search.gamma=[10.0, 100.0]" in done.stderr and not (tmp_path / "t").exists()
-    done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "tune", str(SMOKE), "--out", str(tmp_path / "t"),
-                           "--set", "loss.name=pair_contrastive", "--set", "search.loss=[]"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Received: loss.name='pair_contrastive'" in done.stderr
+    assert main(["tune", str(SMOKE), "--out", str(tmp_path / "t"), "--set", "search.gamma=[10, 100]"]) == 2
+    err = capsys.readouterr().err
+    assert "search.gamma applies to ['circle']" in err and "Received: search.gamma=[10.0, 100.0]" in err
+    assert not (tmp_path / "t").exists()
+    assert main(["tune", str(SMOKE), "--out", str(tmp_path / "t"), "--set", "loss.name=pair_contrastive",
+                 "--set", "search.loss=[]"]) == 2
+    assert "Received: loss.name='pair_contrastive'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, match", [
