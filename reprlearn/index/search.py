@@ -5,6 +5,13 @@ chunk's scores are kept, and the chunk is dropped before the next, so memory is
 O(chunk × N + Q × k), never Q × N. Ranking is exact for the metric; ties go to the lower index,
 as `tf.math.top_k` breaks them.
 
+The top k of a row is found without scanning it with `tf.math.top_k`, which costs ~3 ns an element
+on CPU where a maximum costs ~0.2: the row is cut into groups of g, the k groups with the largest
+maxima are kept (they hold the row's top k, see `top_k_by_group_maxima`), and only their k·g
+scores are ranked. Past `HOST_SELECTION_K` neighbours, where that no longer pays, each row's k-th
+score is found by selection (`numpy.partition`, linear time) on every core and only the k scores
+above it are sorted (`top_k_rows`).
+
 Example:
     for rows, distances, indices in search_chunks(gallery, k=5, queries=probe):
         ...   # rows: the probe rows of this chunk; [chunk, 5] distances and gallery indices, nearest first
@@ -12,7 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +31,10 @@ from reprlearn.ops.distances import METRICS, canonical_metric
 
 # Scores per chunk: chunk × N float32 values kept under about 128 MB.
 _CHUNK_VALUES = 1 << 25
+# From this many neighbours on, rows are ranked by selection on the host (benchmarks/search.py, the k sweep).
+HOST_SELECTION_K = 768
+# Largest group: past it the k·g candidates cost more than the maxima save (measured at N = 10^5, k = 1-100).
+_MAX_GROUP = 32
 
 
 def unit_rows(x):
@@ -39,27 +52,109 @@ def prepare_reference(reference, metric: str) -> tuple[np.ndarray, np.ndarray]:
     return reference, np.sum(reference ** 2, axis=1)
 
 
-def nearest(queries, reference, squared_norms, k, metric: str, excluded=None) -> tuple[tf.Tensor, tf.Tensor]:
-    """`(distances [Q, k], indices [Q, k])` in TensorFlow: the kernel's one formula, also served by SavedModels.
+def top_k_by_group_maxima(scores, k):
+    """`tf.math.top_k(scores, k)` (values and indices, ties to the lower index), found from group maxima.
+
+    Each row is cut into groups of g consecutive scores. An element of the row's top k lies in one of
+    the k groups with the largest maxima (ties to the lower group): were its group not among them,
+    those k groups' maxima would be k elements ranked before it. So only those groups' k·g scores
+    are ranked, taken in index order so that ties still go to the lower index.
+
+    Args:
+        scores: `[rows, n]` float32, higher = nearer.
+        k: scalar int, 1 <= k <= n.
+
+    Returns:
+        `(values [rows, k], indices [rows, k] int32)`, as `tf.math.top_k(scores, k, sorted=True)`.
+    """
+    rows, n = tf.shape(scores)[0], tf.shape(scores)[1]
+    k = tf.convert_to_tensor(k, tf.int32)
+    group = tf.clip_by_value(tf.cast(tf.sqrt(tf.cast(n, tf.float32) / tf.cast(k, tf.float32)), tf.int32),
+                             1, _MAX_GROUP)
+
+    def from_groups():
+        groups = (n + group - 1) // group
+        padded = tf.pad(scores, [[0, 0], [0, groups * group - n]], constant_values=-np.inf)
+        grouped = tf.reshape(padded, [rows, groups, group])
+        _, best_groups = tf.math.top_k(tf.reduce_max(grouped, axis=2), k)
+        best_groups = tf.sort(best_groups, axis=1)
+        candidates = tf.reshape(tf.gather(grouped, best_groups, batch_dims=1), [rows, k * group])
+        values, positions = tf.math.top_k(candidates, k)
+        return values, tf.gather(best_groups, positions // group, batch_dims=1) * group + positions % group
+
+    # Groups of one would rank every score twice; few candidates per group are not worth the gather.
+    return tf.cond(group > 1, from_groups, lambda: tuple(tf.math.top_k(scores, k)))
+
+
+def query_scores(queries, reference, squared_norms, metric: str, excluded=None) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(queries as compared, scores [Q, N])`, higher = nearer: the kernel's one formula, also served by SavedModels.
 
     `reference` and `squared_norms` come from `prepare_reference`; `excluded[i]` (or -1) is an item
-    query i may not match. Higher score = nearer: for L2, −||q − e||² = 2 q·e − ||e||² − ||q||², and
-    the last term, constant per query, is added back only to turn scores into distances.
+    query i may not match (its score is −inf). For L2 the score is q·e − ||e||²/2 = (||q||² − ||q − e||²)/2:
+    the term constant per query is added back only to turn scores into distances (`score_distances`).
     """
     queries = tf.cast(queries, tf.float32)
     if metric == "angular":
         queries = unit_rows(queries)
         scores = tf.matmul(queries, reference, transpose_b=True)
     else:
-        scores = 2.0 * tf.matmul(queries, reference, transpose_b=True) - squared_norms[None, :]
+        scores = tf.matmul(queries, reference, transpose_b=True) - 0.5 * squared_norms[None, :]
     if excluded is not None:
-        is_excluded = tf.equal(excluded[:, None], tf.range(tf.shape(reference, out_type=tf.int64)[0])[None, :])
-        scores = tf.where(is_excluded, tf.constant(-np.inf, tf.float32), scores)
-    top, indices = tf.math.top_k(scores, k=k, sorted=True)
+        rows = tf.where(excluded >= 0)[:, 0]
+        at = tf.stack([rows, tf.gather(excluded, rows)], axis=1)
+        scores = tf.tensor_scatter_nd_update(scores, at, tf.fill([tf.shape(rows)[0]], tf.constant(-np.inf)))
+    return queries, scores
+
+
+def score_distances(queries, top_scores, metric: str):
+    """Distances in `metric` of the scores `query_scores` gave (queries as it returned them)."""
     if metric == "angular":
-        return tf.maximum(1.0 - top, 0.0), indices
-    squared = tf.maximum(tf.reduce_sum(tf.square(queries), axis=1, keepdims=True) - top, 0.0)
-    return (tf.sqrt(squared) if metric == "L2" else squared), indices
+        return tf.maximum(1.0 - top_scores, 0.0)
+    squared = tf.maximum(tf.reduce_sum(tf.square(queries), axis=1, keepdims=True) - 2.0 * top_scores, 0.0)
+    return tf.sqrt(squared) if metric == "L2" else squared
+
+
+def nearest(queries, reference, squared_norms, k, metric: str, excluded=None) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(distances [Q, k], indices [Q, k])` in TensorFlow, nearest first: what SavedModels serve.
+
+    Arguments as `query_scores`; k <= N.
+    """
+    queries, scores = query_scores(queries, reference, squared_norms, metric, excluded)
+    top, indices = top_k_by_group_maxima(scores, k)
+    return score_distances(queries, top, metric), indices
+
+
+def _descending_keys(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """uint64 keys whose ascending order is values descending, then indices ascending (finite float32 values)."""
+    bits = (values + np.float32(0.0)).view(np.uint32)   # + 0 turns −0 into +0: equal scores, equal keys
+    ascending = bits ^ np.where(bits >> 31, np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
+    return ((~ascending).astype(np.uint64) << np.uint64(32)) | indices.astype(np.uint64)
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(values [rows, k], indices [rows, k] int64)` as `tf.math.top_k`, by selection on every core.
+
+    Each row's k-th largest score comes from `numpy.partition` (linear time); the scores at or above
+    it (k, or more when it is tied) are sorted by (score descending, index ascending) and the first k kept.
+    """
+    rows, n = scores.shape
+    values = np.empty((rows, k), np.float32)
+    indices = np.empty((rows, k), np.int64)
+
+    def rank(start: int, stop: int) -> None:
+        for row in range(start, stop):
+            line = scores[row]
+            kth = np.partition(line, n - k)[n - k]
+            candidates = np.flatnonzero(line >= kth)
+            order = np.sort(_descending_keys(line[candidates], candidates))[:k]
+            indices[row] = (order & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            values[row] = line[indices[row]]
+
+    workers = max(1, min(os.cpu_count() or 1, rows))
+    bounds = np.linspace(0, rows, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:   # numpy releases the GIL in partition and sort
+        list(pool.map(rank, bounds[:-1], bounds[1:]))
+    return values, indices
 
 
 _CHUNK_SIGNATURE = (tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
@@ -67,10 +162,20 @@ _CHUNK_SIGNATURE = (tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None
 # One graph per metric, for any sizes: scoring many sets (embeddings, pixels, PCA) never retraces.
 _NEAREST_CHUNK = {metric: tf.function(lambda q, r, n, x, k, metric=metric: nearest(q, r, n, k, metric, x),
                                       input_signature=_CHUNK_SIGNATURE) for metric in METRICS}
+_SCORES_CHUNK = {metric: tf.function(lambda q, r, n, x, metric=metric: query_scores(q, r, n, metric, x),
+                                     input_signature=_CHUNK_SIGNATURE[:4]) for metric in METRICS}
+_SCORE_DISTANCES = {metric: tf.function(lambda q, s, metric=metric: score_distances(q, s, metric),
+                                        input_signature=_CHUNK_SIGNATURE[:2]) for metric in METRICS}
 
 
-def _nearest_chunk(queries, reference, squared_norms, excluded, k, metric):
-    return _NEAREST_CHUNK[metric](queries, reference, squared_norms, excluded, k)
+def _nearest_chunk(queries, reference, squared_norms, excluded, k: int, metric: str):
+    """`(distances, indices)` as NumPy: in the graph for small k, by host selection from `HOST_SELECTION_K` on."""
+    if k < HOST_SELECTION_K:
+        distances, indices = _NEAREST_CHUNK[metric](queries, reference, squared_norms, excluded, tf.constant(k))
+        return distances.numpy(), indices.numpy().astype(np.int64)
+    compared, scores = _SCORES_CHUNK[metric](queries, reference, squared_norms, excluded)
+    top, indices = top_k_rows(scores.numpy(), k)
+    return _SCORE_DISTANCES[metric](compared, tf.constant(top)).numpy(), indices
 
 
 def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_rows=None,
@@ -109,8 +214,8 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
     def scored(rows):
         excluded = rows if self_search else np.full(len(rows), -1, np.int64)
         distances, indices = _nearest_chunk(tf.constant(query_vectors[rows]), reference_t, squared_norms_t,
-                                            tf.constant(excluded, tf.int64), tf.constant(k), metric)
-        return rows, distances.numpy(), indices.numpy().astype(np.int64)
+                                            tf.constant(excluded, tf.int64), k, metric)
+        return rows, distances, indices
 
     # Checked and set up now; each chunk is scored only when the consumer asks for it.
     return (scored(rows_all[start:start + chunk]) for start in range(0, len(rows_all), chunk))
