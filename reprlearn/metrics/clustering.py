@@ -2,8 +2,8 @@
 
 Seeding is scikit-learn's greedy k-means++ (Arthur & Vassilvitskii 2007): each centre is the best of a
 few items drawn with probability proportional to the squared distance to the nearest centre so far;
-it runs on a random subset of `SEEDING_ITEMS_PER_CLUSTER`
-items per cluster, since the seeding is sequential in k. Lloyd's iterations then run on all items:
+it runs on all items up to `SEEDING_ITEMS`, else on a random subset of that many or
+`SEEDING_ITEMS_PER_CLUSTER` per cluster, since the seeding is sequential in k. Lloyd's iterations then run on all items:
 faiss' when faiss is installed (the `faiss` extra), otherwise assignments by reprlearn's exact search
 kernel (`reprlearn.index.search`) and centre means in TensorFlow. An iteration that moves no item stops
 them early; a cluster left empty keeps its centre.
@@ -19,8 +19,10 @@ import tensorflow as tf
 
 from reprlearn.index.search import search_chunks
 
-# Items per cluster the sequential seeding sees; Lloyd's iterations see all of them.
+# Items the sequential seeding sees: all up to SEEDING_ITEMS, else this many per cluster (at least
+# SEEDING_ITEMS); Lloyd's iterations see all of them.
 SEEDING_ITEMS_PER_CLUSTER = 32
+SEEDING_ITEMS = 16384
 ITERATIONS = 25
 
 
@@ -99,7 +101,8 @@ def kmeans(embeddings, k: int, seed: int = 0, iterations: int = ITERATIONS, back
     if backend not in ("auto", "faiss", "tensorflow"):
         raise ValueError(f"backend must be 'auto', 'faiss' or 'tensorflow'. Received: backend={backend!r}")
     rng = np.random.default_rng(seed)
-    subset = x[rng.choice(len(x), min(len(x), SEEDING_ITEMS_PER_CLUSTER * k), replace=False)]
+    seeding_items = max(SEEDING_ITEMS, SEEDING_ITEMS_PER_CLUSTER * k)
+    subset = x if len(x) <= seeding_items else x[rng.choice(len(x), seeding_items, replace=False)]
     centres = kmeans_plus_plus(subset, k, rng)
     if backend == "auto":
         try:

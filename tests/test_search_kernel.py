@@ -1,0 +1,139 @@
+"""The exact search kernel's fast paths against plain references: top k from group maxima and host selection
+(both against `tf.math.top_k`, ties to the lower index), the two paths of `search_chunks` against each other
+and a NumPy loop, retrieval metrics on the host path, and k-means (both backends) against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from reprlearn.index import search
+from reprlearn.metrics import retrieval_metrics
+from reprlearn.metrics.clustering import kmeans, kmeans_plus_plus
+from tests import reference
+from tests.test_index import numpy_search
+
+
+def score_rows(seed: int, rows: int, n: int, ties: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(rows, n)).astype(np.float32)
+    if ties:   # few distinct values, so most scores tie; −0.0 and +0.0 among them
+        scores = np.round(scores * 2) / 2
+        scores[0, ::3] = -0.0
+    return scores
+
+
+CASES = [(seed, rows, n, k, ties) for seed, (rows, n) in enumerate([(3, 1), (5, 7), (4, 100), (6, 1000), (2, 4099)])
+         for k in (1, 2, 5, 37, 300, 4099) if k <= n for ties in (False, True)]
+
+
+@pytest.mark.parametrize("seed,rows,n,k,ties", CASES)
+def test_top_k_by_group_maxima_is_tf_top_k(seed, rows, n, k, ties):
+    scores = score_rows(seed, rows, n, ties)
+    want_values, want_indices = tf.math.top_k(scores, k)
+    values, indices = tf.function(search.top_k_by_group_maxima)(tf.constant(scores), tf.constant(k))
+    np.testing.assert_array_equal(indices.numpy(), want_indices.numpy())
+    np.testing.assert_array_equal(values.numpy(), want_values.numpy())
+
+
+@pytest.mark.parametrize("seed,rows,n,k,ties", CASES)
+def test_host_selection_is_tf_top_k(seed, rows, n, k, ties):
+    scores = score_rows(seed, rows, n, ties)
+    want_values, want_indices = tf.math.top_k(scores, k)
+    values, indices = search.top_k_rows(scores, k)
+    np.testing.assert_array_equal(indices, want_indices.numpy())
+    np.testing.assert_array_equal(values, want_values.numpy())
+
+
+def test_group_maxima_keep_excluded_items_and_infinities_in_order():
+    scores = np.array([[1.0, -np.inf, 3.0, -np.inf, 3.0, 0.5, -np.inf, 2.0, 3.0]], np.float32)
+    for k in range(1, 10):
+        want = tf.math.top_k(scores, k)
+        got = search.top_k_by_group_maxima(tf.constant(scores), k)
+        np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+        np.testing.assert_array_equal(search.top_k_rows(scores, k)[1], want[1].numpy())
+
+
+def test_group_maxima_under_xla():
+    scores = score_rows(0, 8, 5000, ties=True)
+    xla = tf.function(lambda s: search.top_k_by_group_maxima(s, 10), jit_compile=True)
+    np.testing.assert_array_equal(xla(tf.constant(scores))[1].numpy(), tf.math.top_k(scores, 10)[1].numpy())
+
+
+@pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
+def test_both_paths_of_search_chunks_agree_with_a_numpy_loop(metric, monkeypatch):
+    rng = np.random.default_rng(1)
+    items = np.round(rng.normal(size=(300, 6)), 1).astype(np.float32)   # rounded: ties in distance
+    items[40] = items[10]
+    queries = np.concatenate([rng.normal(size=(9, 6)), items[10:11]]).astype(np.float32)
+    want, _ = numpy_search(items, queries, 40, metric)
+    results = {}
+    for path, threshold in (("graph", 10**9), ("host", 1)):
+        monkeypatch.setattr(search, "HOST_SELECTION_K", threshold)
+        results[path] = [list(search.search_chunks(items, 40, metric, queries=queries, chunk_size=4)),
+                         list(search.search_chunks(items, 299, metric, chunk_size=64))]
+    for (_, d_graph, i_graph), (_, d_host, i_host) in zip(*(sum(results[p], []) for p in ("graph", "host"))):
+        np.testing.assert_array_equal(i_host, i_graph)
+        np.testing.assert_array_equal(d_host, d_graph)
+    # Against the loop, the 40 smallest distances (float noise may reorder near-ties, not change them).
+    got = np.concatenate([d for _, d, _ in results["host"][0]])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_retrieval_metrics_on_the_host_path_match_the_reference(monkeypatch):
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 240)        # R ≈ 80, past the host threshold set below
+    embeddings = (np.eye(8)[labels] + rng.normal(scale=0.5, size=(240, 8))).astype(np.float32)
+    monkeypatch.setattr(search, "HOST_SELECTION_K", 16)
+    for metric in ("L2", "angular"):
+        got = retrieval_metrics(embeddings, labels, metric=metric, compute_nmi=False, chunk_size=50)
+        want = reference.retrieval(embeddings, labels, metric=metric)
+        for key in ("precision_at_1", "r_precision", "map_at_r", "recall_at_4"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6), key
+        assert 0.3 < got["map_at_r"] < 0.95   # neither trivial nor hopeless, so a wrong rank would show
+
+
+def test_kmeans_plus_plus_picks_distinct_rows_and_repeats_with_its_seed():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    centres = kmeans_plus_plus(x, 10, np.random.default_rng(4))
+    rows = [int(np.flatnonzero(np.all(x == c, axis=1))[0]) for c in centres]
+    assert len(set(rows)) == 10
+    np.testing.assert_array_equal(kmeans_plus_plus(x, 10, np.random.default_rng(4)), centres)
+    # Two far blobs and k = 2: D² sampling takes one centre from each.
+    blobs = np.concatenate([rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + 100]).astype(np.float32)
+    assert sorted(np.round(kmeans_plus_plus(blobs, 2, np.random.default_rng(1))[:, 0] / 100)) == [0.0, 1.0]
+    # Fewer distinct points than k: the draws fall back to any item.
+    assert kmeans_plus_plus(np.zeros((5, 2), np.float32), 3, rng).shape == (3, 2)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "faiss"])
+def test_kmeans_nmi_within_0_005_of_scikit_learn(backend):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    if backend == "faiss":
+        pytest.importorskip("faiss", reason="faiss is in the dev extra; without it only the TensorFlow backend runs")
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(30, 16))
+    labels = rng.integers(0, 30, 3000)
+    x = (centres[labels] + rng.normal(scale=0.9, size=(3000, 16))).astype(np.float32)
+    ours = [normalized_mutual_info_score(labels, kmeans(x, 30, seed, backend=backend)) for seed in range(3)]
+    theirs = [normalized_mutual_info_score(labels, KMeans(30, n_init=1, random_state=seed).fit_predict(x))
+              for seed in range(3)]
+    assert 0.6 < np.mean(theirs) < 0.99     # local optima matter here, so the comparison can fail
+    assert np.mean(ours) >= np.mean(theirs) - 0.005
+
+
+def test_kmeans_backends_agree_and_refuse_bad_arguments():
+    pytest.importorskip("faiss", reason="faiss is in the dev extra")
+    rng = np.random.default_rng(3)
+    x = (np.repeat(rng.normal(size=(6, 4)) * 10, 40, axis=0) + rng.normal(size=(240, 4))).astype(np.float32)
+    tensorflow_clusters, faiss_clusters = kmeans(x, 6, backend="tensorflow"), kmeans(x, 6, backend="faiss")
+    np.testing.assert_array_equal(tensorflow_clusters, faiss_clusters)
+    assert len(np.unique(tensorflow_clusters)) == 6
+    with pytest.raises(ValueError, match="k=7"):
+        kmeans(x[:6], 7)
+    with pytest.raises(ValueError, match="backend='sklearn'"):
+        kmeans(x, 2, backend="sklearn")
