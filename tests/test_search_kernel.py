@@ -137,3 +137,12 @@ def test_kmeans_backends_agree_and_refuse_bad_arguments():
         kmeans(x[:6], 7)
     with pytest.raises(ValueError, match="backend='sklearn'"):
         kmeans(x, 2, backend="sklearn")
+
+
+def test_drop_excluded_keeps_the_order_of_the_others():
+    values = tf.constant([[5.0, 4.0, 4.0, 3.0], [5.0, 4.0, 4.0, 3.0], [5.0, 4.0, 4.0, 3.0]])
+    indices = tf.constant([[7, 2, 9, 1], [7, 2, 9, 1], [7, 2, 9, 1]], tf.int64)
+    kept_values, kept = search.drop_excluded(values, indices, tf.constant([7, 9, 3], tf.int64))
+    # Row 0 drops its first entry, row 1 its third, row 2 (item 3 absent) its last.
+    assert kept.numpy().tolist() == [[2, 9, 1], [7, 2, 1], [7, 2, 9]]
+    assert kept_values.numpy().tolist() == [[4.0, 4.0, 3.0], [5.0, 4.0, 3.0], [5.0, 4.0, 4.0]]

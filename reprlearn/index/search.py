@@ -86,24 +86,18 @@ def top_k_by_group_maxima(scores, k):
     return tf.cond(group > 1, from_groups, lambda: tuple(tf.math.top_k(scores, k)))
 
 
-def query_scores(queries, reference, squared_norms, metric: str, excluded=None) -> tuple[tf.Tensor, tf.Tensor]:
+def query_scores(queries, reference, squared_norms, metric: str) -> tuple[tf.Tensor, tf.Tensor]:
     """`(queries as compared, scores [Q, N])`, higher = nearer: the kernel's one formula, also served by SavedModels.
 
-    `reference` and `squared_norms` come from `prepare_reference`; `excluded[i]` (or -1) is an item
-    query i may not match (its score is −inf). For L2 the score is q·e − ||e||²/2 = (||q||² − ||q − e||²)/2:
-    the term constant per query is added back only to turn scores into distances (`score_distances`).
+    `reference` and `squared_norms` come from `prepare_reference`. For L2 the score is
+    q·e − ||e||²/2 = (||q||² − ||q − e||²)/2: the term constant per query is added back only to turn
+    scores into distances (`score_distances`).
     """
     queries = tf.cast(queries, tf.float32)
     if metric == "angular":
         queries = unit_rows(queries)
-        scores = tf.matmul(queries, reference, transpose_b=True)
-    else:
-        scores = tf.matmul(queries, reference, transpose_b=True) - 0.5 * squared_norms[None, :]
-    if excluded is not None:
-        rows = tf.where(excluded >= 0)[:, 0]
-        at = tf.stack([rows, tf.gather(excluded, rows)], axis=1)
-        scores = tf.tensor_scatter_nd_update(scores, at, tf.fill([tf.shape(rows)[0]], tf.constant(-np.inf)))
-    return queries, scores
+        return queries, tf.matmul(queries, reference, transpose_b=True)
+    return queries, tf.matmul(queries, reference, transpose_b=True) - 0.5 * squared_norms[None, :]
 
 
 def score_distances(queries, top_scores, metric: str):
@@ -114,13 +108,34 @@ def score_distances(queries, top_scores, metric: str):
     return tf.sqrt(squared) if metric == "L2" else squared
 
 
+def drop_excluded(values, indices, excluded):
+    """The k best of each row's k + 1 (`values`, `indices` [Q, k + 1], best first) other than item `excluded[q]`.
+
+    Removing one item from a ranking leaves the others in order, so this is the top k of the row with
+    that item left out: it is dropped where it appears, else the (k + 1)-th is. No score is overwritten,
+    so the score matrix is never copied.
+    """
+    indices = tf.cast(indices, tf.int64)
+    is_excluded = tf.equal(indices, tf.cast(excluded, tf.int64)[:, None])
+    width = tf.shape(indices)[1]
+    dropped = tf.where(tf.reduce_any(is_excluded, axis=1),
+                       tf.argmax(tf.cast(is_excluded, tf.int32), axis=1, output_type=tf.int32), width - 1)
+    slots = tf.range(width - 1)[None, :]
+    kept = slots + tf.cast(slots >= dropped[:, None], tf.int32)
+    return tf.gather(values, kept, batch_dims=1), tf.gather(indices, kept, batch_dims=1)
+
+
 def nearest(queries, reference, squared_norms, k, metric: str, excluded=None) -> tuple[tf.Tensor, tf.Tensor]:
     """`(distances [Q, k], indices [Q, k])` in TensorFlow, nearest first: what SavedModels serve.
 
-    Arguments as `query_scores`; k <= N.
+    Arguments as `query_scores`; `excluded[q]`, if given, is an item query q may not match (itself, in
+    a self-search), and then k < N.
     """
-    queries, scores = query_scores(queries, reference, squared_norms, metric, excluded)
-    top, indices = top_k_by_group_maxima(scores, k)
+    queries, scores = query_scores(queries, reference, squared_norms, metric)
+    if excluded is None:
+        top, indices = top_k_by_group_maxima(scores, k)
+    else:
+        top, indices = drop_excluded(*top_k_by_group_maxima(scores, k + 1), excluded)
     return score_distances(queries, top, metric), indices
 
 
@@ -160,21 +175,37 @@ def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 _CHUNK_SIGNATURE = (tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
                     tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32))
 # One graph per metric, for any sizes: scoring many sets (embeddings, pixels, PCA) never retraces.
-_NEAREST_CHUNK = {metric: tf.function(lambda q, r, n, x, k, metric=metric: nearest(q, r, n, k, metric, x),
-                                      input_signature=_CHUNK_SIGNATURE) for metric in METRICS}
-_SCORES_CHUNK = {metric: tf.function(lambda q, r, n, x, metric=metric: query_scores(q, r, n, metric, x),
-                                     input_signature=_CHUNK_SIGNATURE[:4]) for metric in METRICS}
+_NEAREST_CHUNK = {metric: tf.function(lambda q, r, n, k, metric=metric: nearest(q, r, n, k, metric),
+                                      input_signature=_CHUNK_SIGNATURE[:3] + _CHUNK_SIGNATURE[4:])
+                  for metric in METRICS}
+_NEAREST_OTHER_CHUNK = {metric: tf.function(lambda q, r, n, x, k, metric=metric: nearest(q, r, n, k, metric, x),
+                                            input_signature=_CHUNK_SIGNATURE) for metric in METRICS}
+_SCORES_CHUNK = {metric: tf.function(lambda q, r, n, metric=metric: query_scores(q, r, n, metric),
+                                     input_signature=_CHUNK_SIGNATURE[:3]) for metric in METRICS}
 _SCORE_DISTANCES = {metric: tf.function(lambda q, s, metric=metric: score_distances(q, s, metric),
                                         input_signature=_CHUNK_SIGNATURE[:2]) for metric in METRICS}
+_DROP_EXCLUDED = tf.function(drop_excluded, input_signature=(tf.TensorSpec([None, None], tf.float32),
+                                                             tf.TensorSpec([None, None], tf.int64),
+                                                             tf.TensorSpec([None], tf.int64)))
 
 
 def _nearest_chunk(queries, reference, squared_norms, excluded, k: int, metric: str):
-    """`(distances, indices)` as NumPy: in the graph for small k, by host selection from `HOST_SELECTION_K` on."""
+    """`(distances, indices)` as NumPy: in the graph for small k, by host selection from `HOST_SELECTION_K` on.
+
+    `excluded`: `[c]` item each query may not match (a self-search), or None.
+    """
     if k < HOST_SELECTION_K:
-        distances, indices = _NEAREST_CHUNK[metric](queries, reference, squared_norms, excluded, tf.constant(k))
+        if excluded is None:
+            distances, indices = _NEAREST_CHUNK[metric](queries, reference, squared_norms, tf.constant(k))
+        else:
+            distances, indices = _NEAREST_OTHER_CHUNK[metric](queries, reference, squared_norms, excluded,
+                                                              tf.constant(k))
         return distances.numpy(), indices.numpy().astype(np.int64)
-    compared, scores = _SCORES_CHUNK[metric](queries, reference, squared_norms, excluded)
-    top, indices = top_k_rows(scores.numpy(), k)
+    compared, scores = _SCORES_CHUNK[metric](queries, reference, squared_norms)
+    if excluded is None:
+        top, indices = top_k_rows(scores.numpy(), k)
+    else:
+        top, indices = (t.numpy() for t in _DROP_EXCLUDED(*top_k_rows(scores.numpy(), k + 1), excluded))
     return _SCORE_DISTANCES[metric](compared, tf.constant(top)).numpy(), indices
 
 
@@ -212,9 +243,9 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
     reference_t, squared_norms_t = tf.constant(reference), tf.constant(squared_norms)
 
     def scored(rows):
-        excluded = rows if self_search else np.full(len(rows), -1, np.int64)
+        excluded = tf.constant(rows, tf.int64) if self_search else None
         distances, indices = _nearest_chunk(tf.constant(query_vectors[rows]), reference_t, squared_norms_t,
-                                            tf.constant(excluded, tf.int64), k, metric)
+                                            excluded, k, metric)
         return rows, distances, indices
 
     # Checked and set up now; each chunk is scored only when the consumer asks for it.

@@ -94,19 +94,23 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
                          f"retrieval metrics are undefined. Received: {len(labels)} items")
     k_max = int(min(max(int(r.max()), max(ks)), len(labels) - 1))
     rank = np.arange(1, k_max + 1)
+    inverse_rank = (1.0 / rank).astype(np.float32)
+    classes = inverse.astype(np.int32)
     sums = dict.fromkeys(["precision_at_1", "r_precision", "map_at_r", *(f"recall_at_{k}" for k in ks)], 0.0)
     # Only valid queries are ranked; each chunk is reduced to sums before the next is scored.
     for rows, _, neighbours in search_chunks(embeddings, k_max, metric, query_rows=np.flatnonzero(valid),
                                              chunk_size=chunk_size):
-        relevant = labels[neighbours] == labels[rows][:, None]                    # [chunk, k_max]
+        relevant = classes[neighbours] == classes[rows][:, None]                  # [chunk, k_max]
         r_rows = r[rows]
-        relevant_within_r = relevant & (rank[None, :] <= r_rows[:, None])
-        precision_at_i = np.cumsum(relevant, axis=1) / rank[None, :]
+        hits = np.cumsum(relevant, axis=1, dtype=np.int32)                        # relevant among the top i
+        # P(i)·rel(i) for i <= R: the precision at each relevant rank within the first R.
+        precision_at_hits = hits * inverse_rank[None, :]
+        precision_at_hits *= relevant & (rank[None, :] <= r_rows[:, None])
         sums["precision_at_1"] += float(relevant[:, 0].sum())
-        sums["r_precision"] += float(np.sum(relevant_within_r.sum(axis=1) / r_rows))
-        sums["map_at_r"] += float(np.sum((precision_at_i * relevant_within_r).sum(axis=1) / r_rows))
+        sums["r_precision"] += float(np.sum(hits[np.arange(len(rows)), r_rows - 1] / r_rows))
+        sums["map_at_r"] += float(np.sum(precision_at_hits.sum(axis=1, dtype=np.float64) / r_rows))
         for k in ks:
-            sums[f"recall_at_{k}"] += float(relevant[:, :min(k, k_max)].any(axis=1).sum())
+            sums[f"recall_at_{k}"] += float(np.count_nonzero(hits[:, min(k, k_max) - 1]))
     num_queries = int(valid.sum())
     out = {name: total / num_queries for name, total in sums.items()}
     if compute_nmi:
