@@ -146,3 +146,12 @@ def test_drop_excluded_keeps_the_order_of_the_others():
     # Row 0 drops its first entry, row 1 its third, row 2 (item 3 absent) its last.
     assert kept.numpy().tolist() == [[2, 9, 1], [7, 2, 1], [7, 2, 9]]
     assert kept_values.numpy().tolist() == [[4.0, 4.0, 3.0], [5.0, 4.0, 3.0], [5.0, 4.0, 4.0]]
+
+
+def test_host_selection_drops_the_excluded_item_as_the_graph_does():
+    scores = score_rows(7, 6, 300, ties=True)
+    excluded = np.array([0, 5, 299, 17, 17, 150])
+    want = search.drop_excluded(*tf.math.top_k(scores, 11), tf.constant(excluded))
+    got = search.top_k_rows(scores, 10, excluded)
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+    np.testing.assert_array_equal(got[0], want[0].numpy())
