@@ -23,12 +23,13 @@ $(VENV)/.installed: setup.cfg setup.py
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# pytorch-metric-learning in an environment of its own, for the parity tests (tests/test_pml_parity.py): torch 2.13.0
+# pytorch-metric-learning in an environment of its own, for the parity tests (tests/test_pml_parity.py) and the PML
+# column of benchmarks/retrieval_metrics.py (its AccuracyCalculator needs faiss): torch 2.13.0
 # is pinned because pip finds its CPU build on this machine's disk (a bare `torch` would fetch a CUDA build).
 PML_VENV ?= .venv-pml
 $(PML_VENV)/.installed:
 	test -x $(PML_VENV)/bin/python || $(PYTHON) -m venv $(PML_VENV)
-	$(PML_VENV)/bin/python -m pip install -q torch==2.13.0 pytorch-metric-learning==2.9.0
+	$(PML_VENV)/bin/python -m pip install -q torch==2.13.0 pytorch-metric-learning==2.9.0 'faiss-cpu>=1.8,<2'
 	touch $@
 
 # Debian's dataset-fashion-mnist package; skipped (with a message) where apt-get cannot run.
