@@ -32,7 +32,7 @@ CASES = [(seed, rows, n, k, ties) for seed, (rows, n) in enumerate([(3, 1), (5, 
 def test_top_k_by_group_maxima_is_tf_top_k(seed, rows, n, k, ties):
     scores = score_rows(seed, rows, n, ties)
     want_values, want_indices = tf.math.top_k(scores, k)
-    values, indices = tf.function(search.top_k_by_group_maxima)(tf.constant(scores), tf.constant(k))
+    values, indices = search.top_k_by_group_maxima(tf.constant(scores), k)   # eagerly; traced in the XLA test
     np.testing.assert_array_equal(indices.numpy(), want_indices.numpy())
     np.testing.assert_array_equal(values.numpy(), want_values.numpy())
 
@@ -55,10 +55,11 @@ def test_group_maxima_keep_excluded_items_and_infinities_in_order():
         np.testing.assert_array_equal(search.top_k_rows(scores, k)[1], want[1].numpy())
 
 
-def test_group_maxima_under_xla():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_group_maxima_in_a_graph_and_under_xla(jit_compile):
     scores = score_rows(0, 8, 5000, ties=True)
-    xla = tf.function(lambda s: search.top_k_by_group_maxima(s, 10), jit_compile=True)
-    np.testing.assert_array_equal(xla(tf.constant(scores))[1].numpy(), tf.math.top_k(scores, 10)[1].numpy())
+    traced = tf.function(lambda s: search.top_k_by_group_maxima(s, 10), jit_compile=jit_compile)
+    np.testing.assert_array_equal(traced(tf.constant(scores))[1].numpy(), tf.math.top_k(scores, 10)[1].numpy())
 
 
 @pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
