@@ -9,7 +9,11 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from reprlearn.errors import ConfigError, ReprlearnError
+from reprlearn.index.gallery import BACKENDS, DEFAULT_COLLECTION
+from reprlearn.index.milvus import INDEXES
 
 
 def _train(args) -> int:
@@ -135,13 +139,44 @@ def _embed(args) -> int:
 
 def _index(args) -> int:
     from reprlearn.data import load_spec
+    from reprlearn.index import Gallery
     from reprlearn.runs import load_run
 
+    out = Path(args.out)
+    if args.remove is not None:
+        if args.add or args.data:
+            raise ConfigError(f"--remove takes ids only (no --data, no --add). Received: --remove with "
+                              f"{'--add' if args.add else '--data ' + args.data}")
+        gallery = Gallery.load(out, model_fingerprint=load_run(args.run_dir).model_fingerprint)
+        gallery.remove(args.remove)
+        gallery.save(out)
+        print(f"Removed {len(args.remove)} items from {out}; {len(gallery)} remain")
+        return 0
+    if not args.data:
+        raise ConfigError("index needs --data (the images to enrol), or --remove ID... Received: neither")
     run = load_run(args.run_dir)
     data = load_spec(args.data, args.data_dir, run.decoding)
-    gallery = run.gallery(data, data.labels, data.names, backend=args.backend, class_names=data.class_names)
+    if args.add:
+        gallery = Gallery.load(out, model_fingerprint=run.model_fingerprint)
+        before = len(gallery)
+        class_names = list(gallery.class_names or [])
+        class_names += [name for name in data.class_names if name not in class_names]
+        labels = np.asarray([class_names.index(name) for name in data.class_names])[data.labels]
+        gallery.class_names = class_names
+        gallery.add(run.embed(data), labels, data.names)
+        gallery.save(out)
+        print(f"Added {len(gallery) - before} items to {out}: {len(gallery)} items of {len(class_names)} classes")
+        return 0
+    options = {}
+    if args.backend == "milvus":
+        options = {"uri": args.uri or str(out / "gallery.db"), "collection": args.collection,
+                   "index": args.index_type}
+    elif args.uri or args.index_type != "FLAT":
+        raise ConfigError(f"--uri and --index-type are for --backend milvus. Received: --backend {args.backend}")
+    gallery = run.gallery(data, data.labels, data.names, backend=args.backend, class_names=data.class_names,
+                          **options)
     gallery.threshold = run.rejection_threshold(args.far)
-    gallery.save(args.out)
+    gallery.save(out)
     print(f"Enrolled {len(gallery)} items of {len(set(data.labels.tolist()))} classes → {args.out}; "
           f"rejection threshold {gallery.threshold:.4f} ({run.metric}) for FAR {args.far:g}, fit on {run.path}'s "
           "validation split")
@@ -250,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--k", type=int, default=5, help="matches the identify signature returns per image")
     export.set_defaults(handler=_export)
 
-    def add_data(command, what: str):
-        command.add_argument("--data", required=True, metavar="SPEC",
+    def add_data(command, what: str, required: bool = True):
+        command.add_argument("--data", required=required, metavar="SPEC",
                              help=f"{what}: NAME[:SPLIT] (fashion_mnist:test, digits), tfds:NAME[:SPLIT] or "
                                   "folder:PATH")
         command.add_argument("--data-dir", help="where fashion_mnist or tfds data lives (default: the usual places)")
@@ -264,9 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(handler=_embed)
     index = commands.add_parser("index", help="enrol a dataset into a gallery with a trained run")
     index.add_argument("run_dir", help="a finished run folder")
-    add_data(index, "the images to enrol")
-    index.add_argument("--out", required=True, help="gallery folder (gallery.npz + gallery.json)")
-    index.add_argument("--backend", default="exact", help="exact (default), faiss-flat or faiss-hnsw")
+    add_data(index, "the images to enrol", required=False)
+    index.add_argument("--out", required=True, help="gallery folder (gallery.npz + gallery.json; for milvus "
+                                                    "gallery.json names the collection)")
+    index.add_argument("--backend", default="exact", choices=BACKENDS,
+                       help="exact (default), faiss-flat, faiss-hnsw, or milvus (the items in a Milvus collection)")
+    index.add_argument("--uri", help="milvus: a Milvus Lite file ending in .db (default OUT/gallery.db) or a server "
+                                     "such as http://host:19530")
+    index.add_argument("--collection", default=DEFAULT_COLLECTION, help="milvus: the collection (default "
+                                                                        f"{DEFAULT_COLLECTION})")
+    index.add_argument("--index-type", default="FLAT", choices=list(INDEXES),
+                       help="milvus: the collection's vector index (FLAT: exact)")
+    index.add_argument("--add", action="store_true", help="add --data's items to the gallery at OUT (any backend; "
+                                                          "ids are the items' names, which must be new)")
+    index.add_argument("--remove", nargs="+", metavar="ID", help="remove these item ids from the gallery at OUT")
     index.add_argument("--far", type=float, default=1e-3,
                        help="false-accept rate of the stored rejection threshold (fit on the run's validation split)")
     index.set_defaults(handler=_index)

@@ -200,6 +200,10 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             raise ExportError(f"gallery needs the saved_model format (identify is a SavedModel signature). "
                              f"Received: format={','.join(formats)}")
         enrolled = Gallery.load(gallery, model_fingerprint=run.model_fingerprint)
+        if enrolled.backend == "milvus":
+            raise ExportError("a Milvus gallery is searched by Milvus, not inside the model: export without a "
+                              "gallery and let the server search Milvus with the `embed` signature's vectors "
+                              f"(docs/serving.md). Received: gallery={str(gallery)!r} (backend 'milvus')")
         if enrolled.threshold is None or not len(enrolled):
             raise ExportError(f"the gallery needs items and a rejection threshold (`reprlearn index` sets one). "
                              f"Received: gallery={str(gallery)!r}")

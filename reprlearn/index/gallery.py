@@ -4,6 +4,9 @@ Exact search (the default) uses `reprlearn.index.search`, the kernel `retrieval_
 with, so a gallery and the metrics agree on neighbours, distances and ties (lower index first).
 `backend="faiss-flat"` searches with faiss' exact flat index and `"faiss-hnsw"` with its
 approximate HNSW graph, for galleries too large to scan (`pip install reprlearn[faiss]`).
+`backend="milvus"` keeps the items in a Milvus collection instead of the process: Milvus Lite in a
+local `.db` file, or a Milvus server shared by many processes (`pip install reprlearn[milvus]`; see
+`reprlearn.index.milvus`). Every backend answers `search`, `classify`, `identify` and `calibrate` alike.
 
 Labels are non-negative class ids (a run's `class_names` name them); `UNKNOWN` (-1) is what
 `identify` answers for a query farther than the threshold from every enrolled item.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +35,8 @@ from reprlearn.index.search import search_chunks, unit_rows
 from reprlearn.ops.distances import canonical_metric
 
 UNKNOWN = -1
-BACKENDS = ("exact", "faiss-flat", "faiss-hnsw")
+BACKENDS = ("exact", "faiss-flat", "faiss-hnsw", "milvus")
+DEFAULT_COLLECTION = "reprlearn_gallery"
 VOTES = ("majority", "distance")
 HNSW_EF_SEARCH = 128
 _VOTE_EPSILON = 1e-12  # distance votes weigh 1 / (d + ε): an exact match outvotes everything
@@ -86,18 +91,26 @@ def split_class_threshold(vectors, labels, metric: str, far: float, seed: int) -
 
 
 class Gallery:
-    """Enrolled embeddings with labels and ids, searched exactly (or with faiss).
+    """Enrolled embeddings with labels and ids, searched exactly, with faiss, or by Milvus.
 
     Args:
         metric: `"L2"` (default, as `retrieval_metrics`), `"squared-L2"` or `"angular"` (alias `"cosine"`).
-        backend: `"exact"`, `"faiss-flat"` or `"faiss-hnsw"`.
+        backend: `"exact"`, `"faiss-flat"`, `"faiss-hnsw"` or `"milvus"`.
         model_fingerprint: what embedded the items (a run's model fingerprint); `load` can require it.
         threshold: the rejection distance `identify` uses when given none (set by `calibrate`).
         class_names: names of the class ids (`class_names[label]`), kept with the gallery for display.
+        uri: (milvus) a Milvus Lite file ending in `.db` or a server address such as `http://host:19530`.
+        collection: (milvus) the collection; an existing one is opened, and refused if its metric or
+            enrolling model differs from the one given.
+        index: (milvus) `"FLAT"` (exact), `"HNSW"`, `"IVF_FLAT"` or `"IVF_SQ8"`, used when the collection is made.
+
+    For `"milvus"` the items live in the collection, not in `embeddings`, `labels` and `ids` (None), and the
+    indices `search` returns are the items' row keys in the collection, stable across `remove`.
     """
 
     def __init__(self, metric: str = "L2", backend: str = "exact", model_fingerprint: str | None = None,
-                 threshold: float | None = None, class_names: Sequence[str] | None = None):
+                 threshold: float | None = None, class_names: Sequence[str] | None = None,
+                 uri: str | None = None, collection: str = DEFAULT_COLLECTION, index: str = "FLAT"):
         try:
             self.metric = canonical_metric(metric)
         except ValueError as err:
@@ -110,9 +123,48 @@ class Gallery:
         self.labels = np.zeros(0, np.int64)
         self.ids = np.zeros(0, dtype=str)
         self._faiss_index = None
+        self._milvus, self._milvus_dim = None, None
+        if backend == "milvus":
+            self._open_milvus(uri, collection, index)
+
+    def _open_milvus(self, uri, collection, index) -> None:
+        from reprlearn.index.milvus import MilvusCollection, resolve_uri
+
+        self.embeddings = self.labels = self.ids = None
+        self._milvus = MilvusCollection(resolve_uri(uri), collection, self.metric, index)
+        if not self._milvus.exists:
+            return
+        stored = self._milvus.meta()
+        where = self.location
+        if stored is None:
+            raise GalleryError(f"{where} is not a reprlearn gallery (it has no {self._milvus.name!r} facts); "
+                               f"choose another collection. Received: collection={collection!r}")
+        if stored["metric"] != self.metric:
+            raise GalleryError(f"{where} ranks with metric {stored['metric']!r}, not {self.metric!r}. "
+                               f"Received: metric={self.metric!r}")
+        if self.model_fingerprint is not None and stored.get("model_fingerprint") != self.model_fingerprint:
+            raise GalleryError(f"{where} was enrolled by another model (fingerprint "
+                               f"{stored.get('model_fingerprint')}), not this one ({self.model_fingerprint}). "
+                               f"Received: model_fingerprint={self.model_fingerprint!r}")
+        self.model_fingerprint = stored.get("model_fingerprint")
+        self.threshold = stored.get("threshold") if self.threshold is None else self.threshold
+        self.class_names = stored.get("class_names") if self.class_names is None else self.class_names
+        self._milvus_dim = stored["dim"]
+
+    def close(self) -> None:
+        """Lets go of a Milvus gallery's connection (a Milvus Lite file is then free for another process to
+        open); nothing to do for the other backends."""
+        if self._milvus:
+            self._milvus.close()
+
+    def _facts(self) -> dict:
+        """What a Milvus collection stores about its gallery."""
+        return {"format_version": FORMAT_VERSION, "metric": self.metric, "dim": self.dim,
+                "threshold": self.threshold, "model_fingerprint": self.model_fingerprint,
+                "class_names": self.class_names}
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self._milvus.count() if self._milvus else len(self.labels)
 
     def class_name(self, label: int) -> str:
         """The name of a class id (its number where the gallery has no names); "unknown" for UNKNOWN."""
@@ -121,7 +173,14 @@ class Gallery:
         return self.class_names[label] if self.class_names and label < len(self.class_names) else str(label)
 
     @property
+    def location(self) -> str:
+        """Where the items live: "this process", or a Milvus collection and its uri."""
+        return f"collection {self._milvus.name!r} at {self._milvus.uri!r}" if self._milvus else "this process"
+
+    @property
     def dim(self) -> int | None:
+        if self._milvus:
+            return self._milvus_dim
         return self.embeddings.shape[1] if len(self) else None
 
     def add(self, embeddings, labels, ids: Sequence[str] | None = None) -> None:
@@ -138,33 +197,62 @@ class Gallery:
         if ids.shape != (len(embeddings),):
             raise GalleryError(f"ids must list one id per embedding ({len(embeddings)}). Received: {len(ids)} ids")
         unique, counts = np.unique(ids, return_counts=True)
-        clashes = sorted(set(unique[counts > 1].tolist()) | set(np.intersect1d(ids, self.ids).tolist()))
+        enrolled = self._milvus.rows_of(ids.tolist()) if self._milvus else np.intersect1d(ids, self.ids).tolist()
+        clashes = sorted(set(unique[counts > 1].tolist()) | set(enrolled))
         if clashes:
             raise GalleryError(f"ids must be unique in the gallery. Received: repeated ids {clashes[:5]}")
+        if self._milvus:
+            self._add_to_milvus(embeddings, labels.astype(np.int64), ids)
+            return
         self.embeddings = embeddings if not len(self) else np.concatenate([self.embeddings, embeddings])
         self.labels = np.concatenate([self.labels, labels.astype(np.int64)])
         self.ids = np.concatenate([self.ids, ids]) if len(self.ids) else ids
         self._faiss_index = None
 
+    def _add_to_milvus(self, embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
+        from reprlearn.index.milvus import MAX_ID_LENGTH
+
+        too_long = [item for item in ids.tolist() if len(item.encode()) > MAX_ID_LENGTH]
+        if too_long:
+            raise GalleryError(f"ids of a Milvus gallery are at most {MAX_ID_LENGTH} bytes. Received: an id of "
+                               f"{len(too_long[0].encode())} bytes ({too_long[0][:40]!r}...)")
+        if not self._milvus.exists:
+            self._milvus_dim = int(embeddings.shape[1])
+            self._milvus.create(self._milvus_dim, self._facts())
+        self._milvus.insert(embeddings, labels, ids)
+
     def remove(self, ids: Sequence[str]) -> None:
         """Removes the items with these ids; an id the gallery lacks is an error and nothing is removed."""
         ids = [str(i) for i in ids]
-        missing = np.setdiff1d(ids, self.ids).tolist()
+        rows = self._milvus.rows_of(ids) if self._milvus else None
+        missing = [i for i in ids if i not in rows] if self._milvus else np.setdiff1d(ids, self.ids).tolist()
         if missing:
             raise GalleryError(f"the gallery has no item with id {missing[0]!r}. Received: ids={ids[:5]}")
+        if self._milvus:
+            self._milvus.delete(sorted(rows.values()))
+            return
         keep = ~np.isin(self.ids, ids)
         self.embeddings, self.labels, self.ids = self.embeddings[keep], self.labels[keep], self.ids[keep]
         self._faiss_index = None
 
     # ---- search ----
 
-    def search(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """`(distances [Q, k], indices [Q, k])` of each query's k nearest items, nearest first (ties: lower index)."""
-        if not len(self):
+    def _checked_queries(self, queries, k) -> np.ndarray:
+        size = len(self)
+        if not size:
             raise GalleryError("the gallery is empty: add embeddings before searching. Received: 0 items")
         queries = _as_embeddings(queries, "queries", self.dim)
-        if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self):
-            raise GalleryError(f"k must be an int in [1, {len(self)}] (the gallery's size). Received: k={k!r}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= size:
+            raise GalleryError(f"k must be an int in [1, {size}] (the gallery's size). Received: k={k!r}")
+        return queries
+
+    def search(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """`(distances [Q, k], indices [Q, k])` of each query's k nearest items, nearest first (ties: lower index;
+        for `"milvus"` the indices are row keys and ties fall as the engine orders them)."""
+        queries = self._checked_queries(queries, k)
+        if self._milvus:
+            distances, rows, _, _ = self._milvus.search(queries, int(k))
+            return distances, rows
         if self.backend != "exact":
             return self._faiss_search(queries, int(k))
         distances, indices = [], []
@@ -174,14 +262,21 @@ class Gallery:
         return (np.concatenate(distances), np.concatenate(indices)) if distances else (
             np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
 
+    def neighbours(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(distances [Q, k], labels [Q, k], ids [Q, k])` of each query's k nearest items, on every backend."""
+        if self._milvus:
+            distances, _, labels, ids = self._milvus.search(self._checked_queries(queries, k), int(k))
+            return distances, labels, ids
+        distances, indices = self.search(queries, k)
+        return distances, self.labels[indices], self.ids[indices]
+
     def classify(self, queries, k: int = 1, vote: str = "majority") -> np.ndarray:
         """The class id of each query by its k nearest items: `"majority"` (ties: the nearest such class) or
         `"distance"` (votes weighted by 1 / (distance + 1e-12))."""
         if vote not in VOTES:
             raise GalleryError(f"vote must be one of {list(VOTES)}. Received: vote={vote!r}")
-        distances, indices = self.search(queries, k)
-        neighbour_labels = self.labels[indices]
-        decided = np.empty(len(indices), np.int64)
+        distances, neighbour_labels, _ = self.neighbours(queries, k)
+        decided = np.empty(len(distances), np.int64)
         for row, (labels, dists) in enumerate(zip(neighbour_labels, distances)):
             weights = np.ones_like(dists) if vote == "majority" else 1.0 / (dists + _VOTE_EPSILON)
             totals: dict[int, float] = {}
@@ -203,10 +298,10 @@ class Gallery:
         if threshold is None or not math.isfinite(float(threshold)):
             raise GalleryError("identify needs a finite threshold: pass threshold= or call calibrate first. "
                                f"Received: threshold={threshold!r}")
-        distances, indices = self.search(queries, k)
+        distances, neighbour_labels, neighbour_ids = self.neighbours(queries, k)
         accepted = distances[:, 0] <= threshold
-        labels = np.where(accepted, self.labels[indices[:, 0]], UNKNOWN)
-        return Identification(labels, accepted, distances, self.labels[indices], self.ids[indices])
+        labels = np.where(accepted, neighbour_labels[:, 0], UNKNOWN)
+        return Identification(labels, accepted, distances, neighbour_labels, neighbour_ids)
 
     def calibrate(self, queries, labels, far: float = 1e-3) -> float:
         """Sets and returns the rejection threshold for a false-accept rate `far`.
@@ -218,11 +313,12 @@ class Gallery:
         if not 0.0 < far < 1.0:
             raise GalleryError(f"far must be in (0, 1). Received: far={far!r}")
         labels = np.asarray(labels)
-        impostor = ~np.isin(labels, self.labels)
+        enrolled = list(self._milvus.enrolled(labels.tolist())) if self._milvus else self.labels
+        impostor = ~np.isin(labels, enrolled)
         if not impostor.any():
             raise GalleryError("calibrate needs impostor queries (classes that are not enrolled). "
                                f"Received: {len(labels)} queries, all of enrolled classes")
-        self.threshold = impostor_threshold(self.search(np.asarray(queries)[impostor], 1)[0][:, 0], far)
+        self.threshold = impostor_threshold(self.neighbours(np.asarray(queries)[impostor], 1)[0][:, 0], far)
         return self.threshold
 
     # ---- faiss ----
@@ -257,9 +353,24 @@ class Gallery:
     # ---- files ----
 
     def save(self, directory: str | Path) -> Path:
-        """Writes `gallery.npz` (embeddings, labels, ids) and `gallery.json` (metric, threshold, ...); no pickle."""
+        """Writes `gallery.npz` (embeddings, labels, ids) and `gallery.json` (metric, threshold, ...); no pickle.
+
+        A Milvus gallery writes its facts (threshold, class names, ...) to its collection and only the
+        connection (uri, collection, metric) to `gallery.json`; a Lite file inside the folder is named
+        relative to it, so the folder can move.
+        """
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
+        if self._milvus:
+            if self._milvus.exists:
+                self._milvus.write_meta(self._facts())
+            uri = self._milvus.uri
+            if "://" not in uri and Path(uri).resolve().is_relative_to(folder.resolve()):
+                uri = os.path.relpath(Path(uri).resolve(), folder.resolve())
+            meta = {"format_version": FORMAT_VERSION, "backend": "milvus", "metric": self.metric, "uri": uri,
+                    "collection": self._milvus.name, "index": self._milvus.index}
+            (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+            return folder
         np.savez(folder / EMBEDDINGS_FILE, embeddings=self.embeddings, labels=self.labels, ids=self.ids)
         meta = {"format_version": FORMAT_VERSION, "metric": self.metric, "backend": self.backend, "size": len(self),
                 "dim": self.dim, "threshold": self.threshold, "model_fingerprint": self.model_fingerprint,
@@ -269,22 +380,30 @@ class Gallery:
 
     @classmethod
     def load(cls, directory: str | Path, model_fingerprint: str | None = None) -> Gallery:
-        """Reads a saved gallery; with `model_fingerprint`, refuses one enrolled by another model.
+        """Reads a saved gallery (or opens a Milvus gallery's collection); with `model_fingerprint`, refuses one
+        enrolled by another model.
 
         Raises:
-            GalleryError: a missing or corrupt folder, or a gallery of another model.
+            GalleryError: a missing or corrupt folder, an unreachable or missing collection, or a gallery of
+                another model.
         """
         folder = Path(directory)
         try:
             meta = json.loads((folder / META_FILE).read_text())
-            with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as arrays:
-                embeddings, labels, ids = arrays["embeddings"], arrays["labels"], arrays["ids"]
-            gallery = cls(meta["metric"], meta["backend"], meta.get("model_fingerprint"), meta.get("threshold"),
-                          meta.get("class_names"))
+            milvus = meta.get("backend") == "milvus"
+            if milvus:
+                connection = (meta["metric"], meta["uri"], meta["collection"], meta.get("index", "FLAT"))
+            else:
+                with np.load(folder / EMBEDDINGS_FILE, allow_pickle=False) as arrays:
+                    embeddings, labels, ids = arrays["embeddings"], arrays["labels"], arrays["ids"]
+                gallery = cls(meta["metric"], meta["backend"], meta.get("model_fingerprint"), meta.get("threshold"),
+                              meta.get("class_names"))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise GalleryError(f"{folder} holds no readable gallery ({type(err).__name__}: {err}). "
                                f"Received: gallery={str(folder)!r}") from None
-        if len(labels) != meta.get("size") or embeddings.shape[0] != len(labels) or len(ids) != len(labels):
+        if milvus:
+            gallery = cls._open_saved_milvus(folder, *connection)
+        elif len(labels) != meta.get("size") or embeddings.shape[0] != len(labels) or len(ids) != len(labels):
             raise GalleryError(f"{folder} is corrupt: {META_FILE} lists {meta.get('size')} items, {EMBEDDINGS_FILE} "
                                f"holds {embeddings.shape[0]} embeddings, {len(labels)} labels, {len(ids)} ids. "
                                f"Received: gallery={str(folder)!r}")
@@ -292,6 +411,16 @@ class Gallery:
             raise GalleryError(f"{folder} was enrolled by another model (fingerprint {gallery.model_fingerprint}), "
                                f"not this one ({model_fingerprint}); enrol it again with this run. "
                                f"Received: gallery={str(folder)!r}")
-        if len(labels):
+        if not milvus and len(labels):
             gallery.add(embeddings, labels, ids.tolist())
+        return gallery
+
+    @classmethod
+    def _open_saved_milvus(cls, folder: Path, metric: str, uri: str, collection: str, index: str) -> Gallery:
+        from reprlearn.index.milvus import resolve_uri
+
+        gallery = cls(metric, "milvus", uri=resolve_uri(uri, folder), collection=collection, index=index)
+        if not gallery._milvus.exists:
+            raise GalleryError(f"{folder} names collection {collection!r} at {gallery._milvus.uri!r}, which does "
+                               f"not exist (dropped, or the Lite file moved). Received: gallery={str(folder)!r}")
         return gallery

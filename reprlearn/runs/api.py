@@ -21,7 +21,7 @@ import yaml
 from reprlearn.config import Config, config_from_dict
 from reprlearn.data import ImageSet, check_images
 from reprlearn.ops.distances import paired_distance
-from reprlearn.index import Gallery, split_class_threshold
+from reprlearn.index import Gallery, GalleryError, split_class_threshold
 from reprlearn.errors import DataError, RunFolderError
 from reprlearn.runs.inference import embed, match_probabilities
 from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, read_json, run_state
@@ -115,9 +115,13 @@ class Run:
             raise DataError(f"{name} must be [{want}] for this run's model. Received: {name}.shape={given.shape}")
         return batch
 
-    def gallery(self, images, labels, ids=None, backend: str = "exact", class_names=None) -> Gallery:
-        """A gallery of these images, embedded by this run, ranked with its metric and marked with its fingerprint."""
-        gallery = Gallery(self.metric, backend, self.model_fingerprint, class_names=class_names)
+    def gallery(self, images, labels, ids=None, backend: str = "exact", class_names=None, **milvus) -> Gallery:
+        """A gallery of these images, embedded by this run, ranked with its metric and marked with its fingerprint
+        (`milvus`: `uri`, `collection`, `index`, as `Gallery` takes them)."""
+        gallery = Gallery(self.metric, backend, self.model_fingerprint, class_names=class_names, **milvus)
+        if len(gallery):
+            raise GalleryError(f"{gallery.location} already holds {len(gallery)} items: add to it (`reprlearn index "
+                               f"--add`), or choose another collection. Received: {milvus}")
         gallery.add(self.embed(images), labels, ids)
         return gallery
 
