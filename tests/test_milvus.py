@@ -307,3 +307,41 @@ def test_a_lite_file_open_in_another_process_is_named_as_such(tmp_path):
     gallery.close()
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr[-2000:]
+
+
+def test_a_gallery_on_a_milvus_server_answers_as_the_embedded_one(tmp_path):
+    """The server path (a uri, not a file), against `milvus-lite server`: the gRPC protocol a Milvus cluster speaks."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir",
+                               str(tmp_path / "served.db"), "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # the server answers within a few seconds
+            try:
+                gallery = Gallery("squared-L2", "milvus", model_fingerprint="m", uri=uri, collection="served")
+                break
+            except GalleryError:
+                time.sleep(0.5)
+        items, labels = clustered(400, 16, 8, seed=8)
+        gallery.add(items, labels)
+        gallery.remove(["3", "4"])
+        exact = Gallery("squared-L2")
+        exact.add(np.delete(items, [3, 4], axis=0), np.delete(labels, [3, 4]),
+                  [str(i) for i in range(400) if i not in (3, 4)])
+        queries, _ = clustered(30, 16, 8, seed=9)
+        got, want = gallery.neighbours(queries, 5), exact.neighbours(queries, 5)
+        np.testing.assert_array_equal(got[2], want[2])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+        gallery.threshold = 1.5
+        gallery.save(tmp_path / "g")
+        assert json.loads((tmp_path / "g" / "gallery.json").read_text())["uri"] == uri
+        again = Gallery.load(tmp_path / "g", model_fingerprint="m")  # a second client of the same server
+        assert len(again) == 398 and again.threshold == 1.5 and again.metric == "squared-L2"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -42,7 +42,7 @@ QUERY_ROWS = 1_000        # query vectors per search request
 # that this array stays under LITE_FLAT_BYTES.
 LITE_FLAT_BYTES = 1 << 28
 LITE_LOAD_ATTEMPTS = 60
-LOOKUP_IDS = 1_000        # ids per `item_id in [...]` filter
+LOOKUP_IDS = 50_000       # ids per `item_id in [...]` filter: Milvus Lite scans the collection for each
 
 
 def _client_error(err: Exception, uri: str, doing: str) -> GalleryError:
