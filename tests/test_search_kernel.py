@@ -156,3 +156,37 @@ def test_host_selection_drops_the_excluded_item_as_the_graph_does():
     got = search.top_k_rows(scores, 10, excluded)
     np.testing.assert_array_equal(got[1], want[1].numpy())
     np.testing.assert_array_equal(got[0], want[0].numpy())
+
+
+@pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
+def test_a_prepared_reference_searches_exactly_as_the_array(metric):
+    rng = np.random.default_rng(11)
+    items, queries = rng.normal(size=(700, 12)).astype(np.float32), rng.normal(size=(90, 12)).astype(np.float32)
+    prepared = search.search_reference(items, metric)
+    for (rows_a, dist_a, idx_a), (rows_b, dist_b, idx_b) in zip(
+            search.search_chunks(prepared, 7, metric, queries=queries, chunk_size=40),
+            search.search_chunks(items, 7, metric, queries=queries, chunk_size=40)):
+        np.testing.assert_array_equal(rows_a, rows_b)
+        np.testing.assert_array_equal(dist_a, dist_b)
+        np.testing.assert_array_equal(idx_a, idx_b)
+    with pytest.raises(ValueError, match="with queries"):
+        search.search_chunks(prepared, 7, metric)
+    other = "angular" if metric != "angular" else "L2"
+    with pytest.raises(ValueError, match=f"metric={other!r}"):
+        search.search_chunks(prepared, 7, other, queries=queries)
+
+
+def test_a_gallery_searched_then_changed_finds_its_new_items_and_not_its_removed_ones():
+    from reprlearn.index import Gallery
+
+    rng = np.random.default_rng(12)
+    gallery = Gallery("L2")
+    gallery.add(rng.normal(size=(300, 8)).astype(np.float32), np.zeros(300, np.int64))
+    probe = np.full((1, 8), 9.0, np.float32)
+    assert gallery.search(probe, 1)[1][0, 0] != 300  # nothing near the probe yet (the items are cached now)
+    gallery.add(probe + 0.01, [1], ["near"])
+    distances, indices = gallery.search(probe, 1)
+    # q·e − ½‖e‖² in float32 at ‖e‖² ≈ 650 leaves ~1e-4 on d² (the kernel's documented cancellation)
+    assert indices[0, 0] == 300 and distances[0, 0] == pytest.approx(0.01 * np.sqrt(8), abs=1e-3)
+    gallery.remove(["near"])
+    assert gallery.neighbours(probe, 1)[2][0, 0] != "near"

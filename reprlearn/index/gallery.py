@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from reprlearn.errors import GalleryError
-from reprlearn.index.search import search_chunks, unit_rows
+from reprlearn.index.search import search_chunks, search_reference, unit_rows
 from reprlearn.ops.distances import canonical_metric
 
 UNKNOWN = -1
@@ -122,7 +122,7 @@ class Gallery:
         self.embeddings = np.zeros((0, 0), np.float32)
         self.labels = np.zeros(0, np.int64)
         self.ids = np.zeros(0, dtype=str)
-        self._faiss_index = None
+        self._faiss_index = self._search_reference = None
         self._milvus, self._milvus_dim = None, None
         if backend == "milvus":
             self._open_milvus(uri, collection, index)
@@ -207,7 +207,7 @@ class Gallery:
         self.embeddings = embeddings if not len(self) else np.concatenate([self.embeddings, embeddings])
         self.labels = np.concatenate([self.labels, labels.astype(np.int64)])
         self.ids = np.concatenate([self.ids, ids]) if len(self.ids) else ids
-        self._faiss_index = None
+        self._faiss_index = self._search_reference = None
 
     def _add_to_milvus(self, embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
         from reprlearn.index.milvus import MAX_ID_LENGTH
@@ -233,7 +233,7 @@ class Gallery:
             return
         keep = ~np.isin(self.ids, ids)
         self.embeddings, self.labels, self.ids = self.embeddings[keep], self.labels[keep], self.ids[keep]
-        self._faiss_index = None
+        self._faiss_index = self._search_reference = None
 
     # ---- search ----
 
@@ -256,7 +256,10 @@ class Gallery:
         if self.backend != "exact":
             return self._faiss_search(queries, int(k))
         distances, indices = [], []
-        for _, chunk_distances, chunk_indices in search_chunks(self.embeddings, int(k), self.metric, queries=queries):
+        if self._search_reference is None:  # the items as tensors, kept until the gallery changes
+            self._search_reference = search_reference(self.embeddings, self.metric)
+        for _, chunk_distances, chunk_indices in search_chunks(self._search_reference, int(k), self.metric,
+                                                               queries=queries):
             distances.append(chunk_distances)
             indices.append(chunk_indices)
         return (np.concatenate(distances), np.concatenate(indices)) if distances else (

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +52,21 @@ def prepare_reference(reference, metric: str) -> tuple[np.ndarray, np.ndarray]:
     if metric == "angular":
         reference = unit_rows(reference)
     return reference, np.sum(reference ** 2, axis=1)
+
+
+class SearchReference(NamedTuple):
+    """Items as the kernel searches them (unit rows for angular) and their squared norms, as tensors: made
+    once by `search_reference`, so a gallery searched again and again does not convert its items each time."""
+    items: tf.Tensor
+    squared_norms: tf.Tensor
+    metric: str
+
+
+def search_reference(reference, metric: str) -> SearchReference:
+    """`[N, d]` items prepared for `search_chunks(prepared, k, metric, queries=...)`."""
+    metric = canonical_metric(metric)
+    items, squared_norms = prepare_reference(reference, metric)
+    return SearchReference(tf.constant(items), tf.constant(squared_norms), metric)
 
 
 def top_k_by_group_maxima(scores, k):
@@ -216,7 +232,8 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
     """Yields `(rows, distances [c, k] float32, indices [c, k] int64)` per chunk of queries, nearest first.
 
     Args:
-        reference: `[N, d]` float items searched.
+        reference: `[N, d]` float items searched, or a `SearchReference` of them (searched with `queries`
+            in its metric).
         k: neighbours per query.
         metric: `"L2"`, `"squared-L2"` or `"angular"` (1 − cosine); distances are in that metric.
         queries: `[Q, d]` queries, none of them in `reference`; `rows` index them. Default: the
@@ -229,9 +246,16 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
         ValueError: k outside [1, number of candidates], or an unknown metric.
     """
     metric = canonical_metric(metric)
-    reference, squared_norms = prepare_reference(reference, metric)
-    n = reference.shape[0]
     self_search = queries is None
+    if isinstance(reference, SearchReference):
+        if self_search or reference.metric != metric:
+            raise ValueError(f"a SearchReference is searched with queries, in its own metric "
+                             f"{reference.metric!r}. Received: metric={metric!r}, queries={queries is not None}")
+        prepared = reference
+    else:
+        reference, squared_norms = prepare_reference(reference, metric)
+        prepared = SearchReference(tf.constant(reference), tf.constant(squared_norms), metric)
+    n = int(prepared.items.shape[0])
     candidates = n - 1 if self_search else n
     if not 1 <= k <= candidates:
         raise GalleryError(f"k must be in [1, {candidates}] (the items a query can be matched with). Received: k={k}")
@@ -242,7 +266,7 @@ def search_chunks(reference, k: int, metric: str = "L2", queries=None, query_row
         query_vectors = np.asarray(queries, dtype=np.float32)
         rows_all = np.arange(len(query_vectors))
     chunk = chunk_size or max(1, _CHUNK_VALUES // max(n, 1))
-    reference_t, squared_norms_t = tf.constant(reference), tf.constant(squared_norms)
+    reference_t, squared_norms_t = prepared.items, prepared.squared_norms
 
     def scored(rows):
         excluded = tf.constant(rows, tf.int64) if self_search else None
