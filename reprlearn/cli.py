@@ -218,11 +218,22 @@ def _verify(args) -> int:
 
 def _evaluate(args) -> int:
     from reprlearn.data import load_spec
-    from reprlearn.evaluation.scoring import evaluate_run
+    from reprlearn.evaluation.scoring import evaluate_against_gallery, evaluate_run
+    from reprlearn.index import Gallery
     from reprlearn.runs import load_run
 
     run = load_run(args.run_dir)
-    report, folder = evaluate_run(run, load_spec(args.data, args.data_dir, run.decoding), args.data)
+    data = load_spec(args.data, args.data_dir, run.decoding)
+    if args.gallery:
+        gallery = Gallery.load(args.gallery, model_fingerprint=run.model_fingerprint)
+        report, folder = evaluate_against_gallery(run, data, args.data, gallery, args.gallery, args.k)
+        shown = {key: "n/a" if report[key] is None else f"{report[key]:.4f}" for key in ("dir", "recall_at_k", "far")}
+        print(f"DIR {shown['dir']}, recall@{report['k']} {shown['recall_at_k']} on {report['genuine']} queries of "
+              f"enrolled classes; FAR {shown['far']} on {report['impostors']} others (threshold "
+              f"{report['threshold']:.4f}, {report['gallery_items']} items, {report['backend']})")
+        print(f"Report: {folder / 'identification.md'}")
+        return 0
+    report, folder = evaluate_run(run, data, args.data)
     test, raw, cosine = (report["metrics"][k] for k in ("test", "baseline_raw", "baseline_raw_cosine"))
     print(f"MAP@R {test['map_at_r']:.4f} (raw pixels: L2 {raw['map_at_r']:.4f}, cosine {cosine['map_at_r']:.4f}), "
           f"P@1 {test['precision_at_1']:.4f} on {report['n']} images of {report['classes']} classes")
@@ -333,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-score a trained run on other data (retrieval, verification)")
     evaluate.add_argument("run_dir", help="a finished run folder; the report goes to RUN/evaluations/<data>/")
     add_data(evaluate, "the labelled images to score")
+    evaluate.add_argument("--gallery", help="identify the images against this gallery (any backend) instead: DIR, "
+                                            "rank-1, recall@k, FRR, FAR at its threshold")
+    evaluate.add_argument("--k", type=int, default=5, help="with --gallery: the k of recall@k")
     evaluate.set_defaults(handler=_evaluate)
     transfer = commands.add_parser("transfer", help="n-shot transfer to the run's unseen test classes: k-NN, a new "
                                                     "head, fine-tuning, beside raw pixels")

@@ -177,3 +177,31 @@ def test_empty_galleries_unknown_metrics_and_bad_folders_are_refused(tmp_path):
     (tmp_path / "g" / "gallery.npz").write_bytes(b"not a zip")
     with pytest.raises(GalleryError, match="holds no readable gallery"):
         Gallery.load(tmp_path / "g")
+
+
+def test_identification_scores_match_a_numpy_loop():
+    from reprlearn.evaluation.scoring import identification_scores
+
+    items = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], np.float32)
+    gallery = Gallery("L2", threshold=0.5)
+    gallery.add(items, [0, 1, 2, 2])
+    queries = np.array([[0.1, 0.0], [0.9, 0.3], [0.0, 0.8], [0.6, 0.0], [4.0, 4.0], [5.1, 5.0], [0.2, 0.2]],
+                       np.float32)
+    labels = np.array([0, 1, 0, 1, 2, -1, 7])  # -1: a class the gallery has no name for; 7: none enrolled
+    got = identification_scores(gallery, queries, labels, k=2)
+    dist = np.sqrt(((queries[:, None] - items[None]) ** 2).sum(-1))
+    order = np.argsort(dist, axis=1, kind="stable")
+    top = np.array([0, 1, 2, 2])[order]
+    accepted = dist[np.arange(7), order[:, 0]] <= 0.5
+    genuine = np.array([label in (0, 1, 2) for label in labels])
+    want = {"dir": np.mean([accepted[i] and top[i, 0] == labels[i] for i in range(7) if genuine[i]]),
+            "rank_1": np.mean([top[i, 0] == labels[i] for i in range(7) if genuine[i]]),
+            "recall_at_k": np.mean([labels[i] in top[i, :2] for i in range(7) if genuine[i]]),
+            "frr": np.mean([not accepted[i] for i in range(7) if genuine[i]]),
+            "far": np.mean([accepted[i] for i in range(7) if not genuine[i]])}
+    assert got["genuine"] == 5 and got["impostors"] == 2 and got["k"] == 2
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+    assert (got["dir"], got["rank_1"], got["far"]) == (pytest.approx(0.6), pytest.approx(0.8), 1.0)  # by hand
+    none = identification_scores(gallery, queries[:1], np.array([0]))
+    assert none["far"] is None and none["impostors"] == 0

@@ -287,6 +287,20 @@ def test_the_command_line_enrols_adds_removes_and_identifies_on_milvus(digits_ru
     got, want = gallery.identify(probe, k=3), exact.identify(probe, k=3)
     np.testing.assert_array_equal(got.neighbour_ids, want.neighbour_ids)
     np.testing.assert_array_equal(got.labels, want.labels)
+    done = reprlearn("evaluate", digits_run, "--data", f"folder:{tmp_path / 'queries'}", "--gallery", gallery_dir,
+                     "--k", 3)
+    assert done.returncode == 0 and "DIR" in done.stdout, done.stderr[-3000:]
+    from reprlearn.evaluation.scoring import identification_scores
+
+    written = Path(done.stdout.split("Report: ")[1].strip())
+    report = json.loads(written.with_suffix(".json").read_text())
+    query_set = load_spec(f"folder:{tmp_path / 'queries'}")
+    names = gallery.class_names
+    as_gallery = np.asarray([names.index(n) if n in names else -1 for n in query_set.class_names])[query_set.labels]
+    want = identification_scores(exact, probe, as_gallery, k=3)
+    assert report["backend"] == "milvus" and report["genuine"] == 12 and report["impostors"] == 8
+    for key in ("dir", "rank_1", "recall_at_k", "frr", "far"):
+        assert report[key] == pytest.approx(want[key]), key
     exported = reprlearn("export", digits_run, "--out", tmp_path / "models", "--format", "saved_model",
                          "--gallery", gallery_dir)
     assert exported.returncode == 2 and "searched by Milvus" in exported.stderr

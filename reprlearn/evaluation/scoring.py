@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reprlearn.data import ImageSet, flat_pixels
+from reprlearn.errors import GalleryError
 from reprlearn.metrics import retrieval_metrics, sample_pairs, verification_metrics
 from reprlearn.metrics.verification import best_threshold
 from reprlearn.ops.distances import paired_distance
@@ -137,4 +138,55 @@ def evaluate_run(run: Run, data: ImageSet, spec: str, n_pairs: int | None = None
                   + (f"; at the run's threshold {v['threshold']:.4f} (fit on its validation pairs): accuracy "
                      f"{v['accuracy']:.4f}, FAR {v['far']:.4f}, FRR {v['frr']:.4f}" if "threshold" in v else "")]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return report, folder
+
+
+def identification_scores(gallery, embeddings: np.ndarray, labels: np.ndarray, k: int = 5) -> dict:
+    """Open-set identification of labelled queries against a gallery at its own rejection threshold.
+
+    `labels` are the queries' class ids in the gallery's numbering, negative for a class the gallery does
+    not know. Queries of an enrolled class are genuine: the detection and identification rate (DIR) is the
+    share accepted with the right label, rank-1 and recall@k the share whose nearest / k nearest items
+    include their class, threshold aside, and FRR the share rejected. The others are impostors: FAR is the
+    share accepted.
+    """
+    labels = np.asarray(labels)
+    result = gallery.identify(embeddings, k=min(k, len(gallery)))
+    genuine = (labels >= 0) & gallery.enrolled(np.maximum(labels, 0))
+    correct = result.neighbour_labels == labels[:, None]
+    rate = (lambda values: float(np.mean(values)) if len(values) else None)
+    return {"queries": len(labels), "genuine": int(genuine.sum()), "impostors": int((~genuine).sum()),
+            "threshold": gallery.threshold, "k": int(result.distances.shape[1]),
+            "dir": rate(result.accepted[genuine] & correct[genuine, 0]),
+            "rank_1": rate(correct[genuine, 0]), "recall_at_k": rate(correct[genuine].any(axis=1)),
+            "frr": rate(~result.accepted[genuine]), "far": rate(result.accepted[~genuine])}
+
+
+def evaluate_against_gallery(run: Run, data: ImageSet, spec: str, gallery, gallery_path: str,
+                             k: int = 5) -> tuple[dict, Path]:
+    """Identifies `data` against a gallery this run enrolled; writes `RUN/evaluations/<spec>/identification.json`
+    and `.md`. Classes are matched by name; a class the gallery lacks makes its queries impostors.
+
+    Returns:
+        `(report, folder)`.
+    """
+    if gallery.threshold is None:
+        raise GalleryError(f"the gallery has no rejection threshold (`reprlearn index` sets one). "
+                           f"Received: gallery={gallery_path!r}")
+    names = list(gallery.class_names or [])
+    as_gallery_label = np.asarray([names.index(name) if name in names else -1 for name in data.class_names])
+    scores = identification_scores(gallery, run.embed(data), as_gallery_label[data.labels], k)
+    report = {"run": str(run.path), "data": spec, "gallery": gallery_path, "backend": gallery.backend,
+              "gallery_items": len(gallery), "metric": run.metric, **scores}
+    folder = run.path / "evaluations" / _slug(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "identification.json").write_text(json.dumps(report, indent=2))
+    shown = {key: "n/a" if scores[key] is None else f"{scores[key]:.4f}"
+             for key in ("dir", "rank_1", "recall_at_k", "frr", "far")}
+    lines = [f"# {run.path.name}: {spec} against the gallery {gallery_path}", "",
+             f"{scores['queries']} queries: {scores['genuine']} of enrolled classes, {scores['impostors']} of others; "
+             f"{len(gallery)} items ({gallery.backend}); threshold {scores['threshold']:.4f} ({run.metric}).", "",
+             f"| DIR | rank-1 | recall@{scores['k']} | FRR | FAR |", "|---|---|---|---|---|",
+             f"| {shown['dir']} | {shown['rank_1']} | {shown['recall_at_k']} | {shown['frr']} | {shown['far']} |"]
+    (folder / "identification.md").write_text("\n".join(lines) + "\n")
     return report, folder

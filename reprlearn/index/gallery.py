@@ -306,6 +306,12 @@ class Gallery:
         labels = np.where(accepted, neighbour_labels[:, 0], UNKNOWN)
         return Identification(labels, accepted, distances, neighbour_labels, neighbour_ids)
 
+    def enrolled(self, labels) -> np.ndarray:
+        """`[N]` bool: whether the gallery holds at least one item of each of these class ids."""
+        labels = np.asarray(labels).reshape(-1)
+        present = list(self._milvus.enrolled(labels.tolist())) if self._milvus else self.labels
+        return np.isin(labels, present)
+
     def calibrate(self, queries, labels, far: float = 1e-3) -> float:
         """Sets and returns the rejection threshold for a false-accept rate `far`.
 
@@ -316,8 +322,7 @@ class Gallery:
         if not 0.0 < far < 1.0:
             raise GalleryError(f"far must be in (0, 1). Received: far={far!r}")
         labels = np.asarray(labels)
-        enrolled = list(self._milvus.enrolled(labels.tolist())) if self._milvus else self.labels
-        impostor = ~np.isin(labels, enrolled)
+        impostor = ~self.enrolled(labels)
         if not impostor.any():
             raise GalleryError("calibrate needs impostor queries (classes that are not enrolled). "
                                f"Received: {len(labels)} queries, all of enrolled classes")
