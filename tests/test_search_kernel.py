@@ -190,3 +190,25 @@ def test_a_gallery_searched_then_changed_finds_its_new_items_and_not_its_removed
     assert indices[0, 0] == 300 and distances[0, 0] == pytest.approx(0.01 * np.sqrt(8), abs=1e-3)
     gallery.remove(["near"])
     assert gallery.neighbours(probe, 1)[2][0, 0] != "near"
+
+
+@pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
+@pytest.mark.parametrize("k", [1, 7, 100])
+def test_the_search_block_by_block_finds_what_whole_rows_find(metric, k, monkeypatch):
+    # integer coordinates: many exact ties, whose order (lower index first) must survive the running merge
+    rng = np.random.default_rng(13)
+    items = rng.integers(-3, 4, size=(1000, 4)).astype(np.float32)
+    queries = rng.integers(-3, 4, size=(130, 4)).astype(np.float32)
+    whole = list(search.search_chunks(items, k, metric, queries=queries))
+    whole_self = list(search.search_chunks(items, k, metric, query_rows=np.arange(0, 1000, 7)))
+    monkeypatch.setattr(search, "BLOCKED_FROM", 500)
+    monkeypatch.setattr(search, "BLOCK_ITEMS", 64)   # 16 blocks, the last of 40 items; k = 100 spans blocks
+    monkeypatch.setattr(search, "BLOCK_QUERIES", 50)
+    for want, got in ((whole, list(search.search_chunks(items, k, metric, queries=queries))),
+                      (whole_self, list(search.search_chunks(items, k, metric, query_rows=np.arange(0, 1000, 7))))):
+        assert len(got) == 3  # the blocked path ran, 50 queries a chunk
+        rows = np.concatenate([r for r, _, _ in got])
+        np.testing.assert_array_equal(rows, np.concatenate([r for r, _, _ in want]))
+        np.testing.assert_array_equal(np.concatenate([i for _, _, i in got]), np.concatenate([i for _, _, i in want]))
+        np.testing.assert_allclose(np.concatenate([d for _, d, _ in got]), np.concatenate([d for _, d, _ in want]),
+                                   rtol=1e-6, atol=1e-6)
