@@ -47,7 +47,9 @@ def _parse_list(value: str | list[str], allowed: tuple[str, ...], argument: str)
 
 def next_version(model_dir: Path) -> int:
     """1 + the largest numeric version folder in `model_dir` (1 if there is none)."""
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    if not model_dir.is_dir():
+        return 1
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
 
 
