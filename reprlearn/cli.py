@@ -163,7 +163,7 @@ def _index(args) -> int:
         class_names += [name for name in data.class_names if name not in class_names]
         labels = np.asarray([class_names.index(name) for name in data.class_names])[data.labels]
         gallery.class_names = class_names
-        gallery.add(run.embed(data), labels, data.names)
+        run.enrol(gallery, data, labels, data.names)
         gallery.save(out)
         print(f"Added {len(gallery) - before} items to {out}: {len(gallery)} items of {len(class_names)} classes")
         return 0

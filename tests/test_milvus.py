@@ -359,3 +359,21 @@ def test_a_gallery_on_a_milvus_server_answers_as_the_embedded_one(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_run_enrols_chunk_by_chunk_and_finds_what_one_add_finds(digits_run, tmp_path, monkeypatch):
+    import reprlearn.runs.api as api
+    from reprlearn.runs import load_run
+
+    run = load_run(digits_run)
+    test = run.split("test").subset(np.arange(60))
+    calls = []
+    add = Gallery.add
+    monkeypatch.setattr(Gallery, "add", lambda self, *a, **k: (calls.append(len(a[0])), add(self, *a, **k))[1])
+    monkeypatch.setattr(api, "ENROL_CHUNK", 25)
+    chunked = run.gallery(test, test.labels, backend="milvus", uri=str(tmp_path / "g.db"))
+    assert calls == [25, 25, 10] and len(chunked) == 60  # embeddings held: one chunk at a time
+    whole = Gallery(run.metric)
+    add(whole, run.embed(test), test.labels)
+    queries = run.embed(test)[::5]
+    np.testing.assert_array_equal(chunked.neighbours(queries, 4)[2], whole.neighbours(queries, 4)[2])

@@ -26,6 +26,8 @@ from reprlearn.errors import DataError, RunFolderError
 from reprlearn.runs.inference import embed, match_probabilities
 from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, read_json, run_state
 
+ENROL_CHUNK = 65_536  # images embedded and added to a gallery at a time
+
 
 @dataclass
 class Run:
@@ -122,8 +124,19 @@ class Run:
         if len(gallery):
             raise GalleryError(f"{gallery.location} already holds {len(gallery)} items: add to it (`reprlearn index "
                                f"--add`), or choose another collection. Received: {milvus}")
-        gallery.add(self.embed(images), labels, ids)
+        self.enrol(gallery, images, labels, ids)
         return gallery
+
+    def enrol(self, gallery: Gallery, images, labels, ids=None) -> None:
+        """Embeds images and adds them to `gallery`, `ENROL_CHUNK` at a time, so that enrolling into Milvus
+        holds one chunk's embeddings, not the whole set's. Ids default to running numbers from the gallery's size."""
+        labels = np.asarray(labels)
+        if ids is None:
+            ids = [str(i) for i in range(len(gallery), len(gallery) + len(images))]
+        for start in range(0, len(images), ENROL_CHUNK):
+            rows = np.arange(start, min(start + ENROL_CHUNK, len(images)))
+            part = images.subset(rows) if isinstance(images, ImageSet) else np.asarray(images)[rows]
+            gallery.add(self.embed(part), labels[rows], [ids[i] for i in rows])
 
     def rejection_threshold(self, far: float = 1e-3) -> float:
         """The open-set rejection distance for a false-accept rate `far`, fit on the validation split only.
