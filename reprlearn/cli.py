@@ -131,9 +131,8 @@ def _embed(args) -> int:
         raise ConfigError(f"--out must name a .npz or .parquet file. Received: --out={args.out!r}")
     run = load_run(args.run_dir)
     data = load_spec(args.data, args.data_dir, run.decoding)
-    embeddings = run.embed(data)
-    write_embeddings(out, embeddings, data, run)
-    print(f"{len(embeddings)} embeddings of dimension {embeddings.shape[1]} ({run.metric} metric) → {out}")
+    dim = write_embeddings(out, data, run)
+    print(f"{len(data)} embeddings of dimension {dim} ({run.metric} metric) → {out}")
     return 0
 
 

@@ -370,7 +370,7 @@ def test_a_run_enrols_chunk_by_chunk_and_finds_what_one_add_finds(digits_run, tm
     calls = []
     add = Gallery.add
     monkeypatch.setattr(Gallery, "add", lambda self, *a, **k: (calls.append(len(a[0])), add(self, *a, **k))[1])
-    monkeypatch.setattr(api, "ENROL_CHUNK", 25)
+    monkeypatch.setattr(api, "EMBED_CHUNK", 25)
     chunked = run.gallery(test, test.labels, backend="milvus", uri=str(tmp_path / "g.db"))
     assert calls == [25, 25, 10] and len(chunked) == 60  # embeddings held: one chunk at a time
     whole = Gallery(run.metric)

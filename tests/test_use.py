@@ -285,3 +285,28 @@ def test_transfer_refuses_a_run_whose_test_classes_it_trained_on(used):
     done = reprlearn("transfer", used / "run", "--shots", 1, "--draws", 1, "--steps", 5)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (used / "run" / "transfer" / "report.md").is_file() and "frozen + head" in done.stdout
+
+
+def test_embed_writes_chunk_by_chunk_the_same_files(used, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import reprlearn.runs.api as api
+
+    monkeypatch.setattr(api, "EMBED_CHUNK", 7)  # 100 queries: 15 chunks, the last of 2
+    for suffix in ("npz", "parquet"):
+        done = reprlearn("embed", used / "run", "--data", f"folder:{used / 'query_images'}", "--out",
+                         used / f"chunked.{suffix}")
+        assert done.returncode == 0, done.stderr[-3000:]
+    run, queries = load_run(used / "run"), load_spec(f"folder:{used / 'query_images'}")
+    want = run.embed(queries)
+    with np.load(used / "chunked.npz") as saved:  # batches of 7 through the model: equal to float32 rounding
+        np.testing.assert_allclose(saved["embeddings"], want, rtol=1e-5, atol=1e-6)
+        assert saved["names"].tolist() == queries.names and saved["labels"].tolist() == queries.labels.tolist()
+        assert saved["class_names"].tolist() == queries.class_names
+    parquet = pq.ParquetFile(used / "chunked.parquet")
+    assert parquet.metadata.num_row_groups == 15 and parquet.schema_arrow.metadata[b"metric"].decode() == run.metric
+    table = parquet.read()
+    np.testing.assert_allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), want, rtol=1e-5,
+                               atol=1e-6)
+    assert table.column("name").to_pylist() == queries.names
+    assert not list(used.glob("*.tmp*"))  # the temporary files are gone

@@ -26,7 +26,7 @@ from reprlearn.errors import DataError, RunFolderError
 from reprlearn.runs.inference import embed, match_probabilities
 from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, read_json, run_state
 
-ENROL_CHUNK = 65_536  # images embedded and added to a gallery at a time
+EMBED_CHUNK = 65_536  # images embedded at a time where a whole set's embeddings need not be held
 
 
 @dataclass
@@ -127,16 +127,21 @@ class Run:
         self.enrol(gallery, images, labels, ids)
         return gallery
 
+    def embed_chunks(self, images):
+        """Yields `(rows, embeddings [len(rows), d])` over images, `EMBED_CHUNK` at a time: for writers and
+        galleries that should hold one chunk's embeddings, not the whole set's."""
+        for start in range(0, len(images), EMBED_CHUNK):
+            rows = np.arange(start, min(start + EMBED_CHUNK, len(images)))
+            yield rows, self.embed(images.subset(rows) if isinstance(images, ImageSet) else np.asarray(images)[rows])
+
     def enrol(self, gallery: Gallery, images, labels, ids=None) -> None:
-        """Embeds images and adds them to `gallery`, `ENROL_CHUNK` at a time, so that enrolling into Milvus
-        holds one chunk's embeddings, not the whole set's. Ids default to running numbers from the gallery's size."""
+        """Embeds images and adds them to `gallery` chunk by chunk (`embed_chunks`). Ids default to running
+        numbers from the gallery's size."""
         labels = np.asarray(labels)
         if ids is None:
             ids = [str(i) for i in range(len(gallery), len(gallery) + len(images))]
-        for start in range(0, len(images), ENROL_CHUNK):
-            rows = np.arange(start, min(start + ENROL_CHUNK, len(images)))
-            part = images.subset(rows) if isinstance(images, ImageSet) else np.asarray(images)[rows]
-            gallery.add(self.embed(part), labels[rows], [ids[i] for i in rows])
+        for rows, embeddings in self.embed_chunks(images):
+            gallery.add(embeddings, labels[rows], [ids[i] for i in rows])
 
     def rejection_threshold(self, far: float = 1e-3) -> float:
         """The open-set rejection distance for a false-accept rate `far`, fit on the validation split only.

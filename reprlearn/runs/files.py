@@ -1,49 +1,77 @@
 """Files a user takes away from a run: embeddings (.npz or .parquet) and identification results (.csv).
 
 Each is written to a temporary file beside the target and renamed, so an interrupted write leaves no
-half file under the target's name.
+half file under the target's name. Embeddings are written as they are computed, chunk by chunk
+(`Run.embed_chunks`), so a large set's embeddings are never all in memory.
 
 Example:
-    write_embeddings(Path("out/embeddings.parquet"), run.embed(data), data, run)
+    dim = write_embeddings(Path("out/embeddings.parquet"), data, run)
 """
 
 from __future__ import annotations
 
 import csv
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 
-def write_embeddings(out: Path, embeddings: np.ndarray, data, run) -> None:
-    """`out` .npz (embeddings, labels, names, class_names) or .parquet (one row per image, see below)."""
+def write_embeddings(out: Path, data, run) -> int:
+    """Embeds `data` with `run` into `out`: .npz (embeddings, labels, names, class_names) or .parquet (one row
+    per image, see below). Returns the embedding dimension."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp" + out.suffix)
+    dim = int(run.model.output_shape[-1])
     if out.suffix == ".parquet":
-        _write_parquet(tmp, embeddings, data, run)
+        _write_parquet(tmp, dim, data, run)
     else:
-        np.savez(tmp, embeddings=embeddings, labels=data.labels, names=np.asarray(data.names),
-                 class_names=np.asarray(data.class_names))
+        _write_npz(tmp, dim, data, run)
     tmp.replace(out)
+    return dim
 
 
-def _write_parquet(path: Path, embeddings: np.ndarray, data, run) -> None:
+def _write_npz(path: Path, dim: int, data, run) -> None:
+    """The arrays as .npy files (the embeddings filled chunk by chunk through a memory map), then stored in
+    the .npz (a zip) file by file, so neither step holds all the embeddings."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        arrays = Path(folder)
+        embeddings = np.lib.format.open_memmap(arrays / "embeddings.npy", mode="w+", dtype=np.float32,
+                                               shape=(len(data), dim))
+        for rows, part in run.embed_chunks(data):
+            embeddings[rows] = part
+        embeddings.flush()
+        del embeddings
+        np.save(arrays / "labels.npy", np.asarray(data.labels))
+        np.save(arrays / "names.npy", np.asarray(data.names))
+        np.save(arrays / "class_names.npy", np.asarray(data.class_names))
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name in ("embeddings", "labels", "names", "class_names"):
+                archive.write(arrays / f"{name}.npy", f"{name}.npy")
+
+
+def _write_parquet(path: Path, dim: int, data, run) -> None:
     """One row per image: `name`, `label`, `class_name`, `embedding` (a fixed-size float32 list); the run's
-    metric and model fingerprint in the schema metadata."""
+    metric and model fingerprint in the schema metadata. One row group per chunk of embeddings."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     class_names = list(data.class_names)
-    table = pa.table({
-        "name": pa.array([str(name) for name in data.names]),
-        "label": pa.array(data.labels.astype("int64")),
-        "class_name": pa.array([class_names[label] if 0 <= label < len(class_names) else str(label)
-                                for label in data.labels.tolist()]),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()),
-                                                       embeddings.shape[1]),
-    }).replace_schema_metadata({"metric": run.metric, "model_fingerprint": run.model_fingerprint,
-                                "run": str(run.path)})
-    pq.write_table(table, path)
+    schema = pa.schema([("name", pa.string()), ("label", pa.int64()), ("class_name", pa.string()),
+                        ("embedding", pa.list_(pa.float32(), dim))],
+                       metadata={"metric": run.metric, "model_fingerprint": run.model_fingerprint,
+                                 "run": str(run.path)})
+    labels = np.asarray(data.labels).astype("int64")
+    with pq.ParquetWriter(path, schema) as writer:
+        for rows, part in run.embed_chunks(data):
+            writer.write_table(pa.table({
+                "name": pa.array([str(data.names[i]) for i in rows]),
+                "label": pa.array(labels[rows]),
+                "class_name": pa.array([class_names[label] if 0 <= label < len(class_names) else str(label)
+                                        for label in labels[rows].tolist()]),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1), pa.float32()), dim),
+            }, schema=schema))
 
 
 def write_identifications(out: Path, result, gallery, data) -> None:
