@@ -4,6 +4,7 @@ add and remove, reload in a fresh process, the command line, and every bad input
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -294,6 +295,7 @@ def test_the_command_line_enrols_adds_removes_and_identifies_on_milvus(digits_ru
 
     written = Path(done.stdout.split("Report: ")[1].strip())
     report = json.loads(written.with_suffix(".json").read_text())
+    shutil.rmtree(written.parent)  # the run is shared with other tests, which count its evaluations
     query_set = load_spec(f"folder:{tmp_path / 'queries'}")
     names = gallery.class_names
     as_gallery = np.asarray([names.index(n) if n in names else -1 for n in query_set.class_names])[query_set.labels]
