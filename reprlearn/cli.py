@@ -217,7 +217,7 @@ def _verify(args) -> int:
 
 def _evaluate(args) -> int:
     from reprlearn.data import load_spec
-    from reprlearn.evaluation.scoring import evaluate_against_gallery, evaluate_run
+    from reprlearn.evaluation.scoring import evaluate_against_gallery, evaluate_run, rate_text
     from reprlearn.index import Gallery
     from reprlearn.runs import load_run
 
@@ -226,9 +226,9 @@ def _evaluate(args) -> int:
     if args.gallery:
         gallery = Gallery.load(args.gallery, model_fingerprint=run.model_fingerprint)
         report, folder = evaluate_against_gallery(run, data, args.data, gallery, args.gallery, args.k)
-        shown = {key: "n/a" if report[key] is None else f"{report[key]:.4f}" for key in ("dir", "recall_at_k", "far")}
-        print(f"DIR {shown['dir']}, recall@{report['k']} {shown['recall_at_k']} on {report['genuine']} queries of "
-              f"enrolled classes; FAR {shown['far']} on {report['impostors']} others (threshold "
+        print(f"DIR {rate_text(report['dir'])}, recall@{report['k']} {rate_text(report['recall_at_k'])} on "
+              f"{report['genuine']} queries of enrolled classes; FAR {rate_text(report['far'])} on "
+              f"{report['impostors']} others (threshold "
               f"{report['threshold']:.4f}, {report['gallery_items']} items, {report['backend']})")
         print(f"Report: {folder / 'identification.md'}")
         return 0

@@ -162,6 +162,11 @@ def identification_scores(gallery, embeddings: np.ndarray, labels: np.ndarray, k
             "frr": rate(~result.accepted[genuine]), "far": rate(result.accepted[~genuine])}
 
 
+def rate_text(rate: float | None) -> str:
+    """A rate of `identification_scores` as printed: four decimals, or "n/a" where no query counts."""
+    return "n/a" if rate is None else f"{rate:.4f}"
+
+
 def evaluate_against_gallery(run: Run, data: ImageSet, spec: str, gallery, gallery_path: str,
                              k: int = 5) -> tuple[dict, Path]:
     """Identifies `data` against a gallery this run enrolled; writes `RUN/evaluations/<spec>/identification.json`
@@ -181,8 +186,7 @@ def evaluate_against_gallery(run: Run, data: ImageSet, spec: str, gallery, galle
     folder = run.path / "evaluations" / _slug(spec)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "identification.json").write_text(json.dumps(report, indent=2))
-    shown = {key: "n/a" if scores[key] is None else f"{scores[key]:.4f}"
-             for key in ("dir", "rank_1", "recall_at_k", "frr", "far")}
+    shown = {key: rate_text(scores[key]) for key in ("dir", "rank_1", "recall_at_k", "frr", "far")}
     lines = [f"# {run.path.name}: {spec} against the gallery {gallery_path}", "",
              f"{scores['queries']} queries: {scores['genuine']} of enrolled classes, {scores['impostors']} of others; "
              f"{len(gallery)} items ({gallery.backend}); threshold {scores['threshold']:.4f} ({run.metric}).", "",

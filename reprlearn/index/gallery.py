@@ -31,14 +31,13 @@ from typing import NamedTuple
 import numpy as np
 
 from reprlearn.errors import GalleryError
-from reprlearn.index.search import search_chunks, search_reference, unit_rows
+from reprlearn.index.search import HNSW_EF_SEARCH, engine_distances, search_chunks, search_reference, unit_rows
 from reprlearn.ops.distances import canonical_metric
 
 UNKNOWN = -1
 BACKENDS = ("exact", "faiss-flat", "faiss-hnsw", "milvus")
 DEFAULT_COLLECTION = "reprlearn_gallery"
 VOTES = ("majority", "distance")
-HNSW_EF_SEARCH = 128
 _VOTE_EPSILON = 1e-12  # distance votes weigh 1 / (d + ε): an exact match outvotes everything
 EMBEDDINGS_FILE, META_FILE = "gallery.npz", "gallery.json"
 FORMAT_VERSION = 1
@@ -237,21 +236,22 @@ class Gallery:
 
     # ---- search ----
 
-    def _checked_queries(self, queries, k) -> np.ndarray:
+    def _checked_queries(self, queries, k) -> tuple[np.ndarray, int]:
+        """The queries as `[Q, d]` float32 and the gallery's size, once k is checked against it."""
         size = len(self)
         if not size:
             raise GalleryError("the gallery is empty: add embeddings before searching. Received: 0 items")
         queries = _as_embeddings(queries, "queries", self.dim)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= size:
             raise GalleryError(f"k must be an int in [1, {size}] (the gallery's size). Received: k={k!r}")
-        return queries
+        return queries, size
 
     def search(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """`(distances [Q, k], indices [Q, k])` of each query's k nearest items, nearest first (ties: lower index;
         for `"milvus"` the indices are row keys and ties fall as the engine orders them)."""
-        queries = self._checked_queries(queries, k)
+        queries, size = self._checked_queries(queries, k)
         if self._milvus:
-            distances, rows, _, _ = self._milvus.search(queries, int(k))
+            distances, rows, _, _ = self._milvus.search(queries, int(k), size)
             return distances, rows
         if self.backend != "exact":
             return self._faiss_search(queries, int(k))
@@ -268,7 +268,8 @@ class Gallery:
     def neighbours(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(distances [Q, k], labels [Q, k], ids [Q, k])` of each query's k nearest items, on every backend."""
         if self._milvus:
-            distances, _, labels, ids = self._milvus.search(self._checked_queries(queries, k), int(k))
+            queries, size = self._checked_queries(queries, k)
+            distances, _, labels, ids = self._milvus.search(queries, int(k), size)
             return distances, labels, ids
         distances, indices = self.search(queries, k)
         return distances, self.labels[indices], self.ids[indices]
@@ -349,14 +350,10 @@ class Gallery:
                                             else faiss.METRIC_L2)
             index.add(np.ascontiguousarray(reference))
             self._faiss_index = index
-        if self.backend == "faiss-hnsw":  # a wider beam than faiss' default 16: recall@10 0.96 in benchmarks/search.py
+        if self.backend == "faiss-hnsw":
             self._faiss_index.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * k)
         scores, indices = self._faiss_index.search(np.ascontiguousarray(queries), k)
-        if self.metric == "angular":
-            distances = np.maximum(1.0 - scores, 0.0)
-        else:  # faiss returns squared L2
-            distances = np.maximum(scores, 0.0) if self.metric == "squared-L2" else np.sqrt(np.maximum(scores, 0.0))
-        return distances.astype(np.float32), indices.astype(np.int64)
+        return engine_distances(scores, self.metric), indices.astype(np.int64)
 
     # ---- files ----
 
@@ -373,7 +370,7 @@ class Gallery:
             if self._milvus.exists:
                 self._milvus.write_meta(self._facts())
             uri = self._milvus.uri
-            if "://" not in uri and Path(uri).resolve().is_relative_to(folder.resolve()):
+            if self._milvus.lite and Path(uri).resolve().is_relative_to(folder.resolve()):
                 uri = os.path.relpath(Path(uri).resolve(), folder.resolve())
             meta = {"format_version": FORMAT_VERSION, "backend": "milvus", "metric": self.metric, "uri": uri,
                     "collection": self._milvus.name, "index": self._milvus.index}

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from reprlearn.errors import GalleryError
-from reprlearn.index.search import unit_rows
+from reprlearn.index.search import HNSW_EF_SEARCH, engine_distances, unit_rows
 
 META_PROPERTY = "reprlearn.gallery"
 MILVUS_METRICS = {"L2": "L2", "squared-L2": "L2", "angular": "COSINE"}
-# Build parameters of each index type; searches widen HNSW's beam and IVF's probes (benchmarks/search.py).
+# Build parameters of each index type; searches widen HNSW's beam (HNSW_EF_SEARCH) and IVF's probes.
 INDEXES = {"FLAT": {}, "HNSW": {"M": 32, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024},
            "IVF_SQ8": {"nlist": 1024}}
-HNSW_EF_SEARCH, IVF_NPROBE = 128, 32
+IVF_NPROBE = 32
 MAX_ID_LENGTH = 512
 MAX_K = 16_384            # Milvus' largest top-k
 INSERT_ROWS = 10_000      # rows per insert request (well under gRPC's 64 MB message limit at d ≤ 1,024)
@@ -106,7 +106,8 @@ class MilvusCollection:
             raise GalleryError(f"collection must be a name of letters, digits and underscores that does not "
                                f"start with a digit. Received: collection={name!r}")
         self.uri, self.name, self.metric, self.index = uri, name, metric, index
-        if "://" not in uri:
+        self.lite = "://" not in uri  # a Milvus Lite file served in this process, not a server
+        if self.lite:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.client = MilvusClient(uri=uri, timeout=timeout)
@@ -172,7 +173,7 @@ class MilvusCollection:
             self._call("inserting items", "insert", self.name, rows)
         # Sealed segments are what Milvus indexes; rows left in the growing one are scanned unindexed.
         self._call("flushing", "flush", self.name)
-        if "://" not in self.uri:
+        if self.lite:
             self._index_lite_segments()
 
     def _index_lite_segments(self) -> None:
@@ -224,8 +225,9 @@ class MilvusCollection:
                 present.add(label)
         return present
 
-    def search(self, queries: np.ndarray, k: int):
-        """`(distances [Q, k], row keys [Q, k], labels [Q, k], item ids [Q, k])`, nearest first, in its metric."""
+    def search(self, queries: np.ndarray, k: int, size: int):
+        """`(distances [Q, k], row keys [Q, k], labels [Q, k], item ids [Q, k])`, nearest first, in its metric;
+        `size`: the items in the collection (it sizes Milvus Lite's FLAT requests)."""
         if k > MAX_K:
             raise GalleryError(f"k must be at most {MAX_K} for a Milvus gallery. Received: k={k}")
         if self.metric == "angular":
@@ -237,8 +239,8 @@ class MilvusCollection:
         rows, labels = np.full((len(queries), k), -1, np.int64), np.full((len(queries), k), -1, np.int64)
         ids = np.full((len(queries), k), "", dtype=object)
         per_request = QUERY_ROWS
-        if self.index == "FLAT" and "://" not in self.uri:
-            per_request = max(1, min(QUERY_ROWS, LITE_FLAT_BYTES // (4 * self.count() * queries.shape[1])))
+        if self.index == "FLAT" and self.lite:
+            per_request = max(1, min(QUERY_ROWS, LITE_FLAT_BYTES // (4 * size * queries.shape[1])))
         for start in range(0, len(queries), per_request):
             found = self._call("searching", "search", self.name, data=queries[start:start + per_request], limit=k,
                                output_fields=["label", "item_id"], search_params=params)
@@ -251,16 +253,12 @@ class MilvusCollection:
                 rows[row] = [hit["row"] for hit in hits]
                 labels[row] = [hit["entity"]["label"] for hit in hits]
                 ids[row] = [hit["entity"]["item_id"] for hit in hits]
-        if self.metric == "angular":
-            distances = np.maximum(1.0 - scores, 0.0)
-        else:  # Milvus' L2 is squared
-            distances = np.maximum(scores, 0.0) if self.metric == "squared-L2" else np.sqrt(np.maximum(scores, 0.0))
-        return distances.astype(np.float32), rows, labels, ids.astype(str)
+        return engine_distances(scores, self.metric), rows, labels, ids.astype(str)
 
     def close(self) -> None:
         """Closes the connection; a Milvus Lite file is released for other processes to open."""
         self.client.close()
-        if "://" not in self.uri:
+        if self.lite:
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(self.uri)

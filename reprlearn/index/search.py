@@ -39,6 +39,9 @@ HOST_SELECTION_K = 768
 # a time (64 MB). At 10^6 × 128, 1,000 queries: 0.87 s against 2.15 s by whole rows (faiss flat 1.34 s); at
 # 2 × 10^5, 0.93 against 1.1 s; at 10^5 whole rows are as fast (benchmarks/search.py).
 BLOCKED_FROM, BLOCK_QUERIES, BLOCK_ITEMS = 131_072, 1_024, 16_384
+# Beam of an HNSW search (faiss' efSearch, Milvus' ef), at least 2k: recall@10 0.96 at 10^5 × 128 in
+# benchmarks/search.py, where faiss' default 16 loses much more.
+HNSW_EF_SEARCH = 128
 # Largest group: past it the k·g candidates cost more than the maxima save (measured at N = 10^5, k = 1-100).
 _MAX_GROUP = 32
 
@@ -114,11 +117,30 @@ def query_scores(queries, reference, squared_norms, metric: str) -> tuple[tf.Ten
     q·e − ||e||²/2 = (||q||² − ||q − e||²)/2: the term constant per query is added back only to turn
     scores into distances (`score_distances`).
     """
+    queries = compared_queries(queries, metric)
+    return queries, item_scores(queries, reference, squared_norms, metric)
+
+
+def compared_queries(queries, metric: str):
+    """Queries as the kernel compares them: float32, unit rows for angular."""
     queries = tf.cast(queries, tf.float32)
+    return unit_rows(queries) if metric == "angular" else queries
+
+
+def item_scores(queries, reference, squared_norms, metric: str):
+    """`[Q, N]` scores of compared queries against (prepared) items: q·e, less ||e||²/2 unless angular."""
+    scores = tf.matmul(queries, reference, transpose_b=True)
+    return scores if metric == "angular" else scores - 0.5 * squared_norms[None, :]
+
+
+def engine_distances(scores: np.ndarray, metric: str) -> np.ndarray:
+    """Distances in `metric` from what faiss and Milvus return: the inner product of unit rows for angular,
+    the squared L2 distance otherwise."""
     if metric == "angular":
-        queries = unit_rows(queries)
-        return queries, tf.matmul(queries, reference, transpose_b=True)
-    return queries, tf.matmul(queries, reference, transpose_b=True) - 0.5 * squared_norms[None, :]
+        distances = np.maximum(1.0 - scores, 0.0)
+    else:
+        distances = np.maximum(scores, 0.0) if metric == "squared-L2" else np.sqrt(np.maximum(scores, 0.0))
+    return distances.astype(np.float32)
 
 
 def score_distances(queries, top_scores, metric: str):
@@ -168,16 +190,12 @@ def nearest_in_blocks(queries, reference, squared_norms, k, metric: str, block,
     queries reads the items once. Exact, with the same ties (lower index first): the running best come
     before the block's in each merge, and `top_k` keeps the earlier of equal values.
     """
-    queries = tf.cast(queries, tf.float32)
-    if metric == "angular":
-        queries = unit_rows(queries)
+    queries = compared_queries(queries, metric)
     n = tf.shape(reference)[0]
 
     def merge(start, best_values, best_indices):
         stop = tf.minimum(start + block, n)
-        scores = tf.matmul(queries, reference[start:stop], transpose_b=True)
-        if metric != "angular":
-            scores -= 0.5 * squared_norms[None, start:stop]
+        scores = item_scores(queries, reference[start:stop], squared_norms[start:stop], metric)
         values, indices = top_k_by_group_maxima(scores, tf.minimum(wanted, stop - start))
         values = tf.concat([best_values, values], axis=1)
         indices = tf.concat([best_indices, indices + start], axis=1)
