@@ -201,11 +201,10 @@ def _identify(args) -> int:
 
 
 def _verify(args) -> int:
-    from reprlearn.data.loaders import read_image_file
     from reprlearn.runs import load_run
 
     run = load_run(args.run_dir)
-    result = run.verify(read_image_file(args.image_a), read_image_file(args.image_b))
+    result = run.verify(run.read_image(args.image_a), run.read_image(args.image_b))
     decision = ("no threshold (the run calibrated none)" if result["match"] is None
                 else "match" if result["match"] else "no match")
     threshold = "none" if result["threshold"] is None else f"{result['threshold']:.4f}"

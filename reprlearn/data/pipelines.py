@@ -174,6 +174,32 @@ def batches_in_order(imageset: ImageSet, batch_size: int = 256):
         yield images, items
 
 
+def pairs_in_order(imageset: ImageSet, first, second, batch_size: int = 256):
+    """The pairs `(first[i], second[i])` of a set's items in order, as `(images_a, images_b float32 [b, H, W, C],
+    pairs int64 [b])` batches (a Python iterator of NumPy arrays): pixels of one batch of pairs at a time.
+
+    A pair with a streamed file that fails to decode is left out of its batch (its index is missing from
+    `pairs`), so callers score the pairs that decoded and name the files that did not.
+    """
+    first, second = np.asarray(first, np.int64).reshape(-1), np.asarray(second, np.int64).reshape(-1)
+    if len(first) != len(second):
+        raise DataError(f"first and second must pair up one to one. Received: {len(first)} and {len(second)} items")
+    if imageset.decoded:
+        for start in range(0, len(first), batch_size):
+            stop = min(len(first), start + batch_size)
+            yield imageset.pixels(first[start:stop]), imageset.pixels(second[start:stop]), np.arange(start, stop)
+        return
+    paths, spec = tf.constant(imageset.files.paths()), imageset.spec
+
+    def decode(item_a, item_b, pair):
+        return (decode_contents(tf.io.read_file(tf.gather(paths, item_a)), spec),
+                decode_contents(tf.io.read_file(tf.gather(paths, item_b)), spec), pair)
+
+    dataset = tf.data.Dataset.from_tensor_slices((first, second, np.arange(len(first), dtype=np.int64))).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    yield from dataset.batch(batch_size).prefetch(2).as_numpy_iterator()
+
+
 def _class_table(labels: np.ndarray):
     """Returns (class ids [C], counts [C], table [C, max_n]) with each class's indices, padded."""
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -419,14 +445,18 @@ def _class_lookup(labels):
 
 
 def pair_batches(images, labels, batch_size: int, seed: int = 0, start_step: int = 0,
-                 bad_image_log: str | None = None) -> tf.data.Dataset:
+                 bad_image_log: str | None = None, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Infinite balanced pair batches `((first, second) float32 images, match float32 [B])`; 1 = same class.
 
     `images`: an array or an `ImageSet`; a streamed file that fails to decode is replaced by another of its class.
+    `shard`: `(worker, workers)`: only this worker's pairs of each global batch, the only ones it reads or decodes.
     """
     source = _pixels_of(images)
     spares, lookup = _spares_for(source), _class_lookup(labels)
-    index = tf.data.Dataset.zip(pair_indices(labels, batch_size, seed, start_step), tf.data.Dataset.counter(start_step))
+    pairs = pair_indices(labels, batch_size, seed, start_step)
+    if shard is not None:
+        pairs = worker_rows(pairs, *shard)
+    index = tf.data.Dataset.zip(pairs, tf.data.Dataset.counter(start_step))
 
     def rows(batch, step):
         # Both images of every pair in one set of rows (first images, then second), so one pipeline decodes them.
@@ -443,11 +473,12 @@ def pair_batches(images, labels, batch_size: int, seed: int = 0, start_step: int
 
 
 def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, targets: bool = True,
-                  bad_image_log: str | None = None) -> tf.data.Dataset:
+                  bad_image_log: str | None = None, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Infinite batches of uniformly drawn images (with replacement), keyed by step, for label-free training.
 
     Yields `(images float32, images / 255)` when `targets` (autoencoders), else `images` (a VAE's own loss).
     `images`: an array or an `ImageSet` (a file that fails to decode is replaced by another drawn image).
+    `shard`: `(worker, workers)`: only this worker's rows of each global batch, the only ones it reads or decodes.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
@@ -466,5 +497,9 @@ def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, t
         return (batch, batch / 255.0) if targets else batch
 
     rows = tf.data.Dataset.counter(start_step).map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard is not None:
+        worker, workers = shard
+        share = batch_size // workers
+        rows = rows.map(lambda candidates, step: (candidates[worker * share:(worker + 1) * share], step))
     return _decoded_rows(source, rows, 1, seed, False, bad_image_log).map(
         finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reprlearn.data.imageset import BASELINE_SIDE
 from reprlearn.evaluation import figures as plots
 from reprlearn.evaluation.projector import write_projector
 from reprlearn.metrics.retrieval import nearest_neighbours
@@ -30,7 +31,8 @@ def _files_section(report: dict) -> list[str]:
     skipped += [[name, "failed to decode at evaluation"] for name in report["metrics"].get("skipped_files", [])]
     dropped = f"; classes dropped (no readable image): {f['dropped_classes']}" if f["dropped_classes"] else ""
     lines = ["## Files", "", f"{f['items']} images in {f['classes']} classes; {f['ignored_files']} other files "
-             f"ignored; {len(skipped)} unusable images skipped{dropped}.", ""]
+             f"ignored; {len(skipped)} unusable images skipped{dropped}. Raw-pixel baselines compare the images shrunk "
+             f"to at most {BASELINE_SIDE} pixels a side.", ""]
     lines += [f"- `{name}`: {why}" for name, why in skipped[:20]]
     lines += [f"- … and {len(skipped) - 20} more (report.json lists them all)"] if len(skipped) > 20 else []
     return lines + [""]
@@ -136,20 +138,21 @@ def _autoencoder_markdown(report: dict, figures: dict[str, str]) -> str:
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
               f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
+    lines += _files_section(report)
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 
 
-def write_autoencoder_report(report: dict, out: Path, splits, evaluation: dict, cfg, model) -> None:
+def write_autoencoder_report(report: dict, out: Path, evaluation: dict, cfg, model) -> None:
     """Writes an autoencoder/VAE run's report.json, report.md and figures into `out`."""
     from scipy.stats import norm
 
-    test, codes = splits.test, evaluation["codes"]
+    test, codes = evaluation["test"], evaluation["codes"]  # the test items scored (files that decoded)
     rng = np.random.default_rng(cfg.data.seed)
     figures = {}
 
-    shown = rng.choice(len(test), size=min(10, len(test)), replace=False)
-    pairs = np.stack([test.images[shown] / 255.0, evaluation["reconstructions"][shown]])
+    shown = test.pixels(rng.choice(len(test), size=min(10, len(test)), replace=False))
+    pairs = np.stack([shown / 255.0, evaluation["reconstruct"](shown)])
     plots.plot_image_grid(pairs, out / "reconstructions.png", "Test images and their reconstructions",
                           ["input", "output"])
     figures["Reconstructions"] = "reconstructions.png"
@@ -197,6 +200,7 @@ def _verifier_markdown(report: dict, figures: dict[str, str]) -> str:
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']} pairs; "
               f"{t['seconds']} s of training, {t['examples_per_second']} pairs/s; "
               f"{model['trained_parameters']} of {model['parameters']} parameters trained.", ""]
+    lines += _files_section(report)
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
 

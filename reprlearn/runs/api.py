@@ -88,6 +88,17 @@ class Run:
         return Decoding((int(height), int(width)), int(channels), self.config.data.resize,
                         self.config.data.on_bad_image)
 
+    def read_image(self, path: str | Path) -> np.ndarray:
+        """One image file as this run's model takes it: decoded as its training files were (image size, channels,
+        `data.resize`) for a run on files; as the file holds it otherwise (`verify` then checks its shape)."""
+        if "test_set" not in self.evaluation:
+            from reprlearn.data.loaders import read_image_file
+
+            return read_image_file(Path(path))
+        from reprlearn.data.decode import decode_files
+
+        return decode_files([str(path)], self.split("test").spec)[0]
+
     def split(self, name: str) -> ImageSet:
         """The run's `test` or `val` split as an ImageSet (streamed from its files for a file source)."""
         if f"{name}_set" in self.evaluation:

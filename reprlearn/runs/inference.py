@@ -67,6 +67,32 @@ def match_probabilities(model: keras.Model, images_a: np.ndarray, images_b: np.n
         .astype(np.float32).reshape(-1) for start in range(0, len(images_a), batch_size)])
 
 
+def pair_probabilities(model: keras.Model, imageset: ImageSet, first, second, both_orders: bool = False,
+                       batch_size: int = SET_BATCH) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    """`(p(a, b) [n], p(b, a) [n] or None, failed)`: a verifier's match probabilities of the pairs
+    `(first[i], second[i])` of a set's items, one batch of pairs decoded at a time; `failed` lists the pairs
+    whose files did not decode (their probabilities are NaN). `both_orders` scores each decoded pair both ways."""
+    from reprlearn.data.pipelines import pairs_in_order
+
+    forward = np.full(len(first), np.nan, np.float32)
+    backward = np.full(len(first), np.nan, np.float32) if both_orders else None
+    for images_a, images_b, pairs in pairs_in_order(imageset, first, second, batch_size):
+        forward[pairs] = match_probabilities(model, images_a, images_b, batch_size)
+        if both_orders:
+            backward[pairs] = match_probabilities(model, images_b, images_a, batch_size)
+    return forward, backward, np.flatnonzero(np.isnan(forward)).tolist()
+
+
+def decoded_part(model: keras.Model, part: ImageSet) -> tuple[ImageSet, np.ndarray, list[str]]:
+    """`(the items that decoded, their embeddings, the names of the files that did not)`: a streamed file that
+    fails at evaluation is left out of the scores and named, not scored as garbage."""
+    embeddings, failed = embed_set(model, part)
+    if not failed:
+        return part, embeddings, []
+    keep = np.setdiff1d(np.arange(len(part)), failed)
+    return part.subset(keep), embeddings[keep], [part.names[i] for i in failed]
+
+
 def inference_copy(model: keras.Model) -> keras.Model:
     """The same layers and weights as a new, uncompiled Functional model: no loss, metrics or optimizer."""
     # A single input stays a single tensor (not a one-element list), so `model(images)` matches its structure.
@@ -75,13 +101,19 @@ def inference_copy(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=model.name)
 
 
-def save_and_check_reload(model: keras.Model, path: Path, probe: np.ndarray, outputs=embed) -> keras.Model:
-    """Saves `model` uncompiled, proves the file reloads to identical `outputs(model, probe)`, and returns the reload.
+# The images a saved model is proven to reload on: the first of the test split.
+RELOAD_PROBE = 256
+
+
+def save_and_check_reload(model: keras.Model, path: Path, images: ImageSet, outputs=embed) -> keras.Model:
+    """Saves `model` uncompiled, proves the file reloads to identical `outputs(model, probe)` on the first
+    `RELOAD_PROBE` of `images`, and returns the reload.
 
     The reloaded model lives outside any `tf.distribute` strategy, so the chief of a multi-worker run
     can evaluate it alone. The cross-process check (a fresh interpreter that imports only keras and
     reprlearn) is in the tests.
     """
+    probe = images.pixels(np.arange(min(RELOAD_PROBE, len(images))))
     inference_copy(model).save(path)
     reloaded = keras.saving.load_model(path)
     reload_diff = float(np.max(np.abs(outputs(reloaded, probe) - outputs(model, probe))))

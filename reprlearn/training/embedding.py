@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, Splits
-from reprlearn.data.pipelines import pair_batches, worker_rows
+from reprlearn.data.pipelines import pair_batches
 from reprlearn.errors import ConfigError
 from reprlearn.evaluation.scoring import (
     can_pair,
@@ -29,7 +28,7 @@ from reprlearn.evaluation.scoring import (
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
 from reprlearn.models.towers import BACKBONE_NAME, set_backbone_trainable
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
-from reprlearn.runs.inference import embed_set
+from reprlearn.runs.inference import decoded_part
 from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
 from reprlearn.training.loop import train_run
 from reprlearn.training.objectives import (
@@ -49,9 +48,8 @@ def training_batches(cfg: Config, train: ImageSet, start_step: int, bad_image_lo
     files that fail to decode are listed in `bad_image_log`. `shard`: `(worker, workers)`, that worker's rows of
     each global batch only (P×K batches of classes from files decode only those rows' files)."""
     if is_pair_loss(cfg):
-        batches = pair_batches(train, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step,
-                               bad_image_log)
-        return batches if shard is None else worker_rows(batches, *shard)
+        return pair_batches(train, train.labels, cfg.train.pair_batch_size, cfg.train.seed, start_step,
+                            bad_image_log, shard)
     return pk_training_batches(cfg, train, start_step, bad_image_log, shard)
 
 
@@ -134,16 +132,6 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs, "test": test}
 
 
-def decoded_part(tower: keras.Model, part: ImageSet) -> tuple[ImageSet, np.ndarray, list[str]]:
-    """`(the items that decoded, their embeddings, the names of the files that did not)`: a streamed file that
-    fails at evaluation is left out of the scores and named, not scored as garbage."""
-    embeddings, failed = embed_set(tower, part)
-    if not failed:
-        return part, embeddings, []
-    keep = np.setdiff1d(np.arange(len(part)), failed)
-    return part.subset(keep), embeddings[keep], [part.names[i] for i in failed]
-
-
 def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                   callbacks: list[keras.callbacks.Callback] | None = None,
                   strategy: tf.distribute.Strategy | None = None) -> dict:
@@ -192,8 +180,7 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
         layer.trainable = True
 
     # Save the embedding model (uncompiled) and prove it reloads to identical embeddings; evaluate that file.
-    tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras",
-                                  splits.test.pixels(np.arange(min(256, len(splits.test)))))
+    tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras", splits.test)
     if is_pair_loss(cfg):
         trained.model.save(out / "pair_model.keras")
 

@@ -137,10 +137,6 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     strategy = make_strategy(cfg.train.strategy)
     # All input checks come first, so bad data or a bad combination leaves no half-made folder.
     splits = cached_splits(splits_for(cfg.data, sets), cfg.data.cache)
-    if splits.train.streamed and cfg.model.kind != "embedding":
-        raise ConfigError(f"model.kind {cfg.model.kind!r} trains on images in memory; streamed file sources "
-                          f"(folder:, csv:) train embedding towers. Received: model.kind={cfg.model.kind!r}, "
-                          f"data.name={cfg.data.name!r}")
     if cfg.model.kind == "embedding":
         check_embedding_data(cfg, splits)
         check_embedding_size(cfg, splits.train.image_shape, splits.train.streamed)

@@ -25,6 +25,8 @@ from reprlearn.evaluation.scoring import can_pair, validation_threshold
 from reprlearn.metrics import sample_pairs, verification_metrics
 from reprlearn.models import build_verifier, initialise_from
 from reprlearn.runs import load_run, match_probabilities, run_summary, save_and_check_reload
+from reprlearn.runs.inference import pair_probabilities
+from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
 from reprlearn.training.loop import VERIFIER_SELECTION_METRIC, train_run
 from reprlearn.training.objectives import TOWER_NAME, make_optimizer
 
@@ -49,13 +51,17 @@ def build_compiled_verifier(cfg: Config, image_shape, initialised: dict) -> kera
     return verifier
 
 
-def _pair_probabilities(model: keras.Model, images: np.ndarray, labels: np.ndarray, n_pairs: int, seed: int,
-                        both_orders: bool):
-    """`(p(a, b), p(b, a) or None, match)` of the pairs `sample_pairs` draws with `seed` (as an embedding run draws
-    them), each order scored once."""
-    first, second, match = sample_pairs(labels, n_pairs, seed=seed)
-    backward = match_probabilities(model, images[second], images[first]) if both_orders else None
-    return match_probabilities(model, images[first], images[second]), backward, match
+def _pair_probabilities(model: keras.Model, part: ImageSet, n_pairs: int, seed: int, both_orders: bool):
+    """`(p(a, b), p(b, a) or None, match, failed files)` of the pairs `sample_pairs` draws with `seed` (as an
+    embedding run draws them), each order scored once; a pair with a file that fails to decode is left out and
+    its files named."""
+    first, second, match = sample_pairs(part.labels, n_pairs, seed=seed)
+    forward, backward, failed = pair_probabilities(model, part, first, second, both_orders)
+    if not failed:
+        return forward, backward, match, []
+    keep = np.setdiff1d(np.arange(len(match)), failed)
+    names = sorted({part.names[i] for pair in failed for i in (first[pair], second[pair])})
+    return forward[keep], None if backward is None else backward[keep], match[keep], names
 
 
 def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
@@ -68,9 +74,9 @@ def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     if swapped:
         scorings["verification_swapped_average"] = lambda forward, backward: 1.0 - (forward + backward) / 2
     # Both orders of the test pairs (the order gap reads them); of the validation pairs only when a score does.
-    test_forward, test_backward, test_match = _pair_probabilities(model, test.images, test.labels, n_pairs, seed,
-                                                                  both_orders=True)
-    val_scored = (_pair_probabilities(model, val.images, val.labels, n_pairs, seed, both_orders=swapped)
+    test_forward, test_backward, test_match, failed = _pair_probabilities(model, test, n_pairs, seed,
+                                                                          both_orders=True)
+    val_scored = (_pair_probabilities(model, val, n_pairs, seed, both_orders=swapped)
                   if can_pair(val.labels) else None)
     metrics, pairs = {}, {}
     for name, distance in scorings.items():
@@ -83,6 +89,9 @@ def evaluate_verifier(cfg: Config, model: keras.Model, splits: Splits) -> dict:
     metrics["pair_order"] = {"mean_abs_difference": float(order_gap.mean()),
                              "max_abs_difference": float(order_gap.max()),
                              "note": "|p(a, b) − p(b, a)| on the test pairs"}
+    skipped = failed + (val_scored[3] if val_scored else [])
+    if skipped:
+        metrics["skipped_files"] = skipped
     return {"metrics": metrics, "pairs": pairs}
 
 
@@ -96,13 +105,12 @@ class PairValidation(keras.callbacks.Callback):
 
     def __init__(self, val: ImageSet, n_pairs: int, seed: int):
         super().__init__()
-        self.images = val.images
-        self.first, self.second, self.match = sample_pairs(val.labels, n_pairs, seed=seed)
+        self.val, self.n_pairs, self.seed = val, n_pairs, seed
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            probability = match_probabilities(self.model, self.images[self.first], self.images[self.second])
-            logs[VERIFIER_SELECTION_METRIC] = verification_metrics(1.0 - probability, self.match)["roc_auc"]
+            probability, _, match, _ = _pair_probabilities(self.model, self.val, self.n_pairs, self.seed, False)
+            logs[VERIFIER_SELECTION_METRIC] = verification_metrics(1.0 - probability, match)["roc_auc"]
 
 
 def _probe_outputs(model: keras.Model, probe: np.ndarray) -> np.ndarray:
@@ -118,29 +126,32 @@ def run_verifier(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     strategy = strategy or tf.distribute.get_strategy()
     initialised = {}
 
-    def batches(model, start_step):
-        return pair_batches(splits.train.images, splits.train.labels, cfg.train.pair_batch_size, cfg.train.seed,
-                            start_step=start_step)
+    bad_image_log = str(out / BAD_IMAGE_LOG) if splits.train.streamed else None
+
+    def batches(model, start_step, shard=None):
+        return pair_batches(splits.train, splits.train.labels, cfg.train.pair_batch_size, cfg.train.seed,
+                            start_step=start_step, bad_image_log=bad_image_log, shard=shard)
 
     def validation(model):
         return PairValidation(splits.val, min(VALIDATION_PAIRS, cfg.eval.verification_pairs), cfg.data.seed)
 
-    trained = train_run(out, cfg, strategy, lambda: build_compiled_verifier(cfg, splits.train.images.shape[1:],
-                                                                            initialised),
-                        batches, validation if can_pair(splits.val.labels) else None, callbacks, verbose)
+    trained = train_run(out, cfg, strategy, lambda: build_compiled_verifier(cfg, splits.train.image_shape, initialised),
+                        batches, validation if can_pair(splits.val.labels) else None, callbacks, verbose,
+                        worker_batches=lambda model, start, worker, workers: batches(model, start, (worker, workers)))
     if trained is None:  # a worker other than the chief: the chief writes the run
         return {}
     model, kept = trained.model, trained.kept
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
     model.trainable = True  # the saved verifier is an ordinary, trainable model
 
-    verifier = save_and_check_reload(model, out / "model.keras", splits.test.images[:256], _probe_outputs)
+    verifier = save_and_check_reload(model, out / "model.keras", splits.test, _probe_outputs)
     evaluation = evaluate_verifier(cfg, verifier, splits)
     summary = run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, cfg.train.pair_batch_size)
     report = {**summary, "kept": kept,
               "model": {"kind": "verifier", "verifier": cfg.model.verifier, "tower": cfg.model.tower,
                         "parameters": int(verifier.count_params()), "trained_parameters": trainable,
                         "reload_max_abs_diff": 0.0, **({"initialised_from": initialised} if initialised else {})},
-              "metrics": evaluation["metrics"]}
+              "metrics": evaluation["metrics"],
+              **files_report(splits, out)}
     write_verifier_report(report, out, evaluation)
     return report
