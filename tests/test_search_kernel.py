@@ -209,6 +209,15 @@ def test_the_search_block_by_block_finds_what_whole_rows_find(metric, k, monkeyp
         assert len(got) == 3  # the blocked path ran, 50 queries a chunk
         rows = np.concatenate([r for r, _, _ in got])
         np.testing.assert_array_equal(rows, np.concatenate([r for r, _, _ in want]))
-        np.testing.assert_array_equal(np.concatenate([i for _, _, i in got]), np.concatenate([i for _, _, i in want]))
-        np.testing.assert_allclose(np.concatenate([d for _, d, _ in got]), np.concatenate([d for _, d, _ in want]),
-                                   rtol=1e-6, atol=1e-6)
+        got_items, want_items = np.concatenate([i for _, _, i in got]), np.concatenate([i for _, _, i in want])
+        want_distances = np.concatenate([d for _, d, _ in want])
+        np.testing.assert_allclose(np.concatenate([d for _, d, _ in got]), want_distances, rtol=1e-6, atol=1e-6)
+        tied = np.zeros(want_items.shape, bool)
+        if metric == "angular":
+            # Collinear integer vectors tie exactly only in exact arithmetic: after normalising, their cosines may
+            # differ by an ulp either way depending on the product's blocking, so their order is not pinned.
+            close = np.abs(np.diff(want_distances, axis=1)) <= 1e-6
+            tied[:, 1:] |= close
+            tied[:, :-1] |= close
+            tied |= np.abs(want_distances - want_distances[:, -1:]) <= 1e-6   # a tie across the k-th place
+        np.testing.assert_array_equal(got_items[~tied], want_items[~tied])
