@@ -282,6 +282,16 @@ def test_the_gpu_extra_can_install_next_to_the_default_requirements():
     assert base.specifier.contains(installed) and cuda.specifier.contains(installed)
 
 
+def _assert_two_workers_train_like_one_process(config: Path, tmp_path: Path) -> None:
+    """Trains `config` in one process and with `--workers 2`; both end with the same weights."""
+    one = _train(config, "--out", tmp_path / "one", "--quiet")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _train(config, "--out", tmp_path / "two", "--workers", 2, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for got, want in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one")):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_two_workers_on_a_folder_decode_their_own_classes_and_train_like_one_process(tmp_path):
     from tests.photo_folder import make_photo_folder
@@ -293,12 +303,7 @@ def test_two_workers_on_a_folder_decode_their_own_classes_and_train_like_one_pro
                                 "augment: light, resize: crop}").replace(
         "model: {tower: mlp, hidden: [32], embedding_dim: 16}", "model: {tower: conv, filters: [8], dense: 16, "
                                                                "embedding_dim: 8}"))
-    one = _train(config, "--out", tmp_path / "one", "--quiet")
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _train(config, "--out", tmp_path / "two", "--workers", 2, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    for got, want in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one")):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    _assert_two_workers_train_like_one_process(config, tmp_path)
 
 
 @pytest.mark.slow
@@ -318,9 +323,4 @@ model: {{kind: {kind}, tower: {tower}, embedding_dim: 8, code_dim: 6}}
 train: {{epochs: 2, steps_per_epoch: 3, pair_batch_size: 16, batch_size: 16}}
 eval: {{verification_pairs: 200, grid_queries: 2, grid_neighbours: 3}}
 """)
-    one = _train(config, "--out", tmp_path / "one", "--quiet")
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _train(config, "--out", tmp_path / "two", "--workers", 2, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    for got, want in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one")):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    _assert_two_workers_train_like_one_process(config, tmp_path)
