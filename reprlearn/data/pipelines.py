@@ -302,9 +302,8 @@ def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, 
     row_offset = 0
     if shard is not None and not source.decoded:
         worker, workers = shard
-        share = int(classes_per_batch) // workers
-        row_offset = worker * share
-        candidates = candidates.map(lambda rows, step: (rows[row_offset:row_offset + share], step))
+        row_offset = worker * (int(classes_per_batch) // workers)
+        candidates = worker_rows(candidates, worker, workers)
     decoded = _decoded_rows(source, candidates, k, seed, _crop_randomly(source, augment), bad_image_log,
                             (augment, flips) if per_file else None, row_offset)
 
@@ -321,10 +320,14 @@ def pk_batches(images, labels, classes_per_batch: int, examples_per_class: int, 
 
 
 def worker_rows(dataset: tf.data.Dataset, worker: int, workers: int) -> tf.data.Dataset:
-    """Each global batch's rows `[w·B/W, (w+1)·B/W)` for worker w of W (every tensor of the element)."""
+    """Each global batch's rows `[w·B/W, (w+1)·B/W)` for worker w of W (every tensor of the element but scalars,
+    such as a step number, which every worker keeps)."""
     def rows(*batch):
         def own(tensor):
-            per_worker = tf.shape(tensor)[0] // workers
+            if tensor.shape.rank == 0:
+                return tensor
+            # A static batch size slices to a static size (the decoding pipelines need their rows per step).
+            per_worker = (tensor.shape[0] if tensor.shape[0] is not None else tf.shape(tensor)[0]) // workers
             return tensor[worker * per_worker:(worker + 1) * per_worker]
         return tf.nest.map_structure(own, batch)
 
@@ -498,8 +501,6 @@ def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, t
 
     rows = tf.data.Dataset.counter(start_step).map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if shard is not None:
-        worker, workers = shard
-        share = batch_size // workers
-        rows = rows.map(lambda candidates, step: (candidates[worker * share:(worker + 1) * share], step))
+        rows = worker_rows(rows, *shard)
     return _decoded_rows(source, rows, 1, seed, False, bad_image_log).map(
         finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
