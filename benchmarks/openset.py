@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/openset.py [--datasets fashion_mnist digits] [--seeds 0 1 2]
           [--protocols unseen-classes seen-classes] [--seen-seeds 0] [--rows ...] [--out runs/openset_study]
+      .venv/bin/python benchmarks/openset.py --splits [0-4 5-9 even odd] [--rows ...]   # over class splits
 
 Every row trains with `reprlearn train` from the dataset's base config (configs/openset.yaml for
 Fashion-MNIST, configs/openset_digits.yaml for digits) with the row's overrides, so every row has the
@@ -11,6 +12,13 @@ protocol, row, seed) is one run folder under --out; a finished one is read back,
 interrupted study resumes. Baselines are computed here on the same splits: raw pixels under L2 and
 cosine, PCA of the pixels (fit on the training split only) at 64 and 256 components, and the joint
 embedding of an *untrained* tower (the architecture's share of the result).
+
+With --splits the unseen-classes protocol runs once per class split (CLASS_SPLITS: the training classes; the
+test classes are the rest), and a last table gives each row's margin over the better raw baseline (the higher of
+raw L2 and raw cosine, per split, means over seeds): the mean over splits and the worst split. Beside it is what a
+rule that never sees a test class would pick: every row is also scored on the validation classes (training
+classes the run held out; seeds redraw them), and `select_by_validation` picks the row with the highest mean
+validation margin over raw pixels on those same classes.
 
 Prints one table per dataset and protocol (mean ± std over seeds of test MAP@R, P@1, NMI, and the
 validation MAP@R each run kept) and writes them with every run's numbers to OUT/results.json.
@@ -49,6 +57,11 @@ PML_ROWS = {
     "Proxy-Anchor": {"loss.name": "proxy_anchor", "loss.margin": "0.1"},
     "ArcFace": {"loss.name": "arcface", "loss.margin": "0.5", "loss.scale": "64.0"},
 }
+
+
+# Training classes of each class split (both datasets have ten classes); the test classes are the other five.
+CLASS_SPLITS = {"0-4": [0, 1, 2, 3, 4], "5-9": [5, 6, 7, 8, 9], "even": [0, 2, 4, 6, 8], "odd": [1, 3, 5, 7, 9]}
+RAW = ("raw pixels, L2", "raw pixels, cosine")
 
 
 # Each dataset's P×K batch of classes (P classes × K images); the self-supervised row draws as many images per step.
@@ -96,12 +109,20 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
 
 
-def train_row(dataset: str, protocol: str, row: str, overrides: dict, seed: int, out: Path) -> dict:
+def _split_overrides(split: str | None) -> dict[str, str]:
+    if split is None:
+        return {}
+    return {"data.train_classes": "[" + ", ".join(map(str, CLASS_SPLITS[split])) + "]"}
+
+
+def train_row(dataset: str, protocol: str, row: str, overrides: dict, seed: int, out: Path,
+              split: str | None = None) -> dict:
     """The run's report.json, training it first unless a finished run is already there."""
-    folder = out / dataset / protocol / _slug(row) / f"seed{seed}"
+    folder = out / dataset / protocol / (f"split_{_slug(split)}" if split else "") / _slug(row) / f"seed{seed}"
     report = folder / "report.json"
     if not report.exists():
-        settings = {**overrides, "data.protocol": protocol, "data.seed": str(seed), "train.seed": str(seed)}
+        settings = {**overrides, **_split_overrides(split), "data.protocol": protocol, "data.seed": str(seed),
+                    "train.seed": str(seed)}
         if protocol == "seen-classes":  # validation held out from every class (all classes are test classes)
             settings["data.validation_classes"] = "0"
         command = [sys.executable, "-c", "import sys; from reprlearn.cli import main; sys.exit(main())", "train",
@@ -112,8 +133,11 @@ def train_row(dataset: str, protocol: str, row: str, overrides: dict, seed: int,
     return json.loads(report.read_text())
 
 
-def baselines(dataset: str, protocol: str, seed: int) -> dict[str, dict]:
-    """Raw pixels (L2, cosine), PCA-64 / PCA-256 fit on training images, an untrained tower's joint embedding."""
+def baselines(dataset: str, protocol: str, seed: int, split: str | None = None) -> dict[str, dict]:
+    """Raw pixels (L2, cosine), PCA-64 / PCA-256 fit on training images, an untrained tower's joint embedding.
+
+    The raw-pixel rows also carry `val_map_at_r`: the same ranking of the validation classes (training classes
+    held out from training), which the selection rule compares learned rows against."""
     import keras
 
     from reprlearn.config import load_config
@@ -125,7 +149,8 @@ def baselines(dataset: str, protocol: str, seed: int) -> dict[str, dict]:
     from reprlearn.evaluation.scoring import pca_baseline
 
     overrides = [f"data.protocol={protocol}", f"data.seed={seed}"] + (
-        ["data.validation_classes=0"] if protocol == "seen-classes" else [])
+        ["data.validation_classes=0"] if protocol == "seen-classes" else []) + [
+        f"{key}={value}" for key, value in _split_overrides(split).items()]
     cfg = load_config(BASE_CONFIGS[dataset], overrides=overrides)
     splits = splits_for(cfg.data)
     test = splits.test
@@ -134,6 +159,10 @@ def baselines(dataset: str, protocol: str, seed: int) -> dict[str, dict]:
     # NMI clusters the pixels themselves, whatever the ranking metric: k-means runs once.
     out["raw pixels, cosine"] = {**retrieval_metrics(raw, test.labels, "angular", compute_nmi=False, seed=seed),
                                  "nmi": out["raw pixels, L2"]["nmi"]}
+    val_raw = flat_pixels(splits.val.images)
+    for name, metric in zip(RAW, ("L2", "angular")):
+        out[name]["val_map_at_r"] = retrieval_metrics(val_raw, splits.val.labels, metric,
+                                                      compute_nmi=False)["map_at_r"]
     for dim in (64, 256):
         out[f"PCA-{dim} of pixels"] = pca_baseline(splits.train.images, test.images, test.labels, dim, seed)
     keras.utils.set_random_seed(seed)
@@ -150,6 +179,60 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def split_margins(per_split: dict[str, dict[str, list[dict]]], key: str = "map_at_r") -> dict[str, dict]:
+    """Each row's margin over the better raw baseline, per split and across splits.
+
+    Args:
+        per_split: `{split: {row: [one dict per seed]}}`; every split holds both RAW rows.
+        key: the score compared: `map_at_r` (test classes) or `val_map_at_r` (held-out training classes).
+
+    Returns:
+        `{row: {"margins": {split: margin}, "mean": mean margin, "worst": lowest margin, "worst_split": its
+        split}}` for the rows scored on every split (with `key`), where a split's margin is the row's mean
+        over seeds minus the higher of the raw baselines' means over seeds.
+    """
+    def mean(runs: list[dict]) -> float | None:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        return statistics.mean(values) if len(values) == len(runs) and values else None
+
+    rows = [row for row in next(iter(per_split.values())) if row not in RAW]
+    out = {}
+    for row in rows:
+        margins = {}
+        for split, results in per_split.items():
+            score = mean(results.get(row, []))
+            if score is None:
+                break
+            margins[split] = score - max(mean(results[name]) for name in RAW)
+        else:
+            worst = min(margins, key=margins.get)
+            out[row] = {"margins": margins, "mean": statistics.mean(margins.values()),
+                        "worst": margins[worst], "worst_split": worst}
+    return out
+
+
+def select_by_validation(per_split: dict[str, dict[str, list[dict]]]) -> str | None:
+    """The row a rule blind to test classes picks: the best mean margin over raw pixels on the validation classes
+    (training classes held out from each run), across splits and seeds; None when no row has validation scores."""
+    margins = split_margins(per_split, "val_map_at_r")
+    return max(margins, key=lambda row: margins[row]["mean"]) if margins else None
+
+
+def margins_table(per_split: dict[str, dict[str, list[dict]]]) -> str:
+    test, val = split_margins(per_split), split_margins(per_split, "val_map_at_r")
+    chosen = select_by_validation(per_split)
+    splits = list(per_split)
+    lines = ["| row | " + " | ".join(f"{split}" for split in splits)
+             + " | mean margin | worst split | validation margin (mean) |",
+             "|---|" + "---|" * (len(splits) + 3)]
+    for row, scores in test.items():
+        name = f"**{row}** (picked on validation)" if row == chosen else row
+        lines.append(f"| {name} | " + " | ".join(f"{scores['margins'][s]:+.3f}" for s in splits)
+                     + f" | {scores['mean']:+.3f} | {scores['worst']:+.3f} ({scores['worst_split']}) | "
+                     + (f"{val[row]['mean']:+.3f}" if row in val else "–") + " |")
+    return "\n".join(lines)
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -171,31 +254,58 @@ def main() -> None:
     parser.add_argument("--seen-seeds", type=int, nargs="+", default=[0],
                         help="seeds for the seen-classes protocol (what each row costs on its training classes)")
     parser.add_argument("--rows", nargs="+", help="row names to run (default: all)")
+    parser.add_argument("--splits", nargs="*", choices=list(CLASS_SPLITS),
+                        help="unseen classes over these class splits (no value: all four)")
     parser.add_argument("--out", default="runs/openset_study")
     args = parser.parse_args()
     out = Path(args.out)
     summary = {}
-    for dataset in args.datasets:
-        for protocol in args.protocols:
-            seeds = args.seeds if protocol == "unseen-classes" else args.seen_seeds
-            results: dict[str, list[dict]] = {}
-            for seed in seeds:
-                for name, scores in baselines(dataset, protocol, seed).items():
-                    results.setdefault(name, []).append(
-                        {**scores, "dim": scores.get("dim", "–" if name.startswith("raw") else scores.get("dim"))})
-            for row, overrides in rows(dataset).items():
-                if args.rows and row not in args.rows:
-                    continue
-                for seed in seeds:
-                    report = train_row(dataset, protocol, row, overrides, seed, out)
-                    results.setdefault(row, []).append({
-                        **report["metrics"]["test"], "dim": report["model"]["embedding_dim"],
-                        "val_map_at_r": report["kept"].get("val_map_at_r"), "kept_epoch": report["kept"]["epoch"]})
-            title = f"{dataset}, {protocol}, seeds {seeds}"
-            print(f"\n### {title}\n\n{table(results)}\n", flush=True)
-            summary[title] = results
+    if args.splits is not None:
+        study_splits(args, out, summary)
+    else:
+        for dataset in args.datasets:
+            for protocol in args.protocols:
+                seeds = args.seeds if protocol == "unseen-classes" else args.seen_seeds
+                title = f"{dataset}, {protocol}, seeds {seeds}"
+                summary[title] = study(dataset, protocol, seeds, args.rows, out)
+                print(f"\n### {title}\n\n{table(summary[title])}\n", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+
+
+def study(dataset: str, protocol: str, seeds: list[int], only_rows: list[str] | None, out: Path,
+          split: str | None = None) -> dict[str, list[dict]]:
+    """`{row: [one result per seed]}`: the baselines, then every (chosen) row trained or read back."""
+    results: dict[str, list[dict]] = {}
+    for seed in seeds:
+        for name, scores in baselines(dataset, protocol, seed, split).items():
+            results.setdefault(name, []).append(
+                {**scores, "dim": scores.get("dim", "–" if name.startswith("raw") else scores.get("dim"))})
+    for row, overrides in rows(dataset).items():
+        if only_rows and row not in only_rows:
+            continue
+        for seed in seeds:
+            report = train_row(dataset, protocol, row, overrides, seed, out, split)
+            results.setdefault(row, []).append({
+                **report["metrics"]["test"], "dim": report["model"]["embedding_dim"],
+                "val_map_at_r": report["kept"].get("val_map_at_r"), "kept_epoch": report["kept"]["epoch"]})
+    return results
+
+
+def study_splits(args, out: Path, summary: dict) -> None:
+    """Unseen classes over class splits: a table per split, then each row's margins over the raw baseline."""
+    for dataset in args.datasets:
+        per_split = {}
+        for split in args.splits or list(CLASS_SPLITS):
+            per_split[split] = study(dataset, "unseen-classes", args.seeds, args.rows, out, split)
+            title = f"{dataset}, trained on {split}, seeds {args.seeds}"
+            summary[title] = per_split[split]
+            print(f"\n### {title}\n\n{table(per_split[split])}\n", flush=True)
+        print(f"\n### {dataset}: margin over the better raw baseline (test MAP@R), seeds {args.seeds}\n\n"
+              f"{margins_table(per_split)}\n", flush=True)
+        summary[f"{dataset}, margins"] = {"test": split_margins(per_split),
+                                          "validation": split_margins(per_split, "val_map_at_r"),
+                                          "picked_on_validation": select_by_validation(per_split)}
 
 
 if __name__ == "__main__":

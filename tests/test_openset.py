@@ -391,3 +391,55 @@ def test_init_learning_rate_factor_slows_only_the_copied_layers_of_the_compiled_
     plain = compile_embedding_model(config_from_dict({"model": {"tower": "mlp"}}),
                                     build_tower(cfg.model, (8, 8, 1), name="tower"), copied_layers=["hidden1"])
     assert type(plain.optimizer) is keras.optimizers.Adam
+
+
+def _study_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "openset.py"
+    spec = importlib.util.spec_from_file_location("openset_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_margins_and_the_validation_rule_match_hand_computed_margins():
+    study = _study_module()
+
+    def runs(*pairs):  # (test MAP@R, validation MAP@R) per seed
+        return [{"map_at_r": test, "val_map_at_r": val} for test, val in pairs]
+
+    per_split = {
+        "0-4": {"raw pixels, L2": runs((0.40, 0.30), (0.42, 0.32)),
+                "raw pixels, cosine": runs((0.45, 0.20), (0.47, 0.22)),
+                "joint": runs((0.50, 0.40), (0.52, 0.42)), "head": runs((0.30, 0.50), (0.30, 0.50))},
+        "odd": {"raw pixels, L2": runs((0.20, 0.60), (0.22, 0.60)),
+                "raw pixels, cosine": runs((0.26, 0.50), (0.26, 0.52)),
+                "joint": runs((0.22, 0.61), (0.24, 0.61)), "head": runs((0.10, 0.70), (0.12, 0.72)),
+                "unfinished": runs((0.90, 0.90))},
+    }
+    margins = study.split_margins(per_split)
+    # joint: 0-4 is 0.51 - max(0.41, 0.46) = +0.05; odd is 0.23 - max(0.21, 0.26) = -0.03.
+    assert margins["joint"]["margins"] == pytest.approx({"0-4": 0.05, "odd": -0.03})
+    assert margins["joint"]["mean"] == pytest.approx(0.01)
+    assert (margins["joint"]["worst"], margins["joint"]["worst_split"]) == (pytest.approx(-0.03), "odd")
+    assert (margins["head"]["worst"], margins["head"]["worst_split"]) == (pytest.approx(0.30 - 0.46), "0-4")
+    assert "unfinished" not in margins  # scored on one split only: no across-split figure
+    assert set(margins) == {"joint", "head"}  # the raw rows are the reference, not rows
+    # On validation classes the raw reference is the higher validation score: head +0.19 / +0.11, joint +0.10 / +0.01.
+    val = study.split_margins(per_split, "val_map_at_r")
+    assert val["head"]["margins"] == pytest.approx({"0-4": 0.19, "odd": 0.11})
+    assert val["joint"]["margins"] == pytest.approx({"0-4": 0.10, "odd": 0.01})
+    # The rule sees only validation scores, so it picks the head, though the joint row tests better.
+    assert study.select_by_validation(per_split) == "head"
+    table = study.margins_table(per_split)
+    assert "| **head** (picked on validation) | -0.160 | -0.150 | -0.155 | -0.160 (0-4) | +0.150 |" in table
+    assert "| joint | +0.050 | -0.030 | +0.010 | -0.030 (odd) | +0.055 |" in table
+
+
+def test_study_class_splits_leave_five_test_classes_each():
+    study = _study_module()
+    assert {split: sorted(set(range(10)) - set(classes)) for split, classes in study.CLASS_SPLITS.items()} == {
+        "0-4": [5, 6, 7, 8, 9], "5-9": [0, 1, 2, 3, 4], "even": [1, 3, 5, 7, 9], "odd": [0, 2, 4, 6, 8]}
+    assert study._split_overrides("even") == {"data.train_classes": "[0, 2, 4, 6, 8]"}
