@@ -9,16 +9,20 @@ Fashion-MNIST, configs/openset_digits.yaml for digits) with the row's overrides,
 same training budget (epochs × steps × batch) and the same data: two training classes held out for
 validation, the epoch with the best validation MAP@R kept (never the test classes). Each (dataset,
 protocol, row, seed) is one run folder under --out; a finished one is read back, not retrained, so an
-interrupted study resumes. Baselines are computed here on the same splits: raw pixels under L2 and
-cosine, PCA of the pixels (fit on the training split only) at 64 and 256 components, and the joint
-embedding of an *untrained* tower (the architecture's share of the result).
+interrupted study resumes. Baselines are computed here (once; OUT keeps them) on the same splits: raw pixels
+under L2 and cosine, PCA of the pixels (fit on the training split only) at 64 and 256 components, and the joint
+embedding of an *untrained* tower (the architecture's share of the result), and gradient orientation histograms
+of the pixels (`model.joint_layers: [orientations]`: nothing learnt) at every setting of ORIENTATION_GRID. Each
+trained joint row also gets companion "+ orientations" rows: the same trained tower with the histograms
+(12 bins, 4 × 4 cells) joined to its joint embedding (no training of its own), whole and capped at 256
+dimensions by a PCA fit on training images.
 
 With --splits the unseen-classes protocol runs once per class split (CLASS_SPLITS: the training classes; the
 test classes are the rest), and a last table gives each row's margin over the better raw baseline (the higher of
 raw L2 and raw cosine, per split, means over seeds): the mean over splits and the worst split. Beside it is what a
 rule that never sees a test class would pick: every row is also scored on the validation classes (training
-classes the run held out; seeds redraw them), and `select_by_validation` picks the row with the highest mean
-validation margin over raw pixels on those same classes.
+classes the run held out; seeds redraw them), and `select_by_validation` picks, among the rows of at most
+--max-dim dimensions, the row with the highest mean validation margin over raw pixels on those same classes.
 
 Prints one table per dataset and protocol (mean ± std over seeds of test MAP@R, P@1, NMI, and the
 validation MAP@R each run kept) and writes them with every run's numbers to OUT/results.json.
@@ -62,6 +66,14 @@ PML_ROWS = {
 # Training classes of each class split (both datasets have ten classes); the test classes are the other five.
 CLASS_SPLITS = {"0-4": [0, 1, 2, 3, 4], "5-9": [5, 6, 7, 8, 9], "even": [0, 2, 4, 6, 8], "odd": [1, 3, 5, 7, 9]}
 RAW = ("raw pixels, L2", "raw pixels, cosine")
+# Gradient orientation histogram settings scored as rows (bins, cells a side); the rule chooses among them too.
+ORIENTATION_GRID = [(bins, cells) for bins in (8, 12, 16) for cells in (2, 3, 4)]
+ORIENTATIONS_ADDED = (12, 4)  # the histograms joined to each trained joint row's tower
+CAPPED_DIM = 256  # ... and that joint vector capped by a PCA fit on training images
+
+
+def orientations_row(bins: int, cells: int) -> str:
+    return f"orientations, {bins} bins × {cells}² cells (no training)"
 
 
 # Each dataset's P×K batch of classes (P classes × K images); the self-supervised row draws as many images per step.
@@ -115,10 +127,14 @@ def _split_overrides(split: str | None) -> dict[str, str]:
     return {"data.train_classes": "[" + ", ".join(map(str, CLASS_SPLITS[split])) + "]"}
 
 
+def run_folder(dataset: str, protocol: str, row: str, seed: int, out: Path, split: str | None = None) -> Path:
+    return out / dataset / protocol / (f"split_{_slug(split)}" if split else "") / _slug(row) / f"seed{seed}"
+
+
 def train_row(dataset: str, protocol: str, row: str, overrides: dict, seed: int, out: Path,
               split: str | None = None) -> dict:
     """The run's report.json, training it first unless a finished run is already there."""
-    folder = out / dataset / protocol / (f"split_{_slug(split)}" if split else "") / _slug(row) / f"seed{seed}"
+    folder = run_folder(dataset, protocol, row, seed, out, split)
     report = folder / "report.json"
     if not report.exists():
         settings = {**overrides, **_split_overrides(split), "data.protocol": protocol, "data.seed": str(seed),
@@ -133,26 +149,47 @@ def train_row(dataset: str, protocol: str, row: str, overrides: dict, seed: int,
     return json.loads(report.read_text())
 
 
-def baselines(dataset: str, protocol: str, seed: int, split: str | None = None) -> dict[str, dict]:
-    """Raw pixels (L2, cosine), PCA-64 / PCA-256 fit on training images, an untrained tower's joint embedding.
-
-    The raw-pixel rows also carry `val_map_at_r`: the same ranking of the validation classes (training classes
-    held out from training), which the selection rule compares learned rows against."""
-    import keras
-
+def study_splits_of(dataset: str, protocol: str, seed: int, split: str | None = None):
+    """The (config, splits) every row of this dataset, protocol, seed and class split trains and is scored on."""
     from reprlearn.config import load_config
-    from reprlearn.data import flat_pixels
     from reprlearn.data.protocols import splits_for
-    from reprlearn.metrics import retrieval_metrics
-    from reprlearn.models import build_tower, joint_embedding_model
-    from reprlearn.runs import embed
-    from reprlearn.evaluation.scoring import pca_baseline
 
     overrides = [f"data.protocol={protocol}", f"data.seed={seed}"] + (
         ["data.validation_classes=0"] if protocol == "seen-classes" else []) + [
         f"{key}={value}" for key, value in _split_overrides(split).items()]
     cfg = load_config(BASE_CONFIGS[dataset], overrides=overrides)
-    splits = splits_for(cfg.data)
+    return cfg, splits_for(cfg.data)
+
+
+def scored(model, splits, seed: int) -> dict:
+    """`model`'s test metrics (cosine ranking), its dimension and its validation MAP@R (when there are
+    validation classes)."""
+    from reprlearn.metrics import retrieval_metrics
+    from reprlearn.runs import embed
+
+    out = {**retrieval_metrics(embed(model, splits.test.images), splits.test.labels, "angular", seed=seed),
+           "dim": int(model.output_shape[-1])}
+    if splits.val is not None and len(splits.val.labels):
+        out["val_map_at_r"] = retrieval_metrics(embed(model, splits.val.images), splits.val.labels, "angular",
+                                                compute_nmi=False)["map_at_r"]
+    return out
+
+
+def baselines(dataset: str, protocol: str, seed: int, split: str | None = None) -> dict[str, dict]:
+    """Raw pixels (L2, cosine), PCA-64 / PCA-256 fit on training images, an untrained tower's joint embedding,
+    gradient orientation histograms at each ORIENTATION_GRID setting.
+
+    The raw-pixel and orientation rows also carry `val_map_at_r`: the same ranking of the validation classes
+    (training classes held out from training), which the selection rule compares rows against."""
+    import keras
+
+    from reprlearn.data import flat_pixels
+    from reprlearn.metrics import retrieval_metrics
+    from reprlearn.models import build_tower, joint_embedding_model
+    from reprlearn.runs import embed
+    from reprlearn.evaluation.scoring import pca_baseline
+
+    cfg, splits = study_splits_of(dataset, protocol, seed, split)
     test = splits.test
     raw = flat_pixels(test.images)
     out = {"raw pixels, L2": retrieval_metrics(raw, test.labels, "L2", seed=seed)}
@@ -171,7 +208,48 @@ def baselines(dataset: str, protocol: str, seed: int, split: str | None = None) 
                                   cfg.model.joint_weights or None)
     out["untrained tower, joint"] = retrieval_metrics(embed(joint, test.images), test.labels, "angular", seed=seed)
     out["untrained tower, joint"]["dim"] = int(joint.output_shape[-1])
+    for bins, cells in ORIENTATION_GRID:
+        histograms = joint_embedding_model(tower, ["orientations"], power=cfg.model.joint_power, weights=[1.0, 0.0],
+                                           orientation_bins=bins, orientation_cells=cells)
+        out[orientations_row(bins, cells)] = scored(histograms, splits, seed)
     return out
+
+
+def saved_baselines(dataset: str, protocol: str, seed: int, out: Path, split: str | None = None) -> dict[str, dict]:
+    """`baselines(...)`, computed once and kept in OUT (beside the runs) so a resumed study does not redo them."""
+    path = run_folder(dataset, protocol, "baselines", seed, out, split) / "baselines.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    scores = baselines(dataset, protocol, seed, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scores, indent=2, default=float))
+    return scores
+
+
+def with_orientations(folder: Path, splits, seed: int) -> dict[str, dict]:
+    """The trained run in `folder` with ORIENTATIONS_ADDED histograms joined to its joint embedding (its own
+    joint parts and weights, the histograms as one more part of weight 1), scored whole (key "") and capped to
+    CAPPED_DIM dimensions (key ", PCA 256")."""
+    import keras
+
+    from reprlearn.evaluation.scoring import pca_fit_sample
+    from reprlearn.models import joint_embedding_model, project_joint_embedding
+    from reprlearn.runs import embed
+
+    cfg = json.loads((folder / "report.json").read_text())["config"]["model"]
+    model = keras.saving.load_model(folder / "model.keras", compile=False)
+    bins, cells = ORIENTATIONS_ADDED
+    weights = cfg["joint_weights"] or [1.0] * (len(cfg["joint_layers"]) + 1)
+    if weights[-1] != 0:  # the saved model ends in the joint vector; the head itself is not in it
+        raise ValueError(f"the study joins orientations to joint rows without the head. Received: joint_weights="
+                         f"{weights} in {folder}")
+    layers = [*cfg["joint_layers"], "orientations"]
+    weights = [*weights[:-1], 1.0, 0.0]
+    joined = joint_embedding_model(model, layers, cfg["joint_grid"], cfg["joint_power"], weights,
+                                   orientation_bins=bins, orientation_cells=cells)
+    # Capped like `model.joint_dim` caps a run's: a PCA fit on training images (the run's own sample of them).
+    capped = project_joint_embedding(joined, embed(joined, pca_fit_sample(splits.train, seed)), CAPPED_DIM)
+    return {"": scored(joined, splits, seed), f", PCA {CAPPED_DIM}": scored(capped, splits, seed)}
 
 
 def mean_std(values: list[float]) -> str:
@@ -213,16 +291,21 @@ def split_margins(per_split: dict[str, dict[str, list[dict]]], key: str = "map_a
     return out
 
 
-def select_by_validation(per_split: dict[str, dict[str, list[dict]]]) -> str | None:
+def select_by_validation(per_split: dict[str, dict[str, list[dict]]], max_dim: int | None = None) -> str | None:
     """The row a rule blind to test classes picks: the best mean margin over raw pixels on the validation classes
-    (training classes held out from each run), across splits and seeds; None when no row has validation scores."""
-    margins = split_margins(per_split, "val_map_at_r")
+    (training classes held out from each run), across splits and seeds, among rows of at most `max_dim`
+    dimensions (None: any); None when no such row has validation scores."""
+    def small(row: str) -> bool:
+        return max_dim is None or all(isinstance(run.get("dim"), int) and run["dim"] <= max_dim
+                                      for results in per_split.values() for run in results[row])
+
+    margins = {row: m for row, m in split_margins(per_split, "val_map_at_r").items() if small(row)}
     return max(margins, key=lambda row: margins[row]["mean"]) if margins else None
 
 
-def margins_table(per_split: dict[str, dict[str, list[dict]]]) -> str:
+def margins_table(per_split: dict[str, dict[str, list[dict]]], max_dim: int | None = None) -> str:
     test, val = split_margins(per_split), split_margins(per_split, "val_map_at_r")
-    chosen = select_by_validation(per_split)
+    chosen = select_by_validation(per_split, max_dim)
     splits = list(per_split)
     lines = ["| row | " + " | ".join(f"{split}" for split in splits)
              + " | mean margin | worst split | validation margin (mean) |",
@@ -256,6 +339,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", help="row names to run (default: all)")
     parser.add_argument("--splits", nargs="*", choices=list(CLASS_SPLITS),
                         help="unseen classes over these class splits (no value: all four)")
+    parser.add_argument("--max-dim", type=int, default=256,
+                        help="the rule picks among rows of at most this many dimensions (--splits)")
     parser.add_argument("--out", default="runs/openset_study")
     args = parser.parse_args()
     out = Path(args.out)
@@ -278,7 +363,7 @@ def study(dataset: str, protocol: str, seeds: list[int], only_rows: list[str] | 
     """`{row: [one result per seed]}`: the baselines, then every (chosen) row trained or read back."""
     results: dict[str, list[dict]] = {}
     for seed in seeds:
-        for name, scores in baselines(dataset, protocol, seed, split).items():
+        for name, scores in saved_baselines(dataset, protocol, seed, out, split).items():
             results.setdefault(name, []).append(
                 {**scores, "dim": scores.get("dim", "–" if name.startswith("raw") else scores.get("dim"))})
     for row, overrides in rows(dataset).items():
@@ -289,6 +374,11 @@ def study(dataset: str, protocol: str, seeds: list[int], only_rows: list[str] | 
             results.setdefault(row, []).append({
                 **report["metrics"]["test"], "dim": report["model"]["embedding_dim"],
                 "val_map_at_r": report["kept"].get("val_map_at_r"), "kept_epoch": report["kept"]["epoch"]})
+            if report["config"]["model"]["joint_layers"]:
+                _, splits = study_splits_of(dataset, protocol, seed, split)
+                folder = run_folder(dataset, protocol, row, seed, out, split)
+                for suffix, scores in with_orientations(folder, splits, seed).items():
+                    results.setdefault(f"{row} + orientations{suffix}", []).append(scores)
     return results
 
 
@@ -302,10 +392,11 @@ def study_splits(args, out: Path, summary: dict) -> None:
             summary[title] = per_split[split]
             print(f"\n### {title}\n\n{table(per_split[split])}\n", flush=True)
         print(f"\n### {dataset}: margin over the better raw baseline (test MAP@R), seeds {args.seeds}\n\n"
-              f"{margins_table(per_split)}\n", flush=True)
+              f"{margins_table(per_split, args.max_dim)}\n", flush=True)
         summary[f"{dataset}, margins"] = {"test": split_margins(per_split),
                                           "validation": split_margins(per_split, "val_map_at_r"),
-                                          "picked_on_validation": select_by_validation(per_split)}
+                                          "picked_on_validation": select_by_validation(per_split, args.max_dim),
+                                          "max_dim": args.max_dim}
 
 
 if __name__ == "__main__":

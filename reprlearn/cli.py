@@ -45,7 +45,9 @@ def _train(args) -> int:
         pca = metrics.get("baseline_pca")
         print(f"\nTest MAP@R {test['map_at_r']:.4f} (raw pixels: L2 {raw['map_at_r']:.4f}, cosine "
               f"{metrics['baseline_raw_cosine']['map_at_r']:.4f}"
-              + (f"; PCA-{pca['dim']} {pca['map_at_r']:.4f}" if pca else "") + f"), P@1 {test['precision_at_1']:.4f}, "
+              + (f"; PCA-{pca['dim']} {pca['map_at_r']:.4f}" if pca else "")
+              + (f"; the tower's head {metrics['head']['map_at_r']:.4f}" if "head" in metrics else "")
+              + f"), P@1 {test['precision_at_1']:.4f}, "
               f"ROC AUC {verification['roc_auc']:.4f}"
               + (f", accuracy {verification['accuracy']:.4f} at the threshold fit on validation pairs"
                  if "accuracy" in verification else ""))

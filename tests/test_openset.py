@@ -268,12 +268,24 @@ def test_open_set_run_exports_a_joint_embedding_that_reloads_in_a_fresh_process(
                                           > raw["baseline_raw"]["map_at_r"] else "L2")
     stored = json.loads((out / "report.json").read_text())
     assert stored["kept"] == report["kept"]
+    # The same tower's own head is kept beside the joint embedding and scored on the same test items.
+    from reprlearn.runs import load_run
+
+    run = load_run(out)
+    test = run.split("test")
+    head = np.asarray(run.head_model(test.images))
+    assert head.shape == (len(test.labels), 32) and report["metrics"]["head"]["dim"] == 32
+    assert report["metrics"]["head"]["map_at_r"] == pytest.approx(retrieval_metrics(
+        head, test.labels, run.metric, compute_nmi=False)["map_at_r"], abs=1e-6)
+    assert "`embed_head`" in (out / "report.md").read_text()
     script = textwrap.dedent(f"""
         import numpy as np, keras, reprlearn
         from sklearn.datasets import load_digits
         model = keras.saving.load_model({str(out / 'model.keras')!r})
         images = (load_digits().images[:8, :, :, None] * (255.0 / 16.0)).astype("float32")
         vectors = np.asarray(model(images))
+        head = keras.saving.load_model({str(out / 'head.keras')!r})
+        assert np.asarray(head(images)).shape == (8, 32)
         print(vectors.shape, float(np.abs(np.linalg.norm(vectors, axis=1) - 1).max()))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -443,3 +455,20 @@ def test_study_class_splits_leave_five_test_classes_each():
     assert {split: sorted(set(range(10)) - set(classes)) for split, classes in study.CLASS_SPLITS.items()} == {
         "0-4": [5, 6, 7, 8, 9], "5-9": [0, 1, 2, 3, 4], "even": [1, 3, 5, 7, 9], "odd": [0, 2, 4, 6, 8]}
     assert study._split_overrides("even") == {"data.train_classes": "[0, 2, 4, 6, 8]"}
+
+
+def test_the_validation_rule_picks_only_among_rows_within_the_dimension_cap():
+    study = _study_module()
+
+    def runs(val, dim):
+        return [{"map_at_r": 0.5, "val_map_at_r": val, "dim": dim}]
+
+    per_split = {split: {"raw pixels, L2": runs(0.30, "–"), "raw pixels, cosine": runs(0.20, "–"),
+                         "wide": runs(0.60, 384), "small": runs(0.40, 192), "tiny": runs(0.35, 64)}
+                 for split in ("0-4", "odd")}
+    assert study.select_by_validation(per_split) == "wide"
+    assert study.select_by_validation(per_split, max_dim=256) == "small"
+    assert study.select_by_validation(per_split, max_dim=100) == "tiny"
+    assert study.select_by_validation(per_split, max_dim=10) is None
+    assert "| **small** (picked on validation)" in study.margins_table(per_split, max_dim=256)
+    assert study.orientations_row(12, 4) == "orientations, 12 bins × 4² cells (no training)"

@@ -115,12 +115,16 @@ class ModelConfig:
     # power-normalised, sign(x)·|x|^joint_power, then average-pooled to joint_grid × joint_grid) with the head,
     # each part unit-length times its weight
     # (joint_weights: one per layer, then the head's; [] = all 1); joint_dim caps the size with a PCA fit
-    # on training images. [] exports the head alone.
+    # on training images. [] exports the head alone. The name `orientations` joins gradient orientation histograms
+    # of the input image (nothing learnt; orientation_bins sectors, orientation_cells × orientation_cells cells,
+    # pooled before joint_power).
     joint_layers: list[str] = field(default_factory=list)
     joint_grid: int = positive(3)
     joint_power: float = 0.5
     joint_weights: list[float] = field(default_factory=list)
     joint_dim: typing.Optional[int] = positive(None)
+    orientation_bins: int = positive(12)
+    orientation_cells: int = positive(4)
     # autoencoder / vae only.
     code_dim: int = positive(32)
     decoder: str = choice("unpool", ("unpool", "transpose", "upsample"))  # conv autoencoder

@@ -49,6 +49,12 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     lines += [f"| {k} | {m['test'][k]:.4f} | {m['baseline_raw'][k]:.4f} | "
               + " | ".join(f"{part[k]:.4f}" if k in part else "–" for part in (cosine, pca)) + " |"
               for k in RETRIEVAL_ROWS]
+    if "head" in m:
+        head = m["head"]
+        lines += ["", f"The model is a joint embedding (for classes the tower never trained on). The same tower's own "
+                      f"head (`head.keras`, the SavedModel's `embed_head`; {head['dim']} dimensions) scores MAP@R "
+                      f"{head['map_at_r']:.4f}, R-precision {head['r_precision']:.4f} and P@1 "
+                      f"{head['precision_at_1']:.4f} on the same test items."]
     lines += ["", "## Verification on sampled test pairs", "",
               f"Threshold: {m['verification']['calibration']['note']}.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {m['verification'][k]:.4f} |" for k in VERIFICATION_ROWS if k in m["verification"]]

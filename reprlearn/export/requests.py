@@ -24,6 +24,7 @@ def request_bodies(images: np.ndarray) -> dict[str, dict]:
     return {
         "serving_default": {"signature_name": "serving_default", "instances": embed},
         "embed_uint8": {"signature_name": "embed_uint8", "instances": embed},
+        "embed_head": {"signature_name": "embed_head", "instances": embed},
         "distance": {"signature_name": "distance", "instances": pair},
         "verify": {"signature_name": "verify", "instances": pair},
     }

@@ -25,6 +25,7 @@ from reprlearn.errors import ExportError
 from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_onnx, convert_tflite, onnx_embedder
 from reprlearn.export.savedmodel import write_saved_model
 from reprlearn.index import Gallery
+from reprlearn.layers import OrientationHistogram
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.runs import embed, load_run
 
@@ -129,6 +130,15 @@ def _same_export(model_dir: Path, request: dict) -> dict | None:
 PARITY_FILES = 1024
 
 
+def _check_head(saved_model: Path, head, images: np.ndarray) -> float:
+    """Max abs difference between the SavedModel's `embed_head` and `head.keras` on `images`."""
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(saved_model)).signatures["embed_head"]
+    return float(np.max(np.abs(served(images=tf.constant(images, tf.float32))["embedding"].numpy()
+                               - embed(head, images))))
+
+
 def parity_images(run) -> tuple[np.ndarray, np.ndarray]:
     """The test images every export format must embed as the Keras model does: the whole in-memory test split,
     or `PARITY_FILES` test files drawn with `data.seed` from a streamed one."""
@@ -213,6 +223,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     # The verify signature ships the threshold calibrated on validation pairs (never on test pairs).
     threshold = run.verification_threshold if run.kind == "pair" else None
     tower = keras.saving.load_model(run_dir / "model.keras")
+    head = run.head_model
     generative_path = next((p for p in (run_dir / "vae.keras", run_dir / "autoencoder.keras") if p.is_file()), None)
     generative = keras.saving.load_model(generative_path) if generative_path else None
     test_images, test_labels = parity_images(run)
@@ -226,10 +237,10 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
     try:
         saved_model = staging / "saved_model"
         signatures = write_saved_model(tower, saved_model, metric, threshold, generative, enrolled, identify_k,
-                                       run.config.data.resize)
+                                       run.config.data.resize, head)
         artifacts = staging / "artifacts"
         artifacts.mkdir()
-        rows = []
+        rows, head_failure = [], None
 
         def check(row_name: str, path: Path, embeddings: np.ndarray) -> None:
             rows.append(_parity_row(row_name, path, embeddings, probe, test_labels, metric, keras_map))
@@ -244,6 +255,12 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             check("saved_model", saved_model, np.concatenate(
                 [serve(images=tf.constant(test_images[i:i + 512], tf.float32))["embedding"].numpy()
                  for i in range(0, len(test_images), 512)]))
+            if head is not None:
+                head_diff = _check_head(saved_model, head, test_images[:PROBE_IMAGES])
+                if head_diff > MAX_ABS_DIFF:
+                    head_failure = f"embed_head: max|diff| {head_diff:.2e} from head.keras exceeds {MAX_ABS_DIFF}"
+                if verbose:
+                    print(f"  embed_head       max|diff| {head_diff:.2e} from head.keras", flush=True)
             if enrolled is not None:
                 identify_row = _check_identify(saved_model, enrolled, keras_embeddings, test_images, identify_k)
                 if verbose:
@@ -260,12 +277,16 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             convert_onnx(saved_model, path)
             check("onnx", path, onnx_embedder(path)(test_images))
         _write_parity(rows, keras_map, artifacts, request, signatures)
-        failures = [message for message in map(_gate, rows) if message]
+        failures = [message for message in map(_gate, rows) if message] + ([head_failure] if head_failure else [])
         if enrolled is not None:
             (artifacts / "identify.json").write_text(json.dumps(identify_row, indent=2))
             if identify_row["decisions_equal"] != identify_row["queries"]:
                 failures.append(f"identify: {identify_row['queries'] - identify_row['decisions_equal']} of "
                                 f"{identify_row['queries']} decisions differ from Gallery.identify")
+        if any(message.startswith("tflite-int8") for message in failures) and any(
+                isinstance(layer, OrientationHistogram) for layer in tower.layers):
+            failures.append("gradient orientation histograms (model.joint_layers: orientations) do not survive 8-bit "
+                            "integer arithmetic; export the float formats with --quantize none,dynamic,float16")
         if failures:
             raise ExportError("parity gate failed: " + "; ".join(failures))
 

@@ -6,6 +6,8 @@ Signatures (every input and output is named):
 - `embed_encoded`: `image_bytes` (a string per image: the bytes of a JPEG, PNG, GIF or BMP file, any size) →
   `embedding`, each decoded and resized as the run's data (`data.resize`) inside the graph, so a client
   can send a photo as it is (with a gallery, `identify_encoded` likewise);
+- joint-embedding runs add `embed_head`: `images` → `embedding` from the same tower's own head (for the
+  classes it trained on; `serving_default` gives the joint embedding, for the others);
 - pair runs add `distance` (`images_a`, `images_b` → `distance`) and `verify`
   (→ `distance`, `match`: distance <= the threshold calibrated in the run report);
 - with a gallery, `identify`: `images` → `labels`, `ids`, `distances` (the k nearest enrolled
@@ -122,7 +124,7 @@ def _add_identify_endpoint(archive, embed, image_spec: tf.TensorSpec, gallery: G
 
 def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", threshold: float | None = None,
                       generative: keras.Model | None = None, gallery: Gallery | None = None,
-                      identify_k: int = 5, resize: str = "pad") -> list[str]:
+                      identify_k: int = 5, resize: str = "pad", head: keras.Model | None = None) -> list[str]:
     """Writes `tower` as a SavedModel at `path`; returns the signature names.
 
     Args:
@@ -135,6 +137,7 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
         gallery: a gallery enrolled by `tower`, with a rejection threshold: adds `identify`.
         identify_k: the matches `identify` returns per image (at most the gallery's size).
         resize: how `embed_encoded` fits a file of another size to the tower's input (`data.resize`).
+        head: a joint embedding's tower ending in its own head (`head.keras`): adds `embed_head`.
     """
     from reprlearn.models import VAE
 
@@ -175,6 +178,12 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
         archive.add_endpoint("identify_encoded", lambda image_bytes: identify(decoded(image_bytes)),
                              input_signature=[bytes_spec])
         names += ["identify", "identify_encoded"]
+    if head is not None:
+        archive.track(head)
+        archive.add_endpoint("embed_head", lambda images: {"embedding": head(tf.cast(images, tf.float32),
+                                                                            training=False)},
+                             input_signature=[_image_spec(head, "images")])
+        names.append("embed_head")
     if generative is not None:
         archive.track(generative)
         names += (_add_vae_endpoints(archive, generative) if isinstance(generative, VAE)

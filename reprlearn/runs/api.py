@@ -24,7 +24,7 @@ from reprlearn.ops.distances import paired_distance
 from reprlearn.index import Gallery, GalleryError, split_class_threshold
 from reprlearn.errors import DataError, RunFolderError
 from reprlearn.runs.inference import embed, match_probabilities
-from reprlearn.runs.record import EVALUATION_FILE, RECORD_FILE, fingerprint, read_json, run_state
+from reprlearn.runs.record import EVALUATION_FILE, HEAD_FILE, RECORD_FILE, fingerprint, read_json, run_state
 
 EMBED_CHUNK = 65_536  # images embedded at a time where a whole set's embeddings need not be held
 
@@ -44,6 +44,7 @@ class Run:
     record: dict
     evaluation: dict
     _model: keras.Model | None = field(default=None, repr=False, compare=False)
+    _head: keras.Model | None = field(default=None, repr=False, compare=False)
 
     @property
     def metric(self) -> str:
@@ -72,6 +73,14 @@ class Run:
         if self._model is None:
             self._model = keras.saving.load_model(self.path / "model.keras", compile=False)
         return self._model
+
+    @property
+    def head_model(self) -> keras.Model | None:
+        """`head.keras`: a joint-embedding run's tower ending in its own head (the embedding for the classes it
+        trained on), loaded once; None for other runs."""
+        if self._head is None and (self.path / HEAD_FILE).is_file():
+            self._head = keras.saving.load_model(self.path / HEAD_FILE, compile=False)
+        return self._head
 
     @property
     def model_fingerprint(self) -> str:

@@ -16,6 +16,8 @@ A run folder holds:
                        (written by `reprlearn.training.loop` after each epoch)
     model.keras        the embedding model alone, uncompiled: loads with `import reprlearn`
                        (or Keras alone when it holds only Keras layers)
+    head.keras         joint-embedding runs only: the same tower ending in its own head (the
+                       embedding for the classes it trained on; model.keras is for the others)
 
 Example:
     out = open_run(cfg, "runs/demo", splits, from_arrays=False, command=None, metric="L2", kind="embedding",
@@ -44,6 +46,7 @@ from reprlearn.errors import RunFolderError
 
 RECORD_FILE = "run.json"
 EVALUATION_FILE = "evaluation.npz"
+HEAD_FILE = "head.keras"
 CHECKPOINTS = "checkpoints"
 REPRESENTATIVE_IMAGES = 200
 EVALUATION_LIMIT_BYTES = 256 * 2**20

@@ -27,7 +27,8 @@ from reprlearn.evaluation.scoring import (
 )
 from reprlearn.models import build_tower, initialise_from, project_joint_embedding
 from reprlearn.models.towers import BACKBONE_NAME, set_backbone_trainable
-from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
+from reprlearn.metrics import retrieval_metrics
+from reprlearn.runs import HEAD_FILE, embed, load_run, run_summary, save_and_check_reload
 from reprlearn.runs.inference import decoded_part
 from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
 from reprlearn.training.loop import train_run
@@ -132,6 +133,13 @@ def evaluate(cfg: Config, tower: keras.Model, splits: Splits) -> dict:
     return {"metrics": metrics, "embeddings": embeddings, "pairs": pairs, "test": test}
 
 
+def score_head(cfg: Config, head: keras.Model, test: ImageSet) -> dict:
+    """The tower's own head on the scored test items: MAP@R, R-precision and P@1 under the run's distance."""
+    scores = retrieval_metrics(embed(head, test), test.labels, cfg.loss.distance, compute_nmi=False,
+                               seed=cfg.data.seed)
+    return {**scores, "dim": int(head.output_shape[-1])}
+
+
 def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                   callbacks: list[keras.callbacks.Callback] | None = None,
                   strategy: tf.distribute.Strategy | None = None) -> dict:
@@ -183,9 +191,15 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras", splits.test)
     if is_pair_loss(cfg):
         trained.model.save(out / "pair_model.keras")
+    # A joint embedding serves classes the tower never saw; its head serves the ones it trained on. Both come
+    # from one tower, so a joint run keeps the head too (HEAD_FILE; the SavedModel's `embed_head`).
+    head = (save_and_check_reload(tower_of(trained.model), out / HEAD_FILE, splits.test)
+            if cfg.model.joint_layers else None)
 
     # Evaluate and report.
     evaluation = evaluate(cfg, tower, splits)
+    if head is not None:
+        evaluation["metrics"]["head"] = score_head(cfg, head, evaluation["test"])
     report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, batch_size(cfg)),
               "kept": trained.kept,
               "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),

@@ -165,7 +165,9 @@ def embedding_model(cfg: Config, tower: keras.Model) -> keras.Model:
     if not cfg.model.joint_layers:
         return tower
     return joint_embedding_model(tower, cfg.model.joint_layers, cfg.model.joint_grid, cfg.model.joint_power,
-                                 cfg.model.joint_weights or None, name=TOWER_NAME)
+                                 cfg.model.joint_weights or None, name=TOWER_NAME,
+                                 orientation_bins=cfg.model.orientation_bins,
+                                 orientation_cells=cfg.model.orientation_cells)
 
 
 def make_optimizer(cfg: Config, copied_layers: list[str] | tuple = ()) -> keras.optimizers.Optimizer:

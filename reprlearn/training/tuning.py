@@ -34,7 +34,7 @@ from reprlearn.config import Config, ConfigError, config_to_dict
 from reprlearn.config.losses import LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES
 from reprlearn.data import Splits
 from reprlearn.models import build_tower
-from reprlearn.models.joint import check_tower_layers
+from reprlearn.models.joint import ORIENTATIONS, check_tower_layers
 from reprlearn.training.objectives import (
     TOWER_NAME,
     RetrievalValidation,
@@ -86,7 +86,7 @@ def check_search(cfg: Config, splits: Splits) -> None:
                           f"Received: loss.name={cfg.loss.name!r}")
     tower = build_tower(cfg.model, splits.train.image_shape, streamed=splits.train.streamed)
     for choice in cfg.search.joint_layers:
-        check_tower_layers(tower, joint_layer_choice(choice), "search.joint_layers")
+        check_tower_layers(tower, joint_layer_choice(choice), "search.joint_layers", also=[ORIENTATIONS])
     if cfg.train.strategy == "multi_worker":
         raise ConfigError("config: reprlearn tune runs each trial in one process (one_device or mirrored); to "
                           "spread a search over processes or hosts use keras-tuner's chief/worker mode "
