@@ -112,7 +112,7 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
     }
     p, k = CLASS_BATCH[dataset]
     return {name: {"data.augment": "none", "data.positives": "classes", "loss.reconstruction_weight": "0.0",
-                   "loss.distance": "L2", "train.classes_per_batch": str(p), "train.examples_per_class": str(k),
+                   "loss.distance": "L2", "train.keep": "best", "train.classes_per_batch": str(p), "train.examples_per_class": str(k),
                    **overrides}
             for name, overrides in rows.items()}
 
@@ -157,7 +157,8 @@ def study_splits_of(dataset: str, protocol: str, seed: int, split: str | None = 
     overrides = [f"data.protocol={protocol}", f"data.seed={seed}"] + (
         ["data.validation_classes=0"] if protocol == "seen-classes" else []) + [
         f"{key}={value}" for key, value in _split_overrides(split).items()]
-    cfg = load_config(BASE_CONFIGS[dataset], overrides=overrides)
+    # The tower's own joint layers (JOINT), whatever the base config exports: the untrained-tower row uses them.
+    cfg = load_config(BASE_CONFIGS[dataset], overrides=overrides + [f"{k}={v}" for k, v in JOINT[dataset].items()])
     return cfg, splits_for(cfg.data)
 
 

@@ -254,8 +254,9 @@ def test_pca_baseline_is_fit_on_the_training_images_only():
 def test_open_set_run_exports_a_joint_embedding_that_reloads_in_a_fresh_process(tmp_path):
     from reprlearn.training import run_training
 
-    cfg = load_config("configs/openset_digits.yaml", overrides=["train.epochs=2", "train.steps_per_epoch=10",
-                                                                "model.joint_dim=40", "data.augment=light"])
+    cfg = load_config("configs/openset_digits.yaml", overrides=[
+        "train.epochs=2", "train.steps_per_epoch=10", "model.joint_dim=40", "data.augment=light", "train.keep=best",
+        "model.joint_layers=[pixels, hidden1_relu]", "model.joint_weights=[1.0, 1.0, 0.0]"])
     out = tmp_path / "run"
     report = run_training(cfg, out, verbose=0)
     assert report["model"]["embedding_dim"] == 40
