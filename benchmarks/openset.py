@@ -112,7 +112,9 @@ def rows(dataset: str) -> dict[str, dict[str, str]]:
     }
     p, k = CLASS_BATCH[dataset]
     return {name: {"data.augment": "none", "data.positives": "classes", "loss.reconstruction_weight": "0.0",
-                   "loss.distance": "L2", "train.keep": "best", "train.classes_per_batch": str(p), "train.examples_per_class": str(k),
+                   "loss.distance": "L2", "train.keep": "best", "model.joint_dim": "null",
+                   "train.classes_per_batch": str(p),
+                   "train.examples_per_class": str(k),
                    **overrides}
             for name, overrides in rows.items()}
 
@@ -237,6 +239,9 @@ def with_orientations(folder: Path, splits, seed: int) -> dict[str, dict]:
     from reprlearn.models import joint_embedding_model, project_joint_embedding
     from reprlearn.runs import embed
 
+    saved = folder / "with_orientations.json"  # computed once per run, like the baselines
+    if saved.exists():
+        return json.loads(saved.read_text())
     cfg = json.loads((folder / "report.json").read_text())["config"]["model"]
     model = keras.saving.load_model(folder / "model.keras", compile=False)
     bins, cells = ORIENTATIONS_ADDED
@@ -250,7 +255,9 @@ def with_orientations(folder: Path, splits, seed: int) -> dict[str, dict]:
                                    orientation_bins=bins, orientation_cells=cells)
     # Capped like `model.joint_dim` caps a run's: a PCA fit on training images (the run's own sample of them).
     capped = project_joint_embedding(joined, embed(joined, pca_fit_sample(splits.train, seed)), CAPPED_DIM)
-    return {"": scored(joined, splits, seed), f", PCA {CAPPED_DIM}": scored(capped, splits, seed)}
+    scores = {"": scored(joined, splits, seed), f", PCA {CAPPED_DIM}": scored(capped, splits, seed)}
+    saved.write_text(json.dumps(scores, indent=2, default=float))
+    return scores
 
 
 def mean_std(values: list[float]) -> str:
