@@ -130,11 +130,10 @@ def _same_export(model_dir: Path, request: dict) -> dict | None:
 PARITY_FILES = 1024
 
 
-def _check_head(saved_model: Path, head, images: np.ndarray) -> float:
-    """Max abs difference between the SavedModel's `embed_head` and `head.keras` on `images`."""
+def _check_head(served, head, images: np.ndarray) -> float:
+    """Max abs difference between the loaded SavedModel's `embed_head` signature (`served`) and `head.keras`."""
     import tensorflow as tf
 
-    served = tf.saved_model.load(str(saved_model)).signatures["embed_head"]
     return float(np.max(np.abs(served(images=tf.constant(images, tf.float32))["embedding"].numpy()
                                - embed(head, images))))
 
@@ -251,12 +250,13 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
 
         if "saved_model" in formats:
             import tensorflow as tf
-            serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+            loaded = tf.saved_model.load(str(saved_model))
+            serve = loaded.signatures["serving_default"]
             check("saved_model", saved_model, np.concatenate(
                 [serve(images=tf.constant(test_images[i:i + 512], tf.float32))["embedding"].numpy()
                  for i in range(0, len(test_images), 512)]))
             if head is not None:
-                head_diff = _check_head(saved_model, head, test_images[:PROBE_IMAGES])
+                head_diff = _check_head(loaded.signatures["embed_head"], head, test_images[:PROBE_IMAGES])
                 if head_diff > MAX_ABS_DIFF:
                     head_failure = f"embed_head: max|diff| {head_diff:.2e} from head.keras exceeds {MAX_ABS_DIFF}"
                 if verbose:
