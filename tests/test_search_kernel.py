@@ -82,17 +82,77 @@ def test_both_paths_of_search_chunks_agree_with_a_numpy_loop(metric, monkeypatch
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_retrieval_metrics_on_the_host_path_match_the_reference(monkeypatch):
+@pytest.mark.parametrize("sample", [64, 16_384])   # top candidates from a sampled bound, or by partition
+def test_retrieval_metrics_on_the_host_path_match_the_reference(sample, monkeypatch):
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 3, 240)        # R ≈ 80, past the host threshold set below
     embeddings = (np.eye(8)[labels] + rng.normal(scale=0.5, size=(240, 8))).astype(np.float32)
     monkeypatch.setattr(search, "HOST_SELECTION_K", 16)
+    monkeypatch.setattr(search, "THRESHOLD_SAMPLE", sample)
     for metric in ("L2", "angular"):
         got = retrieval_metrics(embeddings, labels, metric=metric, compute_nmi=False, chunk_size=50)
         want = reference.retrieval(embeddings, labels, metric=metric)
         for key in ("precision_at_1", "r_precision", "map_at_r", "recall_at_4"):
             assert got[key] == pytest.approx(want[key], abs=1e-6), key
         assert 0.3 < got["map_at_r"] < 0.95   # neither trivial nor hopeless, so a wrong rank would show
+
+
+def test_descending_order_is_a_stable_sort_from_largest_to_smallest():
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.normal(scale=10.0 ** rng.integers(-30, 30, 500)), np.round(rng.normal(size=500), 1),
+                             [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38] * 3]).astype(np.float32)
+    rng.shuffle(values)
+    want = np.lexsort((np.arange(len(values)), -values.astype(np.float64)))   # by value descending, then position
+    np.testing.assert_array_equal(search.descending_order(values), want)
+    np.testing.assert_array_equal(search.descending_order(values[:0]), np.empty(0, np.int64))
+
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
+def test_top_candidates_hold_the_top_k_whichever_branch_finds_them(seed, ties, monkeypatch):
+    monkeypatch.setattr(search, "THRESHOLD_SAMPLE", 64)      # the sampled bound from rows of 128 on
+    rng = np.random.default_rng(seed)
+    sampled = 0
+    for n, wanted in ((100, 7), (2000, 1), (2000, 150), (2000, 1999), (5000, 600)):
+        line = score_rows(seed, 1, n, ties)[0]
+        got = search.top_candidates(line, wanted)
+        want = tf.math.top_k(line[None], wanted)[1].numpy()[0]
+        assert set(want) <= set(got.tolist()) and np.all(np.diff(got) > 0)
+        # Every score at or above the lowest returned (no item ranked before a candidate is left out) ...
+        np.testing.assert_array_equal(got, np.flatnonzero(line >= line[got].min()))
+        kth_count = np.count_nonzero(line >= np.sort(line)[n - wanted])
+        sampled += len(got) > kth_count                         # ... more than the top k only from the sample
+        if not ties:   # (with a few distinct values, all the scores equal to the bound come too)
+            assert len(got) < kth_count + n // 4
+    assert sampled >= 2
+    # A row whose sampled positions hold its largest scores: the bound is too high, so the row is partitioned.
+    line = rng.normal(size=4096).astype(np.float32)
+    line[::64] = 100.0 + np.arange(64)
+    got = search.top_candidates(line, 500)
+    np.testing.assert_array_equal(np.sort(got), np.sort(np.argsort(-line, kind="stable")[:500]))
+
+
+@pytest.mark.parametrize("metric", ["L2", "angular"])
+def test_retrieval_metrics_from_positive_ranks_equal_the_top_k_path(metric, monkeypatch):
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(4), [200, 150, 90, 3])
+    rng.shuffle(labels)
+    # Rounded to one decimal in 4 dimensions: many positives tie with negatives (the (score, index) branch).
+    embeddings = np.round(np.eye(4)[labels] + rng.normal(scale=0.6, size=(443, 4)), 1).astype(np.float32)
+    embeddings[17] = embeddings[3]
+    query_index = rng.choice(443, 300, replace=False)
+    results = {}
+    for path, threshold, sample in (("top k", 10**9, 16_384), ("ranks", 1, 64), ("ranks, partitioned", 1, 10**6)):
+        monkeypatch.setattr(search, "HOST_SELECTION_K", threshold)
+        monkeypatch.setattr(search, "THRESHOLD_SAMPLE", sample)
+        results[path] = [retrieval_metrics(embeddings, labels, metric=metric, ks=(1, 4, 300), compute_nmi=False,
+                                           chunk_size=70, query_index=rows) for rows in (None, query_index)]
+    for path in ("ranks", "ranks, partitioned"):
+        for got, want in zip(results[path], results["top k"]):
+            assert got.keys() == want.keys()
+            for key in want:   # the top-k path sums MAP@R's precisions in float32, this one in float64
+                assert got[key] == pytest.approx(want[key], abs=1e-7 if key == "map_at_r" else 1e-12), (path, key)
+    # (Against the NumPy loop on untied data: the test above; here float noise in its distances reorders ties.)
+    assert 0.3 < results["ranks"][0]["map_at_r"] < 0.9
 
 
 def test_kmeans_plus_plus_picks_distinct_rows_and_repeats_with_its_seed():

@@ -6,6 +6,9 @@ scores are summed, and the chunk is dropped before the next, so memory is O(chun
 N×N or N × k_max.
 `k_max` is the largest R (same-class items other than the query) or the largest k in
 `ks`. Ties are broken by index (lower index first), as `tf.math.top_k` does.
+From `HOST_SELECTION_K` on (classes of hundreds of items and more), each query's row of scores is
+ranked on the host instead, on every core (`_positive_ranks`): only its top R and a few more are
+sorted, and each query's metrics are read from the ranks of its positives there.
 
 Example:
     m = retrieval_metrics(embeddings, labels)
@@ -14,9 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from reprlearn.errors import DataError
+from reprlearn.index import search as kernel
 from reprlearn.index.search import search_chunks
 from reprlearn.metrics.clustering import kmeans
 from reprlearn.ops.distances import canonical_metric
@@ -93,12 +100,30 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
         raise DataError("no query has another item of its class (every class has one item); "
                          f"retrieval metrics are undefined. Received: {len(labels)} items")
     k_max = int(min(max(int(r.max()), max(ks)), len(labels) - 1))
+    classes = inverse.astype(np.int32)
+    if k_max >= kernel.HOST_SELECTION_K:
+        sums = _sums_by_positive_ranks(embeddings, classes, r, np.flatnonzero(valid), metric, ks, chunk_size)
+    else:
+        sums = _sums_by_top_k(embeddings, classes, r, np.flatnonzero(valid), metric, ks, chunk_size, k_max)
+    num_queries = int(valid.sum())
+    out = {name: total / num_queries for name, total in sums.items()}
+    if compute_nmi:
+        out["nmi"] = normalized_mutual_information(embeddings, labels, seed)
+    out["num_queries"] = num_queries
+    return out
+
+
+def _metric_names(ks) -> list[str]:
+    return ["precision_at_1", "r_precision", "map_at_r", *(f"recall_at_{k}" for k in ks)]
+
+
+def _sums_by_top_k(embeddings, classes, r, query_rows, metric, ks, chunk_size, k_max) -> dict[str, float]:
+    """Each metric summed over the queries `query_rows`, from each chunk's top `k_max` neighbours."""
     rank = np.arange(1, k_max + 1)
     inverse_rank = (1.0 / rank).astype(np.float32)
-    classes = inverse.astype(np.int32)
-    sums = dict.fromkeys(["precision_at_1", "r_precision", "map_at_r", *(f"recall_at_{k}" for k in ks)], 0.0)
+    sums = dict.fromkeys(_metric_names(ks), 0.0)
     # Only valid queries are ranked; each chunk is reduced to sums before the next is scored.
-    for rows, _, neighbours in search_chunks(embeddings, k_max, metric, query_rows=np.flatnonzero(valid),
+    for rows, _, neighbours in search_chunks(embeddings, k_max, metric, query_rows=query_rows,
                                              chunk_size=chunk_size):
         relevant = classes[neighbours] == classes[rows][:, None]                  # [chunk, k_max]
         r_rows = r[rows]
@@ -111,12 +136,49 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
         sums["map_at_r"] += float(np.sum(precision_at_hits.sum(axis=1, dtype=np.float64) / r_rows))
         for k in ks:
             sums[f"recall_at_{k}"] += float(np.count_nonzero(hits[:, min(k, k_max) - 1]))
-    num_queries = int(valid.sum())
-    out = {name: total / num_queries for name, total in sums.items()}
-    if compute_nmi:
-        out["nmi"] = normalized_mutual_information(embeddings, labels, seed)
-    out["num_queries"] = num_queries
-    return out
+    return sums
+
+
+def _positive_ranks(line: np.ndarray, row: int, classes: np.ndarray, depth: int) -> np.ndarray:
+    """Ranks (1-based, ascending) among all other items of the query `row`'s same-class items that rank within
+    its `depth` nearest, from its row of scores `line` (higher = nearer, ties to the lower index).
+
+    Only `kernel.top_candidates` (the top `depth` + 1, the query among them, and a few more) are sorted:
+    an item ranked before a candidate scores at least as high, so is a candidate too.
+    """
+    candidates = kernel.top_candidates(line, depth + 1)
+    candidates = candidates[candidates != row]
+    nearest = candidates[kernel.descending_order(line[candidates])[:depth]]
+    return np.flatnonzero(classes[nearest] == classes[row]) + 1
+
+
+def _sums_by_positive_ranks(embeddings, classes, r, query_rows, metric, ks, chunk_size) -> dict[str, float]:
+    """`_sums_by_top_k`'s sums from each query's positive ranks (`_positive_ranks`), rows ranked on every core."""
+    n, deepest_k = len(classes), max(ks)
+    totals = np.zeros(3 + len(ks))
+
+    def on_chunk(rows: np.ndarray, scores: np.ndarray) -> None:
+        per_query = np.zeros((len(rows), 3 + len(ks)))
+
+        def rank(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                row, relevant = rows[i], r[rows[i]]
+                ranks = _positive_ranks(scores[i], row, classes, min(max(relevant, deepest_k), n - 1))
+                within = ranks <= relevant
+                first = ranks[0] if len(ranks) else np.inf
+                # MAP@R: the j-th positive at rank ranks[j-1] <= R contributes its precision j / rank.
+                per_query[i, :3] = (first == 1, np.count_nonzero(within) / relevant,
+                                    np.sum(np.arange(1, len(ranks) + 1)[within] / ranks[within]) / relevant)
+                per_query[i, 3:] = [first <= k for k in ks]
+
+        workers = max(1, min(os.cpu_count() or 1, len(rows)))
+        bounds = np.linspace(0, len(rows), workers + 1).astype(int)
+        with ThreadPoolExecutor(workers) as pool:   # numpy's partition and sorts release the GIL
+            list(pool.map(rank, bounds[:-1], bounds[1:]))
+        totals[:] += per_query.sum(axis=0)
+
+    kernel.for_each_self_score_chunk(embeddings, on_chunk, metric, query_rows=query_rows, chunk_size=chunk_size)
+    return dict(zip(_metric_names(ks), totals.tolist()))
 
 
 def normalized_mutual_information(embeddings, labels, seed: int = 0) -> float:
