@@ -235,6 +235,7 @@ def with_orientations(folder: Path, splits, seed: int) -> dict[str, dict]:
     CAPPED_DIM dimensions (key ", PCA 256")."""
     import keras
 
+    from reprlearn.config.rules import check_joint_weights
     from reprlearn.evaluation.scoring import pca_fit_sample
     from reprlearn.models import joint_embedding_model, project_joint_embedding
     from reprlearn.runs import embed
@@ -245,7 +246,7 @@ def with_orientations(folder: Path, splits, seed: int) -> dict[str, dict]:
     cfg = json.loads((folder / "report.json").read_text())["config"]["model"]
     model = keras.saving.load_model(folder / "model.keras", compile=False)
     bins, cells = ORIENTATIONS_ADDED
-    weights = cfg["joint_weights"] or [1.0] * (len(cfg["joint_layers"]) + 1)
+    weights = check_joint_weights(cfg["joint_layers"], cfg["joint_weights"] or None)
     if weights[-1] != 0:  # the saved model ends in the joint vector; the head itself is not in it
         raise ValueError(f"the study joins orientations to joint rows without the head. Received: joint_weights="
                          f"{weights} in {folder}")
