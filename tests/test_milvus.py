@@ -308,6 +308,7 @@ def test_the_command_line_enrols_adds_removes_and_identifies_on_milvus(digits_ru
     assert exported.returncode == 2 and "searched by Milvus" in exported.stderr
 
 
+@pytest.mark.slow   # ~15 s: two processes on one Milvus Lite file
 def test_a_lite_file_open_in_another_process_is_named_as_such(tmp_path):
     gallery = Gallery("L2", "milvus", uri=str(tmp_path / "g.db"))
     gallery.add(np.eye(2, dtype=np.float32), [0, 1])

@@ -319,6 +319,7 @@ def test_jrd_training_model_round_trips_and_trains_under_mixed_precision(tmp_pat
 
 # --- transfer through the config: model.init_from, model.freeze ---
 
+@pytest.mark.slow   # ~15 s: two trained runs
 def test_init_from_copies_a_runs_tower_and_freeze_trains_only_the_head(tmp_path):
     from reprlearn.training import run_training
 

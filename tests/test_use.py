@@ -219,6 +219,7 @@ def test_n_shot_draws_take_n_per_class_and_query_the_rest():
     assert np.bincount(labels[queries]).tolist() == [3, 1, 1]
 
 
+@pytest.mark.slow   # ~15 s: every transfer approach trained
 def test_transfer_scores_every_approach_on_the_same_draws(used):
     from reprlearn.evaluation.transfer import APPROACHES, n_shot_draw, transfer_study
 
