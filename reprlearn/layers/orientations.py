@@ -12,11 +12,7 @@ import numbers
 
 import keras
 
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-    return int(value)
+from reprlearn.ops.checks import check_positive_integer
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -44,8 +40,8 @@ class OrientationHistogram(keras.layers.Layer):
     def __init__(self, bins: int = 12, cells: int = 4, power: float = 0.5, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        self.bins = _check_positive_int("bins", bins)
-        self.cells = _check_positive_int("cells", cells)
+        self.bins = check_positive_integer("bins", bins)
+        self.cells = check_positive_integer("cells", cells)
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or not math.isfinite(power) \
                 or not 0 < power <= 1:
             raise ValueError(f"power must be in (0, 1]. Received: power={power!r}")

@@ -1,4 +1,4 @@
-"""Argument checks shared by the losses: a named number in range, or a ValueError that names it.
+"""Argument checks shared by the losses and layers: a named number in range, or a ValueError that names it.
 
 Example:
     scale = check_positive_number("scale", 64.0)
@@ -37,3 +37,10 @@ def check_number_in(name: str, value, low: float, high: float, what: str) -> flo
             low <= value < high):
         raise ValueError(f"{name} must be in {what}. Received: {name}={value!r}")
     return float(value)
+
+
+def check_positive_integer(name: str, value) -> int:
+    """`value` as an int when it is an integer >= 1 (not a bool); ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    return int(value)
