@@ -17,9 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from reprlearn.errors import DataError
@@ -100,11 +97,11 @@ def retrieval_metrics(embeddings, labels, metric: str = "L2", ks=(1, 2, 4, 8), c
         raise DataError("no query has another item of its class (every class has one item); "
                          f"retrieval metrics are undefined. Received: {len(labels)} items")
     k_max = int(min(max(int(r.max()), max(ks)), len(labels) - 1))
-    classes = inverse.astype(np.int32)
+    classes, query_rows = inverse.astype(np.int32), np.flatnonzero(valid)
     if k_max >= kernel.HOST_SELECTION_K:
-        sums = _sums_by_positive_ranks(embeddings, classes, r, np.flatnonzero(valid), metric, ks, chunk_size)
+        sums = _sums_by_positive_ranks(embeddings, classes, r, query_rows, metric, ks, chunk_size)
     else:
-        sums = _sums_by_top_k(embeddings, classes, r, np.flatnonzero(valid), metric, ks, chunk_size, k_max)
+        sums = _sums_by_top_k(embeddings, classes, r, query_rows, metric, ks, chunk_size, k_max)
     num_queries = int(valid.sum())
     out = {name: total / num_queries for name, total in sums.items()}
     if compute_nmi:
@@ -171,10 +168,7 @@ def _sums_by_positive_ranks(embeddings, classes, r, query_rows, metric, ks, chun
                                     np.sum(np.arange(1, len(ranks) + 1)[within] / ranks[within]) / relevant)
                 per_query[i, 3:] = [first <= k for k in ks]
 
-        workers = max(1, min(os.cpu_count() or 1, len(rows)))
-        bounds = np.linspace(0, len(rows), workers + 1).astype(int)
-        with ThreadPoolExecutor(workers) as pool:   # numpy's partition and sorts release the GIL
-            list(pool.map(rank, bounds[:-1], bounds[1:]))
+        kernel.on_every_core(len(rows), rank)
         totals[:] += per_query.sum(axis=0)
 
     kernel.for_each_self_score_chunk(embeddings, on_chunk, metric, query_rows=query_rows, chunk_size=chunk_size)
