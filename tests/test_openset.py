@@ -445,11 +445,35 @@ def test_split_margins_and_the_validation_rule_match_hand_computed_margins():
     val = study.split_margins(per_split, "val_map_at_r")
     assert val["head"]["margins"] == pytest.approx({"0-4": 0.19, "odd": 0.11})
     assert val["joint"]["margins"] == pytest.approx({"0-4": 0.10, "odd": 0.01})
-    # The rule sees only validation scores, so it picks the head, though the joint row tests better.
+    # The rule sees only validation scores, so it picks the head (worst split +0.11 against +0.01), though the joint
+    # row tests better.
     assert study.select_by_validation(per_split) == "head"
     table = study.margins_table(per_split)
-    assert "| **head** (picked on validation) | -0.160 | -0.150 | -0.155 | -0.160 (0-4) | +0.150 |" in table
-    assert "| joint | +0.050 | -0.030 | +0.010 | -0.030 (odd) | +0.055 |" in table
+    assert ("| **head** (picked on validation) | -0.160 | -0.150 | -0.155 | -0.160 (0-4) | +0.110 (odd), +0.150 |"
+            in table)
+    assert "| joint | +0.050 | -0.030 | +0.010 | -0.030 (odd) | +0.010 (odd), +0.055 |" in table
+
+
+def test_the_validation_rule_ranks_rows_by_their_worst_split_then_their_mean():
+    study = _study_module()
+
+    def runs(*vals):  # validation MAP@R per seed
+        return [{"map_at_r": 0.5, "val_map_at_r": val, "dim": 64} for val in vals]
+
+    raw = {"raw pixels, L2": runs(0.30, 0.30), "raw pixels, cosine": runs(0.20, 0.40)}  # better raw: 0.30
+    per_split = {
+        "0-4": {**raw, "uneven": runs(0.44, 0.40), "steady": runs(0.35, 0.35), "level": runs(0.35, 0.35)},
+        "odd": {**raw, "uneven": runs(0.28, 0.30), "steady": runs(0.34, 0.36), "level": runs(0.35, 0.35)},
+    }
+    # Margins (means over seeds): uneven +0.12 / -0.01 (mean +0.055, the best), steady +0.05 / +0.05,
+    # level +0.05 / +0.05: the two worst splits tie, so the higher mean decides.
+    val = study.split_margins(per_split, "val_map_at_r")
+    assert val["uneven"]["mean"] == pytest.approx(0.055)
+    assert val["uneven"]["worst"] == pytest.approx(-0.01)
+    assert val["steady"]["worst"] == pytest.approx(val["level"]["worst"]) == pytest.approx(0.05)
+    assert study.select_by_validation(per_split) in ("steady", "level")
+    per_split["odd"]["level"] = runs(0.36, 0.36)  # level: +0.05 / +0.06, same worst split, higher mean
+    assert study.select_by_validation(per_split) == "level"
 
 
 def test_study_class_splits_leave_five_test_classes_each():
