@@ -11,7 +11,7 @@ pairs per batch):
     2   two-channel network: both images stacked on the channel axis, sigmoid (also scored with p averaged
         over both orders)
 and, for reference with its own (smaller) budget, design 1c with the open-set recipe's embedding
-(configs/openset.yaml: AM-Softmax + JRD, joint embedding of the pooled blocks, cosine distance).
+(configs/openset.yaml, its exported open-set embedding, cosine distance).
 Each (protocol, design, seed) is one run folder under --out, trained with `reprlearn train`; a finished one is
 read back, not retrained. 1a starts from the 1c run of the same protocol and seed. Every design scores the
 same test pairs (drawn with data.seed) at a threshold fit on validation pairs from the training side; raw
