@@ -17,6 +17,11 @@ import pytest
 
 from tests.photo_folder import make_photo_folder
 
+# The module-scoped fixtures run every docs command once, inside the setup of the first test that asks: about
+# 4 minutes alone, and past pytest's 10-minute budget when the other worker and a slow machine share the two cores
+# (a CI run failed so). Each command keeps its own 600 s subprocess timeout, so a hang still fails.
+pytestmark = pytest.mark.timeout(1800)
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
