@@ -149,6 +149,22 @@ def test_failures_leave_the_output_folder_unchanged(run_dir, tmp_path, monkeypat
     assert _listing(tmp_path) == before
 
 
+def test_a_failed_quantization_names_the_ones_that_passed():
+    def row(quantization, drop):   # a parity row of a TFLite file whose MAP@R fell by `drop`
+        return {"format": f"tflite-{quantization}", "map_at_r_drop": drop, "map_at_r": 0.5 - drop, "max_abs_diff": 0.0}
+
+    rows = [row("none", 0.0), row("dynamic", 0.002), row("float16", 0.011), row("int8", 0.02)]
+    quantizations = ["none", "dynamic", "float16", "int8"]
+    assert export_module._quantization_hint(rows, quantizations, has_orientations=False) == (
+        "TFLite float16 failed where none, dynamic, int8 passed: export those with --quantize none,dynamic,int8")
+    rows[-1] = row("int8", 0.031)   # over int8's 0.03
+    assert "--quantize none,dynamic" in export_module._quantization_hint(rows, quantizations, False)
+    # Orientation histograms failing at int8: the float formats, whichever were asked for.
+    assert "--quantize none,dynamic,float16" in export_module._quantization_hint(rows[-1:], ["int8"], True)
+    assert export_module._quantization_hint(rows[-1:], ["int8"], False) is None   # nothing passed to name
+    assert export_module._quantization_hint(rows[:2], ["none", "dynamic"], True) is None   # nothing failed
+
+
 @pytest.mark.parametrize("kind", ["autoencoder", "vae"])
 def test_autoencoder_runs_export_generative_signatures(kind, tmp_path):
     import keras

@@ -78,6 +78,20 @@ def _gate(row: dict) -> str | None:
     return None
 
 
+def _quantization_hint(rows: list[dict], quantizations: list[str], has_orientations: bool) -> str | None:
+    """What to export instead when some TFLite quantizations fail the gate: the ones that passed, or, for
+    orientation histograms failing at int8, the float formats (which they survive)."""
+    failed = [q for q in quantizations if any(row["format"] == f"tflite-{q}" and _gate(row) for row in rows)]
+    passed = [q for q in quantizations if q not in failed]
+    if "int8" in failed and has_orientations:
+        return ("gradient orientation histograms (model.joint_layers: orientations) do not survive 8-bit integer "
+                "arithmetic; export the float formats with --quantize none,dynamic,float16")
+    if failed and passed:
+        return (f"TFLite {', '.join(failed)} failed where {', '.join(passed)} passed: export those with "
+                f"--quantize {','.join(passed)}")
+    return None
+
+
 def _write_parity(rows: list[dict], keras_map: float, directory: Path, request: dict, signatures: list[str]) -> None:
     (directory / "parity.json").write_text(json.dumps({"keras_map_at_r": keras_map, "formats": rows,
                                                        "request": request, "signatures": signatures}, indent=2))
@@ -283,11 +297,10 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             if identify_row["decisions_equal"] != identify_row["queries"]:
                 failures.append(f"identify: {identify_row['queries'] - identify_row['decisions_equal']} of "
                                 f"{identify_row['queries']} decisions differ from Gallery.identify")
-        if any(message.startswith("tflite-int8") for message in failures) and any(
-                isinstance(layer, OrientationHistogram) for layer in tower.layers):
-            failures.append("gradient orientation histograms (model.joint_layers: orientations) do not survive 8-bit "
-                            "integer arithmetic; export the float formats with --quantize none,dynamic,float16")
         if failures:
+            hint = _quantization_hint(rows, quantizations if "tflite" in formats else [],
+                                      any(isinstance(layer, OrientationHistogram) for layer in tower.layers))
+            failures += [hint] if hint else []
             raise ExportError("parity gate failed: " + "; ".join(failures))
 
         # Every gate passed: move into place, the SavedModel last, as one rename each.
