@@ -409,15 +409,29 @@ def for_each_self_score_chunk(items, on_chunk: Callable[[np.ndarray, np.ndarray]
     """Calls `on_chunk(rows, scores [c, N] float32)` per chunk of items queried against all N (themselves
     included): the scores `search_chunks` ranks (higher = nearer), for a caller that ranks rows its own way.
 
-    Args as `search_chunks` with `queries=None`. A chunk's scores are dropped before the next is computed
-    (a callback, not a generator, so no caller holds them: a buffer kept alive made the next product ~2× slower).
+    Args as `search_chunks` with `queries=None`. The next chunk's product runs in a second thread while
+    `on_chunk` ranks the current one (TensorFlow's kernels and numpy's large operations release the GIL):
+    0.77× the time of the two in turn at 10^5 items in 100 classes, level at 2 × 10^5 in 10 (medians of 3
+    alternating repeats). So that two chunks take the memory one did, a default chunk holds half as many scores. Each chunk is
+    dropped once ranked (a callback, not a generator, so no caller holds one longer).
     """
     metric = canonical_metric(metric)
     reference, squared_norms = prepare_reference(items, metric)
     columns, squared_norms_t = tf.constant(np.ascontiguousarray(reference.T)), tf.constant(squared_norms)
     n = len(reference)
     rows_all = np.arange(n) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
-    chunk = chunk_size or max(1, _CHUNK_VALUES // max(n, 1))
-    for start in range(0, len(rows_all), chunk):
-        rows = rows_all[start:start + chunk]
-        on_chunk(rows, _SELF_SCORES_CHUNK[metric](tf.constant(reference[rows]), columns, squared_norms_t).numpy())
+    chunk = chunk_size or max(1, _CHUNK_VALUES // 2 // max(n, 1))
+    chunks = [rows_all[start:start + chunk] for start in range(0, len(rows_all), chunk)]
+    if not chunks:
+        return
+
+    def scored(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows, _SELF_SCORES_CHUNK[metric](tf.constant(reference[rows]), columns, squared_norms_t).numpy()
+
+    with ThreadPoolExecutor(1) as product:
+        pending = product.submit(scored, chunks[0])
+        for following in [*chunks[1:], None]:
+            rows, scores = pending.result()
+            pending = product.submit(scored, following) if following is not None else None
+            on_chunk(rows, scores)
+            del scores   # before the next chunk arrives: two at most
