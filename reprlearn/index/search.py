@@ -412,8 +412,8 @@ def for_each_self_score_chunk(items, on_chunk: Callable[[np.ndarray, np.ndarray]
     Args as `search_chunks` with `queries=None`. The next chunk's product runs in a second thread while
     `on_chunk` ranks the current one (TensorFlow's kernels and numpy's large operations release the GIL):
     0.77× the time of the two in turn at 10^5 items in 100 classes, level at 2 × 10^5 in 10 (medians of 3
-    alternating repeats). So that two chunks take the memory one did, a default chunk holds half as many scores. Each chunk is
-    dropped once ranked (a callback, not a generator, so no caller holds one longer).
+    alternating repeats). So that two chunks take the memory one did, a default chunk holds half as many
+    scores. Each chunk is dropped once ranked (a callback, not a generator, so no caller holds one longer).
     """
     metric = canonical_metric(metric)
     reference, squared_norms = prepare_reference(items, metric)
