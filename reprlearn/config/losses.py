@@ -17,7 +17,8 @@ from reprlearn.ops.distances import METRICS
 
 class LossTraits(NamedTuple):
     """A config loss name's batch kind, the `loss.*` options it accepts, and its own defaults."""
-    batch: str                     # "pk": P×K batches; "pairs": a Siamese model on pairs
+    batch: str                     # "pk": P×K batches; "pairs": a Siamese model on pairs; "views": matched pairs of
+                                   # two views (a two-tower model, model.kind: two_tower)
     distances: tuple[str, ...]     # allowed `loss.distance` values (the ranking metric of the run)
     soft: bool = False             # accepts `loss.soft`
     classifier: bool = False       # trains the tower through a CosineClassifier head on dense class ids
@@ -50,6 +51,12 @@ LOSS_TRAITS: dict[str, LossTraits] = {
     # ArcFace (Deng et al. 2019): margin in radians, scale s, sub_centers k per class.
     "arcface": LossTraits("pk", METRICS, classifier=True, defaults={
         "distance": "angular", "margin": 0.5, "scale": 64.0, "sub_centers": 1}),
+    # Two towers on matched pairs (model.kind: two_tower): the weighted soft-margin triplet over every in-batch
+    # negative in both directions (CVM-Net, SAFA), alpha its α; CLIP's symmetric InfoNCE, temperature its τ
+    # (loss.learn_temperature: τ learnt, starting there). Any P×K in-batch loss above also trains two towers, over
+    # both views' embeddings labelled by pair.
+    "soft_margin_triplet": LossTraits("views", METRICS, defaults={"alpha": 10.0}),
+    "info_nce": LossTraits("views", METRICS, defaults={"temperature": 0.07}),
 }
 # Keys of the loss section that only some losses take (those listing the key in their defaults).
 LOSS_OPTIONS = ("alpha", "beta", "base", "gamma", "temperature", "sub_centers", "proxy_learning_rate_factor")
@@ -58,6 +65,8 @@ PAIR_MINERS = ("none", "multi_similarity")
 IN_BATCH_LOSSES = tuple(name for name, traits in LOSS_TRAITS.items() if traits.batch == "pk" and not traits.classifier)
 # Every loss trained on P×K batches, classifier losses included (what `reprlearn tune` searches).
 PK_LOSSES = tuple(name for name, traits in LOSS_TRAITS.items() if traits.batch == "pk")
+# What trains a two-tower model: the cross-view losses, and the in-batch metric losses over both views.
+TWO_TOWER_LOSSES = tuple(name for name, traits in LOSS_TRAITS.items() if traits.batch == "views") + IN_BATCH_LOSSES
 
 
 def loss_option(loss, key: str):

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Sequence
 
-from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES
+from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES, TWO_TOWER_LOSSES
 from reprlearn.config.schema import Config, SearchConfig
 from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.errors import ConfigError
@@ -106,6 +106,7 @@ def check_config(cfg: Config) -> None:
                           f"Received: loss.distance={cfg.loss.distance!r}")
     _check_search(cfg.search)
     _check_verifier(cfg)
+    _check_two_tower(cfg)
     if cfg.model.kind in ("autoencoder", "vae") and cfg.model.tower not in ("mlp", "conv"):
         raise ConfigError(f"config: an {cfg.model.kind} is built from an mlp or conv tower. "
                           f"Received: model.tower={cfg.model.tower!r}")
@@ -164,6 +165,65 @@ def _check_views(cfg: Config) -> None:
         raise ConfigError("config: data.positives: views trains an embedding with an in-batch loss from "
                           f"{list(IN_BATCH_LOSSES)}. "
                           f"Received: loss.name={cfg.loss.name!r}, model.kind={cfg.model.kind!r}")
+
+
+def _size_pair(value, key: str) -> None:
+    if value is not None and (len(value) != 2 or any(int(v) < 1 for v in value)):
+        raise ConfigError(f"config: {key} must be [height, width], both >= 1, or null. Received: {key}={value!r}")
+
+
+def _check_two_tower(cfg: Config) -> None:
+    """Two towers: a loss that trains them, two-tower keys only with them, and views one shared tower can take."""
+    model, data = cfg.model, cfg.data
+    _size_pair(data.reference_size, "data.reference_size")
+    _size_pair(model.polar_size, "model.polar_size")
+    if model.kind != "two_tower":
+        given = {"model.share": model.share != "none", "model.reference_tower": model.reference_tower is not None,
+                 "model.polar_size": model.polar_size is not None, "model.circular": model.circular,
+                 "data.reference_size": data.reference_size is not None,
+                 "data.reference_channels": data.reference_channels is not None}
+        keys = [key for key, set_ in given.items() if set_]
+        if keys or LOSS_TRAITS[cfg.loss.name].batch == "views":
+            what = f"{keys[0]}={getattr(getattr(cfg, keys[0].split('.')[0]), keys[0].split('.')[1])!r}" if keys else (
+                f"loss.name={cfg.loss.name!r}")
+            raise ConfigError(f"config: {what} applies to two towers on matched pairs; set model.kind: two_tower. "
+                              f"Received: {what}, model.kind={model.kind!r}")
+    if cfg.loss.learn_temperature and cfg.loss.name != "info_nce":
+        raise ConfigError(f"config: loss.learn_temperature learns InfoNCE's τ; set loss.name: info_nce. "
+                          f"Received: loss.learn_temperature=True, loss.name={cfg.loss.name!r}")
+    if model.kind != "two_tower":
+        return
+    if cfg.loss.name not in TWO_TOWER_LOSSES:
+        raise ConfigError(f"config: two towers train with {list(TWO_TOWER_LOSSES)}. "
+                          f"Received: loss.name={cfg.loss.name!r}, model.kind='two_tower'")
+    unsupported = {"model.joint_layers": model.joint_layers, "loss.jrd_weight": cfg.loss.jrd_weight,
+                   "loss.reconstruction_weight": cfg.loss.reconstruction_weight, "model.init_from": model.init_from,
+                   "data.augment": data.augment != "none", "data.positives": data.positives != "classes",
+                   "data.cache": data.cache != "none", "train.frozen_epochs": cfg.train.frozen_epochs}
+    for key, value in unsupported.items():
+        if value:
+            raise ConfigError(f"config: {key} is not available for two towers (yet). "
+                              f"Received: {key}={value!r}, model.kind='two_tower'")
+    reference_kind = model.reference_tower or model.tower
+    panoramas = [("model.tower", model.tower)] + ([("model.reference_tower", reference_kind)]
+                                                   if model.polar_size else [])
+    for key, kind in panoramas:
+        if model.circular and kind != "conv":
+            raise ConfigError(f"config: model.circular wraps conv towers round the panorama's width; {key} is "
+                              f"{kind!r}. Received: model.circular=True, {key}={kind!r}")
+    if model.share != "none" and reference_kind != model.tower:
+        raise ConfigError(f"config: model.share: {model.share} shares weights between towers of one kind. Received: "
+                          f"model.tower={model.tower!r}, model.reference_tower={reference_kind!r}")
+    reference = model.polar_size or data.reference_size
+    if model.share == "all" and reference is not None and data.image_size is not None and (
+            list(reference) != list(data.image_size)):
+        raise ConfigError(f"config: model.share: all runs both views through one tower, so they need one size: the "
+                          f"query is {list(data.image_size)} and the reference {list(reference)}. Use model.share: "
+                          f"none or head, or make the sizes equal (model.polar_size). Received: model.share='all'")
+    channels = (data.channels, data.reference_channels)
+    if model.share == "all" and None not in channels and channels[0] != channels[1]:
+        raise ConfigError(f"config: model.share: all needs one channel count for both views. Received: "
+                          f"data.channels={channels[0]}, data.reference_channels={channels[1]}")
 
 
 def _check_verifier(cfg: Config) -> None:

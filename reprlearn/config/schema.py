@@ -71,13 +71,19 @@ class DataConfig:
     # Streamed sources: none (decode every batch) | memory (decode the train and validation files once into RAM)
     # | a folder (the same, memory-mapped from DIR/<fingerprint>.npy, reused by later runs on the same files).
     cache: str = "none"
+    # model.kind: two_tower only (data.name: csv:PAIRS.csv or folder:DIR of matched pairs): data.image_size and
+    # data.channels size the query view, these the reference view (None: the reference files' own).
+    reference_size: typing.Optional[list[int]] = None
+    reference_channels: typing.Optional[int] = choice(None, (None, 1, 3))
 
 
 @dataclass
 class ModelConfig:
     # embedding: a metric-learning tower; autoencoder / vae: trained without labels (tower picks dense or conv);
     # verifier: a pair model trained with binary cross-entropy on balanced pairs (loss.* unused), see model.verifier.
-    kind: str = choice("embedding", ("embedding", "autoencoder", "vae", "verifier"))
+    # two_tower: a query tower and a reference tower trained on matched pairs of two views (street photo ↔ overhead
+    # image, sketch ↔ photo), see model.share.
+    kind: str = choice("embedding", ("embedding", "autoencoder", "vae", "verifier", "two_tower"))
     tower: str = choice("conv", ("mlp", "conv", "backbone"))
     embedding_dim: int = positive(64)
     l2_normalize: bool = True
@@ -125,6 +131,16 @@ class ModelConfig:
     joint_dim: typing.Optional[int] = positive(None)
     orientation_bins: int = positive(12)
     orientation_cells: int = positive(4)
+    # two_tower only. share: none (each tower its own weights) | head (own trunks, one embedding head) | all (one
+    # tower for both views: the Siamese baseline, views of one size and channel count). reference_tower: the
+    # reference tower's kind (None: model.tower), with the same widths. polar_size [height, width]: the reference
+    # tower starts with the polar transform of the overhead image to a strip of that size. circular: conv towers
+    # of panoramas (the query, and the reference after a polar transform) wrap their convolutions round the width
+    # and pool over it, so the heading a panorama starts at changes nothing.
+    share: str = choice("none", ("none", "head", "all"))
+    reference_tower: typing.Optional[str] = choice(None, (None, "mlp", "conv", "backbone"))
+    polar_size: typing.Optional[list[int]] = None
+    circular: bool = False
     # autoencoder / vae only.
     code_dim: int = positive(32)
     decoder: str = choice("unpool", ("unpool", "transpose", "upsample"))  # conv autoencoder
@@ -174,6 +190,8 @@ class LossConfig:
     temperature: typing.Optional[float] = positive(None)
     sub_centers: typing.Optional[int] = positive(None)
     proxy_learning_rate_factor: typing.Optional[float] = positive(None)
+    # info_nce only: learn τ (through log τ, 1/τ clipped at 100), starting from loss.temperature.
+    learn_temperature: bool = False
 
 
 @dataclass
@@ -210,6 +228,9 @@ class EvalConfig:
     projector_points: int = positive(2000)
     grid_queries: int = positive(8)
     grid_neighbours: int = positive(8)
+    # two_tower runs: also train one shared tower (model.share: all, the reference view resized to the query's size
+    # and channels) with the same loss and budget, and report it beside the two towers.
+    shared_baseline: bool = True
 
 
 @dataclass

@@ -504,3 +504,34 @@ def image_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, t
         rows = worker_rows(rows, *shard)
     return _decoded_rows(source, rows, 1, seed, False, bad_image_log).map(
         finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def matched_pair_batches(queries: ImageSet, references: ImageSet, batch_size: int, seed: int = 0,
+                         start_step: int = 0, bad_image_log: str | None = None,
+                         shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """Infinite batches of B matched pairs of two views, `((query images, reference images), place ids [B])`.
+
+    Row i of `queries` and of `references` is pair i, and their labels are the pairs' places. Each batch holds
+    B distinct places and one pair of each (drawn at random among the place's pairs), so every other reference of
+    the batch is a true negative of a query. Each view decodes at its own size; a file that fails to decode
+    mid-run gives a blank image in its slot and is listed in `bad_image_log`. `shard`: `(worker, workers)`, that
+    worker's pairs of each global batch only.
+
+    Raises:
+        DataError: fewer places than `batch_size`.
+    """
+    places = len(np.unique(queries.labels))
+    if batch_size > places:
+        raise DataError(f"a batch of matched pairs takes {batch_size} distinct places and the training pairs hold "
+                        f"{places}: lower train.pair_batch_size. Received: train.pair_batch_size={batch_size}")
+    rows = pk_candidates(queries.labels, batch_size, 1, seed, start_step)
+    if shard is not None:
+        rows = worker_rows(rows, *shard)
+    labels = tf.constant(queries.labels, tf.int64)
+    decoded = [_decoded_rows(view, rows, 1, seed, False, bad_image_log) for view in (queries, references)]
+
+    def join(query, reference):
+        return (query[0], reference[0]), tf.gather(labels, query[1])
+
+    return tf.data.Dataset.zip(*decoded).map(join, num_parallel_calls=tf.data.AUTOTUNE,
+                                             deterministic=True).prefetch(tf.data.AUTOTUNE)

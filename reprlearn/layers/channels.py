@@ -30,3 +30,21 @@ class RepeatChannels(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class Luma(keras.layers.Layer):
+    """An RGB image `[B, H, W, 3]` → its luma `[B, H, W, 1]` (ITU-R 601, as the decoders' `channels: 1`).
+
+    Example:
+        gray = Luma()(rgb)
+    """
+
+    WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+    def call(self, inputs):
+        return keras.ops.sum(inputs * keras.ops.convert_to_tensor(self.WEIGHTS, inputs.dtype), axis=-1,
+                             keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)

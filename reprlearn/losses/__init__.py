@@ -13,6 +13,9 @@ After triplet, pytorch-metric-learning's most used losses, with its numbers: `Mu
 `MultiSimilarityMiner`, a pair miner any pair loss takes as `pair_miner=`), `CircleLoss`, `NTXentLoss` (one
 term per positive pair), `ProxyAnchorLoss` (proxies: a `CosineClassifier`'s weights) and `ArcFaceLoss`
 (sub-centre ArcFace with `CosineClassifier(sub_centers=k)`).
+
+Across two views (two towers, matched pairs): `CrossViewSoftMarginTripletLoss` (CVM-Net / SAFA),
+`SymmetricInfoNCELoss` (CLIP) and `TwoViewLoss`, which runs any in-batch loss above over both views.
 """
 
 from reprlearn.losses.am_softmax import AMSoftmaxLoss, am_softmax_loss
@@ -23,6 +26,13 @@ from reprlearn.losses.contrastive import (
                                           InBatchContrastiveLoss,
                                           contrastive_loss,
                                           in_batch_contrastive_loss,
+)
+from reprlearn.losses.cross_view import (
+                                          CrossViewSoftMarginTripletLoss,
+                                          SymmetricInfoNCELoss,
+                                          TwoViewLoss,
+                                          cross_view_soft_margin_triplet_loss,
+                                          symmetric_info_nce_loss,
 )
 from reprlearn.losses.in_batch import BatchMemo, InBatchLoss
 from reprlearn.losses.jrd import JointRepresentationSimilarity, joint_representation_similarity
@@ -41,10 +51,12 @@ from reprlearn.losses.triplet import (
                                           triplet_semihard_loss,
 )
 
-__all__ = ["AMSoftmaxLoss", "ArcFaceLoss", "BatchMemo", "CircleLoss", "ContrastiveLoss", "InBatchContrastiveLoss",
-           "InBatchLoss", "JointRepresentationSimilarity", "LiftedStructLoss", "MultiSimilarityLoss",
-           "MultiSimilarityMiner", "NTXentLoss", "ProxyAnchorLoss", "SupervisedContrastiveLoss", "TripletHardLoss",
-           "TripletLoss", "TripletSemiHardLoss", "am_softmax_loss", "arcface_loss", "circle_loss", "contrastive_loss",
-           "in_batch_contrastive_loss", "joint_representation_similarity", "lifted_struct_loss",
-           "multi_similarity_loss", "multi_similarity_miner", "ntxent_loss", "proxy_anchor_loss",
-           "supervised_contrastive_loss", "triplet_hard_loss", "triplet_loss", "triplet_semihard_loss"]
+__all__ = ["AMSoftmaxLoss", "ArcFaceLoss", "BatchMemo", "CircleLoss", "ContrastiveLoss",
+           "CrossViewSoftMarginTripletLoss", "InBatchContrastiveLoss", "InBatchLoss", "JointRepresentationSimilarity",
+           "LiftedStructLoss", "MultiSimilarityLoss", "MultiSimilarityMiner", "NTXentLoss", "ProxyAnchorLoss",
+           "SupervisedContrastiveLoss", "SymmetricInfoNCELoss", "TripletHardLoss", "TripletLoss",
+           "TripletSemiHardLoss", "TwoViewLoss", "am_softmax_loss", "arcface_loss", "circle_loss", "contrastive_loss",
+           "cross_view_soft_margin_triplet_loss", "in_batch_contrastive_loss", "joint_representation_similarity",
+           "lifted_struct_loss", "multi_similarity_loss", "multi_similarity_miner", "ntxent_loss", "proxy_anchor_loss",
+           "supervised_contrastive_loss", "symmetric_info_nce_loss", "triplet_hard_loss", "triplet_loss",
+           "triplet_semihard_loss"]

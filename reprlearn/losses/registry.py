@@ -19,6 +19,7 @@ from reprlearn.losses import (
     ArcFaceLoss,
     CircleLoss,
     ContrastiveLoss,
+    CrossViewSoftMarginTripletLoss,
     InBatchContrastiveLoss,
     LiftedStructLoss,
     MultiSimilarityLoss,
@@ -26,6 +27,7 @@ from reprlearn.losses import (
     NTXentLoss,
     ProxyAnchorLoss,
     SupervisedContrastiveLoss,
+    SymmetricInfoNCELoss,
     TripletLoss,
 )
 
@@ -73,6 +75,9 @@ LOSS_BUILDERS: dict[str, Callable[[LossOptions], keras.losses.Loss]] = {
                                    pair_miner=_pair_miner(o)),
     "proxy_anchor": lambda o: ProxyAnchorLoss(margin=o.margin, alpha=o.alpha, cross_replica=o.cross_replica),
     "arcface": lambda o: ArcFaceLoss(scale=o.scale, margin=o.margin),
+    "soft_margin_triplet": lambda o: CrossViewSoftMarginTripletLoss(alpha=o.alpha, distance=o.distance,
+                                                                    cross_replica=o.cross_replica),
+    "info_nce": lambda o: SymmetricInfoNCELoss(temperature=o.temperature, cross_replica=o.cross_replica),
 }
 if set(LOSS_BUILDERS) != set(LOSS_TRAITS):
     raise ImportError(f"reprlearn.losses.registry builds {sorted(LOSS_BUILDERS)} but reprlearn.config.losses names "

@@ -21,6 +21,7 @@ import numpy as np
 
 from reprlearn.errors import ConfigError
 from reprlearn.layers.channels import RepeatChannels
+from reprlearn.layers.polar import CircularPadding2D, WidthPooling
 from reprlearn.layers.pooling import GeneralizedMeanPooling, PixelAffine
 
 POOLINGS = ("avg", "max", "gem")
@@ -170,7 +171,7 @@ def mlp_tower(input_shape, hidden=(256, 128), embedding_dim: int = 64, l2_normal
 
 
 def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: int = 64,
-               l2_normalize: bool = True, batch_norm: bool = False, dropout: float = 0.0,
+               l2_normalize: bool = True, batch_norm: bool = False, dropout: float = 0.0, circular: bool = False,
                name: str = "conv_tower") -> keras.Model:
     """A CNN tower: per width a 3×3 conv (+BatchNorm) + ReLU + 2×2 max-pool, then Dense, embedding head.
 
@@ -183,6 +184,9 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
         filters: conv widths, one block each (the depth is `len(filters)`).
         dense: width of the fully connected layer before the head (0 for none).
         embedding_dim, l2_normalize, batch_norm, dropout: as in `mlp_tower`.
+        circular: for panoramas: each conv wraps round the width (`CircularPadding2D`) and `features` pools the last
+            block over the whole width (`WidthPooling`), so a circular shift of the input by a multiple of
+            2^len(filters) columns gives the same embedding.
 
     Returns:
         A Functional `keras.Model`.
@@ -194,11 +198,16 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
     inputs = keras.Input(shape, name="images")
     x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inputs)
     for block, width in enumerate(filters, start=1):
-        x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=not batch_norm, name=f"conv{block}")(x)
+        if circular:
+            x = CircularPadding2D(1, name=f"conv{block}_wrap")(x)
+        x = keras.layers.Conv2D(int(width), 3, padding="valid" if circular else "same", use_bias=not batch_norm,
+                                name=f"conv{block}")(x)
         if batch_norm:
             x = keras.layers.BatchNormalization(name=f"conv{block}_bn")(x)
         x = keras.layers.ReLU(name=f"conv{block}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
+    if circular:
+        x = WidthPooling("avg", name="width_pool")(x)
     x = keras.layers.Flatten(name="features")(x)
     if dense:
         x = keras.layers.Dense(int(dense), activation="relu", name="fc")(x)
@@ -273,24 +282,28 @@ def backbone_tower(input_shape, backbone: str = "MobileNetV2", weights: str | No
 
 
 def build_tower(model_cfg, input_shape, name: str = "tower", streamed: bool = False,
-                frozen: bool = False) -> keras.Model:
+                frozen: bool = False, kind: str | None = None, circular: bool = False) -> keras.Model:
     """Builds the tower a `ModelConfig` describes for images of `input_shape`.
 
     `streamed`: the images come decoded at their final size (a backbone does not resize them); `frozen`: a
-    backbone starts wholly frozen (`train.frozen_epochs`)."""
+    backbone starts wholly frozen (`train.frozen_epochs`); `kind`: mlp, conv or backbone instead of
+    `model_cfg.tower` (a two-tower run's reference tower); `circular`: a conv tower for panoramas."""
     common = dict(embedding_dim=model_cfg.embedding_dim, l2_normalize=model_cfg.l2_normalize, name=name)
-    if model_cfg.tower == "mlp":
+    kind = kind or model_cfg.tower
+    if circular and kind != "conv":
+        raise ConfigError(f"model.circular wraps conv towers round the panorama's width. Received: tower={kind!r}")
+    if kind == "mlp":
         return mlp_tower(input_shape, hidden=model_cfg.hidden, batch_norm=model_cfg.batch_norm,
                          dropout=model_cfg.dropout, **common)
-    if model_cfg.tower == "conv":
+    if kind == "conv":
         return conv_tower(input_shape, filters=model_cfg.filters, dense=model_cfg.dense,
-                          batch_norm=model_cfg.batch_norm, dropout=model_cfg.dropout, **common)
-    if model_cfg.tower == "backbone":
+                          batch_norm=model_cfg.batch_norm, dropout=model_cfg.dropout, circular=circular, **common)
+    if kind == "backbone":
         return backbone_tower(input_shape, backbone=model_cfg.backbone, weights=model_cfg.backbone_weights,
                               image_size=None if streamed else model_cfg.backbone_image_size,
                               fine_tune_from=model_cfg.fine_tune_from, pooling=model_cfg.pooling,
                               freeze_batchnorm=model_cfg.freeze_batchnorm, frozen=frozen, **common)
-    raise ConfigError(f"unknown tower. Received: model.tower={model_cfg.tower!r}")
+    raise ConfigError(f"unknown tower. Received: model.tower={kind!r}")
 
 
 def initialise_from(tower: keras.Model, source: keras.Model, freeze: bool = False) -> list[str]:

@@ -90,3 +90,20 @@ def paired_distance(a, b, metric: str = "L2") -> tf.Tensor:
         return tf.maximum(1.0 - cosine, 0.0)
     squared = tf.reduce_sum(tf.square(a - b), axis=1)
     return squared if metric == "squared-L2" else safe_sqrt(squared)
+
+
+def cross_distance(a, b, metric: str = "L2") -> tf.Tensor:
+    """Distances from every row of `a` `[N, d]` to every row of `b` `[M, d]`: `[N, M]` float32, clamped at 0 (the
+    distance between two views' embeddings: queries against references)."""
+    metric = canonical_metric(metric)
+    a, b = _as_float32(a), _as_float32(b)
+    if metric == "angular":
+        cosine = tf.matmul(tf.math.l2_normalize(a, axis=1), tf.math.l2_normalize(b, axis=1), transpose_b=True)
+        return tf.maximum(1.0 - cosine, 0.0)
+    # Centred on the union's mean, as pairwise_distance is, to keep ||a||² + ||b||² − 2ab from cancelling.
+    centre = tf.reduce_mean(tf.concat([a, b], axis=0), axis=0, keepdims=True)
+    a, b = a - centre, b - centre
+    squared = (tf.reduce_sum(tf.square(a), axis=1)[:, None] + tf.reduce_sum(tf.square(b), axis=1)[None, :]
+               - 2.0 * tf.matmul(a, b, transpose_b=True))
+    squared = tf.maximum(squared, 0.0)
+    return squared if metric == "squared-L2" else safe_sqrt(squared)

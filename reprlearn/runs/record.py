@@ -42,6 +42,7 @@ import yaml
 from reprlearn._version import __version__
 from reprlearn.config import Config, config_from_dict, config_to_dict, save_config
 from reprlearn.data import ImageSet, Splits
+from reprlearn.data.pairs import PairSet, PairSplits
 from reprlearn.errors import RunFolderError
 
 RECORD_FILE = "run.json"
@@ -77,8 +78,30 @@ def fingerprint(imageset: ImageSet) -> str:
     return digest.hexdigest()[:16]
 
 
-def data_record(cfg: Config, splits: Splits, from_arrays: bool) -> dict:
+def pair_fingerprint(pairs: PairSet) -> str:
+    """Both views' fingerprints in one: a pair, file, label or pixel changed on either side changes it."""
+    return hashlib.sha256(f"{fingerprint(pairs.query)}|{fingerprint(pairs.reference)}|"
+                          f"{pairs.reference_keys.tobytes().hex()}".encode()).hexdigest()[:16]
+
+
+def _pair_data_record(cfg: Config, splits: PairSplits, from_arrays: bool) -> dict:
+    return {
+        "source": "arrays passed to the Python API" if from_arrays else f"pairs {cfg.data.name!r}",
+        "name": "arrays" if from_arrays else cfg.data.name,
+        "data_dir": None, "protocol": "matched pairs", "train_classes": [], "test_classes": [], "class_names": [],
+        "image_shape": list(splits.train.query.image_shape),
+        "reference_shape": list(splits.train.reference.image_shape),
+        "labelled": bool(splits.train.labelled), "skipped_pairs": splits.skipped,
+        "splits": {name: {"n": len(part), "places": int(len(np.unique(part.labels))),
+                          "fingerprint": pair_fingerprint(part)}
+                   for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))},
+    }
+
+
+def data_record(cfg: Config, splits: Splits | PairSplits, from_arrays: bool) -> dict:
     """The data section of the record: where the arrays came from and what each split holds."""
+    if isinstance(splits, PairSplits):
+        return _pair_data_record(cfg, splits, from_arrays)
     return {
         "source": "arrays passed to the Python API" if from_arrays else f"dataset {cfg.data.name!r}",
         "name": "arrays" if from_arrays else cfg.data.name,
@@ -178,8 +201,21 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record["state"] = "running"
     write_json_atomic(staging / RECORD_FILE, record)
+    np.savez_compressed(staging / EVALUATION_FILE, **_evaluation_arrays(cfg, splits, from_arrays))
+    if out.is_dir():
+        out.rmdir()
+    os.replace(staging, out)  # the folder appears whole or not at all
+    return out
+
+
+def _evaluation_arrays(cfg: Config, splits: Splits | PairSplits, from_arrays: bool) -> dict:
+    """What evaluation.npz holds: a sample of training images (both views' for pairs: TFLite calibration), and the
+    test and validation arrays or file rows of a one-view run."""
     rng = np.random.default_rng(cfg.data.seed)
-    sample = rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
+    sample = np.sort(rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False))
+    if isinstance(splits, PairSplits):
+        return {"train_sample": splits.train.query.pixels(sample),
+                "train_sample_reference": splits.train.reference.pixels(sample)}
     if splits.test.streamed:  # the files, as indexed: load_run rebuilds the sets and names any file changed since
         held = {f"{name}_{field}": values for name, part in (("test", splits.test), ("val", splits.val))
                 for field, values in (("keys", part.files.relative.astype(str)), ("labels", part.labels),
@@ -190,11 +226,7 @@ def open_run(cfg: Config, out_dir: str | Path, splits: Splits, from_arrays: bool
                 "val_images": splits.val.images, "val_labels": splits.val.labels}
         if not from_arrays and sum(a.nbytes for a in held.values()) > EVALUATION_LIMIT_BYTES:
             held = {}  # reloaded from the recorded dataset by `load_run`, fingerprints checked
-    np.savez_compressed(staging / EVALUATION_FILE, train_sample=splits.train.pixels(np.sort(sample)), **held)
-    if out.is_dir():
-        out.rmdir()
-    os.replace(staging, out)  # the folder appears whole or not at all
-    return out
+    return {"train_sample": splits.train.pixels(sample), **held}
 
 
 # Config keys that say how a run is computed, not what: changing one never makes it another run.

@@ -107,12 +107,15 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 SELECTION_METRIC = "val_map_at_r"
 VERIFIER_SELECTION_METRIC = "val_roc_auc"  # a verifier embeds nothing: its validation pairs' ROC AUC
+TWO_TOWER_SELECTION_METRIC = "val_recall_at_1"  # two towers: validation queries finding their reference first
 BEST_WEIGHTS = "best.weights.h5"
 
 
 def selection_metric(cfg: Config) -> str:
-    """The validation score `train.keep: best` maximises: MAP@R, or a verifier's ROC AUC on validation pairs."""
-    return VERIFIER_SELECTION_METRIC if cfg.model.kind == "verifier" else SELECTION_METRIC
+    """The validation score `train.keep: best` maximises: MAP@R, a verifier's ROC AUC on validation pairs, or two
+    towers' Recall@1 on validation pairs."""
+    return {"verifier": VERIFIER_SELECTION_METRIC, "two_tower": TWO_TOWER_SELECTION_METRIC}.get(cfg.model.kind,
+                                                                                              SELECTION_METRIC)
 
 
 class BestEpoch(keras.callbacks.Callback):

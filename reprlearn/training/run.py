@@ -19,6 +19,7 @@ import numpy as np
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
 from reprlearn.data.cache import cache_decoded
+from reprlearn.data.pairs import pair_splits_for
 from reprlearn.errors import ConfigError, DataError
 from reprlearn.evaluation.scoring import can_pair
 from reprlearn.models.budget import available_memory_bytes, tower_size, training_bytes
@@ -30,6 +31,7 @@ from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
 from reprlearn.training.objectives import is_pair_loss
 from reprlearn.training.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
+from reprlearn.training.two_tower import check_two_tower_data, run_two_tower
 from reprlearn.training.verifier import run_verifier
 
 
@@ -66,7 +68,7 @@ def images_per_step(cfg: Config) -> int:
     """The images one training step embeds (both images of each pair for pair models)."""
     if cfg.model.kind in ("autoencoder", "vae"):
         return cfg.train.batch_size
-    if cfg.model.kind == "verifier":
+    if cfg.model.kind in ("verifier", "two_tower"):
         return 2 * cfg.train.pair_batch_size
     return (2 if is_pair_loss(cfg) else 1) * batch_size(cfg)
 
@@ -136,7 +138,13 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
     # A multi-worker strategy must exist before TensorFlow runs anything else in the process.
     strategy = make_strategy(cfg.train.strategy)
     # All input checks come first, so bad data or a bad combination leaves no half-made folder.
-    splits = cached_splits(splits_for(cfg.data, sets), cfg.data.cache)
+    if cfg.model.kind == "two_tower":
+        splits = pair_splits_for(cfg.data, sets)
+        check_two_tower_data(cfg, splits)
+        kind, metric = "two_tower", cfg.loss.distance
+        check_global_batch(cfg.train.pair_batch_size, None, strategy.num_replicas_in_sync)
+    else:
+        splits = cached_splits(splits_for(cfg.data, sets), cfg.data.cache)
     if cfg.model.kind == "embedding":
         check_embedding_data(cfg, splits)
         check_embedding_size(cfg, splits.train.image_shape, splits.train.streamed)
@@ -147,14 +155,19 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         check_embedding_data(cfg, splits)
         kind, metric = "verifier", VERIFIER_SCORE
         check_global_batch(cfg.train.pair_batch_size, None, strategy.num_replicas_in_sync)
-    else:
+    elif cfg.model.kind != "two_tower":
         kind, metric = cfg.model.kind, CODE_METRIC
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     check_jit_compile(cfg.train.jit_compile, strategy)
-    check_evaluation_splits(splits)
-    check_memory(cfg, splits.train.image_shape, images_per_step(cfg),
-                 towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1, streamed=splits.train.streamed)
-    driver = {"embedding": run_embedding, "verifier": run_verifier}.get(cfg.model.kind, run_autoencoder)
+    if cfg.model.kind == "two_tower":
+        check_memory(cfg, splits.train.query.image_shape, images_per_step(cfg), towers=2,
+                     streamed=splits.train.streamed)
+    else:
+        check_evaluation_splits(splits)
+        check_memory(cfg, splits.train.image_shape, images_per_step(cfg),
+                     towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1, streamed=splits.train.streamed)
+    driver = {"embedding": run_embedding, "verifier": run_verifier, "two_tower": run_two_tower}.get(
+        cfg.model.kind, run_autoencoder)
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
         keras.utils.set_random_seed(cfg.train.seed)

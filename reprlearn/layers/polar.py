@@ -1,0 +1,154 @@
+"""Cross-view geometry: the polar transform of an overhead image, and the circular padding and pooling that make a
+panorama tower indifferent to where the heading starts.
+
+The polar transform (SAFA, Shi et al. NeurIPS 2019) turns an overhead image of `A_h × A_w` pixels into a
+`height × width` strip that lines up with a ground-level panorama: output pixel (i, j) samples the overhead
+image bilinearly at
+
+    x = A_h/2 − (A_h/2)·((height − i)/height)·cos(2πj/width)     (source row)
+    y = A_w/2 + (A_w/2)·((height − i)/height)·sin(2πj/width)     (source column)
+
+so the strip's top row is the overhead image's outer circle, its bottom row the centre, and its width goes once
+round the heading. A panorama taken facing another way is a circular shift of the strip along its width, which
+`CircularPadding2D` (convolutions that wrap round the width) and `WidthPooling` (a pooling over the whole width)
+make no difference to.
+
+Example:
+    strip = PolarTransform(32, 128)(overhead)        # [B, 64, 64, C] → [B, 32, 128, C]
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from reprlearn.ops.checks import check_positive_integer
+
+
+def polar_grid(source_height: int, source_width: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(x, y)`, each `[height, width]` float64: the source row and column each strip pixel samples (SAFA's
+    formula, pixel k of the source at coordinate k)."""
+    i = np.arange(height, dtype=np.float64)[:, None]
+    j = np.arange(width, dtype=np.float64)[None, :]
+    radius = (height - i) / height
+    angle = 2.0 * np.pi * j / width
+    x = source_height / 2.0 - source_height / 2.0 * radius * np.cos(angle)
+    y = source_width / 2.0 + source_width / 2.0 * radius * np.sin(angle)
+    return x, y
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class PolarTransform(keras.layers.Layer):
+    """An overhead image `[B, A_h, A_w, C]` → a panorama-like strip `[B, height, width, C]` (SAFA's polar transform).
+
+    Samples bilinearly; a coordinate outside the image is clamped to its border. The sampling grid depends on the
+    sizes only, so it is computed once when the layer is built.
+
+    Example:
+        strip = PolarTransform(32, 128)(keras.Input((64, 64, 3)))
+
+    Args:
+        height: rows of the strip (the radius, outer circle at the top).
+        width: columns of the strip (the heading, once round).
+
+    Returns:
+        The strip, in the input's dtype.
+    """
+
+    def __init__(self, height: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.height = check_positive_integer("height", height)
+        self.width = check_positive_integer("width", width)
+
+    def build(self, input_shape):
+        source_height, source_width = input_shape[1], input_shape[2]
+        if source_height is None or source_width is None:
+            raise ValueError(f"PolarTransform needs a known overhead image size. Received: input_shape={input_shape}")
+        x, y = polar_grid(source_height, source_width, self.height, self.width)
+        x, y = np.clip(x, 0, source_height - 1), np.clip(y, 0, source_width - 1)
+        top, left = np.floor(x), np.floor(y)
+        bottom, right = np.minimum(top + 1, source_height - 1), np.minimum(left + 1, source_width - 1)
+        fx, fy = x - top, y - left
+        corners = [(top, left, (1 - fx) * (1 - fy)), (top, right, (1 - fx) * fy),
+                   (bottom, left, fx * (1 - fy)), (bottom, right, fx * fy)]
+        # Flat pixel indices of the four neighbours and their bilinear weights, [4, height·width].
+        self._indices = np.stack([(r * source_width + c).reshape(-1) for r, c, _ in corners]).astype(np.int32)
+        self._weights = np.stack([w.reshape(-1) for _, _, w in corners]).astype(np.float32)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        batch, channels = tf.shape(inputs)[0], tf.shape(inputs)[3]
+        flat = tf.reshape(inputs, [batch, -1, channels])
+        weights = tf.cast(self._weights, inputs.dtype)
+        strip = tf.add_n([tf.gather(flat, self._indices[k], axis=1) * weights[k][None, :, None] for k in range(4)])
+        return tf.reshape(strip, [batch, self.height, self.width, channels])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class CircularPadding2D(keras.layers.Layer):
+    """Pads a feature map `[B, H, W, C]` by `padding` rows of zeros above and below and `padding` columns taken from
+    the other side (the width wraps round, as a panorama's heading does).
+
+    A `padding="valid"` convolution after it is the "same" convolution of a strip whose ends meet: a circular
+    shift of the input shifts its output by the same columns.
+
+    Example:
+        x = CircularPadding2D(1)(x); x = keras.layers.Conv2D(32, 3)(x)
+
+    Args:
+        padding: rows and columns added on each side (a k×k convolution needs k // 2).
+    """
+
+    def __init__(self, padding: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = check_positive_integer("padding", padding)
+
+    def call(self, inputs):
+        p = self.padding
+        wrapped = tf.concat([inputs[:, :, -p:], inputs, inputs[:, :, :p]], axis=2)
+        return tf.pad(wrapped, [[0, 0], [p, p], [0, 0], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda size: None if size is None else size + 2 * self.padding  # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class WidthPooling(keras.layers.Layer):
+    """Pools a feature map `[B, H, W, C]` over its whole width to `[B, H, C]`: unchanged by any circular shift of the
+    columns, so a panorama tower built of `CircularPadding2D` convolutions gives one embedding whatever its heading
+    (exactly for shifts by a multiple of the tower's total stride).
+
+    Example:
+        rows = WidthPooling("avg")(feature_map)
+
+    Args:
+        mode: `avg` or `max`.
+    """
+
+    MODES = ("avg", "max")
+
+    def __init__(self, mode: str = "avg", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {list(self.MODES)}. Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        return tf.reduce_mean(inputs, axis=2) if self.mode == "avg" else tf.reduce_max(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
