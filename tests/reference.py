@@ -396,3 +396,64 @@ def _logsumexp(values):
 
 def _softplus(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def polar_transform(image, height, width):
+    """SAFA's polar transform, one output pixel at a time: bilinear sampling at (x row, y column), clamped."""
+    a_h, a_w, channels = image.shape
+    out = np.zeros((height, width, channels))
+    for i in range(height):
+        for j in range(width):
+            radius = (height - i) / height
+            x = a_h / 2 - a_h / 2 * radius * math.cos(2 * math.pi * j / width)
+            y = a_w / 2 + a_w / 2 * radius * math.sin(2 * math.pi * j / width)
+            x, y = min(max(x, 0.0), a_h - 1), min(max(y, 0.0), a_w - 1)
+            x0, y0 = int(math.floor(x)), int(math.floor(y))
+            x1, y1 = min(x0 + 1, a_h - 1), min(y0 + 1, a_w - 1)
+            fx, fy = x - x0, y - y0
+            out[i, j] = ((1 - fx) * (1 - fy) * image[x0, y0] + (1 - fx) * fy * image[x0, y1]
+                         + fx * (1 - fy) * image[x1, y0] + fx * fy * image[x1, y1])
+    return out
+
+
+def cross_view_soft_margin(labels, pairs, alpha, metric="L2"):
+    """Every triplet (anchor, its match, an in-batch negative of another label), both directions, averaged."""
+    total, count = 0.0, 0
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if labels[i] == labels[j]:
+                continue
+            matched = distance(pairs[i][0], pairs[i][1], metric)
+            for anchor, negative in ((pairs[i][0], pairs[j][1]), (pairs[i][1], pairs[j][0])):
+                total += math.log1p(math.exp(alpha * (matched - distance(anchor, negative, metric))))
+                count += 1
+    return total / count if count else 0.0
+
+
+def symmetric_info_nce(labels, pairs, temperature):
+    """½ (mean over queries of −log softmax of the match among the match and the other labels' references, and the
+    same for references)."""
+    n = len(labels)
+    total = 0.0
+    for view in (0, 1):
+        for i in range(n):
+            logits = [float(np.dot(pairs[i][view], pairs[j][1 - view])) / temperature
+                      for j in range(n) if j == i or labels[j] != labels[i]]
+            own = float(np.dot(pairs[i][view], pairs[i][1 - view])) / temperature
+            top = max(logits)
+            total += -(own - top - math.log(sum(math.exp(v - top) for v in logits)))
+    return total / (2 * n)
+
+
+def cross_view_recall(queries, references, query_labels, reference_labels, k, metric="L2"):
+    """Share of queries (with a true reference) whose nearest true reference has fewer than k references strictly
+    nearer."""
+    hits, scored = 0, 0
+    for q, label in zip(queries, query_labels):
+        d = [distance(q, r, metric) for r in references]
+        true = [dist for dist, r_label in zip(d, reference_labels) if r_label == label]
+        if not true:
+            continue
+        scored += 1
+        hits += sum(dist < min(true) for dist in d) < k
+    return hits / scored

@@ -125,18 +125,22 @@ class CircularPadding2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="reprlearn")
 class WidthPooling(keras.layers.Layer):
-    """Pools a feature map `[B, H, W, C]` over its whole width to `[B, H, C]`: unchanged by any circular shift of the
-    columns, so a panorama tower built of `CircularPadding2D` convolutions gives one embedding whatever its heading
-    (exactly for shifts by a multiple of the tower's total stride).
+    """Pools a feature map `[B, H, W, C]` over its whole width: unchanged by any circular shift of the columns, so a
+    panorama tower built of `CircularPadding2D` convolutions gives one embedding whatever its heading (exactly for
+    shifts by a multiple of the tower's total stride).
+
+    `avg` and `max` give `[B, H, C]`. `fourier` gives the magnitudes of the discrete Fourier transform along the
+    width, `[B, H, W // 2 + 1, C]`: a shift changes only the phases, so the magnitudes keep how the features are
+    laid out round the panorama (their spacing), which a mean or a max forgets. Its first entry is W × the mean.
 
     Example:
-        rows = WidthPooling("avg")(feature_map)
+        rows = WidthPooling("fourier")(feature_map)
 
     Args:
-        mode: `avg` or `max`.
+        mode: `avg`, `max` or `fourier`.
     """
 
-    MODES = ("avg", "max")
+    MODES = ("avg", "max", "fourier")
 
     def __init__(self, mode: str = "avg", **kwargs):
         super().__init__(**kwargs)
@@ -145,9 +149,19 @@ class WidthPooling(keras.layers.Layer):
         self.mode = mode
 
     def call(self, inputs):
-        return tf.reduce_mean(inputs, axis=2) if self.mode == "avg" else tf.reduce_max(inputs, axis=2)
+        if self.mode == "avg":
+            return tf.reduce_mean(inputs, axis=2)
+        if self.mode == "max":
+            return tf.reduce_max(inputs, axis=2)
+        spectrum = tf.signal.rfft(tf.transpose(tf.cast(inputs, tf.float32), [0, 1, 3, 2]))  # [B, H, C, W // 2 + 1]
+        # |z| with a floor inside the root: the gradient of |z| at z = 0 is undefined.
+        magnitude = tf.sqrt(tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum)) + 1e-12)
+        return tf.cast(tf.transpose(magnitude, [0, 1, 3, 2]), inputs.dtype)
 
     def compute_output_shape(self, input_shape):
+        if self.mode == "fourier":
+            width = None if input_shape[2] is None else input_shape[2] // 2 + 1
+            return (input_shape[0], input_shape[1], width, input_shape[3])
         return (input_shape[0], input_shape[1], input_shape[3])
 
     def get_config(self):

@@ -4,7 +4,8 @@ Each query has its true reference (its pair's), or, where pairs carry labels, ev
 - `recall_at_k`: the share of queries whose nearest true reference has fewer than k references strictly nearer
   (ties count for the query). `recall_at_1pct` takes k = ⌈references / 100⌉ (the geo-localisation papers' R@1%).
 - `map_at_r`: MAP@R (Musgrave et al. 2020) with R the query's number of true references, references ranked by
-  distance, ties by index. With one true reference per query it is the reciprocal rank cut at 1, that is R@1.
+  distance, ties by index. With one true reference per query it is P@1 with ties broken by index (below Recall@1
+  where the true reference ties with another).
 Both directions are scored: queries → references, and references → queries (each reference's true queries
 being those of its label).
 

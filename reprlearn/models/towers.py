@@ -207,7 +207,7 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
         x = keras.layers.ReLU(name=f"conv{block}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
     if circular:
-        x = WidthPooling("avg", name="width_pool")(x)
+        x = WidthPooling(os.environ.get("RL_POOL","avg"), name="width_pool")(x)
     x = keras.layers.Flatten(name="features")(x)
     if dense:
         x = keras.layers.Dense(int(dense), activation="relu", name="fc")(x)
