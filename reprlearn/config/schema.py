@@ -136,11 +136,14 @@ class ModelConfig:
     # reference tower's kind (None: model.tower), with the same widths. polar_size [height, width]: the reference
     # tower starts with the polar transform of the overhead image to a strip of that size. circular: conv towers
     # of panoramas (the query, and the reference after a polar transform) wrap their convolutions round the width
-    # and pool over it, so the heading a panorama starts at changes nothing.
+    # and pool over it (circular_pooling: avg, max, or fourier: the magnitudes of the Fourier transform along the
+    # width, which keep how features are spaced round the panorama), so the heading a panorama starts at changes
+    # nothing.
     share: str = choice("none", ("none", "head", "all"))
     reference_tower: typing.Optional[str] = choice(None, (None, "mlp", "conv", "backbone"))
     polar_size: typing.Optional[list[int]] = None
     circular: bool = False
+    circular_pooling: str = choice("fourier", ("avg", "max", "fourier"))
     # autoencoder / vae only.
     code_dim: int = positive(32)
     decoder: str = choice("unpool", ("unpool", "transpose", "upsample"))  # conv autoencoder

@@ -1,14 +1,9 @@
 """Cross-view geometry: the polar transform of an overhead image, and the circular padding and pooling that make a
 panorama tower indifferent to where the heading starts.
 
-The polar transform (SAFA, Shi et al. NeurIPS 2019) turns an overhead image of `A_h × A_w` pixels into a
-`height × width` strip that lines up with a ground-level panorama: output pixel (i, j) samples the overhead
-image bilinearly at
-
-    x = A_h/2 − (A_h/2)·((height − i)/height)·cos(2πj/width)     (source row)
-    y = A_w/2 + (A_w/2)·((height − i)/height)·sin(2πj/width)     (source column)
-
-so the strip's top row is the overhead image's outer circle, its bottom row the centre, and its width goes once
+The polar transform (SAFA, Shi et al. NeurIPS 2019; the sampling formula lives in `reprlearn.ops.polar`) turns an
+overhead image of `A_h × A_w` pixels into a `height × width` strip that lines up with a ground-level panorama: the
+strip's top row is the overhead image's outer circle, its bottom row the centre, and its width goes once
 round the heading. A panorama taken facing another way is a circular shift of the strip along its width, which
 `CircularPadding2D` (convolutions that wrap round the width) and `WidthPooling` (a pooling over the whole width)
 make no difference to.
@@ -20,22 +15,10 @@ Example:
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from reprlearn.ops.checks import check_positive_integer
-
-
-def polar_grid(source_height: int, source_width: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(x, y)`, each `[height, width]` float64: the source row and column each strip pixel samples (SAFA's
-    formula, pixel k of the source at coordinate k)."""
-    i = np.arange(height, dtype=np.float64)[:, None]
-    j = np.arange(width, dtype=np.float64)[None, :]
-    radius = (height - i) / height
-    angle = 2.0 * np.pi * j / width
-    x = source_height / 2.0 - source_height / 2.0 * radius * np.cos(angle)
-    y = source_width / 2.0 + source_width / 2.0 * radius * np.sin(angle)
-    return x, y
+from reprlearn.ops.polar import polar_sampling
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
@@ -65,16 +48,8 @@ class PolarTransform(keras.layers.Layer):
         source_height, source_width = input_shape[1], input_shape[2]
         if source_height is None or source_width is None:
             raise ValueError(f"PolarTransform needs a known overhead image size. Received: input_shape={input_shape}")
-        x, y = polar_grid(source_height, source_width, self.height, self.width)
-        x, y = np.clip(x, 0, source_height - 1), np.clip(y, 0, source_width - 1)
-        top, left = np.floor(x), np.floor(y)
-        bottom, right = np.minimum(top + 1, source_height - 1), np.minimum(left + 1, source_width - 1)
-        fx, fy = x - top, y - left
-        corners = [(top, left, (1 - fx) * (1 - fy)), (top, right, (1 - fx) * fy),
-                   (bottom, left, fx * (1 - fy)), (bottom, right, fx * fy)]
         # Flat pixel indices of the four neighbours and their bilinear weights, [4, height·width].
-        self._indices = np.stack([(r * source_width + c).reshape(-1) for r, c, _ in corners]).astype(np.int32)
-        self._weights = np.stack([w.reshape(-1) for _, _, w in corners]).astype(np.float32)
+        self._indices, self._weights = polar_sampling(source_height, source_width, self.height, self.width)
         super().build(input_shape)
 
     def call(self, inputs):

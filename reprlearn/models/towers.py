@@ -171,8 +171,8 @@ def mlp_tower(input_shape, hidden=(256, 128), embedding_dim: int = 64, l2_normal
 
 
 def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: int = 64,
-               l2_normalize: bool = True, batch_norm: bool = False, dropout: float = 0.0, circular: bool = False,
-               name: str = "conv_tower") -> keras.Model:
+               l2_normalize: bool = True, batch_norm: bool = False, dropout: float = 0.0,
+               circular: str | None = None, name: str = "conv_tower") -> keras.Model:
     """A CNN tower: per width a 3×3 conv (+BatchNorm) + ReLU + 2×2 max-pool, then Dense, embedding head.
 
     With the defaults this is conv32-pool-conv64-pool-fc128-emb64. Layers are named by block
@@ -184,9 +184,9 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
         filters: conv widths, one block each (the depth is `len(filters)`).
         dense: width of the fully connected layer before the head (0 for none).
         embedding_dim, l2_normalize, batch_norm, dropout: as in `mlp_tower`.
-        circular: for panoramas: each conv wraps round the width (`CircularPadding2D`) and `features` pools the last
-            block over the whole width (`WidthPooling`), so a circular shift of the input by a multiple of
-            2^len(filters) columns gives the same embedding.
+        circular: for panoramas, None or a `WidthPooling` mode (`avg`, `max`, `fourier`): each conv wraps round the
+            width (`CircularPadding2D`) and `features` pools the last block over the whole width that way, so a
+            circular shift of the input by a multiple of 2^len(filters) columns gives the same embedding.
 
     Returns:
         A Functional `keras.Model`.
@@ -207,7 +207,7 @@ def conv_tower(input_shape, filters=(32, 64), dense: int = 128, embedding_dim: i
         x = keras.layers.ReLU(name=f"conv{block}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
     if circular:
-        x = WidthPooling(os.environ.get("RL_POOL","avg"), name="width_pool")(x)
+        x = WidthPooling(circular, name="width_pool")(x)
     x = keras.layers.Flatten(name="features")(x)
     if dense:
         x = keras.layers.Dense(int(dense), activation="relu", name="fc")(x)
@@ -282,12 +282,13 @@ def backbone_tower(input_shape, backbone: str = "MobileNetV2", weights: str | No
 
 
 def build_tower(model_cfg, input_shape, name: str = "tower", streamed: bool = False,
-                frozen: bool = False, kind: str | None = None, circular: bool = False) -> keras.Model:
+                frozen: bool = False, kind: str | None = None, circular: str | None = None) -> keras.Model:
     """Builds the tower a `ModelConfig` describes for images of `input_shape`.
 
     `streamed`: the images come decoded at their final size (a backbone does not resize them); `frozen`: a
     backbone starts wholly frozen (`train.frozen_epochs`); `kind`: mlp, conv or backbone instead of
-    `model_cfg.tower` (a two-tower run's reference tower); `circular`: a conv tower for panoramas."""
+    `model_cfg.tower` (a two-tower run's reference tower); `circular`: a conv tower for panoramas, pooled over
+    the width by that `WidthPooling` mode."""
     common = dict(embedding_dim=model_cfg.embedding_dim, l2_normalize=model_cfg.l2_normalize, name=name)
     kind = kind or model_cfg.tower
     if circular and kind != "conv":

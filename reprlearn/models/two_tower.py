@@ -113,7 +113,7 @@ def build_two_towers(model_cfg, query_shape, reference_shape, streamed: bool = F
     if share not in SHARES:
         raise ConfigError(f"model.share must be one of {list(SHARES)}. Received: model.share={share!r}")
     body_shape = (*[int(v) for v in polar], reference_shape[2]) if polar else reference_shape
-    circular = bool(model_cfg.circular)
+    circular = model_cfg.circular_pooling if model_cfg.circular else None
     query = build_tower(model_cfg, query_shape, name=QUERY_TOWER, streamed=streamed, circular=circular)
     if share == "all":
         if body_shape != query_shape:
@@ -123,7 +123,7 @@ def build_two_towers(model_cfg, query_shape, reference_shape, streamed: bool = F
                               "model.share: none or head, or make the views alike. Received: model.share='all'")
         return query, (_with_polar(query, reference_shape, polar, REFERENCE_TOWER) if polar else query)
     body = build_tower(model_cfg, body_shape, name=REFERENCE_TOWER if not polar else "reference_body",
-                       streamed=streamed, kind=model_cfg.reference_tower, circular=circular and bool(polar))
+                       streamed=streamed, kind=model_cfg.reference_tower, circular=circular if polar else None)
     if share == "head":
         features = body.get_layer(HEAD_LAYER).input
         shared = query.get_layer(HEAD_LAYER)
