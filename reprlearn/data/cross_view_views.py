@@ -1,9 +1,10 @@
 """Cross-view pairs made from an ordinary image set, for benchmarks and tests: no cross-view data set can be
 downloaded here, so each image becomes a place seen two ways.
 
-- The reference view is overhead-like: the image on a square canvas, seen through a window of the canvas
-  (`jitter` pixels off centre at most) by one sensor (gamma, contrast, brightness, sometimes a blur, noise).
-- The query view is a ground-level panorama-like strip: the polar transform of another window of the same image
+- The reference view is overhead-like: the image on a square canvas, cropped independently of the other view (a
+  centred window `zoom` smaller at most, resized back, then moved `jitter` pixels off centre at most) and seen
+  by one sensor (gamma, contrast, brightness, sometimes a blur, noise).
+- The query view is a ground-level panorama-like strip: the polar transform of another crop of the same image
   (the inverse of the relation `reprlearn.layers.PolarTransform` undoes), turned to an unknown heading (a circular
   shift of the strip by any number of columns), seen by another sensor (lower contrast, brighter, more noise).
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reprlearn.errors import DataError
 from reprlearn.ops.polar import polar_transform
 
 
@@ -27,7 +29,8 @@ class ViewRecipe:
     """How two views are made from an image: sizes, the window jitter, and each sensor's noise."""
     overhead: int = 32              # the reference view's side
     strip: tuple[int, int] = (16, 64)  # the query view's (height, width)
-    jitter: int = 1                 # each view's window is at most this many pixels off the canvas centre
+    zoom: float = 0.1               # each view's crop is a centred window up to this share smaller, resized back
+    jitter: int = 0                 # and at most this many pixels off the canvas centre
     reference_noise: float = 6.0    # Gaussian noise (σ, grey levels) of the overhead sensor
     query_noise: float = 10.0       # and of the ground sensor
     blur_probability: float = 0.5   # each view of each place is blurred (3×3 box) with this probability
@@ -40,7 +43,10 @@ def _box_blur(images: np.ndarray) -> np.ndarray:
 
 
 def _windows(images: np.ndarray, recipe: ViewRecipe, rng: np.random.Generator) -> np.ndarray:
-    """Each image on a canvas of `overhead + 2·jitter` pixels, seen through an `overhead` window at a random offset."""
+    """Each image on a canvas of `overhead + 2·jitter` pixels, cropped to a centred window of a random side in
+    [(1 − zoom)·overhead, overhead] resized back to `overhead`, at a random offset of at most `jitter`."""
+    import tensorflow as tf
+
     n, h, w, c = images.shape
     canvas = recipe.overhead + 2 * recipe.jitter
     if max(h, w) > canvas:  # a larger image is shrunk to the canvas first (nearest pixels: it keeps the sensor's
@@ -51,7 +57,11 @@ def _windows(images: np.ndarray, recipe: ViewRecipe, rng: np.random.Generator) -
     padded = np.zeros((n, canvas, canvas, c), np.float32)
     padded[:, top:top + h, left:left + w] = images
     offsets = rng.integers(0, 2 * recipe.jitter + 1, (n, 2))
-    return np.stack([p[a:a + recipe.overhead, b:b + recipe.overhead] for p, (a, b) in zip(padded, offsets)])
+    windows = np.stack([p[a:a + recipe.overhead, b:b + recipe.overhead] for p, (a, b) in zip(padded, offsets)])
+    margin = rng.uniform(0, recipe.zoom / 2, (n, 1))  # per side, as a share of the window
+    boxes = np.concatenate([margin, margin, 1 - margin, 1 - margin], axis=1).astype(np.float32)
+    return tf.image.crop_and_resize(windows, boxes, np.arange(n, dtype=np.int32),
+                                    [recipe.overhead, recipe.overhead]).numpy()
 
 
 def _sensor(images: np.ndarray, rng: np.random.Generator, contrast, brightness, noise: float,
@@ -73,6 +83,8 @@ def cross_view_views(images, seed: int, recipe: ViewRecipe = ViewRecipe()) -> tu
     images = np.asarray(images, np.float32)
     if images.ndim == 3:
         images = images[..., None]
+    if images.ndim != 4 or len(images) == 0:
+        raise DataError(f"images must be [N, H, W, C] with N >= 1. Received: images.shape={images.shape}")
     rng = np.random.default_rng(seed)
     references = _sensor(_windows(images, recipe, rng), rng, (0.8, 1.2), (0, 20), recipe.reference_noise,
                          recipe.blur_probability)
