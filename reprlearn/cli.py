@@ -31,6 +31,17 @@ def _train(args) -> int:
     if not report:
         return 0  # a non-chief worker: the chief reports
     metrics = report["metrics"]
+    if report["model"].get("kind") == "two_tower":
+        scores = {name: metrics[name]["query_to_reference"] for name in
+                  ("test", "shared_tower", "baseline_raw", "baseline_raw_cosine") if name in metrics}
+        test = scores["test"]
+        raw = max(scores["baseline_raw"]["recall_at_1"], scores["baseline_raw_cosine"]["recall_at_1"])
+        shared = f"{scores['shared_tower']['recall_at_1']:.4f}" if "shared_tower" in scores else "not trained"
+        print(f"\nTest queries → references: Recall@1 {test['recall_at_1']:.4f}, @5 {test['recall_at_5']:.4f}, "
+              f"@10 {test['recall_at_10']:.4f}, @1% {test['recall_at_1pct']:.4f} (Recall@1: one shared tower "
+              f"{shared}, raw pixels {raw:.4f})")
+        print(f"Report: {out / 'report.md'}")
+        return 0
     if report["model"].get("kind") == "verifier":
         verification = metrics["verification"]
         print(f"\nTest pairs: ROC AUC {verification['roc_auc']:.4f}, EER {verification['eer']:.4f}, TAR@FAR=1e-3 "
@@ -78,6 +89,10 @@ def _tune(args) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
+    if cfg.model.kind == "two_tower":
+        raise ConfigError("reprlearn tune does not search two-tower runs yet (its objectives are one-tower "
+                          "validation scores); train each setting with reprlearn train and compare their "
+                          "val_recall_at_1. Received: model.kind='two_tower'")
     splits = splits_for(cfg.data)
     check_search(cfg, splits)  # before the search folder is made
     out.mkdir(parents=True, exist_ok=True)

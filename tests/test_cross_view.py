@@ -257,3 +257,30 @@ def test_the_training_model_outputs_both_views_and_its_towers_come_back_out():
     out = model([np.zeros((3, 8, 32, 1), np.float32), np.zeros((3, 16, 16, 1), np.float32)]).numpy()
     assert out.shape == (3, 2, 8)
     assert towers_of(model) == (query, reference)
+
+
+# --- global-batch negatives under tf.distribute --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def replica_steps() -> dict:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "cross_view_replica_steps.py")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("name", ["soft_margin_triplet", "info_nce", "info_nce_learnt", "two_view_triplet"])
+def test_a_two_replica_step_equals_the_one_device_step_on_the_global_batch(replica_steps, name):
+    assert replica_steps["replicas"] == 2
+    steps = replica_steps[name]
+    single, gathered, local = (np.array(steps[key]) for key in ("single", "cross_replica", "local"))
+    assert np.abs(single).max() > 1e-3  # the step moved the weights
+    np.testing.assert_allclose(gathered, single, rtol=1e-5, atol=1e-7)
+    assert steps["loss"]["cross_replica"] == pytest.approx(steps["loss"]["single"], rel=1e-5)
+    # Each replica's own half alone gives another step: why the global batch is gathered.
+    assert np.abs(local - single).max() > 1e-4

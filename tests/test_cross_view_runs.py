@@ -200,5 +200,44 @@ def test_every_loss_trains_two_towers_on_pairs(tmp_path):
                                 "eval": {"shared_baseline": False}})
         report = run_training(cfg, tmp_path / str(i), sets={"train": train, "test": test},
                               verbose=0)
-        assert report["metrics"]["test"]["query_to_reference"]["recall_at_1"] > 0.05, loss  # untrained: 0.003
+        assert report["metrics"]["test"]["query_to_reference"]["recall_at_1"] > 0.025, loss  # untrained: 0.003
         json.dumps(report)  # report.json is plain JSON
+
+
+def test_the_command_line_trains_two_towers_from_a_pair_csv_and_other_commands_say_what_they_do_not_serve(
+        pair_csv, tmp_path):
+    _, path = pair_csv
+    reprlearn_cli = [sys.executable, "-m", "reprlearn.cli"]
+    sets = ["--set", f"data.name=csv:{path}", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=5",
+            "--set", "eval.shared_baseline=false", "--set", "data.cache=memory"]
+    config = tmp_path / "two.yaml"
+    config.write_text(json.dumps({**RUN, "data": {"name": "csv:pairs.csv"}}))
+    done = subprocess.run([*reprlearn_cli, "train", str(config), "--out", str(tmp_path / "run"), *sets, "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Test queries → references: Recall@1" in done.stdout and "one shared tower not trained" in done.stdout
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["metrics"]["test"]) == {"query_to_reference", "reference_to_query"}
+    refused = subprocess.run([*reprlearn_cli, "export", str(tmp_path / "run"), "--out", str(tmp_path / "served")],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].count("two-tower run") == 1
+    assert "Traceback" not in refused.stderr
+
+
+class _StopAfterFirstEpoch(__import__("keras").callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt("stopped after epoch 1")
+
+
+def test_an_interrupted_two_tower_run_resumes_from_its_checkpoint(tmp_path, capsys):
+    train, test = digit_pairs()
+    cfg = config_from_dict({**RUN, "train": {**RUN["train"], "steps_per_epoch": 10},
+                            "eval": {"shared_baseline": False}})
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "run", sets={"train": train, "test": test}, verbose=0,
+                     callbacks=[_StopAfterFirstEpoch()])
+    assert not (tmp_path / "run" / "report.json").exists()
+    report = run_training(cfg, tmp_path / "run", sets={"train": train, "test": test}, verbose=1)
+    assert "Resuming from" in capsys.readouterr().out
+    assert report["train"]["resumed_from_epoch"] == 1 and len(report["train"]["history"]) == 2

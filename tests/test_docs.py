@@ -52,6 +52,8 @@ NOT_RUN = {
                                              "their digits twins",
     "reprlearn verify runs/verification_": "needs a verification run above; test_verifiers.py verifies with its "
                                           "digits twin",
+    "reprlearn train configs/crossview": "two towers on the benchmark's 29,000 pairs (minutes); "
+                                         "test_cross_view_runs.py trains their digits twin",
 }
 # A small stand-in for `make demo`'s run, so the docs' commands on runs/demo take seconds.
 SMALL_DEMO = ["train.epochs=1", "train.steps_per_epoch=3", "data.max_train=2000", "data.max_test=600",

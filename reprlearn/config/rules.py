@@ -199,7 +199,7 @@ def _check_two_tower(cfg: Config) -> None:
     unsupported = {"model.joint_layers": model.joint_layers, "loss.jrd_weight": cfg.loss.jrd_weight,
                    "loss.reconstruction_weight": cfg.loss.reconstruction_weight, "model.init_from": model.init_from,
                    "data.augment": data.augment != "none", "data.positives": data.positives != "classes",
-                   "data.cache": data.cache != "none", "train.frozen_epochs": cfg.train.frozen_epochs}
+                   "train.frozen_epochs": cfg.train.frozen_epochs}
     for key, value in unsupported.items():
         if value:
             raise ConfigError(f"config: {key} is not available for two towers (yet). "

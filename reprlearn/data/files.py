@@ -213,6 +213,17 @@ def index_folder(root: str | Path) -> FileIndex:
     return finish_index(str(root_path), entries, class_dirs, ignored, f"folder:{root}")
 
 
+def read_csv_rows(csv_path: Path, required: tuple[str, ...], needs: str) -> tuple[list[dict], list[str]]:
+    """`(rows as dicts of stripped cells, the header's columns)`; DataError saying what the CSV `needs` and naming
+    the columns found when one of `required` is missing."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if any(column not in columns for column in required):
+            raise DataError(f"{needs}. Received: columns={columns} in {str(csv_path)!r}")
+        return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader], columns
+
+
 def index_csv(csv_file: str | Path) -> FileIndex:
     """A CSV of `path,label[,split]` rows (a header line naming those columns); relative paths resolve against
     the CSV's folder. `split` is `train`, `validation` or `test`. Any path TensorFlow's file system reads
@@ -225,13 +236,8 @@ def index_csv(csv_file: str | Path) -> FileIndex:
     csv_path = Path(csv_file).expanduser()
     if not csv_path.is_file():
         raise DatasetNotFoundError(f"CSV file list not found. Received: path={str(csv_file)!r}")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in columns or "label" not in columns:
-            raise DataError(f"a CSV file list needs a header with the columns path,label (and optionally split). "
-                            f"Received: columns={columns} in {str(csv_path)!r}")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    rows, columns = read_csv_rows(csv_path, ("path", "label"),
+                                  "a CSV file list needs a header with the columns path,label (and optionally split)")
     has_split = "split" in columns
     root = str(csv_path.parent.resolve())
     entries, missing, class_names = [], [], []

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reprlearn.data.cache import cache_decoded
 from reprlearn.data.decode import DecodeSpec
 from reprlearn.data.files import (
     SPLIT_NAMES,
@@ -34,6 +34,7 @@ from reprlearn.data.files import (
     FileTable,
     check_file,
     probe_images,
+    read_csv_rows,
 )
 from reprlearn.data.imageset import ImageSet, check_images
 from reprlearn.errors import DataError, DatasetNotFoundError
@@ -122,17 +123,6 @@ def make_pairset(queries, references, labels=None) -> PairSet:
                    np.arange(len(queries), dtype=np.int64), labelled)
 
 
-def _read_pair_csv(csv_path: Path) -> tuple[list[dict], bool, bool]:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "query" not in columns or "reference" not in columns:
-            raise DataError(f"a pair CSV needs a header naming the columns query,reference (and optionally label, "
-                            f"split); {csv_path} has {columns}. Received: columns={columns}")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    return rows, "label" in columns, "split" in columns
-
-
 def _entry(root: str, path: str, why: dict) -> tuple | None:
     """`(relative path, size, mtime)` of a usable file, or None with the reason in `why[path]`."""
     full = path if "://" in path else os.path.join(root, path)
@@ -155,7 +145,9 @@ def _pair_rows(csv_file: str) -> tuple[str, list, list, bool]:
     csv_path = Path(csv_file).expanduser()
     if not csv_path.is_file():
         raise DatasetNotFoundError(f"pair CSV not found. Received: path={str(csv_file)!r}")
-    rows, labelled, has_split = _read_pair_csv(csv_path)
+    rows, columns = read_csv_rows(csv_path, ("query", "reference"), "a pair CSV needs a header naming the columns "
+                                  "query,reference (and optionally label, split)")
+    labelled, has_split = "label" in columns, "split" in columns
     root = str(csv_path.parent.resolve())
     kept, skipped, why = [], [], {}
     for line, row in enumerate(rows, start=2):
@@ -352,4 +344,24 @@ def pair_splits_for(data_cfg, sets=None) -> PairSplits:
     splits = pair_splits(parts, data_cfg.validation_fraction, data_cfg.seed, skipped, source)
     splits.train = _cap(splits.train, data_cfg.max_train, data_cfg.seed)
     splits.test = _cap(splits.test, data_cfg.max_test, data_cfg.seed)
+    # data.cache: the training and validation pairs decoded once (the test pairs are read once anyway).
+    splits.train, train_failed = cached_pairs(splits.train, data_cfg.cache)
+    splits.val, val_failed = cached_pairs(splits.val, data_cfg.cache)
+    splits.skipped += train_failed + val_failed
     return splits
+
+
+def cached_pairs(pairs: PairSet, cache: str | None) -> tuple[PairSet, list]:
+    """`(the pairs with both views decoded once (data.cache: memory or a folder), [[file, why]] of the pairs left
+    out because a file failed to decode)`; unchanged for `cache` of None / "none" or pairs in memory."""
+    if cache in (None, "none") or not pairs.streamed or not len(pairs):
+        return pairs, []
+    query, query_failed = cache_decoded(pairs.query, cache)
+    reference, reference_failed = cache_decoded(pairs.reference, cache)
+    if not query_failed and not reference_failed:
+        return PairSet(query, reference, pairs.reference_keys, pairs.labelled), []
+    bad_queries, bad_references = set(query_failed), set(reference_failed)
+    keep = [i for i in range(len(pairs))
+            if pairs.query.names[i] not in bad_queries and pairs.reference.names[i] not in bad_references]
+    left_out = [[name, "failed to decode when cached"] for name in sorted(bad_queries | bad_references)]
+    return cached_pairs(pairs.subset(np.array(keep, np.int64)), cache)[0], left_out

@@ -224,16 +224,3 @@ class TwoViewLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "loss": keras.losses.serialize(self.loss)}
-
-
-def in_batch_recall_at_1(labels, pairs) -> tf.Tensor:
-    """The share of the batch's queries whose nearest reference (L2) is their own or one of their id: what the
-    two-tower training logs as `recall_at_1` (both directions averaged)."""
-    labels, pairs = check_view_pairs(labels, pairs)
-    queries, references = _views(pairs)
-    d = cross_distance(queries, references)
-    same = tf.logical_not(cross_view_negatives(labels))
-    hits = [tf.gather(same, tf.argmin(m, axis=1, output_type=tf.int32), batch_dims=1)
-            for m in (d, tf.transpose(d))]
-    return tf.reduce_mean(tf.cast(tf.concat(hits, 0), tf.float32))
-

@@ -17,7 +17,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from reprlearn.ops.distances import Distance, check_metric, pairwise_distance
+from reprlearn.losses.cross_view import check_view_pairs, cross_view_negatives
+from reprlearn.ops.distances import Distance, check_metric, cross_distance, pairwise_distance
 from reprlearn.ops.labels import pair_masks
 from reprlearn.ops.replicas import global_batch
 
@@ -96,3 +97,28 @@ class MeanPositiveDistance(_MeanPairDistance):
 class MeanNegativeDistance(_MeanPairDistance):
     """The batch's mean distance between items of different classes."""
     positive = False
+
+
+def in_batch_recall_at_1(labels, pairs) -> tf.Tensor:
+    """Two views `[B, 2, d]`: the share of queries whose nearest reference of the batch (L2) is one of their id, and
+    of references whose nearest query is, averaged."""
+    labels, pairs = check_view_pairs(labels, pairs)
+    d = cross_distance(pairs[:, 0], pairs[:, 1])
+    same = tf.logical_not(cross_view_negatives(labels))
+    hits = [tf.gather(same, tf.argmin(m, axis=1, output_type=tf.int32), batch_dims=1) for m in (d, tf.transpose(d))]
+    return tf.reduce_mean(tf.cast(tf.concat(hits, 0), tf.float32))
+
+
+@keras.saving.register_keras_serializable(package="reprlearn")
+class InBatchRecall(keras.metrics.Mean):
+    """Two-tower training: `in_batch_recall_at_1` of each batch, averaged over the epoch (logged as `recall_at_1`).
+
+    Example:
+        model.compile(optimizer="adam", loss=SymmetricInfoNCELoss(), metrics=[InBatchRecall()])
+    """
+
+    def __init__(self, name: str = "recall_at_1", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(in_batch_recall_at_1(y_true, y_pred))

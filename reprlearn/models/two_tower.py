@@ -157,7 +157,7 @@ def two_tower_model(query_tower: keras.Model, reference_tower: keras.Model, lear
     for tower, role in ((query_tower, "query_tower"), (reference_tower, "reference_tower")):
         if not isinstance(tower, keras.Model) or len(tower.inputs) != 1:
             raise ValueError(f"{role} must be a single-input keras.Model. Received: {role}={tower!r}")
-    dims = int(query_tower.output.shape[-1]), int(reference_tower.output.shape[-1])
+    dims = int(query_tower.outputs[0].shape[-1]), int(reference_tower.outputs[0].shape[-1])
     if dims[0] != dims[1]:
         raise ValueError(f"the towers must embed into one space. Received: query embedding {dims[0]}, reference "
                          f"embedding {dims[1]}")

@@ -213,6 +213,10 @@ def load_run(run_dir: str | Path) -> Run:
                else "it is training or evaluating now, or was interrupted")
         raise RunFolderError(f"{path} is not a complete run ({why}). Running {again} again finishes it from its "
                              f"checkpoints. Received: run_dir={str(path)!r}")
+    if record.get("kind") == "two_tower":
+        raise RunFolderError(f"{path} is a two-tower run: galleries, identify, evaluate and export do not serve "
+                             "two towers yet; load its towers with keras.saving.load_model(RUN/query.keras) and "
+                             f"(RUN/reference.keras) after `import reprlearn`. Received: run_dir={str(path)!r}")
     missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, "model.keras")
                if not (path / name).is_file()]
     if missing:

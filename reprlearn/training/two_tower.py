@@ -22,9 +22,10 @@ from reprlearn.data.pairs import PairSet, PairSplits
 from reprlearn.data.pipelines import matched_pair_batches
 from reprlearn.errors import ConfigError
 from reprlearn.layers.channels import Luma, RepeatChannels
-from reprlearn.losses.cross_view import SymmetricInfoNCELoss, TwoViewLoss, in_batch_recall_at_1
+from reprlearn.losses.cross_view import SymmetricInfoNCELoss, TwoViewLoss
 from reprlearn.losses.registry import config_loss
 from reprlearn.metrics.cross_view import cross_view_metrics
+from reprlearn.metrics.training import InBatchRecall
 from reprlearn.models.two_tower import build_two_towers, towers_of, two_tower_model
 from reprlearn.runs import embed, run_summary, save_and_check_reload
 from reprlearn.runs.record import BAD_IMAGE_LOG
@@ -55,16 +56,6 @@ def pair_loss(cfg: Config) -> keras.losses.Loss:
         return SymmetricInfoNCELoss(temperature=1.0, cross_replica=cfg.loss.cross_replica)
     loss = config_loss(cfg.loss)
     return TwoViewLoss(loss) if LOSS_TRAITS[cfg.loss.name].batch == "pk" else loss
-
-
-class InBatchRecall(keras.metrics.Mean):
-    """Training metric: the share of a batch's queries (and references) whose nearest other view is their match."""
-
-    def __init__(self, name: str = "recall_at_1", **kwargs):
-        super().__init__(name=name, **kwargs)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(in_batch_recall_at_1(y_true, y_pred))
 
 
 def compile_two_towers(cfg: Config, query_shape, reference_shape, streamed: bool) -> keras.Model:
