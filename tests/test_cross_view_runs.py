@@ -241,3 +241,16 @@ def test_an_interrupted_two_tower_run_resumes_from_its_checkpoint(tmp_path, caps
     report = run_training(cfg, tmp_path / "run", sets={"train": train, "test": test}, verbose=1)
     assert "Resuming from" in capsys.readouterr().out
     assert report["train"]["resumed_from_epoch"] == 1 and len(report["train"]["history"]) == 2
+
+
+def test_two_towers_train_under_mixed_precision_with_float32_embeddings(tmp_path):
+    train, test = digit_pairs()
+    cfg = config_from_dict({**RUN, "train": {**RUN["train"], "epochs": 1, "steps_per_epoch": 20,
+                                             "mixed_precision": "mixed_float16"},
+                            "eval": {"shared_baseline": False}})
+    report = run_training(cfg, tmp_path / "run", sets={"train": train, "test": test}, verbose=0)
+    assert np.isfinite(report["train"]["history"][-1]["loss"])
+    import keras
+
+    query = keras.saving.load_model(tmp_path / "run" / "query.keras")
+    assert query.predict(test.query.images[:4], verbose=0).dtype == np.float32
