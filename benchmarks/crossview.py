@@ -103,7 +103,8 @@ def oracle(csv: Path) -> dict:
     q, r = np.fft.fft(standard(queries), axis=2), np.fft.fft(standard(strips), axis=2)
     best = np.zeros((len(q), len(r)))
     for start in range(0, len(q), 50):
-        best[start:start + 50] = np.fft.ifft((q[start:start + 50, None] * np.conj(r[None])).sum(2), axis=-1).real.max(-1)
+        products = (q[start:start + 50, None] * np.conj(r[None])).sum(2)   # [50, N, W]: every circular shift
+        best[start:start + 50] = np.fft.ifft(products, axis=-1).real.max(-1)
     rank = (best > np.diag(best)[:, None]).sum(axis=1)
     k = int(np.ceil(len(r) / 100))
     return {"recall_at_1": float((rank < 1).mean()), "recall_at_5": float((rank < 5).mean()),

@@ -157,7 +157,8 @@ def test_loss_config_combinations_are_checked():
     assert (arcface.margin, arcface.scale, arcface.distance, arcface.sub_centers) == (0.5, 64.0, "angular", 1)
     assert _cfg(loss={"name": "circle", "margin": 0.25}).loss.margin == 0.25
     for loss, match in (({"name": "triplet_hard", "miner": "multi_similarity"}, "triplet_hard takes no pairs"),
-                        ({"name": "contrastive", "temperature": 0.1}, r"loss.temperature applies to \['ntxent', 'info_nce'\]"),
+                        ({"name": "contrastive", "temperature": 0.1},
+                         r"loss.temperature applies to \['ntxent', 'info_nce'\]"),
                         ({"name": "arcface", "margin": 1.6}, "Received: loss.margin=1.6"),
                         ({"name": "circle", "distance": "L2"}, "Received: loss.distance='L2'"),
                         ({"name": "ntxent", "temperature": -0.1}, "Received: loss.temperature=-0.1"),

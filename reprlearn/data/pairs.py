@@ -338,8 +338,9 @@ def pair_splits_for(data_cfg, sets=None) -> PairSplits:
         parts = {"all": sets} if isinstance(sets, PairSet) else dict(sets)
         wrong = [name for name, part in parts.items() if not isinstance(part, PairSet)]
         if wrong:
+            kind = type(parts[wrong[0]]).__name__
             raise DataError(f"two towers train on matched pairs: pass make_pairset(queries, references, labels) (or "
-                            f"a dict of them by split). Received: {wrong[0]!r} of type {type(parts[wrong[0]]).__name__}")
+                            f"a dict of them by split). Received: {wrong[0]!r} of type {kind}")
         skipped, source = [], "arrays"
     splits = pair_splits(parts, data_cfg.validation_fraction, data_cfg.seed, skipped, source)
     splits.train = _cap(splits.train, data_cfg.max_train, data_cfg.seed)

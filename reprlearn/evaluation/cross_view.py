@@ -85,10 +85,11 @@ def write_cross_view_report(report: dict, out: Path) -> None:
     """report.json and a readable report.md (the tables, the training, the files left out)."""
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     d, t, m = report["data"], report["train"], report["metrics"]
+    polar = report["model"]["polar_size"]
     lines = [f"# reprlearn two-tower run: {d['name']}", "",
              f"{d['n_train']} training pairs ({d['n_val']} for validation), {d['n_test']} test pairs; query images "
              f"{d['image_shape']}, reference images {d['reference_shape']}; model.share: "
-             f"{report['model']['share']}{', polar transform to ' + str(report['model']['polar_size']) if report['model']['polar_size'] else ''}.",
+             f"{report['model']['share']}{f', polar transform to {polar}' if polar else ''}.",
              "", "## Cross-view retrieval on the test pairs", ""] + _table(m)
     if "shared_tower" not in m and "shared_tower_note" in m:
         lines += [m["shared_tower_note"], ""]

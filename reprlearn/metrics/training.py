@@ -1,4 +1,5 @@
-"""Keras metrics to watch during in-batch training: how much of the batch the loss still uses, and how far apart pairs are.
+"""Keras metrics to watch during in-batch training: how much of the batch the loss still uses, how far apart pairs
+are, and (two towers) how often a batch's queries find their own reference first.
 
 Example:
     loss = TripletSemiHardLoss(margin=0.2)

@@ -10,6 +10,6 @@ from reprlearn.models.vae import VAE
 from reprlearn.models.verifiers import VERIFIERS, build_verifier, siamese_head_model, two_channel_model
 
 __all__ = ["AutoencoderParts", "VAE", "VERIFIERS", "backbone_tower", "build_tower", "build_two_towers",
-           "build_verifier", "conv_autoencoder", "conv_tower", "dense_autoencoder", "initialise_from", "joint_embedding_model",
-           "mlp_tower", "project_joint_embedding", "siamese_head_model", "siamese_pair_model", "towers_of",
-           "two_channel_model", "two_tower_model"]
+           "build_verifier", "conv_autoencoder", "conv_tower", "dense_autoencoder", "initialise_from",
+           "joint_embedding_model", "mlp_tower", "project_joint_embedding", "siamese_head_model", "siamese_pair_model",
+           "towers_of", "two_channel_model", "two_tower_model"]
