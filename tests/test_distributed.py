@@ -28,6 +28,9 @@ def replica_steps(tmp_path_factory) -> dict:
     return json.loads(done.stdout)
 
 
+# Circle's exp(γ·…) turns float32 summation order into a few 1e-7 on a weight step of 1e-2 (seen on one machine at
+# the base commit too: 3.6e-7 on a step of 0.018); a missing global batch moves the step by 1e-3 and more.
+RELATIVE_ROUNDING = {"circle": 5e-5}
 LOSS_NAMES = ["contrastive", "triplet_semihard", "triplet_hard", "triplet_batch_all", "lifted_struct",
               "addons_semihard", "multi_similarity", "circle", "ntxent", "proxy_anchor"]
 
@@ -39,7 +42,7 @@ def test_two_replicas_step_like_one_device_on_the_global_batch(replica_steps, na
     steps, logs = replica_steps[name]["steps"], replica_steps[name]["logs"]
     single, gathered = np.array(steps["single"]), np.array(steps["cross_replica"])
     assert np.abs(single).max() > 1e-3  # the step moved the weights
-    np.testing.assert_allclose(gathered, single, rtol=1e-5, atol=ROUNDING)
+    np.testing.assert_allclose(gathered, single, rtol=RELATIVE_ROUNDING.get(name, 1e-5), atol=ROUNDING)
     # The logged loss and the training metrics describe the global batch too.
     for key, value in logs["single"].items():
         assert logs["cross_replica"][key] == pytest.approx(value, rel=1e-5), key
