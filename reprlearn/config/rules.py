@@ -178,14 +178,13 @@ def _check_two_tower(cfg: Config) -> None:
     _size_pair(data.reference_size, "data.reference_size")
     _size_pair(model.polar_size, "model.polar_size")
     if model.kind != "two_tower":
-        given = {"model.share": model.share != "none", "model.reference_tower": model.reference_tower is not None,
-                 "model.polar_size": model.polar_size is not None, "model.circular": model.circular,
-                 "data.reference_size": data.reference_size is not None,
-                 "data.reference_channels": data.reference_channels is not None}
-        keys = [key for key, set_ in given.items() if set_]
-        if keys or LOSS_TRAITS[cfg.loss.name].batch == "views":
-            what = f"{keys[0]}={getattr(getattr(cfg, keys[0].split('.')[0]), keys[0].split('.')[1])!r}" if keys else (
-                f"loss.name={cfg.loss.name!r}")
+        # Each two-tower key against its value when left unset.
+        unset = {"model.share": "none", "model.reference_tower": None, "model.polar_size": None,
+                 "model.circular": False, "data.reference_size": None, "data.reference_channels": None}
+        given = [f"{key}={value!r}" for key, default in unset.items()
+                 if (value := getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])) != default]
+        if given or LOSS_TRAITS[cfg.loss.name].batch == "views":
+            what = given[0] if given else f"loss.name={cfg.loss.name!r}"
             raise ConfigError(f"config: {what} applies to two towers on matched pairs; set model.kind: two_tower. "
                               f"Received: {what}, model.kind={model.kind!r}")
     if cfg.loss.learn_temperature and cfg.loss.name != "info_nce":

@@ -26,17 +26,12 @@ DIRECTIONS = ("query_to_reference", "reference_to_query")
 ROWS = ("recall_at_1", "recall_at_5", "recall_at_10", "recall_at_1pct", "map_at_r")
 
 
-def _embedded(tower: keras.Model, part) -> tuple[np.ndarray, list[int]]:
-    embeddings, failed = embed_set(tower, part)
-    return embeddings, failed
-
-
 def score_towers(query_tower: keras.Model, reference_tower: keras.Model, pairs: PairSet, metric: str) -> dict:
     """The cross-view metrics of two towers on `pairs` (queries against the distinct references), both directions;
     files that fail to decode are left out and named under `skipped_files`."""
     references = pairs.references()
-    query_embeddings, query_failed = _embedded(query_tower, pairs.query)
-    reference_embeddings, reference_failed = _embedded(reference_tower, references)
+    query_embeddings, query_failed = embed_set(query_tower, pairs.query)
+    reference_embeddings, reference_failed = embed_set(reference_tower, references)
     keep_q = np.setdiff1d(np.arange(len(pairs)), query_failed)
     keep_r = np.setdiff1d(np.arange(len(references)), reference_failed)
     scores = cross_view_metrics(query_embeddings[keep_q], reference_embeddings[keep_r], pairs.labels[keep_q],

@@ -58,14 +58,18 @@ def pair_loss(cfg: Config) -> keras.losses.Loss:
     return TwoViewLoss(loss) if LOSS_TRAITS[cfg.loss.name].batch == "pk" else loss
 
 
-def compile_two_towers(cfg: Config, query_shape, reference_shape, streamed: bool) -> keras.Model:
-    """The compiled training model of a two-tower config."""
-    query, reference = build_two_towers(cfg.model, query_shape, reference_shape, streamed)
+def _compiled(cfg: Config, query: keras.Model, reference: keras.Model) -> keras.Model:
+    """The training model over two towers, compiled with the config's pair loss (and learnt τ, if asked)."""
     temperature = loss_option(cfg.loss, "temperature") if cfg.loss.learn_temperature else None
     model = two_tower_model(query, reference, learn_temperature=temperature)
     model.compile(optimizer=make_optimizer(cfg), loss=pair_loss(cfg), metrics=[InBatchRecall()],
                   jit_compile=cfg.train.jit_compile)
     return model
+
+
+def compile_two_towers(cfg: Config, query_shape, reference_shape, streamed: bool) -> keras.Model:
+    """The compiled training model of a two-tower config."""
+    return _compiled(cfg, *build_two_towers(cfg.model, query_shape, reference_shape, streamed))
 
 
 class CrossViewValidation(keras.callbacks.Callback):
@@ -96,12 +100,7 @@ def _shared_tower_model(cfg: Config, query_shape, reference_shape, streamed: boo
     x = keras.layers.Resizing(*query_shape[:2], name="to_query_size")(inputs)
     if reference_shape[2] != query_shape[2]:
         x = Luma(name="luma")(x) if query_shape[2] == 1 else RepeatChannels(3, name="to_rgb")(x)
-    reference = keras.Model(inputs, tower(x), name="reference_tower")
-    temperature = loss_option(cfg.loss, "temperature") if cfg.loss.learn_temperature else None
-    model = two_tower_model(tower, reference, learn_temperature=temperature)
-    model.compile(optimizer=make_optimizer(cfg), loss=pair_loss(cfg), metrics=[InBatchRecall()],
-                  jit_compile=cfg.train.jit_compile)
-    return model
+    return _compiled(cfg, tower, keras.Model(inputs, tower(x), name="reference_tower"))
 
 
 def run_two_tower(cfg: Config, out: Path, splits: PairSplits, verbose: int = 1,
