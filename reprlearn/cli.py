@@ -85,16 +85,22 @@ def _tune(args) -> int:
     from reprlearn.config import load_config, save_config
     from reprlearn.data import splits_for
     from reprlearn.training import run_training
-    from reprlearn.training.tuning import check_search, describe, make_tuner, write_results
+    from reprlearn.data.pairs import pair_splits_for
+    from reprlearn.training.tuning import (
+        check_search,
+        check_search_space,
+        check_two_tower_search,
+        describe,
+        make_tuner,
+        write_results,
+    )
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
-    if cfg.model.kind == "two_tower":
-        raise ConfigError("reprlearn tune does not search two-tower runs yet (its objectives are one-tower "
-                          "validation scores); train each setting with reprlearn train and compare their "
-                          "val_recall_at_1. Received: model.kind='two_tower'")
-    splits = splits_for(cfg.data)
-    check_search(cfg, splits)  # before the search folder is made
+    check_search_space(cfg)
+    two_tower = cfg.model.kind == "two_tower"
+    splits = pair_splits_for(cfg.data) if two_tower else splits_for(cfg.data)
+    (check_two_tower_search if two_tower else check_search)(cfg, splits)  # before the search folder is made
     out.mkdir(parents=True, exist_ok=True)
     command = "reprlearn " + " ".join(shlex.quote(a) for a in args.argv)
     save_config(cfg, out / "config.yaml", command)
@@ -119,8 +125,10 @@ def _tune(args) -> int:
             print(f"{best_run} holds an earlier best trial; retraining the new one there")
         report = run_training(best_cfg, best_run, command=f"reprlearn train {out / 'best.yaml'}",
                               verbose=0 if args.quiet else 1, force=stale)
-        print(f"Retrained best: test MAP@R {report['metrics']['test']['map_at_r']:.4f}; "
-              f"report {out / 'best_run' / 'report.md'}")
+        test = report["metrics"]["test"]
+        score = (f"Recall@1 {test['query_to_reference']['recall_at_1']:.4f}" if two_tower
+                 else f"MAP@R {test['map_at_r']:.4f}")
+        print(f"Retrained best: test {score}; report {out / 'best_run' / 'report.md'}")
     return 0
 
 
@@ -147,9 +155,10 @@ def _embed(args) -> int:
     if out.suffix not in (".npz", ".parquet"):
         raise ConfigError(f"--out must name a .npz or .parquet file. Received: --out={args.out!r}")
     run = load_run(args.run_dir)
-    data = load_spec(args.data, args.data_dir, run.decoding)
-    dim = write_embeddings(out, data, run)
-    print(f"{len(data)} embeddings of dimension {dim} ({run.metric} metric) → {out}")
+    data = load_spec(args.data, args.data_dir, run.decoding_for(args.view))
+    dim = write_embeddings(out, data, run, args.view)
+    tower = f", the {args.view} tower" if run.kind == "two_tower" else ""
+    print(f"{len(data)} embeddings of dimension {dim} ({run.metric} metric{tower}) → {out}")
     return 0
 
 
@@ -171,7 +180,7 @@ def _index(args) -> int:
     if not args.data:
         raise ConfigError("index needs --data (the images to enrol), or --remove ID... Received: neither")
     run = load_run(args.run_dir)
-    data = load_spec(args.data, args.data_dir, run.decoding)
+    data = load_spec(args.data, args.data_dir, run.decoding_for("reference"))  # a two-tower run enrols references
     if args.add:
         gallery = Gallery.load(out, model_fingerprint=run.model_fingerprint)
         before = len(gallery)
@@ -221,7 +230,7 @@ def _verify(args) -> int:
     from reprlearn.runs import load_run
 
     run = load_run(args.run_dir)
-    result = run.verify(run.read_image(args.image_a), run.read_image(args.image_b))
+    result = run.verify(run.read_image(args.image_a), run.read_image(args.image_b, view="reference"))
     decision = ("no threshold (the run calibrated none)" if result["match"] is None
                 else "match" if result["match"] else "no match")
     threshold = "none" if result["threshold"] is None else f"{result['threshold']:.4f}"
@@ -238,6 +247,8 @@ def _evaluate(args) -> int:
     from reprlearn.runs import load_run
 
     run = load_run(args.run_dir)
+    if run.kind == "two_tower" and not args.gallery:
+        return _evaluate_pairs(run, args)
     data = load_spec(args.data, args.data_dir, run.decoding)
     if args.gallery:
         gallery = Gallery.load(args.gallery, model_fingerprint=run.model_fingerprint)
@@ -252,6 +263,20 @@ def _evaluate(args) -> int:
     test, raw, cosine = (report["metrics"][k] for k in ("test", "baseline_raw", "baseline_raw_cosine"))
     print(f"MAP@R {test['map_at_r']:.4f} (raw pixels: L2 {raw['map_at_r']:.4f}, cosine {cosine['map_at_r']:.4f}), "
           f"P@1 {test['precision_at_1']:.4f} on {report['n']} images of {report['classes']} classes")
+    print(f"Report: {folder / 'report.md'}")
+    return 0
+
+
+def _evaluate_pairs(run, args) -> int:
+    from reprlearn.data.pairs import load_pairs
+    from reprlearn.evaluation.cross_view import evaluate_pairs
+
+    parts = load_pairs(args.data, run.decoding_for("query"), run.decoding_for("reference"))[0]
+    report, folder = evaluate_pairs(run, parts, args.data)
+    test, raw = report["metrics"]["test"]["query_to_reference"], report["metrics"]["baseline_raw"]
+    print(f"Recall@1 {test['recall_at_1']:.4f}, @5 {test['recall_at_5']:.4f}, @1% {test['recall_at_1pct']:.4f} "
+          f"(raw pixels, L2: {raw['query_to_reference']['recall_at_1']:.4f}) on {report['n']} pairs, "
+          f"{test['references']} references")
     print(f"Report: {folder / 'report.md'}")
     return 0
 
@@ -322,10 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(embed, "the images to embed")
     embed.add_argument("--out", required=True, help="a .npz file (embeddings, labels, names, class_names) or a "
                        ".parquet file (one row per image: name, label, class_name, embedding)")
+    embed.add_argument("--view", choices=("query", "reference"), default="query",
+                       help="a two-tower run: embed with the query tower (default) or the reference tower")
     embed.set_defaults(handler=_embed)
     index = commands.add_parser("index", help="enrol a dataset into a gallery with a trained run")
     index.add_argument("run_dir", help="a finished run folder")
-    add_data(index, "the images to enrol", required=False)
+    add_data(index, "the images to enrol (a two-tower run: reference images, through its reference tower)",
+             required=False)
     index.add_argument("--out", required=True, help="gallery folder (gallery.npz + gallery.json; for milvus "
                                                     "gallery.json names the collection)")
     index.add_argument("--backend", default="exact", choices=BACKENDS,
@@ -358,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_verify)
     evaluate = commands.add_parser("evaluate", help="re-score a trained run on other data (retrieval, verification)")
     evaluate.add_argument("run_dir", help="a finished run folder; the report goes to RUN/evaluations/<data>/")
-    add_data(evaluate, "the labelled images to score")
+    add_data(evaluate, "the labelled images to score (a two-tower run: matched pairs, csv:FILE or folder:DIR; the "
+                       "test rows where the CSV has a split column)")
     evaluate.add_argument("--gallery", help="identify the images against this gallery (any backend) instead: DIR, "
                                             "rank-1, recall@k, FRR, FAR at its threshold")
     evaluate.add_argument("--k", type=int, default=5, help="with --gallery: the k of recall@k")

@@ -218,7 +218,7 @@ def test_the_command_line_trains_two_towers_from_a_pair_csv_and_other_commands_s
     assert "Test queries → references: Recall@1" in done.stdout and "one shared tower not trained" in done.stdout
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["metrics"]["test"]) == {"query_to_reference", "reference_to_query"}
-    refused = subprocess.run([*reprlearn_cli, "export", str(tmp_path / "run"), "--out", str(tmp_path / "served")],
+    refused = subprocess.run([*reprlearn_cli, "transfer", str(tmp_path / "run")],
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines()[-1].count("two-tower run") == 1

@@ -54,6 +54,11 @@ NOT_RUN = {
                                           "digits twin",
     "reprlearn train configs/crossview": "two towers on the benchmark's 29,000 pairs (minutes); "
                                          "test_cross_view_runs.py trains their digits twin",
+    **{f"reprlearn {command} runs/crossview": "needs the two-tower run above and the user's folders; "
+                                              "test_cross_view_serving.py runs each command on a digits twin"
+       for command in ("index", "identify", "evaluate", "embed", "verify", "export")},
+    "reprlearn tune tuner/crossview": "a search over the benchmark's pairs (minutes); test_cross_view_serving.py "
+                                      "tunes a digits twin",
 }
 # A small stand-in for `make demo`'s run, so the docs' commands on runs/demo take seconds.
 SMALL_DEMO = ["train.epochs=1", "train.steps_per_epoch=3", "data.max_train=2000", "data.max_test=600",

@@ -178,7 +178,7 @@ def test_a_python_api_run_exports_and_is_checked_on_its_own_data(runs, tmp_path)
 def test_export_and_tuning_never_import_the_training_drivers():
     script = ("import sys, reprlearn.export, reprlearn.training.tuning, reprlearn.runs\n"
               "drivers = ('reprlearn.training.run', 'reprlearn.training.embedding', 'reprlearn.training.verifier', "
-              "'reprlearn.training.autoencoder')\n"
+              "'reprlearn.training.autoencoder', 'reprlearn.training.two_tower')\n"
               "bad = [m for m in sys.modules if m in drivers]\n"
               "assert not bad, bad\n"
               "assert 'reprlearn.training.tuning' in sys.modules\n")

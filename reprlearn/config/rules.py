@@ -104,7 +104,7 @@ def check_config(cfg: Config) -> None:
     if cfg.loss.distance not in spec.distances:
         raise ConfigError(f"config: {cfg.loss.name} accepts loss.distance in {list(spec.distances)}. "
                           f"Received: loss.distance={cfg.loss.distance!r}")
-    _check_search(cfg.search)
+    _check_search(cfg.search, cfg.model.kind == "two_tower")
     _check_verifier(cfg)
     _check_two_tower(cfg)
     if cfg.model.kind in ("autoencoder", "vae") and cfg.model.tower not in ("mlp", "conv"):
@@ -239,7 +239,7 @@ def _check_verifier(cfg: Config) -> None:
                               f"cross-entropy on pairs. Received: {key}={value!r}, model.kind='verifier'")
 
 
-def _check_search(search: SearchConfig) -> None:
+def _check_search(search: SearchConfig, two_tower: bool) -> None:
     for key in ("margin", "learning_rate", "alpha", "gamma", "temperature"):
         value = getattr(search, key)
         if value and not (len(value) == 2 and 0 < value[0] < value[1]):
@@ -261,11 +261,19 @@ def _check_search(search: SearchConfig) -> None:
     if len(set(search.joint_layers)) != len(search.joint_layers):
         raise ConfigError("config: search.joint_layers must list distinct choices (layer names joined by '+'). "
                           f"Received: search.joint_layers={search.joint_layers!r}")
-    unknown = [name for name in search.loss if name not in PK_LOSSES]
+    losses, batches = (TWO_TOWER_LOSSES, "matched pairs") if two_tower else (PK_LOSSES, "P×K batches")
+    unknown = [name for name in search.loss if name not in losses]
     if unknown or len(set(search.loss)) != len(search.loss):
-        raise ConfigError(f"config: search.loss must list distinct losses trained on P×K batches from "
-                          f"{list(PK_LOSSES)}. "
+        raise ConfigError(f"config: search.loss must list distinct losses trained on {batches} from "
+                          f"{list(losses)}. "
                           f"Received: search.loss={search.loss!r}")
+    if two_tower:
+        one_tower = [key for key in ("classes_per_batch", "examples_per_class", "jrd_weight",
+                                     "reconstruction_weight", "joint_layers", "augment") if getattr(search, key)]
+        if one_tower:
+            raise ConfigError(f"config: a two-tower search varies margin, embedding_dim, learning_rate, loss, alpha, "
+                              f"gamma and temperature; search.{one_tower[0]} is a one-tower key. "
+                              f"Received: search.{one_tower[0]}={getattr(search, one_tower[0])!r}")
 
 
 def check_joint_weights(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:

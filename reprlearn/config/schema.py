@@ -22,7 +22,9 @@ from reprlearn.data.decode import RESIZE_MODES
 from reprlearn.data.protocols import PROTOCOLS
 from reprlearn.ops.distances import ALIASES, METRICS
 
-TUNING_OBJECTIVES = ("val_map_at_r", "val_precision_at_1")  # what RetrievalValidation logs every epoch
+# What the validation callbacks log every epoch: RetrievalValidation (one tower), CrossViewValidation (two towers).
+TUNING_OBJECTIVES = ("val_map_at_r", "val_precision_at_1", "val_recall_at_1", "val_recall_at_1pct")
+TWO_TOWER_OBJECTIVES = ("val_recall_at_1", "val_recall_at_1pct")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 # Verifier designs (reprlearn.models.verifiers builds them).

@@ -67,10 +67,18 @@ class PairSet:
         return PairSet(self.query.subset(index), self.reference.subset(index), self.reference_keys[index],
                        self.labelled)
 
+    def _first_rows(self) -> np.ndarray:
+        return np.sort(np.unique(self.reference_keys, return_index=True)[1])
+
     def references(self) -> ImageSet:
         """Each distinct reference once (its first row), labelled by place: what queries search."""
-        _, first = np.unique(self.reference_keys, return_index=True)
-        return self.reference.subset(np.sort(first))
+        return self.reference.subset(self._first_rows())
+
+    def reference_rows(self) -> np.ndarray:
+        """`[N]`: the row of `references()` that holds pair i's reference."""
+        firsts = self._first_rows()
+        order = np.argsort(self.reference_keys[firsts])
+        return order[np.searchsorted(self.reference_keys[firsts][order], self.reference_keys)]
 
     @property
     def streamed(self) -> bool:

@@ -17,8 +17,11 @@ import keras
 import numpy as np
 
 from reprlearn.data.pairs import PairSet
+from reprlearn.errors import DataError
 from reprlearn.layers.channels import Luma
+from reprlearn.evaluation.scoring import evaluation_folder, validation_threshold
 from reprlearn.metrics.cross_view import cross_view_metrics
+from reprlearn.ops.distances import paired_distance
 from reprlearn.runs.inference import embed_set
 
 RAW_SIDE = 32
@@ -41,6 +44,40 @@ def score_towers(query_tower: keras.Model, reference_tower: keras.Model, pairs: 
     return {**scores, **({"skipped_files": failed} if failed else {})}
 
 
+def _pair_distances(query_tower: keras.Model, reference_tower: keras.Model, pairs: PairSet, metric: str,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(distances, match)`: every query against its own reference (a match) and against the reference of another
+    place drawn with `seed` (not a match); queries or references whose file failed to decode are left out."""
+    references = pairs.references()
+    queries, _ = embed_set(query_tower, pairs.query)
+    gallery, _ = embed_set(reference_tower, references)
+    own = pairs.reference_rows()
+    rng = np.random.default_rng(seed)
+    other = rng.integers(0, len(references), len(pairs))
+    for _ in range(20):  # redraw the draws that hit the query's own place
+        same = references.labels[other] == pairs.labels
+        if not same.any():
+            break
+        other[same] = rng.integers(0, len(references), int(same.sum()))
+    first, second = np.concatenate([queries, queries[~same]]), np.concatenate([gallery[own], gallery[other[~same]]])
+    match = np.concatenate([np.ones(len(pairs), bool), np.zeros(int((~same).sum()), bool)])
+    distances = paired_distance(first, second, metric).numpy()
+    usable = np.isfinite(distances)
+    return distances[usable], match[usable]
+
+
+def verification_scores(query_tower: keras.Model, reference_tower: keras.Model, val: PairSet, test: PairSet,
+                        metric: str, seed: int) -> dict:
+    """Query–reference verification (same place or not): the accuracy-maximising threshold fit on validation pairs
+    (each query with its own reference, and with another place's), and the accuracy it gives on test pairs."""
+    threshold, record = validation_threshold(*_pair_distances(query_tower, reference_tower, val, metric, seed))
+    if threshold is None:
+        return {"threshold": None, **record}
+    distances, match = _pair_distances(query_tower, reference_tower, test, metric, seed)
+    return {"threshold": threshold, **record, "test_pairs": int(match.size),
+            "test_accuracy": float(np.mean((distances <= threshold) == match))}
+
+
 def raw_pixel_model(image_shape, gray: bool, name: str) -> keras.Model:
     """Images of `image_shape` → their pixels resized to RAW_SIDE × RAW_SIDE (grey with `gray`), flattened."""
     inputs = keras.Input(tuple(int(v) for v in image_shape), name="images")
@@ -56,6 +93,45 @@ def score_raw_pixels(pairs: PairSet) -> dict:
     query = raw_pixel_model(pairs.query.image_shape, gray, "raw_query")
     reference = raw_pixel_model(pairs.reference.image_shape, gray, "raw_reference")
     return {metric: score_towers(query, reference, pairs, metric) for metric in ("L2", "angular")}
+
+
+def evaluate_pairs(run, parts: dict[str, PairSet], spec: str) -> tuple[dict, Path]:
+    """Re-scores a two-tower run on other matched pairs (a source's `test` rows, or all of a source without
+    splits), beside raw pixels, and the query–reference decisions at the run's threshold; writes
+    `RUN/evaluations/<spec>/report.json` and `report.md`.
+
+    Returns:
+        `(report, folder)`.
+    """
+    pairs = parts.get("test", parts.get("all"))
+    if pairs is None:
+        raise DataError(f"{spec}: evaluate scores a source's test rows (or every row of a source without a split "
+                        f"column). Received: splits {sorted(parts)}")
+    if len(np.unique(pairs.labels)) < 2:
+        raise DataError(f"{spec}: scoring retrieval needs pairs of two places at least. Received: {len(pairs)} "
+                        "pairs of 1 place")
+    query, reference = run.tower("query"), run.tower("reference")
+    raw = score_raw_pixels(pairs)
+    metrics = {"test": score_towers(query, reference, pairs, run.metric), "baseline_raw": raw["L2"],
+               "baseline_raw_cosine": raw["angular"]}
+    threshold = run.verification_threshold
+    if threshold is not None:
+        distances, match = _pair_distances(query, reference, pairs, run.metric, run.config.data.seed)
+        metrics["verification"] = {"threshold": threshold, "pairs": int(match.size),
+                                   "accuracy": float(np.mean((distances <= threshold) == match))}
+    report = {"run": str(run.path), "data": spec, "n": len(pairs), "places": int(len(np.unique(pairs.labels))),
+              "metric": run.metric, "model_fingerprint": run.model_fingerprint, "metrics": metrics}
+    folder = evaluation_folder(run, spec)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    lines = [f"# {run.path.name} on {spec}", "", f"{len(pairs)} pairs of {report['places']} places, {run.metric} "
+             "distance.", ""] + _table(metrics)
+    if "verification" in metrics:
+        v = metrics["verification"]
+        lines += [f"Query–reference decisions at the run's threshold {v['threshold']:.4f} (fit on its validation "
+                  f"pairs): accuracy {v['accuracy']:.4f} on {v['pairs']} pairs (each query with its own reference "
+                  "and with another place's)."]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return report, folder
 
 
 def _table(metrics: dict) -> list[str]:

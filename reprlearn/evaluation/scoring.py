@@ -107,8 +107,11 @@ def score_embeddings(embeddings: np.ndarray, images: np.ndarray, labels: np.ndar
     return metrics, pairs
 
 
-def _slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "data"
+def evaluation_folder(run: Run, spec: str) -> Path:
+    """`RUN/evaluations/<spec as a file name>/`, made if missing: where re-scoring a run on `spec` reports."""
+    folder = run.path / "evaluations" / (re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "data")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def evaluate_run(run: Run, data: ImageSet, spec: str, n_pairs: int | None = None) -> tuple[dict, Path]:
@@ -123,8 +126,7 @@ def evaluate_run(run: Run, data: ImageSet, spec: str, n_pairs: int | None = None
     report = {"run": str(run.path), "data": spec, "n": len(data), "classes": len(np.unique(data.labels)),
               "metric": run.metric, "model_fingerprint": run.model_fingerprint,
               "threshold_from": "the run's validation pairs" if threshold is not None else None, "metrics": metrics}
-    folder = run.path / "evaluations" / _slug(spec)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = evaluation_folder(run, spec)
     (folder / "report.json").write_text(json.dumps(report, indent=2))
     rows = [("embedding", metrics["test"]), ("raw pixels, L2", metrics["baseline_raw"]),
             ("raw pixels, cosine", metrics["baseline_raw_cosine"])]
@@ -183,8 +185,7 @@ def evaluate_against_gallery(run: Run, data: ImageSet, spec: str, gallery, galle
     scores = identification_scores(gallery, run.embed(data), as_gallery_label[data.labels], k)
     report = {"run": str(run.path), "data": spec, "gallery": gallery_path, "backend": gallery.backend,
               "gallery_items": len(gallery), "metric": run.metric, **scores}
-    folder = run.path / "evaluations" / _slug(spec)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = evaluation_folder(run, spec)
     (folder / "identification.json").write_text(json.dumps(report, indent=2))
     shown = {key: rate_text(scores[key]) for key in ("dir", "rank_1", "recall_at_k", "frr", "far")}
     lines = [f"# {run.path.name}: {spec} against the gallery {gallery_path}", "",

@@ -150,6 +150,10 @@ def transfer_study(run: Run, shots=(1, 5, 20), draws: int = 5, steps: int = 100,
     Raises:
         ValueError: the run's test classes are classes it trained on (a seen-classes run), or a bad argument.
     """
+    if run.kind == "two_tower":
+        raise ConfigError("transfer teaches one tower new classes from a few of their images; a two-tower run "
+                          "matches places across views: score it on new pairs with `reprlearn evaluate RUN --data "
+                          f"csv:PAIRS`. Received: run={str(run.path)!r} (kind 'two_tower')")
     train_classes = set(run.record["data"]["train_classes"])
     images, labels = _in_memory(run.split("test"), run.config.data.seed)
     val_images, val_labels = _in_memory(run.split("val"), run.config.data.seed)

@@ -19,17 +19,20 @@ from reprlearn.errors import ExportError
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 
 
-def convert_tflite(saved_model: Path, quantize: str, representative: np.ndarray | None = None) -> bytes:
-    """Converts the `serving_default` signature of a SavedModel to a TFLite flatbuffer.
+def convert_tflite(saved_model: Path, quantize: str, representative: np.ndarray | None = None,
+                   signature: str = "serving_default") -> bytes:
+    """Converts one embedding signature of a SavedModel (`images` → `embedding`) to a TFLite flatbuffer.
 
     Args:
         saved_model: a SavedModel folder written by `write_saved_model`.
         quantize: one of `QUANTIZATIONS`.
-        representative: `[n, H, W, C]` training images for int8 calibration (required for int8).
+        representative: `[n, H, W, C]` training images of that signature's input for int8 calibration (required
+            for int8).
+        signature: `serving_default` (a two-tower run: its query tower), or `embed_reference`.
     """
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"quantize must be one of {list(QUANTIZATIONS)}. Received: quantize={quantize!r}")
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serving_default"])
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[signature])
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
@@ -92,14 +95,15 @@ class TFLiteEmbedder:
         return np.concatenate(outputs)
 
 
-def convert_onnx(saved_model: Path, path: Path, opset: int = 17) -> None:
-    """Converts the `serving_default` signature of a SavedModel to ONNX with tf2onnx."""
+def convert_onnx(saved_model: Path, path: Path, opset: int = 17, signature: str = "serving_default") -> None:
+    """Converts one embedding signature of a SavedModel (`serving_default`, or `embed_reference`) to ONNX with
+    tf2onnx."""
     import tf2onnx
 
     loaded = tf.saved_model.load(str(saved_model))
-    signature = loaded.signatures["serving_default"]
-    spec = signature.structured_input_signature[1]["images"]
-    embed = tf.function(lambda images: signature(images=images)["embedding"], input_signature=[spec])
+    function = loaded.signatures[signature]
+    spec = function.structured_input_signature[1]["images"]
+    embed = tf.function(lambda images: function(images=images)["embedding"], input_signature=[spec])
     tf2onnx.convert.from_function(embed, input_signature=[spec], opset=opset, output_path=str(path))
 
 

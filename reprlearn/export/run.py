@@ -4,6 +4,12 @@ Layout under `--out DIR`:
 
     DIR/NAME/VERSION/             the SavedModel (what TF Serving polls)
     DIR/NAME/artifacts/VERSION/   model-<quantization>.tflite, model.onnx, parity.json, parity.md
+                                  (a two-tower run: query-<quantization>.tflite and reference-<quantization>.tflite,
+                                  query.onnx and reference.onnx; its SavedModel has embed_query and embed_reference)
+
+Float formats must embed the test images as Keras does (max abs diff); quantized TFLite may lose at most
+`MAX_SCORE_DROP` of the run's retrieval score: MAP@R, or for two towers Recall@1 of the test queries against their
+references, each format's query tower against its own reference tower.
 
 Everything is written to a staging folder beside DIR and moved into place only after every
 parity gate passed: a failed export leaves DIR exactly as it was.
@@ -16,7 +22,9 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -27,12 +35,15 @@ from reprlearn.export.savedmodel import write_saved_model
 from reprlearn.index import Gallery
 from reprlearn.layers import OrientationHistogram
 from reprlearn.metrics import retrieval_metrics
+from reprlearn.metrics.cross_view import cross_view_metrics
 from reprlearn.runs import embed, load_run
+from reprlearn.runs.record import QUERY_FILE, REFERENCE_FILE
 
 FORMATS = ("saved_model", "tflite", "onnx")
-# Largest allowed max-abs embedding difference (float32 formats) and MAP@R drop (quantized TFLite).
+# Largest allowed max-abs embedding difference (float32 formats) and drop of the run's retrieval score (quantized
+# TFLite): MAP@R, or a two-tower run's Recall@1 (queries → references).
 MAX_ABS_DIFF = 1e-4
-MAX_MAP_DROP = {"dynamic": 0.01, "float16": 0.01, "int8": 0.03}
+MAX_SCORE_DROP = {"dynamic": 0.01, "float16": 0.01, "int8": 0.03}
 PROBE_IMAGES = 1000
 
 
@@ -58,30 +69,51 @@ def _file_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def _parity_row(name: str, path: Path, embeddings: np.ndarray, probe_reference: np.ndarray, labels: np.ndarray,
-                metric: str, keras_map: float) -> dict:
-    map_at_r = retrieval_metrics(embeddings, labels, metric, compute_nmi=False)["map_at_r"]
-    return {"format": name, "file": path.name, "bytes": _file_size(path),
-            "max_abs_diff": float(np.max(np.abs(embeddings[:len(probe_reference)] - probe_reference))),
-            "map_at_r": float(map_at_r), "map_at_r_drop": float(keras_map - map_at_r)}
+@dataclass
+class _Tower:
+    """One tower to export and check: the files it becomes, its SavedModel signature, its Keras model, the test
+    images every format must embed as Keras does, and its int8 calibration images."""
+    prefix: str               # file names: model-*.tflite / model.onnx, or query-* / reference-*
+    signature: str
+    model: keras.Model
+    images: np.ndarray
+    representative: np.ndarray
 
 
-def _gate(row: dict) -> str | None:
+@dataclass
+class _Score:
+    """What the quantized formats are gated on: the run's retrieval score of a set of embeddings (one per tower)."""
+    name: str                 # map_at_r, or recall_at_1 (two towers: queries → references)
+    title: str
+    of: Callable[[list[np.ndarray]], float]
+
+
+def _parity_row(name: str, paths: list[Path], embeddings: list[np.ndarray], towers: list[_Tower],
+                reference: list[np.ndarray], score: _Score, keras_score: float) -> dict:
+    value = score.of(embeddings)
+    return {"format": name, "file": ", ".join(path.name for path in paths),
+            "bytes": sum(_file_size(path) for path in paths),
+            "max_abs_diff": max(float(np.max(np.abs(e[:len(r)] - r))) for e, r in zip(embeddings, reference)),
+            score.name: float(value), f"{score.name}_drop": float(keras_score - value)}
+
+
+def _gate(row: dict, score: str = "map_at_r") -> str | None:
     """The failure message of a parity row, or None if it passes."""
     quantization = row["format"].split("-", 1)[1] if row["format"].startswith("tflite-") else "none"
-    if quantization in MAX_MAP_DROP:
-        if row["map_at_r_drop"] > MAX_MAP_DROP[quantization]:
-            return (f"{row['format']}: MAP@R drop {row['map_at_r_drop']:.4f} exceeds "
-                    f"{MAX_MAP_DROP[quantization]} (MAP@R {row['map_at_r']:.4f})")
+    if quantization in MAX_SCORE_DROP:
+        if row[f"{score}_drop"] > MAX_SCORE_DROP[quantization]:
+            return (f"{row['format']}: {score} drop {row[f'{score}_drop']:.4f} exceeds "
+                    f"{MAX_SCORE_DROP[quantization]} ({score} {row[score]:.4f})")
     elif row["max_abs_diff"] > MAX_ABS_DIFF:
         return f"{row['format']}: max abs diff {row['max_abs_diff']:.2e} exceeds {MAX_ABS_DIFF:.0e}"
     return None
 
 
-def _quantization_hint(rows: list[dict], quantizations: list[str], has_orientations: bool) -> str | None:
+def _quantization_hint(rows: list[dict], quantizations: list[str], has_orientations: bool,
+                       score: str = "map_at_r") -> str | None:
     """What to export instead when some TFLite quantizations fail the gate: the ones that passed, or, for
     orientation histograms failing at int8, the float formats (which they survive)."""
-    failed = [q for q in quantizations if any(row["format"] == f"tflite-{q}" and _gate(row) for row in rows)]
+    failed = [q for q in quantizations if any(row["format"] == f"tflite-{q}" and _gate(row, score) for row in rows)]
     passed = [q for q in quantizations if q not in failed]
     if "int8" in failed and has_orientations:
         return ("gradient orientation histograms (model.joint_layers: orientations) do not survive 8-bit integer "
@@ -92,13 +124,15 @@ def _quantization_hint(rows: list[dict], quantizations: list[str], has_orientati
     return None
 
 
-def _write_parity(rows: list[dict], keras_map: float, directory: Path, request: dict, signatures: list[str]) -> None:
-    (directory / "parity.json").write_text(json.dumps({"keras_map_at_r": keras_map, "formats": rows,
+def _write_parity(rows: list[dict], score: _Score, keras_score: float, directory: Path, request: dict,
+                  signatures: list[str]) -> None:
+    (directory / "parity.json").write_text(json.dumps({f"keras_{score.name}": keras_score, "formats": rows,
                                                        "request": request, "signatures": signatures}, indent=2))
-    lines = [f"Keras MAP@R on the run's test split (from the run folder's evaluation.npz): {keras_map:.4f}", "",
-             "| format | file | size (KiB) | max abs diff vs Keras | MAP@R | drop |", "|---|---|---|---|---|---|"]
+    lines = [f"Keras {score.title} on the run's test split (from the run folder's evaluation.npz): {keras_score:.4f}",
+             "", f"| format | file | size (KiB) | max abs diff vs Keras | {score.title} | drop |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['format']} | {r['file']} | {r['bytes'] / 1024:.0f} | {r['max_abs_diff']:.2e} | "
-              f"{r['map_at_r']:.4f} | {r['map_at_r_drop']:+.4f} |" for r in rows]
+              f"{r[score.name]:.4f} | {r[score.name + '_drop']:+.4f} |" for r in rows]
     (directory / "parity.md").write_text("\n".join(lines) + "\n")
 
 
@@ -135,7 +169,7 @@ def _same_export(model_dir: Path, request: dict) -> dict | None:
         return None
     saved_model = model_dir / str(latest)
     return {"name": model_dir.name, "version": latest, "signatures": parity["signatures"],
-            "keras_map_at_r": parity["keras_map_at_r"],
+            **{key: value for key, value in parity.items() if key.startswith("keras_")},
             "formats": parity["formats"], "saved_model": str(saved_model) if saved_model.is_dir() else None,
             "artifacts": str(parity_file.parent), "unchanged": True}
 
@@ -152,15 +186,42 @@ def _check_head(served, head, images: np.ndarray) -> float:
                                - embed(head, images))))
 
 
+def _parity_rows(run, count: int) -> np.ndarray:
+    """All `count` rows of an in-memory test split, or `PARITY_FILES` of a streamed one, drawn with `data.seed`."""
+    if count <= PARITY_FILES:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(run.config.data.seed).choice(count, PARITY_FILES, replace=False))
+
+
 def parity_images(run) -> tuple[np.ndarray, np.ndarray]:
     """The test images every export format must embed as the Keras model does: the whole in-memory test split,
     or `PARITY_FILES` test files drawn with `data.seed` from a streamed one."""
     test = run.split("test")
     if test.decoded:
         return test.images, test.labels
-    chosen = np.sort(np.random.default_rng(run.config.data.seed).choice(len(test), min(PARITY_FILES, len(test)),
-                                                                        replace=False))
+    chosen = _parity_rows(run, len(test))
     return test.pixels(chosen), test.labels[chosen]
+
+
+def _towers_and_score(run) -> tuple[list[_Tower], _Score]:
+    """What an export of `run` checks: its tower(s) on their parity images, and the score quantization is gated on
+    (MAP@R of the test images; a two-tower run's Recall@1 of test queries against their distinct references)."""
+    representative = run.evaluation["train_sample"]
+    if run.kind != "two_tower":
+        images, labels = parity_images(run)
+        tower = keras.saving.load_model(run.path / "model.keras")
+        return [_Tower("model", "serving_default", tower, images, representative)], _Score(
+            "map_at_r", "MAP@R", lambda e: retrieval_metrics(e[0], labels, run.metric, compute_nmi=False)["map_at_r"])
+    test = run.split("test")
+    pairs = test if test.query.decoded and test.reference.decoded else test.subset(_parity_rows(run, len(test)))
+    references = pairs.references()
+    queries = pairs.query.pixels(np.arange(len(pairs)))
+    towers = [_Tower("query", "serving_default", keras.saving.load_model(run.path / QUERY_FILE), queries,
+                     representative),
+              _Tower("reference", "embed_reference", keras.saving.load_model(run.path / REFERENCE_FILE),
+                     references.pixels(np.arange(len(references))), run.evaluation["train_sample_reference"])]
+    return towers, _Score("recall_at_1", "Recall@1", lambda e: cross_view_metrics(
+        e[0], e[1], pairs.labels, references.labels, run.metric, map_at_r=False)["query_to_reference"]["recall_at_1"])
 
 
 def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite,onnx",
@@ -234,64 +295,69 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
                              f"Received: gallery={str(gallery)!r}")
     metric = run.metric
     # The verify signature ships the threshold calibrated on validation pairs (never on test pairs).
-    threshold = run.verification_threshold if run.kind == "pair" else None
-    tower = keras.saving.load_model(run_dir / "model.keras")
+    threshold = run.verification_threshold if run.kind in ("pair", "two_tower") else None
     head = run.head_model
     generative_path = next((p for p in (run_dir / "vae.keras", run_dir / "autoencoder.keras") if p.is_file()), None)
     generative = keras.saving.load_model(generative_path) if generative_path else None
-    test_images, test_labels = parity_images(run)
-    keras_embeddings = embed(tower, test_images)
-    probe = keras_embeddings[:PROBE_IMAGES]
-    keras_map = float(retrieval_metrics(keras_embeddings, test_labels, metric, compute_nmi=False)["map_at_r"])
-    representative = run.evaluation["train_sample"]
+    towers, score = _towers_and_score(run)
+    keras_embeddings = [embed(t.model, t.images) for t in towers]
+    probes = [e[:PROBE_IMAGES] for e in keras_embeddings]
+    keras_score = float(score.of(keras_embeddings))
+    query = towers[0]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".reprlearn-export-", dir=out.parent))
     try:
         saved_model = staging / "saved_model"
-        signatures = write_saved_model(tower, saved_model, metric, threshold, generative, enrolled, identify_k,
-                                       run.config.data.resize, head)
+        signatures = write_saved_model(query.model, saved_model, metric, threshold, generative, enrolled,
+                                       identify_k, run.config.data.resize, head,
+                                       towers[1].model if len(towers) == 2 else None)
         artifacts = staging / "artifacts"
         artifacts.mkdir()
         rows, head_failure = [], None
 
-        def check(row_name: str, path: Path, embeddings: np.ndarray) -> None:
-            rows.append(_parity_row(row_name, path, embeddings, probe, test_labels, metric, keras_map))
+        def check(row_name: str, paths: list[Path], embeddings: list[np.ndarray]) -> None:
+            rows.append(_parity_row(row_name, paths, embeddings, towers, probes, score, keras_score))
             if verbose:
                 r = rows[-1]
                 print(f"  {row_name:<16} {r['bytes'] / 1024:>8.0f} KiB  max|diff| {r['max_abs_diff']:.2e}  "
-                      f"MAP@R {r['map_at_r']:.4f}", flush=True)
+                      f"{score.title} {r[score.name]:.4f}", flush=True)
 
         if "saved_model" in formats:
             import tensorflow as tf
             loaded = tf.saved_model.load(str(saved_model))
-            serve = loaded.signatures["serving_default"]
-            check("saved_model", saved_model, np.concatenate(
-                [serve(images=tf.constant(test_images[i:i + 512], tf.float32))["embedding"].numpy()
-                 for i in range(0, len(test_images), 512)]))
+            check("saved_model", [saved_model], [np.concatenate(
+                [loaded.signatures[t.signature](images=tf.constant(t.images[i:i + 512], tf.float32))[
+                    "embedding"].numpy() for i in range(0, len(t.images), 512)]) for t in towers])
             if head is not None:
-                head_diff = _check_head(loaded.signatures["embed_head"], head, test_images[:PROBE_IMAGES])
+                head_diff = _check_head(loaded.signatures["embed_head"], head, query.images[:PROBE_IMAGES])
                 if head_diff > MAX_ABS_DIFF:
                     head_failure = f"embed_head: max|diff| {head_diff:.2e} from head.keras exceeds {MAX_ABS_DIFF}"
                 if verbose:
                     print(f"  embed_head       max|diff| {head_diff:.2e} from head.keras", flush=True)
             if enrolled is not None:
-                identify_row = _check_identify(saved_model, enrolled, keras_embeddings, test_images, identify_k)
+                identify_row = _check_identify(saved_model, enrolled, keras_embeddings[0], query.images,
+                                               identify_k)
                 if verbose:
                     print(f"  identify         {identify_row['decisions_equal']} decisions equal Gallery.identify; "
                           f"{identify_row['ms_per_batch_of_16']:.2f} ms per 16 images against "
                           f"{identify_row['gallery_size']} items", flush=True)
         if "tflite" in formats:
             for quantization in quantizations:
-                path = artifacts / f"model-{'float32' if quantization == 'none' else quantization}.tflite"
-                path.write_bytes(convert_tflite(saved_model, quantization, representative))
-                check(f"tflite-{quantization}", path, TFLiteEmbedder(path)(test_images))
+                paths = [artifacts / f"{t.prefix}-{'float32' if quantization == 'none' else quantization}.tflite"
+                         for t in towers]
+                for path, t in zip(paths, towers):
+                    path.write_bytes(convert_tflite(saved_model, quantization, t.representative, t.signature))
+                check(f"tflite-{quantization}", paths,
+                      [TFLiteEmbedder(path)(t.images) for path, t in zip(paths, towers)])
         if "onnx" in formats:
-            path = artifacts / "model.onnx"
-            convert_onnx(saved_model, path)
-            check("onnx", path, onnx_embedder(path)(test_images))
-        _write_parity(rows, keras_map, artifacts, request, signatures)
-        failures = [message for message in map(_gate, rows) if message] + ([head_failure] if head_failure else [])
+            paths = [artifacts / f"{t.prefix}.onnx" for t in towers]
+            for path, t in zip(paths, towers):
+                convert_onnx(saved_model, path, signature=t.signature)
+            check("onnx", paths, [onnx_embedder(path)(t.images) for path, t in zip(paths, towers)])
+        _write_parity(rows, score, keras_score, artifacts, request, signatures)
+        failures = [message for message in (_gate(row, score.name) for row in rows) if message] + (
+            [head_failure] if head_failure else [])
         if enrolled is not None:
             (artifacts / "identify.json").write_text(json.dumps(identify_row, indent=2))
             if identify_row["decisions_equal"] != identify_row["queries"]:
@@ -299,7 +365,8 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
                                 f"{identify_row['queries']} decisions differ from Gallery.identify")
         if failures:
             hint = _quantization_hint(rows, quantizations if "tflite" in formats else [],
-                                      any(isinstance(layer, OrientationHistogram) for layer in tower.layers))
+                                      any(isinstance(layer, OrientationHistogram) for layer in query.model.layers),
+                                      score.name)
             failures += [hint] if hint else []
             raise ExportError("parity gate failed: " + "; ".join(failures))
 
@@ -313,5 +380,6 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
             os.replace(saved_model, targets[0])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"name": name, "version": version, "signatures": signatures, "keras_map_at_r": keras_map, "formats": rows,
+    return {"name": name, "version": version, "signatures": signatures, f"keras_{score.name}": keras_score,
+            "formats": rows,
             "saved_model": str(targets[0]) if "saved_model" in formats else None, "artifacts": str(targets[1])}

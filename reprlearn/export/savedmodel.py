@@ -6,6 +6,10 @@ Signatures (every input and output is named):
 - `embed_encoded`: `image_bytes` (a string per image: the bytes of a JPEG, PNG, GIF or BMP file, any size) →
   `embedding`, each decoded and resized as the run's data (`data.resize`) inside the graph, so a client
   can send a photo as it is (with a gallery, `identify_encoded` likewise);
+- two-tower runs: `embed_query`, `embed_query_uint8`, `embed_query_encoded` (the query tower, as the three
+  above) and `embed_reference`, `embed_reference_uint8`, `embed_reference_encoded` (the reference tower, each
+  file decoded to the reference view's size); `identify` embeds with the query tower, and `distance` and `verify`
+  take a query as `images_a` and a reference as `images_b`;
 - joint-embedding runs add `embed_head`: `images` → `embedding` from the same tower's own head (for the
   classes it trained on; `serving_default` gives the joint embedding, for the others);
 - pair runs add `distance` (`images_a`, `images_b` → `distance`) and `verify`
@@ -122,48 +126,70 @@ def _add_identify_endpoint(archive, embed, image_spec: tf.TensorSpec, gallery: G
     return identify
 
 
-def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", threshold: float | None = None,
-                      generative: keras.Model | None = None, gallery: Gallery | None = None,
-                      identify_k: int = 5, resize: str = "pad", head: keras.Model | None = None) -> list[str]:
-    """Writes `tower` as a SavedModel at `path`; returns the signature names.
-
-    Args:
-        tower: the embedding model (raw pixels in, embedding out; an autoencoder's encoder).
-        path: the version folder to write (must not exist).
-        metric: the distance of the `distance` and `verify` signatures.
-        threshold: the calibrated match threshold; None leaves out `distance` and `verify`.
-        generative: an autoencoder or `VAE` whose encode/decode/reconstruct (and for a VAE sample and
-            log_likelihood) signatures to add.
-        gallery: a gallery enrolled by `tower`, with a rejection threshold: adds `identify`.
-        identify_k: the matches `identify` returns per image (at most the gallery's size).
-        resize: how `embed_encoded` fits a file of another size to the tower's input (`data.resize`).
-        head: a joint embedding's tower ending in its own head (`head.keras`): adds `embed_head`.
-    """
-    from reprlearn.models import VAE
-
-    archive = keras.export.ExportArchive()
+def _add_embedding_endpoints(archive, tower: keras.Model, resize: str, names: tuple[str, str, str]):
+    """`names` = (float pixels, uint8 pixels, encoded bytes) endpoints embedding with `tower`; returns
+    `(embed, decoded)`: images → {"embedding"}, and image bytes → the tower's input."""
     archive.track(tower)
 
     def embed(images):
         return {"embedding": tower(tf.cast(images, tf.float32), training=False)}
 
-    archive.add_endpoint("serving_default", embed, input_signature=[_image_spec(tower, "images")])
-    archive.add_endpoint("embed_uint8", embed, input_signature=[_image_spec(tower, "images", tf.uint8)])
+    archive.add_endpoint(names[0], embed, input_signature=[_image_spec(tower, "images")])
+    archive.add_endpoint(names[1], embed, input_signature=[_image_spec(tower, "images", tf.uint8)])
     height, width, channels = (int(v) for v in tower.input_shape[1:])
     spec = DecodeSpec((height, width), channels, resize)
-    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
     def decoded(image_bytes):
         return tf.map_fn(lambda contents: decode_contents(contents, spec), image_bytes,
                          fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
 
-    archive.add_endpoint("embed_encoded", lambda image_bytes: embed(decoded(image_bytes)),
-                         input_signature=[bytes_spec])
+    archive.add_endpoint(names[2], lambda image_bytes: embed(decoded(image_bytes)),
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    return embed, decoded
+
+
+def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", threshold: float | None = None,
+                      generative: keras.Model | None = None, gallery: Gallery | None = None,
+                      identify_k: int = 5, resize: str = "pad", head: keras.Model | None = None,
+                      reference: keras.Model | None = None) -> list[str]:
+    """Writes `tower` as a SavedModel at `path`; returns the signature names.
+
+    Args:
+        tower: the embedding model (raw pixels in, embedding out; an autoencoder's encoder; a two-tower run's
+            query tower).
+        path: the version folder to write (must not exist).
+        metric: the distance of the `distance` and `verify` signatures.
+        threshold: the calibrated match threshold; None leaves out `distance` and `verify`.
+        generative: an autoencoder or `VAE` whose encode/decode/reconstruct (and for a VAE sample and
+            log_likelihood) signatures to add.
+        gallery: a gallery enrolled by `tower` (two towers: by `reference`), with a rejection threshold: adds
+            `identify`.
+        identify_k: the matches `identify` returns per image (at most the gallery's size).
+        resize: how `embed_encoded` fits a file of another size to the tower's input (`data.resize`).
+        head: a joint embedding's tower ending in its own head (`head.keras`): adds `embed_head`.
+        reference: a two-tower run's reference tower: `embed_query*` (= `serving_default`, `embed_uint8`,
+            `embed_encoded`) and `embed_reference*` signatures; `distance` and `verify` take a query as `images_a`
+            and a reference as `images_b`.
+    """
+    from reprlearn.models import VAE
+
+    archive = keras.export.ExportArchive()
+    embed, decoded = _add_embedding_endpoints(archive, tower, resize,
+                                              ("serving_default", "embed_uint8", "embed_encoded"))
+    names = ["serving_default", "embed_uint8", "embed_encoded"]
+    embed_b = embed
+    if reference is not None:
+        views = ("embed_query", "embed_query_uint8", "embed_query_encoded")
+        _add_embedding_endpoints(archive, tower, resize, views)
+        sides = ("embed_reference", "embed_reference_uint8", "embed_reference_encoded")
+        embed_b, _ = _add_embedding_endpoints(archive, reference, resize, sides)
+        names += [*views, *sides]
     if threshold is not None:
-        pair_spec = [_image_spec(tower, "images_a"), _image_spec(tower, "images_b")]
+        pair_spec = [_image_spec(tower, "images_a"), _image_spec(reference or tower, "images_b")]
 
         def distance(images_a, images_b):
-            return {"distance": paired_distance(embed(images_a)["embedding"], embed(images_b)["embedding"], metric)}
+            return {"distance": paired_distance(embed(images_a)["embedding"], embed_b(images_b)["embedding"],
+                                                metric)}
 
         def verify(images_a, images_b):
             d = distance(images_a, images_b)["distance"]
@@ -171,12 +197,11 @@ def write_saved_model(tower: keras.Model, path: Path, metric: str = "L2", thresh
 
         archive.add_endpoint("distance", distance, input_signature=pair_spec)
         archive.add_endpoint("verify", verify, input_signature=pair_spec)
-    names = ["serving_default", "embed_uint8", "embed_encoded"] + (["distance", "verify"] if threshold is not None
-                                                                   else [])
+        names += ["distance", "verify"]
     if gallery is not None:
         identify = _add_identify_endpoint(archive, embed, _image_spec(tower, "images"), gallery, identify_k)
         archive.add_endpoint("identify_encoded", lambda image_bytes: identify(decoded(image_bytes)),
-                             input_signature=[bytes_spec])
+                             input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         names += ["identify", "identify_encoded"]
     if head is not None:
         archive.track(head)

@@ -71,22 +71,30 @@ def impostor_threshold(impostor_distances, far: float) -> float:
     return float(np.nextafter(nearest[allowed], np.float32(-np.inf)))
 
 
-def split_class_threshold(vectors, labels, metric: str, far: float, seed: int) -> float:
+def split_class_threshold(vectors, labels, metric: str, far: float, seed: int, references=None,
+                          reference_labels=None) -> float:
     """A rejection threshold for a false-accept rate `far` from one labelled set: half of its classes (drawn
     with `seed`) enrolled, the other half impostors (see `Gallery.calibrate`).
+
+    `references`, `reference_labels` (two towers): the gallery view of the same classes, enrolled in place of
+    `vectors`' own rows; the impostors are still `vectors` (queries) of the other half.
 
     Raises:
         GalleryError: fewer than two classes.
     """
     labels = np.asarray(labels)
+    if references is None:
+        references, reference_labels = vectors, labels
+    reference_labels = np.asarray(reference_labels)
     classes = np.unique(labels)
     if len(classes) < 2:
         raise GalleryError(f"calibrating a rejection threshold needs two classes. Received: {len(classes)} class")
     enrolled = np.random.default_rng(seed).permutation(classes)[:(len(classes) + 1) // 2]
-    known = np.isin(labels, enrolled)
+    known = np.isin(reference_labels, enrolled)
     gallery = Gallery(metric)
-    gallery.add(np.asarray(vectors)[known], labels[known])
-    return gallery.calibrate(np.asarray(vectors)[~known], labels[~known], far)
+    gallery.add(np.asarray(references)[known], reference_labels[known])
+    impostors = ~np.isin(labels, enrolled)
+    return gallery.calibrate(np.asarray(vectors)[impostors], labels[impostors], far)
 
 
 class Gallery:

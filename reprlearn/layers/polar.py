@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from reprlearn.ops.checks import check_positive_integer
@@ -128,9 +129,19 @@ class WidthPooling(keras.layers.Layer):
             return tf.reduce_mean(inputs, axis=2)
         if self.mode == "max":
             return tf.reduce_max(inputs, axis=2)
-        spectrum = tf.signal.rfft(tf.transpose(tf.cast(inputs, tf.float32), [0, 1, 3, 2]))  # [B, H, C, W // 2 + 1]
+        # The DFT as two matrix products with its cosine and sine bases, not tf.signal.rfft: TFLite, ONNX (tf2onnx
+        # has no Real/Imag of an FFT) and XLA all take a matmul.
+        width = inputs.shape[2]
+        if width is None:
+            raise ValueError(f"WidthPooling('fourier') needs a known width. Received: input shape {inputs.shape}")
+        angles = 2.0 * np.pi * np.outer(np.arange(width), np.arange(width // 2 + 1)) / width
+        rows = tf.reshape(tf.transpose(tf.cast(inputs, tf.float32), [0, 1, 3, 2]), [-1, width])  # [B·H·C, W]
+        real = tf.matmul(rows, tf.constant(np.cos(angles), tf.float32))
+        imaginary = tf.matmul(rows, tf.constant(-np.sin(angles), tf.float32))
         # |z| with a floor inside the root: the gradient of |z| at z = 0 is undefined.
-        magnitude = tf.sqrt(tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum)) + 1e-12)
+        magnitude = tf.sqrt(tf.square(real) + tf.square(imaginary) + 1e-12)
+        shape = tf.shape(inputs)
+        magnitude = tf.reshape(magnitude, [shape[0], shape[1], shape[3], width // 2 + 1])
         return tf.cast(tf.transpose(magnitude, [0, 1, 3, 2]), inputs.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -24,9 +24,27 @@ from reprlearn.ops.distances import paired_distance
 from reprlearn.index import Gallery, GalleryError, split_class_threshold
 from reprlearn.errors import DataError, RunFolderError
 from reprlearn.runs.inference import embed, match_probabilities
-from reprlearn.runs.record import EVALUATION_FILE, HEAD_FILE, RECORD_FILE, fingerprint, read_json, run_state
+from reprlearn.runs.record import (
+    EVALUATION_FILE,
+    HEAD_FILE,
+    QUERY_FILE,
+    RECORD_FILE,
+    REFERENCE_FILE,
+    fingerprint,
+    read_json,
+    run_state,
+)
 
 EMBED_CHUNK = 65_536  # images embedded at a time where a whole set's embeddings need not be held
+# The two sides of a search: what is asked (queries) and what a gallery holds (references). A one-tower run embeds
+# both with its one model; a two-tower run (`TwoTowerRun`) with its query and reference towers.
+VIEWS = ("query", "reference")
+
+
+def check_view(view: str) -> str:
+    if view not in VIEWS:
+        raise DataError(f"view must be one of {list(VIEWS)}. Received: view={view!r}")
+    return view
 
 
 @dataclass
@@ -87,19 +105,31 @@ class Run:
         """A SHA-256 prefix of `model.keras`: galleries record it, so one enrolled by another model is refused."""
         return hashlib.sha256((self.path / "model.keras").read_bytes()).hexdigest()[:16]
 
+    def tower(self, view: str = "query") -> keras.Model:
+        """The model that embeds `view`'s images: for a one-tower run, `model` for both views."""
+        check_view(view)
+        return self.model
+
     @property
     def decoding(self):
-        """How image files become this run's input (its image size and channels, `data.resize`), for
+        """How image files become this run's (query) input (its image size and channels, `data.resize`), for
         `load_spec` / `load_dataset` on new folders and file lists."""
+        return self.decoding_for("query")
+
+    def decoding_for(self, view: str):
+        """How image files become the input of `view`'s tower (one tower: the same for both views)."""
         from reprlearn.data.loaders import Decoding
 
-        height, width, channels = self.record["data"]["image_shape"]
+        key = "reference_shape" if check_view(view) == "reference" and "reference_shape" in self.record["data"] \
+            else "image_shape"
+        height, width, channels = self.record["data"][key]
         return Decoding((int(height), int(width)), int(channels), self.config.data.resize,
                         self.config.data.on_bad_image)
 
-    def read_image(self, path: str | Path) -> np.ndarray:
+    def read_image(self, path: str | Path, view: str = "query") -> np.ndarray:
         """One image file as this run's model takes it: decoded as its training files were (image size, channels,
         `data.resize`) for a run on files; as the file holds it otherwise (`verify` then checks its shape)."""
+        check_view(view)
         if "test_set" not in self.evaluation:
             from reprlearn.data.loaders import read_image_file
 
@@ -114,32 +144,39 @@ class Run:
             return self.evaluation[f"{name}_set"]
         return ImageSet(self.evaluation[f"{name}_images"], self.evaluation[f"{name}_labels"], self.class_names)
 
-    def embed(self, images, batch_size: int = 512) -> np.ndarray:
-        """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it."""
+    def embed(self, images, batch_size: int = 512, view: str = "query") -> np.ndarray:
+        """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it.
+        `view`: which tower embeds them (`"reference"`: what a gallery holds; one tower embeds both alike)."""
         if self.kind == "verifier":
             raise RunFolderError(f"a verifier run scores pairs of images (run.verify, `reprlearn verify`) and has no "
                              f"embedding to embed, enrol or export. Received: run kind 'verifier' ({self.path})")
+        tower = self.tower(view)
         if isinstance(images, ImageSet):
-            expected = tuple(int(s) for s in self.model.inputs[0].shape[1:])
+            expected = tuple(int(s) for s in tower.inputs[0].shape[1:])
             if images.image_shape != expected:
-                raise DataError(f"images must be {expected} for this run's model. Received: an image set of "
-                                f"{images.image_shape}")
-            return embed(self.model, images, batch_size)
-        return embed(self.model, self._checked(images, "images"), batch_size)
+                raise DataError(f"images must be {expected} for this run's {self._which(view)}. Received: an image "
+                                f"set of {images.image_shape}")
+            return embed(tower, images, batch_size)
+        return embed(tower, self._checked(images, "images", view=view), batch_size)
 
-    def _checked(self, images, name: str, single: bool = False) -> np.ndarray:
-        """`images` (or one image) as the model's `[N, H, W, C]` input, or ValueError naming `name` and the shape."""
+    def _which(self, view: str) -> str:
+        return "model"
+
+    def _checked(self, images, name: str, single: bool = False, view: str = "query") -> np.ndarray:
+        """`images` (or one image) as the `view` tower's `[N, H, W, C]` input, or ValueError naming `name` and the
+        shape."""
         given = np.asarray(images)
         batch = check_images(given[None] if single else given, name)
-        expected = tuple(int(s) for s in self.model.inputs[0].shape[1:])
+        expected = tuple(int(s) for s in self.tower(view).inputs[0].shape[1:])
         if batch.shape[1:] != expected:
             want = ", ".join(map(str, expected)) if single else "N, " + ", ".join(map(str, expected))
-            raise DataError(f"{name} must be [{want}] for this run's model. Received: {name}.shape={given.shape}")
+            raise DataError(f"{name} must be [{want}] for this run's {self._which(view)}. Received: "
+                            f"{name}.shape={given.shape}")
         return batch
 
     def gallery(self, images, labels, ids=None, backend: str = "exact", class_names=None, **milvus) -> Gallery:
-        """A gallery of these images, embedded by this run, ranked with its metric and marked with its fingerprint
-        (`milvus`: `uri`, `collection`, `index`, as `Gallery` takes them)."""
+        """A gallery of these images, embedded by this run (a two-tower run's reference tower), ranked with its
+        metric and marked with its fingerprint (`milvus`: `uri`, `collection`, `index`, as `Gallery` takes them)."""
         gallery = Gallery(self.metric, backend, self.model_fingerprint, class_names=class_names, **milvus)
         if len(gallery):
             raise GalleryError(f"{gallery.location} already holds {len(gallery)} items: add to it (`reprlearn index "
@@ -147,20 +184,21 @@ class Run:
         self.enrol(gallery, images, labels, ids)
         return gallery
 
-    def embed_chunks(self, images):
+    def embed_chunks(self, images, view: str = "query"):
         """Yields `(rows, embeddings [len(rows), d])` over images, `EMBED_CHUNK` at a time: for writers and
         galleries that should hold one chunk's embeddings, not the whole set's."""
         for start in range(0, len(images), EMBED_CHUNK):
             rows = np.arange(start, min(start + EMBED_CHUNK, len(images)))
-            yield rows, self.embed(images.subset(rows) if isinstance(images, ImageSet) else np.asarray(images)[rows])
+            yield rows, self.embed(images.subset(rows) if isinstance(images, ImageSet) else np.asarray(images)[rows],
+                                   view=view)
 
     def enrol(self, gallery: Gallery, images, labels, ids=None) -> None:
-        """Embeds images and adds them to `gallery` chunk by chunk (`embed_chunks`). Ids default to running
-        numbers from the gallery's size."""
+        """Embeds images as references (a two-tower run's reference tower) and adds them to `gallery` chunk by
+        chunk (`embed_chunks`). Ids default to running numbers from the gallery's size."""
         labels = np.asarray(labels)
         if ids is None:
             ids = [str(i) for i in range(len(gallery), len(gallery) + len(images))]
-        for rows, embeddings in self.embed_chunks(images):
+        for rows, embeddings in self.embed_chunks(images, view="reference"):
             gallery.add(embeddings, labels[rows], [ids[i] for i in rows])
 
     def rejection_threshold(self, far: float = 1e-3) -> float:
@@ -213,18 +251,19 @@ def load_run(run_dir: str | Path) -> Run:
                else "it is training or evaluating now, or was interrupted")
         raise RunFolderError(f"{path} is not a complete run ({why}). Running {again} again finishes it from its "
                              f"checkpoints. Received: run_dir={str(path)!r}")
-    if record.get("kind") == "two_tower":
-        raise RunFolderError(f"{path} is a two-tower run: galleries, identify, evaluate and export do not serve "
-                             "two towers yet; load its towers with keras.saving.load_model(RUN/query.keras) and "
-                             f"(RUN/reference.keras) after `import reprlearn`. Received: run_dir={str(path)!r}")
-    missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, "model.keras")
-               if not (path / name).is_file()]
+    two_tower = record.get("kind") == "two_tower"
+    models = (QUERY_FILE, REFERENCE_FILE) if two_tower else ("model.keras",)
+    missing = [name for name in ("config.yaml", RECORD_FILE, EVALUATION_FILE, *models) if not (path / name).is_file()]
     if missing:
         raise RunFolderError(f"{path} is not a finished reprlearn run (missing {', '.join(missing)}). "
                              f"Received: run_dir={str(path)!r}")
     config = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()))
     with np.load(path / EVALUATION_FILE) as arrays:
         evaluation = {name: arrays[name] for name in arrays.files}
+    if two_tower:
+        from reprlearn.runs.two_tower import TwoTowerRun, pair_sets
+
+        return TwoTowerRun(path, config, record, {**evaluation, **pair_sets(config, record, evaluation, path)})
     if "test_keys" in evaluation:
         evaluation.update(_file_sets(config, record, evaluation, path))
     elif "test_images" not in evaluation:

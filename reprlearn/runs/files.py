@@ -18,28 +18,28 @@ from pathlib import Path
 import numpy as np
 
 
-def write_embeddings(out: Path, data, run) -> int:
-    """Embeds `data` with `run` into `out`: .npz (embeddings, labels, names, class_names) or .parquet (one row
-    per image, see below). Returns the embedding dimension."""
+def write_embeddings(out: Path, data, run, view: str = "query") -> int:
+    """Embeds `data` with `run` (`view`'s tower of a two-tower run) into `out`: .npz (embeddings, labels, names,
+    class_names) or .parquet (one row per image, see below). Returns the embedding dimension."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp" + out.suffix)
-    dim = int(run.model.output_shape[-1])
+    dim = int(run.tower(view).output_shape[-1])
     if out.suffix == ".parquet":
-        _write_parquet(tmp, dim, data, run)
+        _write_parquet(tmp, dim, data, run, view)
     else:
-        _write_npz(tmp, dim, data, run)
+        _write_npz(tmp, dim, data, run, view)
     tmp.replace(out)
     return dim
 
 
-def _write_npz(path: Path, dim: int, data, run) -> None:
+def _write_npz(path: Path, dim: int, data, run, view: str) -> None:
     """The arrays as .npy files (the embeddings filled chunk by chunk through a memory map), then stored in
     the .npz (a zip) file by file, so neither step holds all the embeddings."""
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         arrays = Path(folder)
         embeddings = np.lib.format.open_memmap(arrays / "embeddings.npy", mode="w+", dtype=np.float32,
                                                shape=(len(data), dim))
-        for rows, part in run.embed_chunks(data):
+        for rows, part in run.embed_chunks(data, view):
             embeddings[rows] = part
         embeddings.flush()
         del embeddings
@@ -51,7 +51,7 @@ def _write_npz(path: Path, dim: int, data, run) -> None:
                 archive.write(arrays / f"{name}.npy", f"{name}.npy")
 
 
-def _write_parquet(path: Path, dim: int, data, run) -> None:
+def _write_parquet(path: Path, dim: int, data, run, view: str) -> None:
     """One row per image: `name`, `label`, `class_name`, `embedding` (a fixed-size float32 list); the run's
     metric and model fingerprint in the schema metadata. One row group per chunk of embeddings."""
     import pyarrow as pa
@@ -64,7 +64,7 @@ def _write_parquet(path: Path, dim: int, data, run) -> None:
                                  "run": str(run.path)})
     labels = np.asarray(data.labels).astype("int64")
     with pq.ParquetWriter(path, schema) as writer:
-        for rows, part in run.embed_chunks(data):
+        for rows, part in run.embed_chunks(data, view):
             writer.write_table(pa.table({
                 "name": pa.array([str(data.names[i]) for i in rows]),
                 "label": pa.array(labels[rows]),

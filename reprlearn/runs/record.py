@@ -48,6 +48,7 @@ from reprlearn.errors import RunFolderError
 RECORD_FILE = "run.json"
 EVALUATION_FILE = "evaluation.npz"
 HEAD_FILE = "head.keras"
+QUERY_FILE, REFERENCE_FILE = "query.keras", "reference.keras"   # a two-tower run's towers
 CHECKPOINTS = "checkpoints"
 REPRESENTATIVE_IMAGES = 200
 EVALUATION_LIMIT_BYTES = 256 * 2**20
@@ -215,7 +216,8 @@ def _evaluation_arrays(cfg: Config, splits: Splits | PairSplits, from_arrays: bo
     sample = np.sort(rng.choice(len(splits.train), min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False))
     if isinstance(splits, PairSplits):
         return {"train_sample": splits.train.query.pixels(sample),
-                "train_sample_reference": splits.train.reference.pixels(sample)}
+                "train_sample_reference": splits.train.reference.pixels(sample),
+                **_pair_arrays("test", splits.test), **_pair_arrays("val", splits.val)}
     if splits.test.streamed:  # the files, as indexed: load_run rebuilds the sets and names any file changed since
         held = {f"{name}_{field}": values for name, part in (("test", splits.test), ("val", splits.val))
                 for field, values in (("keys", part.files.relative.astype(str)), ("labels", part.labels),
@@ -227,6 +229,22 @@ def _evaluation_arrays(cfg: Config, splits: Splits | PairSplits, from_arrays: bo
         if not from_arrays and sum(a.nbytes for a in held.values()) > EVALUATION_LIMIT_BYTES:
             held = {}  # reloaded from the recorded dataset by `load_run`, fingerprints checked
     return {"train_sample": splits.train.pixels(sample), **held}
+
+
+def _pair_arrays(name: str, pairs: PairSet) -> dict:
+    """A split's matched pairs as evaluation.npz keeps them (`load_run` rebuilds the `PairSet`): labels, place
+    names and reference keys, and per view its file rows (root, paths, sizes, mtimes) or its pixels."""
+    held = {f"{name}_labels": pairs.labels, f"{name}_reference_keys": pairs.reference_keys,
+            f"{name}_class_names": np.array(pairs.query.class_names, dtype=str)}
+    for view in ("query", "reference"):
+        images = getattr(pairs, view)
+        if images.streamed:
+            held.update({f"{name}_{view}_root": np.array(images.files.root),
+                         f"{name}_{view}_keys": images.files.relative.astype(str),
+                         f"{name}_{view}_sizes": images.files.sizes, f"{name}_{view}_mtimes": images.files.mtimes})
+        else:
+            held[f"{name}_{view}_images"] = images.images
+    return held
 
 
 # Config keys that say how a run is computed, not what: changing one never makes it another run.

@@ -31,7 +31,8 @@ from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
 from reprlearn.training.objectives import is_pair_loss
 from reprlearn.training.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
-from reprlearn.training.two_tower import check_two_tower_data, run_two_tower
+from reprlearn.training.two_tower import run_two_tower
+from reprlearn.training.two_tower_objectives import check_two_tower_data
 from reprlearn.training.verifier import run_verifier
 
 

@@ -31,10 +31,14 @@ import keras_tuner
 import numpy as np
 
 from reprlearn.config import Config, ConfigError, config_to_dict
+from reprlearn.config.schema import TUNING_OBJECTIVES, TWO_TOWER_OBJECTIVES
 from reprlearn.config.losses import LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES
 from reprlearn.data import Splits
+from reprlearn.data.pairs import PairSplits
+from reprlearn.data.pipelines import matched_pair_batches
 from reprlearn.models import build_tower
 from reprlearn.models.joint import ORIENTATIONS, check_tower_layers
+from reprlearn.models.two_tower import towers_of
 from reprlearn.training.objectives import (
     TOWER_NAME,
     RetrievalValidation,
@@ -45,6 +49,7 @@ from reprlearn.training.objectives import (
 )
 from reprlearn.training.progress import progress
 from reprlearn.training.strategies import check_global_batch, check_jit_compile, dtype_policy, make_strategy
+from reprlearn.training.two_tower_objectives import CrossViewValidation, check_two_tower_data, compile_two_towers
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "search"
@@ -60,12 +65,40 @@ def joint_layer_choice(choice: str) -> list[str]:
     return [name for name in choice.split(JOINED) if name]
 
 
-def check_search(cfg: Config, splits: Splits) -> None:
-    """An empty search space, and errors that need the data: batch shapes the training classes cannot fill."""
+def check_search_space(cfg: Config) -> None:
+    """A search that lists something, scored on an objective its validation callback logs (before any data)."""
+    two_tower = cfg.model.kind == "two_tower"
     if not any(getattr(cfg.search, name) for name in HYPERPARAMETERS):
         raise ConfigError(f"config: the search section lists no hyperparameter to search; give at least one of "
                           f"{list(HYPERPARAMETERS)} a range or choices. Received: search="
                           f"{ {name: getattr(cfg.search, name) for name in HYPERPARAMETERS} }")
+    objectives = TWO_TOWER_OBJECTIVES if two_tower else tuple(o for o in TUNING_OBJECTIVES
+                                                               if o not in TWO_TOWER_OBJECTIVES)
+    if cfg.search.objective not in objectives:
+        kind = "two-tower" if two_tower else "one-tower"
+        raise ConfigError(f"config: a {kind} search scores its trials on {list(objectives)}; set search.objective "
+                          f"to one of them. Received: search.objective={cfg.search.objective!r}")
+    losses = cfg.search.loss or [cfg.loss.name]
+    for key in PER_LOSS:
+        if getattr(cfg.search, key) and not any(key in LOSS_TRAITS[name].defaults for name in losses):
+            takers = [name for name, traits in LOSS_TRAITS.items() if key in traits.defaults]
+            raise ConfigError(f"config: search.{key} applies to {takers}, and no loss of the search takes it. "
+                              f"Received: search.{key}={getattr(cfg.search, key)!r}, losses={losses}")
+    if cfg.train.strategy == "multi_worker":
+        raise ConfigError("config: reprlearn tune runs each trial in one process (one_device or mirrored); to "
+                          "spread a search over processes or hosts use keras-tuner's chief/worker mode "
+                          "(tuner/launch_distributed.sh). Received: train.strategy='multi_worker'")
+
+
+def check_two_tower_search(cfg: Config, splits: PairSplits) -> None:
+    """A two-tower search's space and objective, and the pair batches its training places can fill."""
+    check_search_space(cfg)
+    check_two_tower_data(cfg, splits)
+
+
+def check_search(cfg: Config, splits: Splits) -> None:
+    """An empty search space, and errors that need the data: batch shapes the training classes cannot fill."""
+    check_search_space(cfg)
     classes = len(splits.train_classes)
     too_many = [p for p in (cfg.search.classes_per_batch or [cfg.train.classes_per_batch]) if p > classes]
     if too_many:
@@ -75,22 +108,12 @@ def check_search(cfg: Config, splits: Splits) -> None:
     if spec.batch != "pk":
         raise ConfigError(f"config: reprlearn tune trains on P×K batches: loss.name must be one of "
                           f"{list(PK_LOSSES)}. Received: loss.name={cfg.loss.name!r}")
-    losses = cfg.search.loss or [cfg.loss.name]
-    for key in PER_LOSS:
-        if getattr(cfg.search, key) and not any(key in LOSS_TRAITS[name].defaults for name in losses):
-            takers = [name for name, traits in LOSS_TRAITS.items() if key in traits.defaults]
-            raise ConfigError(f"config: search.{key} applies to {takers}, and no loss of the search takes it. "
-                              f"Received: search.{key}={getattr(cfg.search, key)!r}, losses={losses}")
     if cfg.search.jrd_weight and not spec.classifier:
         raise ConfigError(f"config: search.jrd_weight needs a classifier base loss (loss.name: am_softmax). "
                           f"Received: loss.name={cfg.loss.name!r}")
     tower = build_tower(cfg.model, splits.train.image_shape, streamed=splits.train.streamed)
     for choice in cfg.search.joint_layers:
         check_tower_layers(tower, joint_layer_choice(choice), "search.joint_layers", also=[ORIENTATIONS])
-    if cfg.train.strategy == "multi_worker":
-        raise ConfigError("config: reprlearn tune runs each trial in one process (one_device or mirrored); to "
-                          "spread a search over processes or hosts use keras-tuner's chief/worker mode "
-                          "(tuner/launch_distributed.sh). Received: train.strategy='multi_worker'")
     strategy = make_strategy(cfg.train.strategy)
     check_jit_compile(cfg.train.jit_compile, strategy)
     replicas = strategy.num_replicas_in_sync
@@ -125,6 +148,8 @@ def trial_config(cfg: Config, values: dict) -> Config:
                                      "distance", cfg.loss.distance if cfg.loss.distance in spec.distances
                                      else spec.distances[0]),
                                  soft=cfg.loss.soft and spec.soft,
+                                 # τ is learnt by the config's own InfoNCE only; another trial's loss keeps its own.
+                                 learn_temperature=cfg.loss.learn_temperature and own,
                                  jrd_weight=float(values.get("jrd_weight", cfg.loss.jrd_weight)) if spec.classifier
                                  else 0.0,
                                  reconstruction_weight=float(values.get("reconstruction_weight",
@@ -188,14 +213,20 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
             tower = build_tower(cfg.model, train.image_shape, name=TOWER_NAME, streamed=train.streamed)
             return compile_embedding_model(cfg, tower, len(train.classes))
 
+    # What a trial reports (the validation callback logs them every epoch), the objective among them.
+    SCORES = ("val_map_at_r", "val_precision_at_1")
+
+    def training(self, cfg: Config, model) -> tuple:
+        """`(batches, validation callback)` of one trial: P×K batches; the validation split scored as the trial
+        would export it (the joint embedding when the trial has one)."""
+        val = self.splits.val
+        return pk_training_batches(cfg, self.splits.train), RetrievalValidation(
+            embedding_model(cfg, tower_of(model)), val, val.labels, cfg.loss.distance)
+
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         cfg = trial_config(self.cfg, self.declare(hp))
-        train, val = self.splits.train, self.splits.val
-        dataset = pk_training_batches(cfg, train)
-        # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs; it
-        # scores what the trial would export (the joint embedding when the trial has one).
-        validation = RetrievalValidation(embedding_model(cfg, tower_of(model)), val, val.labels,
-                                         cfg.loss.distance)
+        # The validation callback runs first, so keras-tuner's own callbacks see the objective in the logs.
+        dataset, validation = self.training(cfg, model)
         epochs = kwargs.get("epochs", cfg.train.epochs)
         keras_verbose, progress_callbacks = progress(self.verbose, epochs)
         started = time.perf_counter()
@@ -207,20 +238,40 @@ class RetrievalHyperModel(keras_tuner.HyperModel):
         best = int(np.argmax(scores[cfg.search.objective]))
         print(f"Trial done on {os.environ.get('KERASTUNER_TUNER_ID', 'local')}: {describe(hp.values)} -> "
               f"{cfg.search.objective} {scores[cfg.search.objective][best]:.4f}", flush=True)
-        return {"val_map_at_r": float(scores["val_map_at_r"][best]),
-                "val_precision_at_1": float(scores["val_precision_at_1"][best]),
-                "epochs": float(len(scores["val_map_at_r"])), "seconds": time.perf_counter() - started}
+        return {**{name: float(scores[name][best]) for name in self.SCORES},
+                "epochs": float(len(scores[cfg.search.objective])), "seconds": time.perf_counter() - started}
 
 
-def make_tuner(cfg: Config, splits: Splits, kind: str, max_trials: int, directory: str | Path,
+class TwoTowerHyperModel(RetrievalHyperModel):
+    """Builds two towers and their pair loss from a config and a trial's hyperparameters; fits on batches of
+    matched pairs of distinct places and scores the validation pairs' Recall@1 (queries → references)."""
+
+    SCORES = TWO_TOWER_OBJECTIVES
+
+    def build(self, hp):
+        cfg = trial_config(self.cfg, self.declare(hp))
+        keras.utils.set_random_seed(cfg.train.seed)
+        train = self.splits.train
+        with dtype_policy(cfg.train.mixed_precision):
+            return compile_two_towers(cfg, train.query.image_shape, train.reference.image_shape, train.streamed)
+
+    def training(self, cfg: Config, model) -> tuple:
+        train = self.splits.train
+        batches = matched_pair_batches(train.query, train.reference, cfg.train.pair_batch_size, cfg.train.seed, 0)
+        return batches, CrossViewValidation(lambda: towers_of(model), self.splits.val, cfg.loss.distance)
+
+
+def make_tuner(cfg: Config, splits: Splits | PairSplits, kind: str, max_trials: int, directory: str | Path,
                verbose: int = 1) -> keras_tuner.Tuner:
-    """A keras-tuner tuner over `cfg.search`, resuming whatever `directory` already holds."""
+    """A keras-tuner tuner over `cfg.search`, resuming whatever `directory` already holds (a two-tower config's
+    splits are `PairSplits`: its trials train two towers)."""
     if kind not in TUNERS:
         raise ConfigError(f"tuner must be one of {list(TUNERS)}. Received: tuner={kind!r}")
     if max_trials < 1:
         raise ConfigError(f"max_trials must be >= 1. Received: max_trials={max_trials}")
-    check_search(cfg, splits)
-    common = {"hypermodel": RetrievalHyperModel(cfg, splits, verbose),
+    two_tower = cfg.model.kind == "two_tower"
+    (check_two_tower_search if two_tower else check_search)(cfg, splits)
+    common = {"hypermodel": (TwoTowerHyperModel if two_tower else RetrievalHyperModel)(cfg, splits, verbose),
               "objective": keras_tuner.Objective(cfg.search.objective, direction="max"),
               "directory": str(directory), "project_name": PROJECT, "overwrite": False, "seed": cfg.train.seed,
               "distribution_strategy": make_strategy(cfg.train.strategy)}

@@ -1,0 +1,129 @@
+"""A finished two-tower run read back as a `TwoTowerRun`: the `Run` interface with a query tower for what is asked
+and a reference tower for what a gallery holds.
+
+Example:
+    ```python
+    run = load_run("runs/crossview")                      # a TwoTowerRun
+    gallery = run.gallery(overhead_images, place_ids)     # enrolled with the reference tower
+    found = gallery.identify(run.embed(street_photos))    # asked with the query tower
+    ```
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from reprlearn.config import Config
+from reprlearn.data import ImageSet
+from reprlearn.data.pairs import PairSet
+from reprlearn.errors import RunFolderError
+from reprlearn.index import split_class_threshold
+from reprlearn.ops.distances import paired_distance
+from reprlearn.runs.api import Run, check_view
+from reprlearn.runs.record import QUERY_FILE, REFERENCE_FILE
+
+
+@dataclass
+class TwoTowerRun(Run):
+    """A complete two-tower run: `model` is its query tower (`query.keras`), `reference_model` its reference tower
+    (`reference.keras`); `embed(images, view=...)` picks the tower, galleries enrol references, `split(name)` is a
+    `PairSet`.
+
+    Example:
+        run.embed(queries)                         # the query tower
+        run.embed(references, view="reference")   # the reference tower
+        run.verify(query_image, reference_image)   # {"distance", "threshold", "match"}
+    """
+    _reference: keras.Model | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model(self) -> keras.Model:
+        """`query.keras`, the query tower, loaded once."""
+        if self._model is None:
+            self._model = keras.saving.load_model(self.path / QUERY_FILE, compile=False)
+        return self._model
+
+    @property
+    def reference_model(self) -> keras.Model:
+        """`reference.keras`, the reference tower, loaded once."""
+        if self._reference is None:
+            self._reference = keras.saving.load_model(self.path / REFERENCE_FILE, compile=False)
+        return self._reference
+
+    def tower(self, view: str = "query") -> keras.Model:
+        return self.model if check_view(view) == "query" else self.reference_model
+
+    def _which(self, view: str) -> str:
+        return f"{view} tower"
+
+    @property
+    def model_fingerprint(self) -> str:
+        """A SHA-256 prefix of both towers' files: a gallery enrolled by other towers is refused."""
+        digest = hashlib.sha256()
+        for name in (QUERY_FILE, REFERENCE_FILE):
+            digest.update((self.path / name).read_bytes())
+        return digest.hexdigest()[:16]
+
+    def read_image(self, path: str | Path, view: str = "query") -> np.ndarray:
+        """One image file decoded as `view`'s tower takes it (its size and channels, `data.resize`)."""
+        from reprlearn.data.decode import DecodeSpec, decode_files
+
+        decoding = self.decoding_for(view)
+        return decode_files([str(path)], DecodeSpec(decoding.image_size, decoding.channels, decoding.resize))[0]
+
+    def split(self, name: str) -> PairSet:
+        """The run's `test` or `val` matched pairs (streamed from their files for a file source)."""
+        return self.evaluation[f"{name}_pairs"]
+
+    def rejection_threshold(self, far: float = 1e-3) -> float:
+        """The open-set rejection distance for a false-accept rate `far`, fit on the validation pairs only: the
+        references of half of the places (drawn with `data.seed`) enrolled, the queries of the others impostors."""
+        val = self.split("val")
+        references = val.references()
+        return split_class_threshold(self.embed(val.query), val.labels, self.metric, far, self.config.data.seed,
+                                     self.embed(references, view="reference"), references.labels)
+
+    def verify(self, image_a, image_b) -> dict:
+        """Does a query image (`image_a`) show the place of a reference image (`image_b`)? Their distance, the
+        threshold fit on validation pairs (report.json) and the decision."""
+        query = self.embed(self._checked(image_a, "image_a", single=True))
+        reference = self.embed(self._checked(image_b, "image_b", single=True, view="reference"), view="reference")
+        distance = float(paired_distance(query, reference, self.metric).numpy()[0])
+        threshold = self.verification_threshold
+        return {"distance": distance, "threshold": threshold,
+                "match": None if threshold is None else bool(distance <= threshold)}
+
+
+def pair_sets(config: Config, record: dict, evaluation: dict, path: Path) -> dict:
+    """`{"val_pairs", "test_pairs"}`: a two-tower run's validation and test pairs from evaluation.npz (pixels, or
+    files checked against their recorded size and modification time)."""
+    from reprlearn.data.decode import DecodeSpec
+    from reprlearn.data.files import FileTable
+
+    shapes = {"query": record["data"]["image_shape"], "reference": record["data"]["reference_shape"]}
+    sets = {}
+    for name in ("val", "test"):
+        labels, names = evaluation[f"{name}_labels"], [str(n) for n in evaluation[f"{name}_class_names"]]
+        views = {}
+        for view, shape in shapes.items():
+            if f"{name}_{view}_images" in evaluation:
+                views[view] = ImageSet(evaluation[f"{name}_{view}_images"], labels, names)
+                continue
+            table = FileTable(str(evaluation[f"{name}_{view}_root"]),
+                              evaluation[f"{name}_{view}_keys"].astype(object),
+                              evaluation[f"{name}_{view}_sizes"], evaluation[f"{name}_{view}_mtimes"])
+            changed = table.changed()
+            if changed:
+                raise RunFolderError(f"{len(changed)} {name} {view} files of {path} changed, moved or vanished since "
+                                     f"it was trained (size or modification time), e.g. {changed[:3]} under "
+                                     f"{table.root}; restore them or retrain")
+            spec = DecodeSpec(tuple(shape[:2]), int(shape[2]), config.data.resize)
+            views[view] = ImageSet(None, labels, names, list(table.relative), table, spec)
+        sets[f"{name}_pairs"] = PairSet(views["query"], views["reference"], evaluation[f"{name}_reference_keys"],
+                                        bool(record["data"].get("labelled")))
+    return sets
