@@ -16,6 +16,7 @@ from PIL import Image
 import reprlearn  # noqa: F401
 from reprlearn.config import config_from_dict
 from reprlearn.data.cross_view_views import write_pair_csv
+from reprlearn.errors import RunFolderError
 from reprlearn.evaluation.cross_view import score_towers
 from reprlearn.export.run import _gate
 from reprlearn.runs import TwoTowerRun, load_run
@@ -243,3 +244,35 @@ def test_a_two_tower_search_is_scored_on_recall_and_refuses_one_tower_keys(tmp_p
         assert main(["tune", str(config), "--out", str(tmp_path / "t")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.slow
+def test_changed_test_files_are_named_and_a_run_without_kept_pairs_reloads_them_from_its_source(served, tmp_path):
+    import os
+    import shutil
+
+    root, report, _ = served
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "run", run_dir)
+    # An evaluation.npz without the pairs (a run from before they were kept): read again from the CSV, checked.
+    with np.load(run_dir / "evaluation.npz") as arrays:
+        kept = {name: arrays[name] for name in arrays.files if name.startswith("train_sample")}
+    np.savez_compressed(run_dir / "evaluation.npz", **kept)
+    run = load_run(run_dir)
+    assert len(run.split("test")) == 200 and len(run.split("val")) == 100
+    again = score_towers(run.model, run.reference_model, run.split("test"), run.metric)
+    assert again["query_to_reference"]["recall_at_1"] == pytest.approx(
+        report["metrics"]["test"]["query_to_reference"]["recall_at_1"], abs=1e-9)
+    # A test file edited since training: refused, named.
+    victim = root / "pairs" / "test" / "reference" / "000003.png"
+    saved = victim.read_bytes(), victim.stat()
+    try:
+        victim.write_bytes(saved[0] + b"\0")
+        with pytest.raises(RunFolderError, match=r"test reference files .*000003\.png"):
+            load_run(root / "run")
+        with pytest.raises(RunFolderError, match="the test pairs of .* have changed"):
+            load_run(run_dir)
+    finally:
+        victim.write_bytes(saved[0])
+        os.utime(victim, ns=(saved[1].st_atime_ns, saved[1].st_mtime_ns))
+    load_run(root / "run")  # restored: loads again

@@ -155,14 +155,33 @@ def test_a_failed_quantization_names_the_ones_that_passed():
 
     rows = [row("none", 0.0), row("dynamic", 0.002), row("float16", 0.011), row("int8", 0.02)]
     quantizations = ["none", "dynamic", "float16", "int8"]
-    assert export_module._quantization_hint(rows, quantizations, has_orientations=False) == (
+    assert export_module._quantization_hint(rows, quantizations, fragile=None) == (
         "TFLite float16 failed where none, dynamic, int8 passed: export those with --quantize none,dynamic,int8")
     rows[-1] = row("int8", 0.031)   # over int8's 0.03
-    assert "--quantize none,dynamic" in export_module._quantization_hint(rows, quantizations, False)
-    # Orientation histograms failing at int8: the float formats, whichever were asked for.
-    assert "--quantize none,dynamic,float16" in export_module._quantization_hint(rows[-1:], ["int8"], True)
-    assert export_module._quantization_hint(rows[-1:], ["int8"], False) is None   # nothing passed to name
-    assert export_module._quantization_hint(rows[:2], ["none", "dynamic"], True) is None   # nothing failed
+    assert "--quantize none,dynamic" in export_module._quantization_hint(rows, quantizations, None)
+    # A layer known to fail at int8: it is named, and the float formats offered, whichever were asked for.
+    hint = export_module._quantization_hint(rows[-1:], ["int8"], "Fourier width pooling")
+    assert hint.startswith("Fourier width pooling does not survive") and "--quantize none,dynamic,float16" in hint
+    assert export_module._quantization_hint(rows[-1:], ["int8"], None) is None   # nothing passed to name
+    assert export_module._quantization_hint(rows[:2], ["none", "dynamic"], "x") is None   # nothing failed
+
+
+def test_the_layers_known_to_fail_at_int8_are_found_inside_nested_towers():
+    import keras
+
+    from reprlearn.layers import OrientationHistogram
+    from reprlearn.layers.polar import WidthPooling
+
+    def tower(layer):
+        inputs = keras.Input((8, 16, 1))
+        inner = keras.Model(inputs, layer(inputs), name="body")
+        outer_in = keras.Input((8, 16, 1))
+        return export_module._Tower("reference", "embed_reference", keras.Model(outer_in, inner(outer_in)),
+                                    None, None)
+
+    assert "circular_pooling: fourier" in export_module._int8_fragile([tower(WidthPooling("fourier"))])
+    assert export_module._int8_fragile([tower(WidthPooling("avg"))]) is None
+    assert "orientations" in export_module._int8_fragile([tower(OrientationHistogram())])
 
 
 @pytest.mark.parametrize("kind", ["autoencoder", "vae"])

@@ -34,6 +34,7 @@ from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_o
 from reprlearn.export.savedmodel import write_saved_model
 from reprlearn.index import Gallery
 from reprlearn.layers import OrientationHistogram
+from reprlearn.layers.polar import WidthPooling
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.metrics.cross_view import cross_view_metrics
 from reprlearn.runs import embed, load_run
@@ -109,15 +110,34 @@ def _gate(row: dict, score: str = "map_at_r") -> str | None:
     return None
 
 
-def _quantization_hint(rows: list[dict], quantizations: list[str], has_orientations: bool,
+def _int8_fragile(towers: list[_Tower]) -> str | None:
+    """The layer of the towers (nested models included) known not to survive 8-bit integer arithmetic, named as its
+    config key, or None."""
+    def layers(model):
+        for layer in model.layers:
+            yield layer
+            if hasattr(layer, "layers"):
+                yield from layers(layer)
+
+    for tower in towers:
+        for layer in layers(tower.model):
+            if isinstance(layer, OrientationHistogram):
+                return "gradient orientation histograms (model.joint_layers: orientations)"
+            if isinstance(layer, WidthPooling) and layer.mode == "fourier":
+                # Measured: the relative error at its output grows from 0.009 (its input) to 0.26 under int8.
+                return "Fourier width pooling (model.circular_pooling: fourier: squares and a square root)"
+    return None
+
+
+def _quantization_hint(rows: list[dict], quantizations: list[str], fragile: str | None,
                        score: str = "map_at_r") -> str | None:
-    """What to export instead when some TFLite quantizations fail the gate: the ones that passed, or, for
-    orientation histograms failing at int8, the float formats (which they survive)."""
+    """What to export instead when some TFLite quantizations fail the gate: the ones that passed, or, for a layer
+    known to fail at int8 (`_int8_fragile`), the float formats (which it survives)."""
     failed = [q for q in quantizations if any(row["format"] == f"tflite-{q}" and _gate(row, score) for row in rows)]
     passed = [q for q in quantizations if q not in failed]
-    if "int8" in failed and has_orientations:
-        return ("gradient orientation histograms (model.joint_layers: orientations) do not survive 8-bit integer "
-                "arithmetic; export the float formats with --quantize none,dynamic,float16")
+    if "int8" in failed and fragile:
+        return (f"{fragile} does not survive 8-bit integer arithmetic; export the float formats with "
+                "--quantize none,dynamic,float16")
     if failed and passed:
         return (f"TFLite {', '.join(failed)} failed where {', '.join(passed)} passed: export those with "
                 f"--quantize {','.join(passed)}")
@@ -364,8 +384,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
                 failures.append(f"identify: {identify_row['queries'] - identify_row['decisions_equal']} of "
                                 f"{identify_row['queries']} decisions differ from Gallery.identify")
         if failures:
-            hint = _quantization_hint(rows, quantizations if "tflite" in formats else [],
-                                      any(isinstance(layer, OrientationHistogram) for layer in query.model.layers),
+            hint = _quantization_hint(rows, quantizations if "tflite" in formats else [], _int8_fragile(towers),
                                       score.name)
             failures += [hint] if hint else []
             raise ExportError("parity gate failed: " + "; ".join(failures))

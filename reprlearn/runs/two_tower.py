@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ def pair_sets(config: Config, record: dict, evaluation: dict, path: Path) -> dic
     from reprlearn.data.decode import DecodeSpec
     from reprlearn.data.files import FileTable
 
+    if "test_labels" not in evaluation:  # a run from before evaluation.npz kept its pairs
+        return _reloaded_pair_sets(config, record, path)
     shapes = {"query": record["data"]["image_shape"], "reference": record["data"]["reference_shape"]}
     sets = {}
     for name in ("val", "test"):
@@ -127,3 +130,23 @@ def pair_sets(config: Config, record: dict, evaluation: dict, path: Path) -> dic
         sets[f"{name}_pairs"] = PairSet(views["query"], views["reference"], evaluation[f"{name}_reference_keys"],
                                         bool(record["data"].get("labelled")))
     return sets
+
+
+def _reloaded_pair_sets(config: Config, record: dict, path: Path) -> dict:
+    """The validation and test pairs of a run whose evaluation.npz does not hold them, from its recorded source,
+    each split checked against its recorded fingerprint."""
+    from reprlearn.data.pairs import pair_splits_for
+    from reprlearn.runs.record import pair_fingerprint
+
+    if record["data"]["name"] == "arrays":
+        raise RunFolderError(f"{path} was trained on arrays by an earlier reprlearn that did not keep its test pairs; "
+                             f"train it again to use it. Received: run_dir={str(path)!r}")
+    # Read from the files as they are (no data.cache): only the splits' fingerprints are needed.
+    splits = pair_splits_for(dataclasses.replace(config.data, cache=None))
+    for name, part in (("val", splits.val), ("test", splits.test)):
+        recorded = record["data"]["splits"][name]["fingerprint"]
+        if pair_fingerprint(part) != recorded:
+            raise RunFolderError(f"the {name} pairs of {record['data']['source']} have changed since {path} was "
+                                 f"trained (fingerprint {pair_fingerprint(part)}, recorded {recorded}); restore the "
+                                 "data or retrain")
+    return {"val_pairs": splits.val, "test_pairs": splits.test}
