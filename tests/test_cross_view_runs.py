@@ -192,6 +192,7 @@ def test_bad_two_tower_configs_are_refused_before_anything_is_built(change, mess
         config_from_dict({**RUN, "data": {"name": "csv:p.csv"}, **change})
 
 
+@pytest.mark.slow
 def test_every_loss_trains_two_towers_on_pairs(tmp_path):
     train, test = digit_pairs()
     for i, loss in enumerate(({"name": "info_nce", "learn_temperature": True}, {"name": "info_nce", "temperature": 0.1},
@@ -204,6 +205,7 @@ def test_every_loss_trains_two_towers_on_pairs(tmp_path):
         json.dumps(report)  # report.json is plain JSON
 
 
+@pytest.mark.slow
 def test_the_command_line_trains_two_towers_from_a_pair_csv_and_other_commands_say_what_they_do_not_serve(
         pair_csv, tmp_path):
     _, path = pair_csv
@@ -243,6 +245,7 @@ def test_an_interrupted_two_tower_run_resumes_from_its_checkpoint(tmp_path, caps
     assert report["train"]["resumed_from_epoch"] == 1 and len(report["train"]["history"]) == 2
 
 
+@pytest.mark.slow
 def test_two_towers_train_under_mixed_precision_with_float32_embeddings(tmp_path):
     train, test = digit_pairs()
     cfg = config_from_dict({**RUN, "train": {**RUN["train"], "epochs": 1, "steps_per_epoch": 20,

@@ -129,10 +129,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Reads a YAML config, applies overrides and validates the result."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        listing = f"the YAML files in it: {', '.join(found[:10])}" if found else "it holds no YAML file"
+        raise ConfigError(f"config: {path} is a folder, not a config file ({listing}); name one file. "
+                          f"Received: config={str(path)!r}")
     if not path.is_file():
         raise ConfigError(f"config: no such file. Received: config={str(path)!r}")
     try:
-        raw = yaml.load(path.read_text(), Loader=ConfigLoader) or {}
+        raw = yaml.load(path.read_text(), Loader=ConfigLoader)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -140,6 +145,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"config: {path} is not valid YAML{line}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config: {path} is not a text file. Received: config={str(path)!r}") from None
+    if raw is None and not overrides:
+        # An empty file would train every default (Fashion-MNIST, minutes) without a word: most likely a mistake.
+        raise ConfigError(f"config: {path} is empty (or only comments); write the sections you mean (data:, "
+                          "model:, loss:, train:), e.g. copy configs/demo.yaml. To train on every default on "
+                          f"purpose, write `data: {{}}`. Received: config={str(path)!r}")
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"config: {path} must be a mapping of sections (data:, model:, ...). "
                           f"Received: a YAML {type(raw).__name__}")

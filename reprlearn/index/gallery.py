@@ -111,8 +111,12 @@ class Gallery:
             enrolling model differs from the one given.
         index: (milvus) `"FLAT"` (exact), `"HNSW"`, `"IVF_FLAT"` or `"IVF_SQ8"`, used when the collection is made.
 
-    For `"milvus"` the items live in the collection, not in `embeddings`, `labels` and `ids` (None), and the
-    indices `search` returns are the items' row keys in the collection, stable across `remove`.
+    For `"milvus"` the items live in the collection, not in `embeddings`, `labels` and `ids` (None).
+
+    **One numbering.** The indices `search` returns are the same on every backend: each item's 0-based position
+    among the items the gallery holds now, in enrolment order (`add` appends). `remove` closes the gap: the items
+    enrolled after a removed one move down by one, as rows of an array do. Item ids never change: keep an id, not
+    an index, to name an item across removals (`neighbours` and `identify` return ids).
     """
 
     def __init__(self, metric: str = "L2", backend: str = "exact", model_fingerprint: str | None = None,
@@ -254,13 +258,22 @@ class Gallery:
             raise GalleryError(f"k must be an int in [1, {size}] (the gallery's size). Received: k={k!r}")
         return queries, size
 
-    def search(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """`(distances [Q, k], indices [Q, k])` of each query's k nearest items, nearest first (ties: lower index;
-        for `"milvus"` the indices are row keys and ties fall as the engine orders them)."""
+    def _milvus_search(self, queries, k):
+        """`(distances, rows, labels, ids)` from the collection, each query's k ordered as the other backends order
+        them: by distance, ties by position."""
         queries, size = self._checked_queries(queries, k)
+        distances, rows, labels, ids = self._milvus.search(queries, int(k), size)
+        order = np.lexsort((rows, distances), axis=-1)   # rows rise with position
+        return tuple(np.take_along_axis(values, order, axis=1) for values in (distances, rows, labels, ids))
+
+    def search(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """`(distances [Q, k], indices [Q, k])` of each query's k nearest items, nearest first (ties: lower index).
+        The indices are positions in enrolment order among the items held now, alike on every backend (see the
+        class doc)."""
         if self._milvus:
-            distances, rows, _, _ = self._milvus.search(queries, int(k), size)
-            return distances, rows
+            distances, rows, _, _ = self._milvus_search(queries, k)
+            return distances, self._milvus.positions(rows)
+        queries, size = self._checked_queries(queries, k)
         if self.backend != "exact":
             return self._faiss_search(queries, int(k))
         distances, indices = [], []
@@ -276,8 +289,7 @@ class Gallery:
     def neighbours(self, queries, k: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(distances [Q, k], labels [Q, k], ids [Q, k])` of each query's k nearest items, on every backend."""
         if self._milvus:
-            queries, size = self._checked_queries(queries, k)
-            distances, _, labels, ids = self._milvus.search(queries, int(k), size)
+            distances, _, labels, ids = self._milvus_search(queries, k)
             return distances, labels, ids
         distances, indices = self.search(queries, k)
         return distances, self.labels[indices], self.ids[indices]

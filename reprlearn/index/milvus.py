@@ -1,9 +1,15 @@
 """A gallery's items in a Milvus collection: Milvus Lite in a local `.db` file, or a Milvus server by URI.
 
 `Gallery(backend="milvus")` keeps its vectors here instead of in the process. One collection holds one
-gallery: an auto-assigned int64 primary key `row`, the `vector`, the class id `label` and the item's
-string id `item_id`; the gallery's own facts (metric, dimension, enrolling model's fingerprint, threshold,
-class names) are a JSON collection property, so any process that opens the collection reads the same ones.
+gallery: an int64 primary key `row`, the `vector`, the class id `label` and the item's string id `item_id`; the
+gallery's own facts (metric, dimension, enrolling model's fingerprint, threshold, class names) are a JSON
+collection property, so any process that opens the collection reads the same ones.
+
+**Rows are enrolment numbers.** The first item enrolled is row 0, the next 1, and so on; the property also keeps
+`next_row` and the sorted `removed_rows`. An item's position among the items held now (what `Gallery.search`
+returns on every backend) is its row minus the removed rows below it. Removals are recorded before rows are
+deleted and inserts before `next_row` moves on, and `insert` first repairs what an interrupted one left. A
+collection made before this numbering (auto-assigned keys) answers `neighbours` and `identify`, not `search`.
 
 Metrics map onto Milvus' as follows (s is what Milvus returns):
 
@@ -135,13 +141,55 @@ class MilvusCollection:
         return json.loads(properties[META_PROPERTY]) if META_PROPERTY in properties else None
 
     def write_meta(self, meta: dict) -> None:
+        """Stores the gallery's facts; the row numbering the collection keeps (`next_row`, `removed_rows`) stays."""
+        stored = self.meta() or {}
+        kept = {key: stored[key] for key in ("next_row", "removed_rows") if key in stored}
         self._call("writing the gallery's facts", "alter_collection_properties", self.name,
-                   properties={META_PROPERTY: json.dumps(meta)})
+                   properties={META_PROPERTY: json.dumps({**meta, **kept})})
+
+    def _write_rows(self, next_row: int, removed: Sequence[int]) -> None:
+        stored = self.meta() or {}
+        self._call("recording the rows", "alter_collection_properties", self.name, properties={
+            META_PROPERTY: json.dumps({**stored, "next_row": int(next_row),
+                                       "removed_rows": sorted(int(r) for r in removed)})})
+
+    @property
+    def numbered(self) -> bool:
+        """The rows are enrolment numbers (a collection made by this version); see the module doc."""
+        return self.exists and "next_row" in (self.meta() or {})
+
+    def _rows(self) -> tuple[int, list[int]]:
+        stored = self.meta() or {}
+        return int(stored.get("next_row", 0)), list(stored.get("removed_rows", []))
+
+    def _repair(self) -> tuple[int, list[int]]:
+        """`(next_row, removed_rows)` after finishing what an interrupted insert or removal left: rows recorded as
+        removed but still there are deleted again; rows inserted past `next_row` move it on."""
+        next_row, removed = self._rows()
+        if self.count() == next_row - len(removed):
+            return next_row, removed
+        self._delete_rows(removed)
+        beyond = self._call("repairing the rows", "query", self.name, filter=f"row >= {next_row}",
+                            output_fields=["row"])
+        if beyond:
+            next_row = max(int(row["row"]) for row in beyond) + 1
+            self._write_rows(next_row, removed)
+        return next_row, removed
+
+    def positions(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's position among the items held now, in enrolment order (0-based), as `Gallery.search` gives
+        it on every backend."""
+        if not self.numbered:
+            raise GalleryError(f"collection {self.name!r} was made by an earlier reprlearn whose row keys are not "
+                               "enrolment positions: `neighbours` and `identify` answer with ids and labels, or "
+                               "enrol it again to search by position. Received: Gallery.search on it")
+        removed = np.asarray(self._rows()[1], np.int64)
+        return rows - np.searchsorted(removed, rows, side="left")
 
     def create(self, dim: int, meta: dict) -> None:
         from pymilvus import DataType, MilvusClient
 
-        schema = MilvusClient.create_schema(auto_id=True)
+        schema = MilvusClient.create_schema(auto_id=False)
         schema.add_field("row", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("label", DataType.INT64)
@@ -151,7 +199,7 @@ class MilvusCollection:
                           params=INDEXES[self.index])
         indexes.add_index("item_id", index_type="INVERTED")
         self._call("creating the collection", "create_collection", self.name, schema=schema,
-                   properties={META_PROPERTY: json.dumps(meta)})
+                   properties={META_PROPERTY: json.dumps({**meta, "next_row": 0, "removed_rows": []})})
         # sync=False: pymilvus' wait for an index build asks for a timestamp that Milvus Lite does not serve
         self._call("creating the index", "create_index", self.name, indexes, sync=False)
         self._call("loading the collection", "load_collection", self.name)
@@ -166,11 +214,18 @@ class MilvusCollection:
     def insert(self, vectors: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
         if self.metric == "angular":
             vectors = unit_rows(vectors)
+        numbered = self.numbered
+        next_row, removed = self._repair() if numbered else (0, [])
         for start in range(0, len(vectors), INSERT_ROWS):
             end = start + INSERT_ROWS
             rows = [{"vector": vector, "label": int(label), "item_id": str(item)}
                     for vector, label, item in zip(vectors[start:end], labels[start:end], ids[start:end])]
+            if numbered:
+                for offset, row in enumerate(rows):
+                    row["row"] = next_row + start + offset
             self._call("inserting items", "insert", self.name, rows)
+        if numbered:
+            self._write_rows(next_row + len(vectors), removed)
         # Sealed segments are what Milvus indexes; rows left in the growing one are scanned unindexed.
         self._call("flushing", "flush", self.name)
         if self.lite:
@@ -213,8 +268,16 @@ class MilvusCollection:
         return found
 
     def delete(self, rows: Sequence[int]) -> None:
+        """Removes rows; the removal is recorded first, so an interrupted one is finished by the next insert."""
+        if self.numbered:
+            next_row, removed = self._repair()
+            self._write_rows(next_row, set(removed) | {int(row) for row in rows})
+        self._delete_rows(rows)
+
+    def _delete_rows(self, rows: Sequence[int]) -> None:
+        rows = [int(row) for row in rows]
         for start in range(0, len(rows), LOOKUP_IDS):
-            self._call("removing items", "delete", self.name, ids=list(rows[start:start + LOOKUP_IDS]))
+            self._call("removing items", "delete", self.name, ids=rows[start:start + LOOKUP_IDS])
 
     def enrolled(self, labels: Sequence[int]) -> set[int]:
         """Those of these class ids that have at least one item in the collection."""
