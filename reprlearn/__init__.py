@@ -28,7 +28,9 @@ from reprlearn._moved import alias_moved_modules  # noqa: E402
 
 alias_moved_modules()
 
-from reprlearn.errors import ReprlearnError  # noqa: E402
+from reprlearn.errors import ReprlearnError, ReprlearnWarning, install_warning_format  # noqa: E402
+
+install_warning_format()   # a ReprlearnWarning prints as one line
 from reprlearn.runs import load_run  # noqa: E402  (a run folder's config, record and evaluation arrays)
 
-__all__ = ["ReprlearnError", "__version__", "load_run"]
+__all__ = ["ReprlearnError", "ReprlearnWarning", "__version__", "load_run"]

@@ -40,3 +40,26 @@ class ExportError(ReprlearnError, RuntimeError, ValueError):
 
 class GalleryError(ReprlearnError, ValueError):
     """A gallery cannot be used as asked: bad input, an empty gallery, or a folder that holds no valid gallery."""
+
+
+class ReprlearnWarning(UserWarning):
+    """Something reprlearn did for the user that they should know of (files skipped, classes left out, images
+    upscaled); shown as one line, `reprlearn: warning: ...`, without Python's file:line prefix and source line."""
+
+
+def _one_line(message, category, filename, lineno, line=None, _python=None):
+    if isinstance(category, type) and issubclass(category, ReprlearnWarning):
+        return f"reprlearn: warning: {message}\n"
+    return _python(message, category, filename, lineno, line)
+
+
+def install_warning_format() -> None:
+    """Formats `ReprlearnWarning`s as one line (every other warning as Python does); done once at import."""
+    import functools
+    import warnings
+
+    if getattr(warnings.formatwarning, "reprlearn", False):
+        return
+    formatter = functools.partial(_one_line, _python=warnings.formatwarning)
+    formatter.reprlearn = True
+    warnings.formatwarning = formatter

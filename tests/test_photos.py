@@ -51,7 +51,8 @@ def test_bad_files_are_skipped_listed_or_refused(photos, tmp_path):
     good = next((root / "class_01").glob("*.jpg")).read_bytes()
     (root / "class_01" / "cut.jpg").write_bytes(good[: len(good) // 2])
     (root / "class_02" / "garbage.png").write_bytes(b"this is not a png at all" * 10)
-    Image.new("RGB", (20, 20)).save(root / "class_02" / "photo.webp", "WEBP")
+    Image.new("RGB", (20, 20)).save(root / "class_02" / "photo.webp", "WEBP")   # read (Pillow)
+    Image.new("RGB", (1, 1)).save(root / "class_02" / "pixel.gif", "GIF")       # too small: skipped
     (root / "class_02" / "notes.txt").write_text("ignored")
     (root / "class_02" / ".hidden.jpg").write_bytes(good)
     (root / "class_03").mkdir()
@@ -59,13 +60,15 @@ def test_bad_files_are_skipped_listed_or_refused(photos, tmp_path):
 
     with pytest.warns(UserWarning, match=r"5 unusable image files were skipped: class_00/empty.jpg: zero bytes"):
         imageset = load_dataset(f"folder:{root}", decoding=Decoding((32, 32)))["all"]
-    assert len(imageset) == 12 and imageset.class_names == ["class_00", "class_01", "class_02"]
+    assert len(imageset) == 13 and imageset.class_names == ["class_00", "class_01", "class_02"]
+    assert "class_02/photo.webp" in imageset.names
     record = imageset.source_record
     reasons = dict(record["skipped"])
     assert reasons["class_00/empty.jpg"] == "zero bytes"
     assert reasons["class_01/cut.jpg"].startswith("truncated")
     assert reasons["class_02/garbage.png"].startswith("not an image")
-    assert reasons["class_02/photo.webp"].startswith("WEBP is not supported")
+    assert reasons["class_02/pixel.gif"] == ("too small (1x1 pixels; images under 8 pixels a side are skipped, not "
+                                             "upscaled)")
     assert record["ignored_files"] == 2 and record["dropped_classes"] == ["class_03"]
     with pytest.raises(DataError, match=r"5 unusable image files.*class_00/empty.jpg.*on_bad_image: error refuses"):
         load_dataset(f"folder:{root}", decoding=Decoding((32, 32), on_bad_image="error"))

@@ -185,20 +185,24 @@ def test_open_set_search_keys_are_checked_before_any_trial(tmp_path, capsys, ite
 def test_trials_of_the_losses_beyond_triplet_take_their_own_defaults_and_ranges():
     import keras_tuner
 
-    from reprlearn.config import config_from_dict
+    from reprlearn.config import config_from_dict, config_to_dict
     from reprlearn.config.rules import check_config
     from reprlearn.training.tuning import RetrievalHyperModel, trial_config
 
     cfg = config_from_dict({"loss": {"name": "triplet_semihard", "margin": 0.2},
                             "search": {"loss": ["triplet_semihard", "circle", "ntxent", "proxy_anchor", "arcface"],
                                        "temperature": [0.03, 0.3], "gamma": [16.0, 256.0]}})
-    # (margin, distance, temperature, gamma): a loss without a margin of its own keeps the config's (NT-Xent's 0.2).
+    # (margin, distance, temperature, gamma): a loss that reads no margin (NT-Xent) takes the schema's 0.5, so its
+    # best.yaml carries no value the loss ignores (and loads again).
     want = {"triplet_semihard": (0.2, "L2", None, None), "circle": (0.4, "angular", None, 80.0),
-            "ntxent": (0.2, "angular", 0.07, None), "proxy_anchor": (0.1, "angular", None, None),
+            "ntxent": (0.5, "angular", 0.07, None), "proxy_anchor": (0.1, "angular", None, None),
             "arcface": (0.5, "angular", None, None)}
     for loss, (margin, distance, temperature, gamma) in want.items():
-        trial = trial_config(cfg, {"loss": loss})
+        trial = trial_config(cfg, {"loss": loss, "margin": 0.3})
         check_config(trial)
+        config_from_dict(config_to_dict(trial))   # what best.yaml holds loads back
+        margin = 0.3 if loss == "triplet_semihard" else margin   # a searched margin goes to the losses that read it
+        margin = 0.3 if loss in ("circle", "proxy_anchor", "arcface") else margin
         assert (trial.loss.margin, trial.loss.distance, trial.loss.temperature, trial.loss.gamma) == (
             margin, distance, temperature, gamma), loss
     assert trial_config(cfg, {"loss": "proxy_anchor"}).loss.proxy_learning_rate_factor == 100.0

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from reprlearn.config.losses import LOSS_TRAITS
+from reprlearn.config.losses import LOSS_TRAITS, SHARED_OPTIONS
 from reprlearn.config.rules import check_config
-from reprlearn.config.schema import Config
+from reprlearn.config.schema import Config, LossConfig
 from reprlearn.errors import ConfigError
 from reprlearn.ops.distances import ALIASES
 
@@ -106,6 +106,16 @@ def _resolve_loss_defaults(cfg: Config, given: set[str]) -> None:
     for key, value in traits.defaults.items():
         if key not in given:
             setattr(cfg.loss, key, value)
+    defaults = LossConfig()
+    for key in SHARED_OPTIONS:
+        # A value the loss never reads would be recorded in config.yaml and change nothing; the default is let
+        # through (every resolved config.yaml holds it).
+        if key in given and key not in traits.reads and key not in traits.defaults \
+                and getattr(cfg.loss, key) != getattr(defaults, key):
+            reads = [f"loss.{name}" for name in (*traits.reads, *traits.defaults) if name != "distance"]
+            raise ConfigError(f"config: {cfg.loss.name} does not read loss.{key}; the keys it reads are "
+                              f"{reads or 'none of its own'} (and loss.distance). Remove loss.{key}. "
+                              f"Received: loss.{key}={getattr(cfg.loss, key)!r}, loss.name={cfg.loss.name!r}")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -1,4 +1,13 @@
-"""Decoding image files inside tf.data: JPEG, PNG, GIF and BMP bytes → float32 pixels of one size and channel count.
+"""Decoding image files inside tf.data: any image Pillow reads → float32 pixels of one size and channel count.
+
+TensorFlow's own decoders are the fast path (JPEG, PNG, GIF, BMP, WebP); every other format Pillow reads (TIFF,
+...) is decoded by Pillow inside the same `tf.data` map (`tf.numpy_function`, run by the map's parallel calls).
+JPEGs decode with the accurate integer DCT (`INTEGER_ACCURATE`, libjpeg's islow, as Pillow): the pixels equal
+Pillow's, where TensorFlow's default fast DCT differs by up to 3 levels. EXIF orientation is applied as a viewer
+shows the photo: a JPEG carrying an EXIF block has its orientation tag read (Pillow, header only) and the
+decoded pixels turned and flipped to match; Pillow-read files are turned by Pillow. A SavedModel's
+`embed_encoded` has no Python to call (`pillow=False`): it reads JPEG, PNG, GIF, BMP and WebP, the same pixels,
+but does not apply EXIF orientation.
 
 Resize modes for a target H × W (shrinking averages the pixels each output pixel covers, TensorFlow's `area`,
 a box filter that antialiases; enlarging is bilinear):
@@ -17,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,11 +109,110 @@ def resize_image(image: tf.Tensor, spec: DecodeSpec, crop_seed: tf.Tensor | None
     return resized[offset[0]:offset[0] + target_h, offset[1]:offset[1] + target_w]
 
 
-def decode_contents(contents: tf.Tensor, spec: DecodeSpec, crop_seed: tf.Tensor | None = None) -> tf.Tensor:
-    """One file's bytes → float32 `[H, W, channels]` in [0, 255]; raises InvalidArgumentError for a bad file
-    (the pipelines catch it and skip the file)."""
-    image = tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8)
-    image = _to_channels(tf.cast(image, tf.float32), spec.channels)
+def _is_tensorflow_format(contents: tf.Tensor) -> tf.Tensor:
+    """A JPEG, PNG, GIF, BMP or WebP by its first bytes: what `tf.io.decode_image` reads."""
+    return tf.reduce_any(tf.stack([
+        tf.logical_and(tf.equal(tf.strings.substr(contents, 0, 4), b"RIFF"),
+                       tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP")),
+        tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff"),
+        tf.equal(tf.strings.substr(contents, 0, 8), b"\x89PNG\r\n\x1a\n"),
+        tf.equal(tf.strings.substr(contents, 0, 6), b"GIF87a"), tf.equal(tf.strings.substr(contents, 0, 6), b"GIF89a"),
+        tf.equal(tf.strings.substr(contents, 0, 2), b"BM")]))
+
+
+def pillow_pixels(image) -> np.ndarray:
+    """A Pillow image (EXIF orientation applied) as uint8 `[h, w, c]`: c = 1 (gray), 2 (gray + alpha), 3 (RGB) or
+    4 (RGBA); 16- and 32-bit gray keep the top 8 bits of the range they use; palette images become RGB(A), CMYK and
+    YCbCr RGB."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        array = np.asarray(image, dtype=np.int64)
+        bits = 16 if mode.startswith("I;16") or array.max(initial=0) < 65536 else 32
+        return (np.clip(array, 0, 2 ** bits - 1) >> (bits - 8)).astype(np.uint8)[..., None]
+    if mode == "F":
+        return np.clip(np.round(np.asarray(image, np.float32)), 0, 255).astype(np.uint8)[..., None]
+    if mode in ("1", "L"):
+        return np.asarray(image.convert("L"), np.uint8)[..., None]
+    if mode in ("LA", "La"):
+        return np.asarray(image.convert("LA"), np.uint8)
+    alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info)
+    return np.asarray(image.convert("RGBA" if alpha else "RGB"), np.uint8)
+
+
+def _file_bytes(contents) -> io.BytesIO:
+    """`tf.numpy_function` hands a scalar string over as a 0-d object array."""
+    return io.BytesIO(contents.item() if isinstance(contents, np.ndarray) else contents)
+
+
+def _pillow_decode(contents) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(_file_bytes(contents)) as image:
+        image.load()
+        return pillow_pixels(image)
+
+
+def _exif_orientation(contents) -> np.int32:
+    """The EXIF orientation tag (1-8) of an image file's bytes; 1 when it has none or it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(_file_bytes(contents)) as image:
+            value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # an unreadable header: TensorFlow's decoder says what is wrong with the file
+        value = 1
+    return np.int32(value if 1 <= value <= 8 else 1)
+
+
+def _oriented(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """`[h, w, c]` turned and flipped as EXIF orientation 1-8 says (as PIL.ImageOps.exif_transpose does)."""
+    def transpose():
+        return tf.transpose(image, [1, 0, 2])
+
+    return tf.switch_case(orientation - 1, [
+        lambda: image,                                            # 1: as stored
+        lambda: tf.reverse(image, [1]),                           # 2: mirrored
+        lambda: tf.reverse(image, [0, 1]),                        # 3: turned 180°
+        lambda: tf.reverse(image, [0]),                           # 4: flipped top to bottom
+        transpose,                                                # 5: transposed
+        lambda: tf.reverse(transpose(), [1]),                     # 6: turned 90° clockwise
+        lambda: tf.reverse(transpose(), [0, 1]),                  # 7: transversed
+        lambda: tf.reverse(transpose(), [0]),                     # 8: turned 90° counter-clockwise
+    ])
+
+
+def _decoded_uint8(contents: tf.Tensor, pillow: bool) -> tf.Tensor:
+    """One file's bytes → uint8 `[h, w, c]` as a viewer shows it (see the module doc)."""
+    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff")
+
+    def with_tensorflow():
+        image = tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(contents, dct_method="INTEGER_ACCURATE"),
+                        lambda: tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8))
+        image = tf.ensure_shape(image, [None, None, None])
+        if not pillow:
+            return image
+        has_exif = tf.size(tf.strings.split(tf.strings.substr(contents, 0, 65536), sep="Exif\x00\x00")) > 1
+        return tf.cond(tf.logical_and(is_jpeg, has_exif), lambda: _oriented(image, tf.reshape(tf.numpy_function(
+            _exif_orientation, [contents], tf.int32, stateful=False), [])), lambda: image)
+
+    if not pillow:
+        return with_tensorflow()
+
+    def with_pillow():
+        image = tf.numpy_function(_pillow_decode, [contents], tf.uint8, stateful=False)
+        return tf.ensure_shape(image, [None, None, None])
+
+    return tf.cond(_is_tensorflow_format(contents), with_tensorflow, with_pillow)
+
+
+def decode_contents(contents: tf.Tensor, spec: DecodeSpec, crop_seed: tf.Tensor | None = None,
+                    pillow: bool = True) -> tf.Tensor:
+    """One file's bytes → float32 `[H, W, channels]` in [0, 255]; raises an error for a bad file (the pipelines
+    skip it). `pillow=False` (a SavedModel's graph): TensorFlow's decoders only, no EXIF orientation."""
+    image = _to_channels(tf.cast(_decoded_uint8(contents, pillow), tf.float32), spec.channels)
     image = resize_image(image, spec, crop_seed)  # area averages and bilinear blends stay within [0, 255]
     target_h, target_w = spec.image_size
     return tf.ensure_shape(image, [target_h, target_w, spec.channels])

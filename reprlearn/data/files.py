@@ -22,10 +22,16 @@ import numpy as np
 
 from reprlearn.errors import DataError, DatasetNotFoundError
 
-# Decodable by TensorFlow: what the pipelines read.
-SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-# Images TensorFlow cannot decode: refused by name rather than ignored as "not an image".
-UNSUPPORTED_SUFFIXES = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".ico", ".ppm", ".pgm")
+# What the pipelines read: TensorFlow's decoders (JPEG, PNG, GIF, BMP), and Pillow for WebP and TIFF.
+SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+# Images reprlearn does not read: refused by name rather than ignored as "not an image".
+UNSUPPORTED_SUFFIXES = (".heic", ".heif", ".avif", ".jp2", ".ico", ".ppm", ".pgm")
+# An image with a side shorter than this is skipped and listed (a 1 × 1 tracking pixel is not a photo; upscaling it
+# to the run's size would train on a flat colour). Read from the header: PNG, GIF and BMP from the bytes every
+# file's check reads anyway; JPEG, WebP and TIFF through Pillow's header parser for files up to
+# SMALL_FILE_BYTES (a larger file holds more than a few pixels, unless its metadata is large).
+MIN_IMAGE_SIDE = 8
+SMALL_FILE_BYTES = 16_384
 SPLIT_NAMES = ("train", "validation", "test")
 # How many problem files a warning names before it says "and N more".
 NAMED_PROBLEMS = 5
@@ -129,8 +135,10 @@ def check_file(path: str, size: int) -> str | None:
     kind = image_format(head)
     if kind is None:
         return "not an image (unknown format)"
-    if kind in ("webp", "tiff"):
-        return f"{kind.upper()} is not supported (TensorFlow decodes JPEG, PNG, GIF and BMP; convert it)"
+    side = _pixel_size(path, kind, head, size)
+    if side is not None and min(side) < MIN_IMAGE_SIDE:
+        return (f"too small ({side[1]}x{side[0]} pixels; images under {MIN_IMAGE_SIDE} pixels a side are skipped, "
+                "not upscaled)")
     if kind == "jpeg" and b"\xff\xd9" not in tail:
         return "truncated (no JPEG end marker)"
     if kind == "png" and b"IEND" not in tail[-12:]:
@@ -140,6 +148,26 @@ def check_file(path: str, size: int) -> str | None:
     if kind == "bmp" and len(head) >= 6 and int.from_bytes(head[2:6], "little") > size:
         return "truncated (shorter than its BMP header says)"
     return None
+
+
+def _pixel_size(path: str, kind: str, head: bytes, size: int) -> tuple[int, int] | None:
+    """`(height, width)` from an image's header where it is cheap to read (see `MIN_IMAGE_SIDE`), else None."""
+    if kind == "png" and len(head) >= 24:
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if kind == "gif" and len(head) >= 10:
+        return int.from_bytes(head[8:10], "little"), int.from_bytes(head[6:8], "little")
+    if kind == "bmp" and len(head) >= 26:
+        return abs(int.from_bytes(head[22:26], "little", signed=True)), int.from_bytes(head[18:22], "little",
+                                                                                        signed=True)
+    if size > SMALL_FILE_BYTES:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # an unreadable header: decoding says what is wrong with the file
+        return None
 
 
 def _is_candidate(name: str) -> bool:

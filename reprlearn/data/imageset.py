@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from reprlearn.errors import DataError
+from reprlearn.errors import DataError, ReprlearnWarning
 
 # Raw-pixel baselines of streamed photos compare images shrunk to this side (see `flat_pixels`).
 BASELINE_SIDE = 16
@@ -144,7 +144,7 @@ def check_images(images, name: str = "images", strict: bool = False) -> np.ndarr
                        f"Received: {name}.dtype={images.dtype}")
             if strict:
                 raise DataError(message)
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, ReprlearnWarning, stacklevel=3)
     return images
 
 

@@ -19,7 +19,7 @@ from reprlearn.data.decode import DecodeSpec
 from reprlearn.data.files import (SPLIT_NAMES, FileIndex, finish_index, describe_problems, image_format, index_csv,
                                   index_folder, probe_images)
 from reprlearn.data.imageset import ImageSet, make_imageset
-from reprlearn.errors import DataError, DatasetNotFoundError
+from reprlearn.errors import DataError, DatasetNotFoundError, ReprlearnWarning
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -186,32 +186,25 @@ def _tfds_files(builder, split: str, image_key: str, root: Path) -> list[tuple[s
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """One image file as uint8 `[H, W]` (grayscale) or `[H, W, 3]` (colour), each mode converted explicitly.
-
-    8-bit grayscale and 1-bit stay grayscale; 16-bit and 32-bit integer grayscale keep their top 8 bits
-    of the range they use; palette, RGBA, LA and CMYK become RGB or grayscale without alpha.
+    """One image file as uint8 `[H, W]` (grayscale) or `[H, W, 3]` (colour), as the streamed pipelines see it:
+    every format Pillow reads, EXIF orientation applied, alpha composited on black (`decode.pillow_pixels`).
 
     Raises:
-        ValueError: the file is not a readable image (corrupt, truncated) or has a mode reprlearn refuses.
+        DataError: the file is not a readable image (corrupt, truncated).
     """
     from PIL import Image, UnidentifiedImageError
+
+    from reprlearn.data.decode import pillow_pixels
 
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
-            if mode in ("L", "1", "LA"):
-                return np.asarray(im.convert("L"), np.uint8)
-            if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
-                return np.asarray(im.convert("RGB"), np.uint8)
-            if mode.startswith("I;16") or mode == "I":
-                array = np.asarray(im, dtype=np.int64)
-                bits = 16 if mode.startswith("I;16") or array.max(initial=0) < 65536 else 32
-                return (np.clip(array, 0, 2 ** bits - 1) >> (bits - 8)).astype(np.uint8)
+            pixels = pillow_pixels(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {str(path)!r}: {err} (corrupt or truncated?)") from None
-    raise DataError(f"image mode {mode!r} is not supported (8/16-bit grayscale, RGB, RGBA and palette images are). "
-                     f"Received: {str(path)!r}")
+    if pixels.shape[-1] in (2, 4):  # the image over a black background, as the pipelines composite it
+        pixels = np.round(pixels[..., :-1] * (pixels[..., -1:] / 255.0)).astype(np.uint8)
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
 
 def _streamed(index: FileIndex, decoding: Decoding, source: str) -> dict[str, ImageSet]:
@@ -220,10 +213,10 @@ def _streamed(index: FileIndex, decoding: Decoding, source: str) -> dict[str, Im
         if decoding.on_bad_image == "error":
             raise DataError(f"{source}: {describe_problems(index)} (data.on_bad_image: error refuses them; "
                             "'skip' trains without them). Received: on_bad_image='error'")
-        warnings.warn(f"{source}: {describe_problems(index)}", UserWarning, stacklevel=3)
+        warnings.warn(f"{source}: {describe_problems(index)}", ReprlearnWarning, stacklevel=3)
     if index.dropped_classes:
         warnings.warn(f"{source}: classes with no readable image were dropped: {index.dropped_classes}",
-                      UserWarning, stacklevel=3)
+                      ReprlearnWarning, stacklevel=3)
     sizes, channels = probe_images(index.files, decoding.image_size is None, decoding.channels is None)
     if decoding.image_size is None:
         if len(sizes) > 1:

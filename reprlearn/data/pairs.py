@@ -37,7 +37,7 @@ from reprlearn.data.files import (
     read_csv_rows,
 )
 from reprlearn.data.imageset import ImageSet, check_images
-from reprlearn.errors import DataError, DatasetNotFoundError
+from reprlearn.errors import DataError, DatasetNotFoundError, ReprlearnWarning
 
 VIEWS = ("query", "reference")
 
@@ -261,7 +261,7 @@ def load_pairs(spec: str, query_decoding, reference_decoding) -> tuple[dict[str,
                             "Received: on_bad_image='error'")
         shown = "; ".join(f"{path} ({why})" for path, why in skipped[:5])
         warnings.warn(f"{spec}: {len(skipped)} pairs left out: {shown}"
-                      f"{f' and {len(skipped) - 5} more' if len(skipped) > 5 else ''}", UserWarning, stacklevel=2)
+                      f"{f' and {len(skipped) - 5} more' if len(skipped) > 5 else ''}", ReprlearnWarning, stacklevel=2)
     if not kept:
         raise DataError(f"{spec} has no usable pair ({len(skipped)} left out). Received: data.name={spec!r}")
     tables = {view: FileTable(root, np.array([row[v][0] for row in kept], dtype=object),

@@ -12,14 +12,18 @@ without an official test split (digits, image folders) is split 80/20 per class 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from reprlearn.data.imageset import ImageSet
-from reprlearn.errors import DataError
+from reprlearn.errors import DataError, ReprlearnWarning
 
 PROTOCOLS = ("seen-classes", "unseen-classes")
+# A class of a source without its own splits needs one image to train on and one to test on; one with fewer is
+# left out of the run, named in a warning, run.json and the report (a gallery may still enrol it).
+MIN_CLASS_IMAGES = 2
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Splits:
     test: ImageSet
     train_classes: list[int]
     test_classes: list[int]
+    classes_left_out: list[str] = field(default_factory=list)   # names of classes too small to split
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +59,19 @@ def _cap(imageset: ImageSet, limit: int | None, seed: int) -> ImageSet:
     return imageset.subset(keep)
 
 
+def _without_small_classes(imageset: ImageSet) -> tuple[ImageSet, list[str]]:
+    """`(the set without its classes of fewer than MIN_CLASS_IMAGES items, their names)`, warning when any."""
+    classes, counts = np.unique(imageset.labels, return_counts=True)
+    small = classes[counts < MIN_CLASS_IMAGES]
+    if not len(small):
+        return imageset, []
+    names = [str(imageset.class_names[c]) for c in small]
+    warnings.warn(f"classes with fewer than {MIN_CLASS_IMAGES} images were left out of the run (a class needs one "
+                  f"image to train on and one to test on): {names[:10]}"
+                  f"{f' and {len(names) - 10} more' if len(names) > 10 else ''}", ReprlearnWarning, stacklevel=4)
+    return imageset.subset(~np.isin(imageset.labels, small)), names
+
+
 def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[int] | None = None,
                 validation_fraction: float = 0.1, seed: int = 0, max_train: int | None = None,
                 max_test: int | None = None, validation_classes: int = 0) -> Splits:
@@ -76,13 +94,20 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol; use one of {list(PROTOCOLS)}. Received: protocol={protocol!r}")
     given_val = sets.get("validation")  # a file list's own validation rows
+    left_out = []
     if "all" in sets:
-        whole = sets["all"]
+        whole, left_out = _without_small_classes(sets["all"])
         train_index, test_index = stratified_split(whole.labels, 0.2, seed)
         train_side, test_side = whole.subset(train_index), whole.subset(test_index)
     else:
         train_side, test_side = sets["train"], sets["test"]
     all_classes = sorted(set(train_side.classes) | set(test_side.classes))
+    if len(all_classes) < 2:
+        names = [str(train_side.class_names[c]) for c in all_classes]
+        raise DataError(f"the dataset holds {len(all_classes)} usable class{'es' if len(all_classes) != 1 else ''} "
+                        f"{names}{f' (left out, too few images: {left_out})' if left_out else ''}; retrieval needs "
+                        "two classes at least (add a class folder, or images to the small ones). Received: "
+                        f"{len(all_classes)} class{'es' if len(all_classes) != 1 else ''}")
 
     if protocol == "seen-classes":
         train_cls = test_cls = all_classes
@@ -109,13 +134,14 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
         held_out = sorted(np.random.default_rng(seed + 1).choice(train_cls, validation_classes, replace=False))
         is_val = np.isin(train_side.labels, held_out)
         return Splits(train=train_side.subset(~is_val), val=train_side.subset(is_val), test=test_side,
-                      train_classes=[c for c in train_cls if c not in held_out], test_classes=list(test_cls))
+                      train_classes=[c for c in train_cls if c not in held_out], test_classes=list(test_cls),
+                      classes_left_out=left_out)
     if given_val is not None:
         return Splits(train=train_side, val=given_val, test=test_side, train_classes=list(train_cls),
-                      test_classes=list(test_cls))
+                      test_classes=list(test_cls), classes_left_out=left_out)
     fit_index, val_index = stratified_split(train_side.labels, validation_fraction, seed + 1)
     return Splits(train=train_side.subset(fit_index), val=train_side.subset(val_index), test=test_side,
-                  train_classes=list(train_cls), test_classes=list(test_cls))
+                  train_classes=list(train_cls), test_classes=list(test_cls), classes_left_out=left_out)
 
 
 def splits_for(data_cfg, sets: dict[str, ImageSet] | None = None) -> Splits:

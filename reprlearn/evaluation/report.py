@@ -40,9 +40,12 @@ def _files_section(report: dict) -> list[str]:
 
 def _markdown(report: dict, figures: dict[str, str]) -> str:
     m, d, t = report["metrics"], report["data"], report["train"]
+    left_out = d.get("classes_left_out")
     lines = [f"# reprlearn run: {d['name']}, {d['protocol']}", "",
              f"Train classes {d['train_classes']} ({d['n_train']} images, {d['n_val']} for validation); "
-             f"test classes {d['test_classes']} ({d['n_test']} images).", "",
+             f"test classes {d['test_classes']} ({d['n_test']} images)."
+             + (f" Left out, fewer than 2 images each (nothing to test them on): {left_out}." if left_out else ""),
+             "",
              "## Retrieval on the test protocol", "",
              f"| metric | model | raw pixels, L2 | raw pixels, cosine | {_pca_title(m)} |", "|---|---|---|---|---|"]
     cosine, pca = m.get("baseline_raw_cosine", {}), m.get("baseline_pca", {})

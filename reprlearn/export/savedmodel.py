@@ -140,7 +140,7 @@ def _add_embedding_endpoints(archive, tower: keras.Model, resize: str, names: tu
     spec = DecodeSpec((height, width), channels, resize)
 
     def decoded(image_bytes):
-        return tf.map_fn(lambda contents: decode_contents(contents, spec), image_bytes,
+        return tf.map_fn(lambda contents: decode_contents(contents, spec, pillow=False), image_bytes,
                          fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
 
     archive.add_endpoint(names[2], lambda image_bytes: embed(decoded(image_bytes)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.ops.checks import check_non_negative_number, check_positive_number
 from reprlearn.ops.labels import check_batch, check_class_ids
 
@@ -43,7 +44,7 @@ def am_softmax_loss(labels, cosines, scale: float = 30.0, margin: float = 0.35) 
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class AMSoftmaxLoss(keras.losses.Loss):
+class AMSoftmaxLoss(LabelledLoss):
     """AM-Softmax for `compile(loss=...)`: `y_true` class ids, `y_pred` the cosines of a `CosineClassifier`.
 
     Example:

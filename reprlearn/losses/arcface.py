@@ -20,6 +20,7 @@ import math
 import keras
 import tensorflow as tf
 
+from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.ops.checks import check_number_in, check_positive_number
 from reprlearn.ops.distances import safe_sqrt
 from reprlearn.ops.labels import check_batch, check_class_ids
@@ -68,7 +69,7 @@ def arcface_loss(labels, cosines, scale: float = 64.0, margin: float = 0.5) -> t
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class ArcFaceLoss(keras.losses.Loss):
+class ArcFaceLoss(LabelledLoss):
     """ArcFace for `compile(loss=...)`: `y_true` class ids, `y_pred` the cosines of a `CosineClassifier`.
 
     Example:

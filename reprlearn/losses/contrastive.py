@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss
+from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.ops.distances import Distance, check_margin, check_metric, pairwise_distance
 from reprlearn.ops.labels import check_batch, labels_vector, nan_unless_finite, pair_masks
 
@@ -82,7 +83,7 @@ def _active_share(terms: tf.Tensor, pairs: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class ContrastiveLoss(keras.losses.Loss):
+class ContrastiveLoss(LabelledLoss):
     """tensorflow-addons' `ContrastiveLoss`: the pair form, `y_true` marks matching pairs, `y_pred` holds distances.
 
     Example:

@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
+from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.ops.checks import check_positive_number
 from reprlearn.ops.distances import check_metric, cross_distance
 from reprlearn.ops.labels import labels_vector, nan_unless_finite
@@ -124,7 +125,7 @@ def symmetric_info_nce_loss(labels, pairs, temperature: float = 0.07) -> tf.Tens
     return tf.cast(nan_unless_finite(value, pairs), pairs.dtype)
 
 
-class CrossViewLoss(keras.losses.Loss):
+class CrossViewLoss(LabelledLoss):
     """The base of the two-view losses: checks `(y_true [B], y_pred [B, 2, d])`, takes the global batch under a
     strategy (`cross_replica`), returns this replica's share. Subclasses implement `pairs_loss`."""
 
@@ -199,7 +200,7 @@ class SymmetricInfoNCELoss(CrossViewLoss):
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class TwoViewLoss(keras.losses.Loss):
+class TwoViewLoss(LabelledLoss):
     """A one-tower in-batch loss over both views: the B queries and B references as 2B embeddings labelled by pair
     id (query i and reference i are positives, as are all items of one id).
 

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.losses.pair_miners import get_pair_miner
 from reprlearn.ops.distances import pairwise_distance
 from reprlearn.ops.labels import check_batch, nan_unless_finite, pair_masks
@@ -53,7 +54,7 @@ class BatchMemo:
         return next((values for kept, values in reversed(self._entries) if kept is y_pred), None)
 
 
-class InBatchLoss(keras.losses.Loss):
+class InBatchLoss(LabelledLoss):
     """A loss over the pairs of a batch: `y_true` labels `[N]` or `[N, 1]`, `y_pred` embeddings `[N, d]`.
 
     `call` computes the distance matrix and pair masks once, hands them to `batch_loss`, and keeps

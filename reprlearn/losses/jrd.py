@@ -19,6 +19,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.ops.distances import pairwise_distance
 from reprlearn.ops.labels import labels_vector
 
@@ -65,7 +66,7 @@ def joint_representation_similarity(labels, features: Sequence, single_bandwidth
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class JointRepresentationSimilarity(keras.losses.Loss):
+class JointRepresentationSimilarity(LabelledLoss):
     """JRS as a Keras loss on one packed output: `y_pred` is the layers' flattened features side by side.
 
     Example:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.ops.checks import check_non_negative_number, check_positive_number
 from reprlearn.ops.labels import check_batch, check_class_ids, nan_unless_finite
 from reprlearn.ops.replicas import global_batch, per_replica_share
@@ -89,7 +90,7 @@ def proxy_anchor_loss(labels, embeddings, proxies, margin: float = 0.1, alpha: f
 
 
 @keras.saving.register_keras_serializable(package="reprlearn")
-class ProxyAnchorLoss(keras.losses.Loss):
+class ProxyAnchorLoss(LabelledLoss):
     """Proxy-Anchor for `compile(loss=...)`: `y_true` class ids, `y_pred` the `[N, C]` cosines of a
     `CosineClassifier` (whose weights are the proxies).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -54,6 +55,21 @@ def positive_slots(positive: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tenso
     return tf.minimum(columns, n - 1), slot_score > 0
 
 
+def check_label_values(labels, name: str = "labels") -> None:
+    """Refuses class ids that are not numbers (names as strings) with the fix, before TensorFlow's own conversion
+    fails somewhere inside with "could not convert string to float"."""
+    dtype = getattr(labels, "dtype", None)
+    if dtype is None and isinstance(labels, (list, tuple)):
+        dtype = np.asarray(labels).dtype
+    if dtype is None:
+        return
+    if dtype == tf.string or (isinstance(dtype, np.dtype) and dtype.kind in "USO"):
+        first = np.asarray(labels).reshape(-1)[:1].tolist() if not isinstance(labels, tf.Tensor) else ["..."]
+        raise ValueError(f"{name} must be integer class ids, not names; map the names to ids with "
+                         f"ids = np.unique(names, return_inverse=True)[1]. Received: {name} of {dtype} values, "
+                         f"e.g. {first[0] if first else None!r}")
+
+
 def check_batch(labels, embeddings, labels_name: str = "labels",
                 embeddings_name: str = "embeddings") -> tuple[tf.Tensor, tf.Tensor]:
     """A loss's inputs checked at its door: embeddings `[N, d]`, class ids `[N]` or `[N, 1]`, one per row.
@@ -70,6 +86,7 @@ def check_batch(labels, embeddings, labels_name: str = "labels",
     Raises:
         ValueError: naming the argument and the shapes received.
     """
+    check_label_values(labels, labels_name)
     labels, embeddings = tf.convert_to_tensor(labels), tf.convert_to_tensor(embeddings)
     if embeddings.shape.rank is not None and embeddings.shape.rank != 2:
         raise ValueError(f"{embeddings_name} must be [N, d], one row per item. "

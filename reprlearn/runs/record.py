@@ -109,7 +109,7 @@ def data_record(cfg: Config, splits: Splits | PairSplits, from_arrays: bool) -> 
         "data_dir": None if from_arrays else cfg.data.data_dir,
         "protocol": cfg.data.protocol,
         "train_classes": splits.train_classes, "test_classes": splits.test_classes,
-        "class_names": list(splits.train.class_names),
+        "class_names": list(splits.train.class_names), "classes_left_out": splits.classes_left_out,
         "image_shape": list(splits.train.image_shape),
         **({"files": {**splits.train.source_record, "root": splits.train.files.root}}
            if splits.train.streamed and splits.train.source_record else {}),
@@ -350,6 +350,7 @@ def run_summary(cfg: Config, out: Path, epochs_done: int, seconds: float, histor
                                                     "command", "kind", "metric", "created")},
         "data": {"name": data["name"], "source": data["source"], "protocol": data["protocol"],
                  "train_classes": data["train_classes"], "test_classes": data["test_classes"],
+                 "classes_left_out": data.get("classes_left_out", []),
                  "n_train": data["splits"]["train"]["n"], "n_val": data["splits"]["val"]["n"],
                  "n_test": data["splits"]["test"]["n"], "image_shape": data["image_shape"]},
         "train": {"epochs": cfg.train.epochs, "epochs_this_session": epochs_run,

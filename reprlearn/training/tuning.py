@@ -31,8 +31,8 @@ import keras_tuner
 import numpy as np
 
 from reprlearn.config import Config, ConfigError, config_to_dict
-from reprlearn.config.schema import TUNING_OBJECTIVES, TWO_TOWER_OBJECTIVES
-from reprlearn.config.losses import LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES
+from reprlearn.config.schema import TUNING_OBJECTIVES, TWO_TOWER_OBJECTIVES, LossConfig
+from reprlearn.config.losses import LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES, SHARED_OPTIONS
 from reprlearn.data import Splits
 from reprlearn.data.pairs import PairSplits
 from reprlearn.data.pipelines import matched_pair_batches
@@ -130,9 +130,13 @@ def trial_config(cfg: Config, values: dict) -> Config:
     own = loss == cfg.loss.name
     per_loss = {key: (getattr(cfg.loss, key) if own else spec.defaults.get(key)) for key in LOSS_OPTIONS}
     per_loss.update({key: float(values[key]) for key in PER_LOSS if key in values and key in spec.defaults})
-    # Another loss's own margin and scale where it has them (Circle's m 0.4, ArcFace's s 64); the config's otherwise.
-    base = dataclasses.replace(cfg.loss, **{key: spec.defaults.get(key, getattr(cfg.loss, key))
-                                            for key in ("margin", "scale")}) if not own else cfg.loss
+    # Another loss's own margin and scale where it has them (Circle's m 0.4, ArcFace's s 64); the config's where it
+    # reads them; the schema's default where it does not (a config must not carry a value its loss ignores).
+    unread = LossConfig()
+    base = dataclasses.replace(cfg.loss, **{
+        key: spec.defaults.get(key, getattr(cfg.loss, key) if key in spec.reads else getattr(unread, key))
+        for key in SHARED_OPTIONS}) if not own else cfg.loss
+    reads_margin = "margin" in spec.reads or "margin" in spec.defaults
     joint_layers = joint_layer_choice(values["joint_layers"]) if "joint_layers" in values else cfg.model.joint_layers
     # The config's joint weights where they fit the trial's layers; otherwise every part weighs 1.
     joint_weights = cfg.model.joint_weights if len(cfg.model.joint_weights) == len(joint_layers) + 1 else []
@@ -142,7 +146,8 @@ def trial_config(cfg: Config, values: dict) -> Config:
         model=dataclasses.replace(cfg.model, embedding_dim=int(values.get("embedding_dim", cfg.model.embedding_dim)),
                                   joint_layers=joint_layers, joint_weights=joint_weights),
         # A trial's loss keeps the config's distance and soft flag where it accepts them (the registry says).
-        loss=dataclasses.replace(base, name=loss, margin=float(values.get("margin", base.margin)), **per_loss,
+        loss=dataclasses.replace(base, name=loss, margin=float(values["margin"]) if "margin" in values and reads_margin
+                                 else base.margin, **per_loss,
                                  miner=cfg.loss.miner if spec.pairs else "none",
                                  distance=cfg.loss.distance if own else spec.defaults.get(
                                      "distance", cfg.loss.distance if cfg.loss.distance in spec.distances
