@@ -11,7 +11,9 @@ It writes its own synthetic photo folders (tests/photo_folder.py: coloured shape
 3. training images/s of a MobileNetV3Small tower (random init, 96 × 96, 8 × 16 batches) streaming from the folder
    vs the same decoded images from memory (target ≥ 0.9×);
 4. peak resident memory of a whole training run (train, evaluate, report) in a fresh process for each size
-   (target: growth < 200 MB from 10⁴ to 10⁵ files).
+   (target: growth < 200 MB from 10⁴ to 10⁵ files);
+5. formats: the input pipeline (decode + resize to 96 × 96, P×K 8 × 16) on the same photos stored 100% as JPEG,
+   100% as WebP (TensorFlow's decoder) and 100% as TIFF (Pillow inside the map), in images/s and as ratios to JPEG.
 Ratios are medians of alternating A/B repeats (this machine's speed is bimodal).
 """
 
@@ -88,6 +90,43 @@ def pipelines(folder: Path, side: int, repeats: int, images: int, augment: str) 
     return a, b
 
 
+def format_folder(root: Path, source: Path, fmt: str, limit: int) -> Path:
+    """The first `limit` photos of `source` (a P×K-friendly share of every class) re-encoded as `fmt`, once."""
+    from PIL import Image
+
+    folder = root / f"{source.name}-{fmt.lower()}-{limit}"
+    if (folder / ".complete").is_file():
+        return folder
+    per_class = max(K, limit // CLASSES)
+    suffix = {"JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tiff"}[fmt]
+    for class_folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        (folder / class_folder.name).mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(sorted(f for f in class_folder.rglob("*") if f.is_file())[:per_class]):
+            with Image.open(path) as image:
+                image.convert("RGB").save(folder / class_folder.name / f"{i:05d}{suffix}", fmt,
+                                          **({"quality": 90} if fmt in ("JPEG", "WEBP") else {}))
+    (folder / ".complete").write_text("done")
+    return folder
+
+
+def formats(root: Path, source: Path, repeats: int, images: int, limit: int) -> dict[str, list[float]]:
+    """images/s of the P×K pipeline (decode + resize to 96 × 96) on the same photos as JPEG, WebP and TIFF,
+    alternating the formats within each repeat."""
+    from reprlearn.data.loaders import Decoding, load_dataset
+    from reprlearn.data.pipelines import pk_batches
+
+    datasets = {}
+    for fmt in ("JPEG", "WEBP", "TIFF"):
+        imageset = load_dataset(f"folder:{format_folder(root, source, fmt, limit)}",
+                                decoding=Decoding((96, 96), 3, "stretch"))["all"]
+        datasets[fmt] = pk_batches(imageset, imageset.labels, P, K, seed=0)
+    rates = {fmt: [] for fmt in datasets}
+    for _ in range(repeats):
+        for fmt, dataset in datasets.items():
+            rates[fmt].append(rate(dataset, images))
+    return rates
+
+
 def training(folder: Path, repeats: int, steps: int) -> tuple[list[float], list[float]]:
     import keras
 
@@ -146,7 +185,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=4000, help="images per pipeline measurement")
     parser.add_argument("--steps", type=int, default=30, help="training steps per measurement")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["index", "pipeline", "training", "memory"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["index", "pipeline", "training", "memory", "formats"])
+    parser.add_argument("--format-photos", type=int, default=3200, help="photos per folder in the formats table")
     args = parser.parse_args()
     root = Path(args.root)
     folders = {}
@@ -179,6 +220,13 @@ def main():
               f"| streamed from the folder | {statistics.median(streamed):.0f} |\n"
               f"| the same decoded images from memory | {statistics.median(memory):.0f} |\n"
               f"| ratio | {statistics.median(ratios):.2f}× |", flush=True)
+    if "formats" not in args.skip:
+        rates = formats(root, small, args.repeats, args.images, args.format_photos)
+        print(f"\n| the same {args.format_photos:,} photos, 96 × 96, P×K 8×16 | images/s | ratio to JPEG |\n"
+              "|---|---|---|")
+        for fmt, values in rates.items():
+            ratio = statistics.median(a / b for a, b in zip(values, rates["JPEG"]))
+            print(f"| 100% {fmt} | {statistics.median(values):,.0f} | {ratio:.2f}× |", flush=True)
     if "memory" not in args.skip:
         print("\n| whole run (train, evaluate, report), fresh process | peak RSS |\n|---|---|")
         peaks = {}

@@ -67,7 +67,7 @@ def test_bad_files_are_skipped_listed_or_refused(photos, tmp_path):
     assert reasons["class_00/empty.jpg"] == "zero bytes"
     assert reasons["class_01/cut.jpg"].startswith("truncated")
     assert reasons["class_02/garbage.png"].startswith("not an image")
-    assert reasons["class_02/pixel.gif"] == ("too small (1x1 pixels; images under 8 pixels a side are skipped, not "
+    assert reasons["class_02/pixel.gif"] == ("too small (1x1 pixels; images under 4 pixels a side are skipped, not "
                                              "upscaled)")
     assert record["ignored_files"] == 2 and record["dropped_classes"] == ["class_03"]
     with pytest.raises(DataError, match=r"5 unusable image files.*class_00/empty.jpg.*on_bad_image: error refuses"):
@@ -86,7 +86,7 @@ def test_a_folder_with_no_readable_image_is_an_error_and_one_class_trains_nothin
     make_photo_folder(tmp_path / "one", classes=1, per_class=6)
     cfg = Config()
     cfg.data.name, cfg.data.image_size = f"folder:{tmp_path / 'one'}", [32, 32]
-    with pytest.raises((DataError, ConfigError), match="classes_per_batch exceeds the 1 training classes"):
+    with pytest.raises((DataError, ConfigError), match=r"holds 1 usable class \['class_00'\]"):
         run_training(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

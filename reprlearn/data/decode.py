@@ -1,11 +1,12 @@
 """Decoding image files inside tf.data: any image Pillow reads → float32 pixels of one size and channel count.
 
-TensorFlow's own decoders are the fast path (JPEG, PNG, GIF, BMP, WebP); every other format Pillow reads (TIFF,
-...) is decoded by Pillow inside the same `tf.data` map (`tf.numpy_function`, run by the map's parallel calls).
+TensorFlow's own decoders are the fast path (JPEG, PNG, GIF, BMP, WebP); TIFF is decoded by Pillow inside the
+same `tf.data` map (`tf.numpy_function`, run by the map's parallel calls).
 JPEGs decode with the accurate integer DCT (`INTEGER_ACCURATE`, libjpeg's islow, as Pillow): the pixels equal
 Pillow's, where TensorFlow's default fast DCT differs by up to 3 levels. EXIF orientation is applied as a viewer
-shows the photo: a JPEG carrying an EXIF block has its orientation tag read (Pillow, header only) and the
-decoded pixels turned and flipped to match; Pillow-read files are turned by Pillow. A SavedModel's
+shows the photo: a JPEG whose first segment is an EXIF block (or second, after JFIF's standard APP0), as cameras
+and editors write it, has its orientation tag read (Pillow, header only) and the decoded pixels turned and flipped
+to match; Pillow-read files are turned by Pillow. A SavedModel's
 `embed_encoded` has no Python to call (`pillow=False`): it reads JPEG, PNG, GIF, BMP and WebP, the same pixels,
 but does not apply EXIF orientation.
 
@@ -109,17 +110,6 @@ def resize_image(image: tf.Tensor, spec: DecodeSpec, crop_seed: tf.Tensor | None
     return resized[offset[0]:offset[0] + target_h, offset[1]:offset[1] + target_w]
 
 
-def _is_tensorflow_format(contents: tf.Tensor) -> tf.Tensor:
-    """A JPEG, PNG, GIF, BMP or WebP by its first bytes: what `tf.io.decode_image` reads."""
-    return tf.reduce_any(tf.stack([
-        tf.logical_and(tf.equal(tf.strings.substr(contents, 0, 4), b"RIFF"),
-                       tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP")),
-        tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff"),
-        tf.equal(tf.strings.substr(contents, 0, 8), b"\x89PNG\r\n\x1a\n"),
-        tf.equal(tf.strings.substr(contents, 0, 6), b"GIF87a"), tf.equal(tf.strings.substr(contents, 0, 6), b"GIF89a"),
-        tf.equal(tf.strings.substr(contents, 0, 2), b"BM")]))
-
-
 def pillow_pixels(image) -> np.ndarray:
     """A Pillow image (EXIF orientation applied) as uint8 `[h, w, c]`: c = 1 (gray), 2 (gray + alpha), 3 (RGB) or
     4 (RGBA); 16- and 32-bit gray keep the top 8 bits of the range they use; palette images become RGB(A), CMYK and
@@ -184,35 +174,44 @@ def _oriented(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     ])
 
 
-def _decoded_uint8(contents: tf.Tensor, pillow: bool) -> tf.Tensor:
-    """One file's bytes → uint8 `[h, w, c]` as a viewer shows it (see the module doc)."""
-    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff")
+def _decoded(contents: tf.Tensor, pillow: bool) -> tf.Tensor:
+    """One file's bytes → float32 `[h, w, c]` in [0, 255] as a viewer shows it (see the module doc); float before it
+    is turned, as oneDNN has no uint8 transpose on most CPUs (and says so in a log line).
 
-    def with_tensorflow():
-        image = tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(contents, dct_method="INTEGER_ACCURATE"),
-                        lambda: tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8))
-        image = tf.ensure_shape(image, [None, None, None])
+    A handful of byte comparisons choose the decoder: each op costs every image a few microseconds, and searching
+    the header for "Exif" cost a fifth of the pipeline's speed.
+    """
+    head = tf.strings.substr(contents, 0, 4)
+    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
+
+    def jpeg():
+        image = tf.cast(tf.io.decode_jpeg(contents, dct_method="INTEGER_ACCURATE"), tf.float32)
         if not pillow:
             return image
-        has_exif = tf.size(tf.strings.split(tf.strings.substr(contents, 0, 65536), sep="Exif\x00\x00")) > 1
-        return tf.cond(tf.logical_and(is_jpeg, has_exif), lambda: _oriented(image, tf.reshape(tf.numpy_function(
+        # An EXIF APP1 block first (offset 6), or after JFIF's standard 16-byte APP0 (offset 24).
+        has_exif = tf.reduce_any(tf.equal(tf.strings.substr(contents, [6, 24], [6, 6]), b"Exif\x00\x00"))
+        return tf.cond(has_exif, lambda: _oriented(image, tf.reshape(tf.numpy_function(
             _exif_orientation, [contents], tf.int32, stateful=False), [])), lambda: image)
 
-    if not pillow:
-        return with_tensorflow()
+    def other():
+        def with_tensorflow():   # PNG, GIF, BMP, WebP
+            return tf.cast(tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8),
+                           tf.float32)
 
-    def with_pillow():
-        image = tf.numpy_function(_pillow_decode, [contents], tf.uint8, stateful=False)
-        return tf.ensure_shape(image, [None, None, None])
+        if not pillow:
+            return with_tensorflow()
+        is_tiff = tf.logical_or(tf.equal(head, b"II*\x00"), tf.equal(head, b"MM\x00*"))
+        return tf.cond(is_tiff, lambda: tf.cast(tf.numpy_function(_pillow_decode, [contents], tf.uint8,
+                                                                    stateful=False), tf.float32), with_tensorflow)
 
-    return tf.cond(_is_tensorflow_format(contents), with_tensorflow, with_pillow)
+    return tf.ensure_shape(tf.cond(is_jpeg, jpeg, other), [None, None, None])
 
 
 def decode_contents(contents: tf.Tensor, spec: DecodeSpec, crop_seed: tf.Tensor | None = None,
                     pillow: bool = True) -> tf.Tensor:
     """One file's bytes → float32 `[H, W, channels]` in [0, 255]; raises an error for a bad file (the pipelines
     skip it). `pillow=False` (a SavedModel's graph): TensorFlow's decoders only, no EXIF orientation."""
-    image = _to_channels(tf.cast(_decoded_uint8(contents, pillow), tf.float32), spec.channels)
+    image = _to_channels(_decoded(contents, pillow), spec.channels)
     image = resize_image(image, spec, crop_seed)  # area averages and bilinear blends stay within [0, 255]
     target_h, target_w = spec.image_size
     return tf.ensure_shape(image, [target_h, target_w, spec.channels])

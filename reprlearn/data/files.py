@@ -30,7 +30,7 @@ UNSUPPORTED_SUFFIXES = (".heic", ".heif", ".avif", ".jp2", ".ico", ".ppm", ".pgm
 # to the run's size would train on a flat colour). Read from the header: PNG, GIF and BMP from the bytes every
 # file's check reads anyway; JPEG, WebP and TIFF through Pillow's header parser for files up to
 # SMALL_FILE_BYTES (a larger file holds more than a few pixels, unless its metadata is large).
-MIN_IMAGE_SIDE = 8
+MIN_IMAGE_SIDE = 4
 SMALL_FILE_BYTES = 16_384
 SPLIT_NAMES = ("train", "validation", "test")
 # How many problem files a warning names before it says "and N more".

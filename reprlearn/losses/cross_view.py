@@ -29,7 +29,7 @@ from reprlearn.losses.in_batch import InBatchLoss, masked_logsumexp
 from reprlearn.losses.labelled import LabelledLoss
 from reprlearn.ops.checks import check_positive_number
 from reprlearn.ops.distances import check_metric, cross_distance
-from reprlearn.ops.labels import labels_vector, nan_unless_finite
+from reprlearn.ops.labels import check_label_values, labels_vector, nan_unless_finite
 from reprlearn.ops.replicas import global_batch, per_replica_share
 
 
@@ -39,10 +39,8 @@ def check_view_pairs(labels, pairs, labels_name: str = "labels", pairs_name: str
     Example:
         labels, pairs = check_view_pairs([0, 1], tf.zeros([2, 2, 8]))
     """
+    check_label_values(labels, labels_name)
     pairs, labels = tf.convert_to_tensor(pairs), tf.convert_to_tensor(labels)
-    if labels.dtype == tf.string:
-        raise ValueError(f"{labels_name} must be integer pair or place ids; map names to ids first with "
-                         f"np.unique(names, return_inverse=True)[1]. Received: {labels_name} of dtype string")
     if pairs.shape.rank is not None and (pairs.shape.rank != 3 or pairs.shape[1] not in (None, 2)):
         raise ValueError(f"{pairs_name} must be [B, 2, d]: each pair's query and reference embeddings (a two-tower "
                          f"model's output). Received: {pairs_name}.shape={tuple(pairs.shape)}")
