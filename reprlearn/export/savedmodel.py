@@ -3,9 +3,10 @@
 Signatures (every input and output is named):
 - `serving_default`: `images` (float32, raw 0-255 pixels) → `embedding`;
 - `embed_uint8`: the same for uint8 images;
-- `embed_encoded`: `image_bytes` (a string per image: the bytes of a JPEG, PNG, GIF or BMP file, any size) →
-  `embedding`, each decoded and resized as the run's data (`data.resize`) inside the graph, so a client
-  can send a photo as it is (with a gallery, `identify_encoded` likewise);
+- `embed_encoded`: `image_bytes` (a string per image: the bytes of a JPEG, PNG, GIF, BMP or WebP file, any size)
+  → `embedding`, each decoded and resized as the run's data (`data.resize`) inside the graph, so a client
+  can send a photo as it is (with a gallery, `identify_encoded` likewise); EXIF orientation is not applied
+  (the graph has no Python to read it: send photos upright);
 - two-tower runs: `embed_query`, `embed_query_uint8`, `embed_query_encoded` (the query tower, as the three
   above) and `embed_reference`, `embed_reference_uint8`, `embed_reference_encoded` (the reference tower, each
   file decoded to the reference view's size); `identify` embeds with the query tower, and `distance` and `verify`
