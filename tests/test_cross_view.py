@@ -274,6 +274,7 @@ def replica_steps() -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow   # a subprocess with two virtual devices (about 30 s); make test-all runs it
 @pytest.mark.parametrize("name", ["soft_margin_triplet", "info_nce", "info_nce_learnt", "two_view_triplet"])
 def test_a_two_replica_step_equals_the_one_device_step_on_the_global_batch(replica_steps, name):
     assert replica_steps["replicas"] == 2

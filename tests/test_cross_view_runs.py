@@ -98,6 +98,7 @@ def pair_csv(tmp_path_factory):
     return root, path
 
 
+@pytest.mark.slow
 def test_a_pair_csv_streams_and_lists_the_pairs_it_left_out(pair_csv, tmp_path):
     root, path = pair_csv
     cfg = config_from_dict({**RUN, "data": {"name": f"csv:{path}"},
