@@ -49,7 +49,11 @@ def _config(tmp_path, text: str):
     return path
 
 
-def test_a_one_image_class_is_left_out_named_once_and_reported_and_warnings_are_one_line(tmp_path):
+def test_a_one_image_class_is_left_out_named_once_and_reported_and_warnings_are_one_line(tmp_path, recwarn):
+    import warnings as python_warnings
+
+    from reprlearn.errors import ReprlearnWarning
+
     folder = tmp_path / "photos"
     make_photo_folder(folder, classes=4, per_class=20, seed=0, sizes=(24, 48))
     (folder / "class_09").mkdir()
@@ -57,20 +61,27 @@ def test_a_one_image_class_is_left_out_named_once_and_reported_and_warnings_are_
     Image.new("RGB", (1, 1)).save(folder / "class_00" / "pixel.png")          # a tracking pixel: skipped, listed
     (folder / "class_01" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")  # not decodable: skipped
     config = _config(tmp_path, SMALL_RUN.format(folder=folder))
-    done = subprocess.run([sys.executable, "-m", "reprlearn.cli", "train", str(config), "--out", str(tmp_path / "run"),
-                           "--quiet"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    warnings = [line for line in done.stderr.splitlines() if line.strip()]
-    # Every warning is one line of its own, without Python's file:line prefix or the source line under it.
-    assert all(line.startswith("reprlearn: warning: ") for line in warnings), warnings
-    assert not any(".py:" in line for line in warnings)
-    assert any("left out of the run" in line and "['class_09']" in line for line in warnings), warnings
-    assert any("pixel.png: too small (1x1 pixels" in line for line in warnings), warnings
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    # Every warning prints as one line of its own (what stderr shows), without Python's file:line prefix.
+    shown = [python_warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+             for w in recwarn if issubclass(w.category, ReprlearnWarning)]
+    assert all(line.startswith("reprlearn: warning: ") and line.count("\n") == 1 and ".py:" not in line
+               for line in shown), shown
+    assert any("left out of the run" in line and "['class_09']" in line for line in shown), shown
+    assert any("pixel.png: too small (1x1 pixels" in line for line in shown), shown
     record = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
     assert record["classes_left_out"] == ["class_09"]
     assert 4 not in record["test_classes"] and 4 not in record["train_classes"]
     assert "Left out, fewer than 2 images each (nothing to test them on): ['class_09']" in (
         tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_warning_prints_as_one_line_in_a_fresh_process():
+    code = ("import warnings, reprlearn\n"
+            "warnings.warn('3 unusable image files were skipped', reprlearn.ReprlearnWarning)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == ["reprlearn: warning: 3 unusable image files were skipped"]
 
 
 def test_a_folder_with_one_usable_class_says_so(tmp_path, capsys):
