@@ -187,3 +187,23 @@ def test_the_command_line_identifies_and_evaluates_alike_on_every_backend(digits
                                        [float(v) ** 2 for k, v in want.items() if "distance" in k], atol=1e-5)
         for key in ("dir", "rank_1", "recall_at_k", "frr", "far", "genuine", "impostors"):
             assert other_report[key] == report[key], (backend, key)
+
+
+def test_a_milvus_collection_without_enrolment_numbers_answers_neighbours_and_refuses_search(tmp_path):
+    """A collection made by an earlier reprlearn (auto-assigned row keys, no `next_row` in its facts)."""
+    import json
+
+    from reprlearn.index import GalleryError
+    from reprlearn.index.milvus import META_PROPERTY
+
+    pytest.importorskip("pymilvus", reason="the milvus extra (in dev) is not installed")
+    items, labels = _items(50)
+    gallery = _gallery("milvus", "L2", tmp_path)
+    gallery.add(items, labels)
+    collection = gallery._milvus
+    facts = {key: value for key, value in collection.meta().items() if key not in ("next_row", "removed_rows")}
+    collection._call("test", "alter_collection_properties", collection.name,
+                     properties={META_PROPERTY: json.dumps(facts)})
+    assert gallery.neighbours(items[:3], 1)[2][:, 0].tolist() == ["0", "1", "2"]
+    with pytest.raises(GalleryError, match="made by an earlier reprlearn.*enrol it again"):
+        gallery.search(items[:3], 1)
