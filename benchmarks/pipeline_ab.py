@@ -33,8 +33,9 @@ print(seen / (time.perf_counter() - started))
 
 
 def rate(tree: Path, folder: str, images: int) -> float:
+    environment = {"PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", MEASURE, folder, str(images)], cwd=tree, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+                          text=True, env=environment)
     if done.returncode:
         raise SystemExit(done.stderr[-2000:])
     return float(done.stdout.split()[-1])

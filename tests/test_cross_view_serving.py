@@ -212,7 +212,8 @@ def test_tune_searches_two_towers_on_validation_recall_and_retrains_the_best(ser
     config = root / "search.yaml"
     config.write_text(json.dumps({**RUN, "data": {"name": f"csv:{path}"},
                                   "train": {**RUN["train"], "epochs": 1, "steps_per_epoch": 10},
-                                  "search": {"objective": "val_recall_at_1", "loss": ["info_nce", "soft_margin_triplet"],
+                                  "search": {"objective": "val_recall_at_1",
+                                             "loss": ["info_nce", "soft_margin_triplet"],
                                              "learning_rate": [0.001, 0.005]}}))
     out = root / "tune"
     assert main(["tune", str(config), "--tuner", "random", "--max-trials", "2", "--out", str(out), "--quiet",

@@ -166,10 +166,10 @@ def test_the_command_line_identifies_and_evaluates_alike_on_every_backend(digits
     outputs = {}
     for backend in ("exact", "faiss-flat", "milvus"):
         gallery = tmp_path / backend
-        assert main(["index", str(digits_run), "--data", f"folder:{tmp_path / 'enrol'}", "--out", str(gallery), "--backend",
-                     backend]) == 0
-        assert main(["identify", str(digits_run), "--gallery", str(gallery), "--data", f"folder:{tmp_path / 'ask'}", "--k", "3",
-                     "--out", str(tmp_path / f"{backend}.csv")]) == 0
+        assert main(["index", str(digits_run), "--data", f"folder:{tmp_path / 'enrol'}", "--out", str(gallery),
+                     "--backend", backend]) == 0
+        assert main(["identify", str(digits_run), "--gallery", str(gallery), "--data", f"folder:{tmp_path / 'ask'}",
+                     "--k", "3", "--out", str(tmp_path / f"{backend}.csv")]) == 0
         assert main(["evaluate", str(digits_run), "--gallery", str(gallery), "--data",
                      f"folder:{tmp_path / 'ask'}"]) == 0
         report = json.loads(next((digits_run / "evaluations").glob("folder_*ask/identification.json")).read_text())
