@@ -89,8 +89,8 @@ class _Score:
     of: Callable[[list[np.ndarray]], float]
 
 
-def _parity_row(name: str, paths: list[Path], embeddings: list[np.ndarray], towers: list[_Tower],
-                reference: list[np.ndarray], score: _Score, keras_score: float) -> dict:
+def _parity_row(name: str, paths: list[Path], embeddings: list[np.ndarray], reference: list[np.ndarray],
+                score: _Score, keras_score: float) -> dict:
     value = score.of(embeddings)
     return {"format": name, "file": ", ".join(path.name for path in paths),
             "bytes": sum(_file_size(path) for path in paths),
@@ -337,7 +337,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats="saved_model,tflite
         rows, head_failure = [], None
 
         def check(row_name: str, paths: list[Path], embeddings: list[np.ndarray]) -> None:
-            rows.append(_parity_row(row_name, paths, embeddings, towers, probes, score, keras_score))
+            rows.append(_parity_row(row_name, paths, embeddings, probes, score, keras_score))
             if verbose:
                 r = rows[-1]
                 print(f"  {row_name:<16} {r['bytes'] / 1024:>8.0f} KiB  max|diff| {r['max_abs_diff']:.2e}  "

@@ -271,24 +271,31 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(path, config, record, evaluation)
 
 
+def unchanged_files(root: str, evaluation: dict, prefix: str, what: str, path: Path):
+    """The `FileTable` evaluation.npz records under `prefix` (`_keys`, `_sizes`, `_mtimes`); RunFolderError naming
+    the files changed, moved or gone since the run was trained."""
+    from reprlearn.data.files import FileTable
+
+    table = FileTable(root, evaluation[f"{prefix}_keys"].astype(object), evaluation[f"{prefix}_sizes"],
+                      evaluation[f"{prefix}_mtimes"])
+    changed = table.changed()
+    if changed:
+        raise RunFolderError(f"{len(changed)} {what} of {path} changed, moved or vanished since it was trained (size "
+                             f"or modification time), e.g. {changed[:3]} under {root}; restore them or retrain")
+    return table
+
+
 def _file_sets(config: Config, record: dict, evaluation: dict, path: Path) -> dict:
     """The validation and test sets of a run trained on files, rebuilt from the paths it recorded; a file
     changed, moved or gone since is an error naming it."""
     from reprlearn.data.decode import DecodeSpec
-    from reprlearn.data.files import FileTable
 
     root = str(evaluation["files_root"])
     shape = record["data"]["image_shape"]
     spec = DecodeSpec(tuple(shape[:2]), int(shape[2]), config.data.resize)
     sets = {}
     for name in ("test", "val"):
-        table = FileTable(root, evaluation[f"{name}_keys"].astype(object), evaluation[f"{name}_sizes"],
-                          evaluation[f"{name}_mtimes"])
-        changed = table.changed()
-        if changed:
-            raise RunFolderError(f"{len(changed)} {name} files of {path} changed, moved or vanished since it was "
-                                 f"trained (size or modification time), e.g. {changed[:3]} under {root}; restore "
-                                 "them or retrain")
+        table = unchanged_files(root, evaluation, name, f"{name} files", path)
         sets[f"{name}_set"] = ImageSet(None, evaluation[f"{name}_labels"], list(record["data"]["class_names"]),
                                        list(table.relative), table, spec)
     return sets

@@ -25,7 +25,7 @@ from reprlearn.data.pairs import PairSet
 from reprlearn.errors import RunFolderError
 from reprlearn.index import split_class_threshold
 from reprlearn.ops.distances import paired_distance
-from reprlearn.runs.api import Run, check_view
+from reprlearn.runs.api import Run, check_view, unchanged_files
 from reprlearn.runs.record import QUERY_FILE, REFERENCE_FILE
 
 
@@ -104,7 +104,6 @@ def pair_sets(config: Config, record: dict, evaluation: dict, path: Path) -> dic
     """`{"val_pairs", "test_pairs"}`: a two-tower run's validation and test pairs from evaluation.npz (pixels, or
     files checked against their recorded size and modification time)."""
     from reprlearn.data.decode import DecodeSpec
-    from reprlearn.data.files import FileTable
 
     if "test_labels" not in evaluation:  # a run from before evaluation.npz kept its pairs
         return _reloaded_pair_sets(config, record, path)
@@ -117,14 +116,8 @@ def pair_sets(config: Config, record: dict, evaluation: dict, path: Path) -> dic
             if f"{name}_{view}_images" in evaluation:
                 views[view] = ImageSet(evaluation[f"{name}_{view}_images"], labels, names)
                 continue
-            table = FileTable(str(evaluation[f"{name}_{view}_root"]),
-                              evaluation[f"{name}_{view}_keys"].astype(object),
-                              evaluation[f"{name}_{view}_sizes"], evaluation[f"{name}_{view}_mtimes"])
-            changed = table.changed()
-            if changed:
-                raise RunFolderError(f"{len(changed)} {name} {view} files of {path} changed, moved or vanished since "
-                                     f"it was trained (size or modification time), e.g. {changed[:3]} under "
-                                     f"{table.root}; restore them or retrain")
+            table = unchanged_files(str(evaluation[f"{name}_{view}_root"]), evaluation, f"{name}_{view}",
+                                    f"{name} {view} files", path)
             spec = DecodeSpec(tuple(shape[:2]), int(shape[2]), config.data.resize)
             views[view] = ImageSet(None, labels, names, list(table.relative), table, spec)
         sets[f"{name}_pairs"] = PairSet(views["query"], views["reference"], evaluation[f"{name}_reference_keys"],
