@@ -148,18 +148,48 @@ def _export(args) -> int:
 
 def _embed(args) -> int:
     from reprlearn.data import load_spec
-    from reprlearn.runs.files import write_embeddings
     from reprlearn.runs import load_run
 
     out = Path(args.out)
-    if out.suffix not in (".npz", ".parquet"):
-        raise ConfigError(f"--out must name a .npz or .parquet file. Received: --out={args.out!r}")
+    ray = args.engine == "ray"
+    if ray and out.suffix in (".npz", ".parquet"):
+        raise ConfigError(f"--engine ray writes a folder of Parquet shards: name a folder. Received: --out={args.out!r}")
+    if not ray and out.suffix not in (".npz", ".parquet"):
+        raise ConfigError(f"--out must name a .npz or .parquet file (or a folder, with --engine ray). Received: "
+                          f"--out={args.out!r}")
+    _check_engine_options(args)
     run = load_run(args.run_dir)
     data = load_spec(args.data, args.data_dir, run.decoding_for(args.view))
-    dim = write_embeddings(out, data, run, args.view)
     tower = f", the {args.view} tower" if run.kind == "two_tower" else ""
-    print(f"{len(data)} embeddings of dimension {dim} ({run.metric} metric{tower}) → {out}")
+    if ray:
+        from reprlearn.cluster.embed import embed_files
+
+        summary = embed_files(run.path, data, out, args.view, args.address, args.actors, args.batch or 128)
+        dim, failed = summary["dim"], summary["failed"]
+        done = f" ({summary['resumed']} of {summary['shards']} shards were already done)" if summary["resumed"] else ""
+        print(f"{summary['written']} embeddings of dimension {dim} ({run.metric} metric{tower}) → {out}/ "
+              f"({summary['shards']} Parquet shards{done})")
+    else:
+        from reprlearn.runs.files import write_embeddings
+
+        dim, failed = write_embeddings(out, data, run, args.view)
+        print(f"{len(data) - len(failed)} embeddings of dimension {dim} ({run.metric} metric{tower}) → {out}")
+    _warn_undecoded(failed)
     return 0
+
+
+def _check_engine_options(args) -> None:
+    if args.engine != "ray" and (args.address or args.actors is not None or args.batch is not None):
+        raise ConfigError(f"--address, --actors and --batch are for --engine ray. Received: --engine {args.engine}")
+
+
+def _warn_undecoded(failed: list[str]) -> None:
+    if failed:
+        from reprlearn.data.files import NAMED_PROBLEMS
+
+        more = f" and {len(failed) - NAMED_PROBLEMS} more" if len(failed) > NAMED_PROBLEMS else ""
+        print(f"reprlearn: warning: {len(failed)} files did not decode and were left out: "
+              f"{', '.join(failed[:NAMED_PROBLEMS])}{more}", file=sys.stderr)
 
 
 def _index(args) -> int:
@@ -191,6 +221,20 @@ def _index(args) -> int:
         run.enrol(gallery, data, labels, data.names)
         gallery.save(out)
         print(f"Added {len(gallery) - before} items to {out}: {len(gallery)} items of {len(class_names)} classes")
+        return 0
+    _check_engine_options(args)
+    if args.engine == "ray":
+        from reprlearn.cluster.embed import index_files
+
+        if args.backend != "milvus":
+            raise ConfigError(f"--engine ray enrols into a Milvus server (--backend milvus --uri http://HOST:PORT): "
+                              f"the other backends live in one process. Received: --backend {args.backend}")
+        gallery, failed = index_files(run, data, out, args.uri or str(out / "gallery.db"), args.collection,
+                                      args.index_type, args.far, args.address, args.actors, args.batch or 128)
+        print(f"Enrolled {len(gallery)} items of {len(data.class_names)} classes on Ray → {args.out}; rejection "
+              f"threshold {gallery.threshold:.4f} ({run.metric}) for FAR {args.far:g}, fit on {run.path}'s "
+              "validation split")
+        _warn_undecoded(failed)
         return 0
     options = {}
     if args.backend == "milvus":
@@ -342,6 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   "folder:PATH")
         command.add_argument("--data-dir", help="where fashion_mnist or tfds data lives (default: the usual places)")
 
+    def add_engine(command, what: str):
+        command.add_argument("--engine", choices=("local", "ray"), default="local",
+                             help=f"local: this process (default); ray: an actor pool on a Ray cluster ({what})")
+        command.add_argument("--address", help="--engine ray: the cluster's head (host:port; default RAY_ADDRESS, "
+                                               "else a local cluster on this machine)")
+        command.add_argument("--actors", type=int, help="--engine ray: actors in the pool (default: one per GPU, "
+                                                        "else one per node)")
+        command.add_argument("--batch", type=int, help="--engine ray: images per model call (default 128)")
+
     embed = commands.add_parser("embed", help="embed a dataset with a trained run; write embeddings, labels, names")
     embed.add_argument("run_dir", help="a finished run folder")
     add_data(embed, "the images to embed")
@@ -349,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ".parquet file (one row per image: name, label, class_name, embedding)")
     embed.add_argument("--view", choices=("query", "reference"), default="query",
                        help="a two-tower run: embed with the query tower (default) or the reference tower")
+    add_engine(embed, "a folder of Parquet shards, written by the actors; run again, it embeds what is missing")
     embed.set_defaults(handler=_embed)
     index = commands.add_parser("index", help="enrol a dataset into a gallery with a trained run")
     index.add_argument("run_dir", help="a finished run folder")
@@ -367,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--add", action="store_true", help="add --data's items to the gallery at OUT (any backend; "
                                                           "ids are the items' names, which must be new)")
     index.add_argument("--remove", nargs="+", metavar="ID", help="remove these item ids from the gallery at OUT")
+    add_engine(index, "the actors insert into the Milvus collection (--backend milvus, --uri of a server)")
     index.add_argument("--far", type=float, default=1e-3,
                        help="false-accept rate of the stored rejection threshold (fit on the run's validation split)")
     index.set_defaults(handler=_index)
@@ -424,8 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reprlearn {args.command}: error: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nreprlearn {args.command}: interrupted; finished epochs are checkpointed, so the same command "
-              "continues from there", file=sys.stderr)
+        kept = {"train": "finished epochs are checkpointed", "tune": "finished trials are kept",
+                "embed": "with --engine ray, finished shards are kept", "index": "with --engine ray, finished "
+                "shards are recorded"}.get(args.command)
+        print(f"\nreprlearn {args.command}: interrupted" + (f"; {kept}, so the same command continues from there"
+                                                            if kept else ""), file=sys.stderr)
         return 130
     except Exception as err:  # a bug in reprlearn (or a library under it), not in the input: keep the traceback
         traceback.print_exc()

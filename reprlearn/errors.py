@@ -42,6 +42,11 @@ class GalleryError(ReprlearnError, ValueError):
     """A gallery cannot be used as asked: bad input, an empty gallery, or a folder that holds no valid gallery."""
 
 
+class ClusterError(ReprlearnError, RuntimeError):
+    """A cluster engine cannot be used as asked: not installed, an address that does not answer, nodes that cannot
+    read the data or write the output."""
+
+
 class ReprlearnWarning(UserWarning):
     """Something reprlearn did for the user that they should know of (files skipped, classes left out, images
     upscaled); shown as one line, `reprlearn: warning: ...`, without Python's file:line prefix and source line."""

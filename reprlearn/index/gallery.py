@@ -232,6 +232,24 @@ class Gallery:
             self._milvus.create(self._milvus_dim, self._facts())
         self._milvus.insert(embeddings, labels, ids)
 
+    def bulk_target(self, dim: int) -> dict:
+        """For a bulk load by other processes (`reprlearn.cluster.embed.index_files`): creates this Milvus gallery's
+        empty collection for `dim`-dimensional items and returns how to open it (`uri`, `name`, `metric`, `index`:
+        `MilvusCollection`'s arguments). They insert item i as row i; `finish_bulk` records the rows."""
+        if not self._milvus:
+            raise GalleryError(f"a bulk load from other processes needs backend='milvus'. Received: "
+                               f"backend={self.backend!r}")
+        if not self._milvus.exists:
+            self._milvus_dim = int(dim)
+            self._milvus.create(self._milvus_dim, self._facts())
+        return {"uri": self._milvus.uri, "name": self._milvus.name, "metric": self.metric,
+                "index": self._milvus.index}
+
+    def finish_bulk(self, items: int, missing: Sequence[int]) -> None:
+        """Records a bulk load of rows `[0, items)`, of which `missing` were not inserted (files that did not
+        decode): positions then count the inserted ones, as `add` would have numbered them."""
+        self._milvus.finish_rows(items, missing)
+
     def remove(self, ids: Sequence[str]) -> None:
         """Removes the items with these ids; an id the gallery lacks is an error and nothing is removed."""
         ids = [str(i) for i in ids]

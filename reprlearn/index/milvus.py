@@ -212,24 +212,37 @@ class MilvusCollection:
         return int(rows[0]["count(*)"])
 
     def insert(self, vectors: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
-        if self.metric == "angular":
-            vectors = unit_rows(vectors)
         numbered = self.numbered
         next_row, removed = self._repair() if numbered else (0, [])
-        for start in range(0, len(vectors), INSERT_ROWS):
-            end = start + INSERT_ROWS
-            rows = [{"vector": vector, "label": int(label), "item_id": str(item)}
-                    for vector, label, item in zip(vectors[start:end], labels[start:end], ids[start:end])]
-            if numbered:
-                for offset, row in enumerate(rows):
-                    row["row"] = next_row + start + offset
-            self._call("inserting items", "insert", self.name, rows)
+        self.insert_rows(np.arange(next_row, next_row + len(vectors)) if numbered else None, vectors, labels, ids)
         if numbered:
             self._write_rows(next_row + len(vectors), removed)
+
+    def insert_rows(self, rows: np.ndarray | None, vectors: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
+        """Inserts items under the given row keys (None: an earlier reprlearn's auto keys) and flushes; the rows
+        recorded in the facts are the caller's to move (`insert`, or `finish_rows` after a bulk load)."""
+        if self.metric == "angular":
+            vectors = unit_rows(vectors)
+        for start in range(0, len(vectors), INSERT_ROWS):
+            end = start + INSERT_ROWS
+            items = [{"vector": vector, "label": int(label), "item_id": str(item)}
+                     for vector, label, item in zip(vectors[start:end], labels[start:end], ids[start:end])]
+            if rows is not None:
+                for row, item in zip(rows[start:end].tolist(), items):
+                    item["row"] = int(row)
+            self._call("inserting items", "insert", self.name, items)
         # Sealed segments are what Milvus indexes; rows left in the growing one are scanned unindexed.
         self._call("flushing", "flush", self.name)
         if self.lite:
             self._index_lite_segments()
+
+    def delete_range(self, start: int, stop: int) -> None:
+        """Deletes the rows in `[start, stop)` (a bulk load's shard, inserted again after an interruption)."""
+        self._call("removing items", "delete", self.name, filter=f"row >= {int(start)} and row < {int(stop)}")
+
+    def finish_rows(self, next_row: int, missing: Sequence[int]) -> None:
+        """After a bulk load of rows `[0, next_row)`: records them, the `missing` ones as removed."""
+        self._write_rows(next_row, missing)
 
     def _index_lite_segments(self) -> None:
         """Indexes the segments a flush just sealed, before the next search (Milvus Lite only; a server

@@ -23,7 +23,7 @@ from reprlearn.data import ImageSet, check_images
 from reprlearn.ops.distances import paired_distance
 from reprlearn.index import Gallery, GalleryError, split_class_threshold
 from reprlearn.errors import DataError, RunFolderError
-from reprlearn.runs.inference import embed, match_probabilities
+from reprlearn.runs.inference import SET_BATCH, embed, embed_set, match_probabilities
 from reprlearn.runs.record import (
     EVALUATION_FILE,
     HEAD_FILE,
@@ -146,18 +146,29 @@ class Run:
 
     def embed(self, images, batch_size: int = 512, view: str = "query") -> np.ndarray:
         """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it.
-        `view`: which tower embeds them (`"reference"`: what a gallery holds; one tower embeds both alike)."""
+        `view`: which tower embeds them (`"reference"`: what a gallery holds; one tower embeds both alike).
+        A streamed file that does not decode gets a row of NaN (`embed_set` names them)."""
+        if isinstance(images, ImageSet):
+            return self.embed_set(images, batch_size, view)[0]
+        self._embeds()
+        return embed(self.tower(view), self._checked(images, "images", view=view), batch_size)
+
+    def embed_set(self, images: ImageSet, batch_size: int = SET_BATCH,
+                  view: str = "query") -> tuple[np.ndarray, list[int]]:
+        """`(embeddings [N, d], failed)`: an ImageSet embedded in order; `failed` lists the items whose file did
+        not decode (their rows are NaN)."""
+        self._embeds()
+        tower = self.tower(view)
+        expected = tuple(int(s) for s in tower.inputs[0].shape[1:])
+        if images.image_shape != expected:
+            raise DataError(f"images must be {expected} for this run's {self._which(view)}. Received: an image "
+                            f"set of {images.image_shape}")
+        return embed_set(tower, images, min(batch_size, SET_BATCH))
+
+    def _embeds(self) -> None:
         if self.kind == "verifier":
             raise RunFolderError(f"a verifier run scores pairs of images (run.verify, `reprlearn verify`) and has no "
                              f"embedding to embed, enrol or export. Received: run kind 'verifier' ({self.path})")
-        tower = self.tower(view)
-        if isinstance(images, ImageSet):
-            expected = tuple(int(s) for s in tower.inputs[0].shape[1:])
-            if images.image_shape != expected:
-                raise DataError(f"images must be {expected} for this run's {self._which(view)}. Received: an image "
-                                f"set of {images.image_shape}")
-            return embed(tower, images, batch_size)
-        return embed(tower, self._checked(images, "images", view=view), batch_size)
 
     def _which(self, view: str) -> str:
         return "model"
@@ -186,11 +197,16 @@ class Run:
 
     def embed_chunks(self, images, view: str = "query"):
         """Yields `(rows, embeddings [len(rows), d])` over images, `EMBED_CHUNK` at a time: for writers and
-        galleries that should hold one chunk's embeddings, not the whole set's."""
+        galleries that should hold one chunk's embeddings, not the whole set's. A streamed file that does not
+        decode is left out of `rows`."""
         for start in range(0, len(images), EMBED_CHUNK):
             rows = np.arange(start, min(start + EMBED_CHUNK, len(images)))
-            yield rows, self.embed(images.subset(rows) if isinstance(images, ImageSet) else np.asarray(images)[rows],
-                                   view=view)
+            if not isinstance(images, ImageSet):
+                yield rows, self.embed(np.asarray(images)[rows], view=view)
+                continue
+            part, failed = self.embed_set(images.subset(rows), view=view)
+            keep = np.setdiff1d(np.arange(len(rows)), failed)
+            yield rows[keep], part[keep]
 
     def enrol(self, gallery: Gallery, images, labels, ids=None) -> None:
         """Embeds images as references (a two-tower run's reference tower) and adds them to `gallery` chunk by
