@@ -21,6 +21,10 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.set)  # a bad config fails here, before any worker starts
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.engine == "ray":
+        return _train_on_ray(args, out)
+    if args.address or args.restarts is not None:
+        raise ConfigError(f"--address and --restarts are for --engine ray. Received: --engine {args.engine}")
     if args.workers is not None:
         return _train_workers(args, out)
     from reprlearn.training import run_training
@@ -79,6 +83,20 @@ def _train_workers(args, out: Path) -> int:
     train_args = [args.config, "--out", str(out), *[f"--set={item}" for item in args.set],
                   *(["--resume"] if args.resume else []), *(["--quiet"] if args.quiet else [])]
     return launch_local_workers(train_args, args.workers, out)
+
+
+def _train_on_ray(args, out: Path) -> int:
+    from reprlearn.cluster.train import train_workers
+    from reprlearn.runs import remove_run
+
+    if args.workers is None:
+        raise ConfigError("--engine ray trains with --workers N (N >= 2) placed by Ray. Received: no --workers")
+    if args.force:
+        remove_run(out)
+    # Paths as every node sees them: absolute, so the workers' own working folders do not matter.
+    train_args = [str(Path(args.config).resolve()), "--out", str(out.resolve()), *[f"--set={item}" for item in args.set],
+                  *(["--resume"] if args.resume else []), *(["--quiet"] if args.quiet else [])]
+    return train_workers(train_args, args.workers, out, args.address, 2 if args.restarts is None else args.restarts)
 
 
 def _tune(args) -> int:
@@ -164,7 +182,7 @@ def _embed(args) -> int:
     if ray:
         from reprlearn.cluster.embed import embed_files
 
-        summary = embed_files(run.path, data, out, args.view, args.address, args.actors, args.batch or 128)
+        summary = embed_files(run.path, data, out, args.view, args.address, args.actors, 128 if args.batch is None else args.batch)
         dim, failed = summary["dim"], summary["failed"]
         done = f" ({summary['resumed']} of {summary['shards']} shards were already done)" if summary["resumed"] else ""
         print(f"{summary['written']} embeddings of dimension {dim} ({run.metric} metric{tower}) → {out}/ "
@@ -181,6 +199,10 @@ def _embed(args) -> int:
 def _check_engine_options(args) -> None:
     if args.engine != "ray" and (args.address or args.actors is not None or args.batch is not None):
         raise ConfigError(f"--address, --actors and --batch are for --engine ray. Received: --engine {args.engine}")
+    from reprlearn.cluster.engine import check_count
+
+    check_count("--actors", args.actors)
+    check_count("--batch", args.batch)
 
 
 def _warn_undecoded(failed: list[str]) -> None:
@@ -230,7 +252,7 @@ def _index(args) -> int:
             raise ConfigError(f"--engine ray enrols into a Milvus server (--backend milvus --uri http://HOST:PORT): "
                               f"the other backends live in one process. Received: --backend {args.backend}")
         gallery, failed = index_files(run, data, out, args.uri or str(out / "gallery.db"), args.collection,
-                                      args.index_type, args.far, args.address, args.actors, args.batch or 128)
+                                      args.index_type, args.far, args.address, args.actors, 128 if args.batch is None else args.batch)
         print(f"Enrolled {len(gallery)} items of {len(data.class_names)} classes on Ray → {args.out}; rejection "
               f"threshold {gallery.threshold:.4f} ({run.metric}) for FAR {args.far:g}, fit on {run.path}'s "
               "validation split")
@@ -352,7 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="delete the run in --out and start over")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--workers", type=int, metavar="N",
-                       help="train with N processes on this machine under MultiWorkerMirroredStrategy")
+                       help="train with N processes under MultiWorkerMirroredStrategy (on this machine, or placed "
+                            "by Ray with --engine ray)")
+    train.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: the workers run on this machine (default); ray: Ray places them on its nodes")
+    train.add_argument("--address", help="--engine ray: the cluster's head (host:port; default RAY_ADDRESS, else a "
+                                         "local cluster)")
+    train.add_argument("--restarts", type=int, help="--engine ray: how often a job that lost a worker starts again "
+                                                    "from its checkpoint (default 2)")
     train.set_defaults(handler=_train)
     tune = commands.add_parser("tune", help="search hyperparameters on a retrieval objective (keras-tuner)")
     tune.add_argument("config", help="YAML config; its search: section is the search space")

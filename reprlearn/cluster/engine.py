@@ -53,10 +53,28 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 
 def check_answers(address: str, timeout: float = ADDRESS_TIMEOUT) -> None:
-    """ClusterError naming `address` unless its head accepts a TCP connection within `timeout` seconds."""
+    """ClusterError naming `address` unless a Ray head answers there within `timeout` seconds: one gRPC call to its
+    GCS (Ray's own connect retries for much longer, and a port that something else holds also takes TCP)."""
     target = _host_port(address)
-    if target is None:
+    if target is None or address.startswith("ray://"):  # a Ray Client server speaks another protocol
+        if target is not None:
+            _tcp_answers(address, target, timeout)
         return
+    import grpc
+
+    with grpc.insecure_channel(f"{target[0]}:{target[1]}") as channel:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")
+        try:
+            call(b"", timeout=timeout)
+        except grpc.RpcError as err:
+            # An answer from a GCS: it may refuse a call without the cluster's token, but it is there.
+            if err.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise ClusterError(f"no Ray cluster answers at {address} ({err.code().name.lower()}: "
+                                   f"{err.details() or 'no reply'}); start one with `ray start --head`, or leave "
+                                   f"--address out for a local cluster. Received: --address={address!r}") from None
+
+
+def _tcp_answers(address: str, target: tuple[str, int], timeout: float) -> None:
     try:
         with socket.create_connection(target, timeout=timeout):
             return
@@ -75,7 +93,8 @@ def connect(address: str | None, num_cpus: int | None = None):
         return ray
     if address:
         check_answers(address)
-    options = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True,
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    options = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True,
                "configure_logging": True}
     try:
         if address:
