@@ -177,7 +177,7 @@ def _embed(args) -> int:
                           f"--out={args.out!r}")
     _check_engine_options(args)
     run = load_run(args.run_dir)
-    data = load_spec(args.data, args.data_dir, run.decoding_for(args.view))
+    data = _load_for_engine(args, run.decoding_for(args.view))
     tower = f", the {args.view} tower" if run.kind == "two_tower" else ""
     if ray:
         from reprlearn.cluster.embed import embed_files
@@ -194,6 +194,21 @@ def _embed(args) -> int:
         print(f"{len(data) - len(failed)} embeddings of dimension {dim} ({run.metric} metric{tower}) → {out}")
     _warn_undecoded(failed)
     return 0
+
+
+def _load_for_engine(args, decoding):
+    """`--data` as `decoding` says; with --engine ray, its file index checked by tasks on the cluster."""
+    from reprlearn.data import load_spec
+
+    if args.engine != "ray":
+        return load_spec(args.data, args.data_dir, decoding)
+    from reprlearn.cluster.engine import connect
+    from reprlearn.cluster.files import ray_map
+    from reprlearn.data.files import parallel_files
+
+    connect(args.address)
+    with parallel_files(ray_map):
+        return load_spec(args.data, args.data_dir, decoding)
 
 
 def _check_engine_options(args) -> None:
@@ -231,8 +246,9 @@ def _index(args) -> int:
         return 0
     if not args.data:
         raise ConfigError("index needs --data (the images to enrol), or --remove ID... Received: neither")
+    _check_engine_options(args)
     run = load_run(args.run_dir)
-    data = load_spec(args.data, args.data_dir, run.decoding_for("reference"))  # a two-tower run enrols references
+    data = _load_for_engine(args, run.decoding_for("reference"))  # a two-tower run enrols references
     if args.add:
         gallery = Gallery.load(out, model_fingerprint=run.model_fingerprint)
         before = len(gallery)
@@ -244,7 +260,6 @@ def _index(args) -> int:
         gallery.save(out)
         print(f"Added {len(gallery) - before} items to {out}: {len(gallery)} items of {len(class_names)} classes")
         return 0
-    _check_engine_options(args)
     if args.engine == "ray":
         from reprlearn.cluster.embed import index_files
 

@@ -1,9 +1,13 @@
 """Image files as an index: folders of class folders and CSV lists become a table of (path, label, split).
 
-Indexing reads each file's first and last bytes, never its pixels: it finds the format (JPEG, PNG, GIF, BMP),
-and refuses zero-byte, truncated, unsupported (WebP, TIFF, …) and non-image files before training, so a
-bad file costs one list entry, not a run. A file that breaks only when decoded mid-epoch is skipped inside
-the pipelines (`reprlearn.data.pipelines`).
+Indexing reads each file's first and last bytes, never its pixels: it finds the format (JPEG, PNG, GIF, BMP,
+WebP, TIFF), and refuses zero-byte, truncated, unsupported (HEIC, AVIF, …), tiny and non-image files before
+training, so a bad file costs one list entry, not a run. A file that breaks only when decoded mid-epoch is
+skipped inside the pipelines (`reprlearn.data.pipelines`).
+
+A source of PARALLEL_FILES or more files has its stat and checks done by one process per core (the listing itself,
+a directory read, stays in this thread); `parallel_files` hands them to another engine (Ray tasks). The index is
+the same row for row, in the same order.
 
 Example:
     table = index_folder("/data/birds")            # FileIndex: files, labels, class names, problems
@@ -15,6 +19,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,11 +182,11 @@ def _is_candidate(name: str) -> bool:
 
 
 def finish_index(root: str, entries: list[tuple[str, int, int, str, str | None]], class_names: list[str],
-                 ignored: int, source: str) -> FileIndex:
-    """Checks every (relative path, size, mtime, class, split) entry, drops bad files and empty classes."""
+                 ignored: int, source: str, checked: list[str | None] | None = None) -> FileIndex:
+    """Checks every (relative path, size, mtime, class, split) entry (unless `checked` says why each cannot be used,
+    or None), drops bad files and empty classes."""
     keep, problems = [], []
-    for entry in entries:
-        problem = None if "://" in entry[0] else check_file(os.path.join(root, entry[0]), entry[1])
+    for entry, problem in zip(entries, _checked(root, entries) if checked is None else checked):
         if problem:
             problems.append((entry[0], problem))
         else:
@@ -196,6 +202,86 @@ def finish_index(root: str, entries: list[tuple[str, int, int, str, str | None]]
     splits = np.array([e[4] for e in keep], dtype=object) if keep and keep[0][4] is not None else None
     return FileIndex(table, np.array([label_of[e[3]] for e in keep], np.int64), present, splits, problems,
                      ignored, dropped)
+
+
+# ---- in parallel: the listing, stat and checks of a large source spread over processes or a cluster's tasks ----
+
+# Sources of at least this many files are indexed in parallel (a process pool starts in well under a second; below
+# this the one thread is about as fast).
+PARALLEL_FILES = 20_000
+# Files per task of the parallel checks.
+CHECK_CHUNK = 4_096
+_MAPPER: ContextVar = ContextVar("reprlearn_file_mapper", default=None)
+
+
+@contextmanager
+def parallel_files(mapper):
+    """Within the block, indexing runs its per-folder listings and per-chunk checks through `mapper(function,
+    arguments)` (a list of results in the arguments' order, e.g. `reprlearn.cluster.files.ray_map`), whatever the
+    source's size; `parallel_files(None)` runs them in this thread."""
+    token = _MAPPER.set(mapper or _serial)
+    try:
+        yield
+    finally:
+        _MAPPER.reset(token)
+
+
+def _serial(function, arguments: list) -> list:
+    return [function(*argument) for argument in arguments]
+
+
+def _local_processes(function, arguments: list) -> list:
+    """`function(*argument)` for each argument on a pool of processes, one per core, results in order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: a child runs os and file calls only, and starts at once (a spawned one would import TensorFlow)
+    with ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(function, *zip(*arguments)))
+
+
+def _mapper(count: int):
+    chosen = _MAPPER.get()
+    if chosen is not None:
+        return chosen
+    parallel = count >= PARALLEL_FILES and (os.cpu_count() or 1) > 1 and hasattr(os, "fork")
+    return _local_processes if parallel else _serial
+
+
+def _check_chunk(root: str, names: list[str], sizes: list[int]) -> list[str | None]:
+    return [None if "://" in name else check_file(os.path.join(root, name), size) for name, size in zip(names, sizes)]
+
+
+def _checked(root: str, entries: list) -> list[str | None]:
+    """Why each entry cannot be used (or None), in order; chunks of CHECK_CHUNK files through the mapper."""
+    chunks = [(root, [e[0] for e in entries[i:i + CHECK_CHUNK]], [e[1] for e in entries[i:i + CHECK_CHUNK]])
+              for i in range(0, len(entries), CHECK_CHUNK)]
+    return [problem for part in _mapper(len(entries))(_check_chunk, chunks) for problem in part]
+
+
+def _stat_and_check(root: str, names: list[str]) -> list[tuple[int, int, str | None]]:
+    """`(size, mtime ns, why it cannot be used or None)` of each file."""
+    out = []
+    for name in names:
+        stat = os.stat(os.path.join(root, name))
+        out.append((stat.st_size, stat.st_mtime_ns, check_file(os.path.join(root, name), stat.st_size)))
+    return out
+
+
+def _listed(root: str, class_dirs: list[str]) -> tuple[list[tuple[str, str]], int]:
+    """`([(relative path, class)], ignored)`: every candidate image below each class folder, recursively, in sorted
+    order (names only: the stat is part of the parallel checks)."""
+    listed, ignored = [], 0
+    for class_name in class_dirs:
+        for folder, subfolders, names in os.walk(os.path.join(root, class_name)):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            relative = os.path.relpath(folder, root)
+            for name in sorted(names):
+                if _is_candidate(name):
+                    listed.append((os.path.join(relative, name), class_name))
+                else:
+                    ignored += 1
+    return listed, ignored
 
 
 def _first(problems: list[tuple[str, str]]) -> str:
@@ -227,18 +313,13 @@ def index_folder(root: str | Path) -> FileIndex:
                         if entry.is_dir() and not entry.name.startswith("."))
     if not class_dirs:
         raise DataError(f"image folder has no class sub-folders. Received: path={str(root)!r}")
-    entries, ignored = [], 0
-    for class_name in class_dirs:
-        for folder, subfolders, names in os.walk(root_path / class_name):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-            for name in sorted(names):
-                if not _is_candidate(name):
-                    ignored += 1
-                    continue
-                full = os.path.join(folder, name)
-                stat = os.stat(full)
-                entries.append((os.path.relpath(full, root_path), stat.st_size, stat.st_mtime_ns, class_name, None))
-    return finish_index(str(root_path), entries, class_dirs, ignored, f"folder:{root}")
+    listed, ignored = _listed(str(root_path), class_dirs)
+    chunks = [(str(root_path), [name for name, _ in listed[i:i + CHECK_CHUNK]])
+              for i in range(0, len(listed), CHECK_CHUNK)]
+    facts = [fact for part in _mapper(len(listed))(_stat_and_check, chunks) for fact in part]
+    entries = [(name, size, mtime, class_name, None) for (name, class_name), (size, mtime, _) in zip(listed, facts)]
+    return finish_index(str(root_path), entries, class_dirs, ignored, f"folder:{root}",
+                        checked=[problem for _, _, problem in facts])
 
 
 def read_csv_rows(csv_path: Path, required: tuple[str, ...], needs: str) -> tuple[list[dict], list[str]]:
