@@ -168,6 +168,7 @@ def _embed(args) -> int:
     from reprlearn.data import load_spec
     from reprlearn.runs import load_run
 
+    _check_engine_options(args)
     out = Path(args.out)
     ray = args.engine == "ray"
     if ray and out.suffix in (".npz", ".parquet"):
@@ -175,7 +176,6 @@ def _embed(args) -> int:
     if not ray and out.suffix not in (".npz", ".parquet"):
         raise ConfigError(f"--out must name a .npz or .parquet file (or a folder, with --engine ray). Received: "
                           f"--out={args.out!r}")
-    _check_engine_options(args)
     run = load_run(args.run_dir)
     data = _load_for_engine(args, run.decoding_for(args.view))
     tower = f", the {args.view} tower" if run.kind == "two_tower" else ""

@@ -251,6 +251,8 @@ def embed_files(run_dir, data, out: Path, view: str = "query", address: str | No
         _write_json(out / EMBED_MANIFEST, manifest)
     size = manifest["shard_size"]
     count = math.ceil(len(data) / size)
+    for stale in out.glob(".part-*.tmp"):  # shards an interrupted job was writing
+        stale.unlink(missing_ok=True)
     finished = [k for k in range(count) if (out / shard_name(k)).is_file()]
     failed = [name for k in finished for name in _shard_failures(out / shard_name(k))]
     pending = [k for k in range(count) if k not in set(finished)]

@@ -86,21 +86,24 @@ def _tcp_answers(address: str, target: tuple[str, int], timeout: float) -> None:
 
 def connect(address: str | None, num_cpus: int | None = None):
     """Joins the cluster at `address` (else `RAY_ADDRESS`), or starts a local one (`num_cpus`: its size, default
-    every core); returns the `ray` module. Already connected: nothing to do."""
+    every core); returns the `ray` module. Already connected (to that cluster, or with no address asked): nothing
+    to do."""
     ray = require_ray()
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if ray.is_initialized():
-        return ray
     if address:
         check_answers(address)
+    if ray.is_initialized():
+        if not address or address in ("auto", "local", ray.get_runtime_context().gcs_address):
+            return ray
+        ray.shutdown()  # connected elsewhere: join the cluster asked for
     logging.getLogger("ray").setLevel(logging.ERROR)
     options = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True,
                "configure_logging": True}
     try:
-        if address:
+        if address and address != "local":
             ray.init(address=address, **options)
-        else:
-            ray.init(num_cpus=num_cpus, **options)
+        else:  # "local": a new cluster, even where `ray start` runs one on this machine (join that with "auto")
+            ray.init(address="local", num_cpus=num_cpus, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"Ray could not connect to {address or 'a new local cluster'}: {err}. "
                            f"Received: --address={address!r}") from None
