@@ -168,7 +168,8 @@ def file_index(sizes: list[int], repeats: int) -> dict:
                 results.setdefault((size, mode), []).append(measured["files"] / measured["seconds"])
                 print(f"  index {size:>8} {mode:<6} repeat {repeat + 1}: {results[(size, mode)][-1]:,.0f} files/s",
                       flush=True)
-    print(f"\n| files | one thread, files/s | a process per core ({os.cpu_count()}), files/s | ratio |\n|---|---|---|---|")
+    print(f"\n| files | one thread, files/s | a process per core ({os.cpu_count()}), files/s | ratio |\n"
+          "|---|---|---|---|")
     summary = {}
     for size in sizes:
         one, many = (statistics.median(results[(size, mode)]) for mode in ("thread", "cores"))

@@ -94,7 +94,8 @@ def _train_on_ray(args, out: Path) -> int:
     if args.force:
         remove_run(out)
     # Paths as every node sees them: absolute, so the workers' own working folders do not matter.
-    train_args = [str(Path(args.config).resolve()), "--out", str(out.resolve()), *[f"--set={item}" for item in args.set],
+    train_args = [str(Path(args.config).resolve()), "--out", str(out.resolve()),
+                  *[f"--set={item}" for item in args.set],
                   *(["--resume"] if args.resume else []), *(["--quiet"] if args.quiet else [])]
     return train_workers(train_args, args.workers, out, args.address, 2 if args.restarts is None else args.restarts)
 
@@ -165,14 +166,14 @@ def _export(args) -> int:
 
 
 def _embed(args) -> int:
-    from reprlearn.data import load_spec
     from reprlearn.runs import load_run
 
     _check_engine_options(args)
     out = Path(args.out)
     ray = args.engine == "ray"
     if ray and out.suffix in (".npz", ".parquet"):
-        raise ConfigError(f"--engine ray writes a folder of Parquet shards: name a folder. Received: --out={args.out!r}")
+        raise ConfigError(f"--engine ray writes a folder of Parquet shards: name a folder. Received: "
+                          f"--out={args.out!r}")
     if not ray and out.suffix not in (".npz", ".parquet"):
         raise ConfigError(f"--out must name a .npz or .parquet file (or a folder, with --engine ray). Received: "
                           f"--out={args.out!r}")
@@ -182,7 +183,7 @@ def _embed(args) -> int:
     if ray:
         from reprlearn.cluster.embed import embed_files
 
-        summary = embed_files(run.path, data, out, args.view, args.address, args.actors, 128 if args.batch is None else args.batch)
+        summary = embed_files(run.path, data, out, args.view, args.address, args.actors, _batch(args))
         dim, failed = summary["dim"], summary["failed"]
         done = f" ({summary['resumed']} of {summary['shards']} shards were already done)" if summary["resumed"] else ""
         print(f"{summary['written']} embeddings of dimension {dim} ({run.metric} metric{tower}) → {out}/ "
@@ -211,6 +212,12 @@ def _load_for_engine(args, decoding):
         return load_spec(args.data, args.data_dir, decoding)
 
 
+def _batch(args) -> int:
+    from reprlearn.runs.inference import SET_BATCH
+
+    return SET_BATCH if args.batch is None else args.batch
+
+
 def _check_engine_options(args) -> None:
     if args.engine != "ray" and (args.address or args.actors is not None or args.batch is not None):
         raise ConfigError(f"--address, --actors and --batch are for --engine ray. Received: --engine {args.engine}")
@@ -230,11 +237,14 @@ def _warn_undecoded(failed: list[str]) -> None:
 
 
 def _index(args) -> int:
-    from reprlearn.data import load_spec
     from reprlearn.index import Gallery
     from reprlearn.runs import load_run
 
     out = Path(args.out)
+    _check_engine_options(args)
+    if args.engine == "ray" and (args.add or args.remove is not None):
+        raise ConfigError(f"--engine ray enrols a new Milvus gallery; --add and --remove change one in this process. "
+                          f"Received: --engine ray with {'--add' if args.add else '--remove'}")
     if args.remove is not None:
         if args.add or args.data:
             raise ConfigError(f"--remove takes ids only (no --data, no --add). Received: --remove with "
@@ -246,7 +256,6 @@ def _index(args) -> int:
         return 0
     if not args.data:
         raise ConfigError("index needs --data (the images to enrol), or --remove ID... Received: neither")
-    _check_engine_options(args)
     run = load_run(args.run_dir)
     data = _load_for_engine(args, run.decoding_for("reference"))  # a two-tower run enrols references
     if args.add:
@@ -267,7 +276,7 @@ def _index(args) -> int:
             raise ConfigError(f"--engine ray enrols into a Milvus server (--backend milvus --uri http://HOST:PORT): "
                               f"the other backends live in one process. Received: --backend {args.backend}")
         gallery, failed = index_files(run, data, out, args.uri or str(out / "gallery.db"), args.collection,
-                                      args.index_type, args.far, args.address, args.actors, 128 if args.batch is None else args.batch)
+                                      args.index_type, args.far, args.address, args.actors, _batch(args))
         print(f"Enrolled {len(gallery)} items of {len(data.class_names)} classes on Ray → {args.out}; rejection "
               f"threshold {gallery.threshold:.4f} ({run.metric}) for FAR {args.far:g}, fit on {run.path}'s "
               "validation split")

@@ -68,7 +68,8 @@ def test_ray_embedding_shards_equal_the_one_process_file_and_a_stopped_job_resum
     dim, failed_here = write_embeddings(tmp_path / "one.parquet", data, run)
     summary = embed_files(digits_run, data, tmp_path / "shards", actors=2, batch=7)
     assert summary["failed"] == failed_here == ["class_01/undecodable.jpg"]
-    assert summary["items"] == 41 and summary["written"] == 40 and summary["shards"] == 7  # shards of ceil(41 / (2 actors × 4)) = 6
+    # shards of ceil(41 / (2 actors × 4)) = 6 files
+    assert summary["items"] == 41 and summary["written"] == 40 and summary["shards"] == 7
     one, shards = _rows(tmp_path / "one.parquet"), _rows(tmp_path / "shards")
     assert sorted(one) == sorted(shards) and len(one) == 40
     for name, (label, cls, vector) in one.items():

@@ -19,6 +19,7 @@ LAYERS = [
     ["reprlearn.runs"],
     ["reprlearn.evaluation"],
     ["reprlearn.training"],
+    ["reprlearn.cluster"],
     ["reprlearn.export"],
     ["reprlearn.cli", "reprlearn._moved", "reprlearn"],
 ]

@@ -151,8 +151,9 @@ def _read_manifest(path: Path, facts: dict, what: str) -> dict | None:
     stored = json.loads(path.read_text())
     different = [key for key in facts if stored.get(key) != facts[key]]
     if different:
+        given = ", ".join(f"{key}={facts[key]!r}" for key in different)
         raise RunFolderError(f"{path.parent} holds {what} of another job ({', '.join(different)} differ): choose "
-                             f"another --out, or delete it. Received: {', '.join(f'{k}={facts[k]!r}' for k in different)}")
+                             f"another --out, or delete it. Received: {given}")
     return stored
 
 
@@ -222,7 +223,8 @@ def embed_files(run_dir, data, out: Path, view: str = "query", address: str | No
 
     Args:
         run_dir: a finished run folder (on storage every node reads).
-        data: a streamed `ImageSet` decoded as the run's `view` tower takes it (`load_spec(..., run.decoding_for(view))`).
+        data: a streamed `ImageSet` decoded as the run's `view` tower takes it
+            (`load_spec(..., decoding=run.decoding_for(view))`).
         out: the output folder (every node writes to it).
         view: a two-tower run's tower (`"query"` or `"reference"`).
         address: a Ray cluster (`host:port`); None: `RAY_ADDRESS`, else a local cluster.
