@@ -207,3 +207,35 @@ def test_without_ray_the_engine_names_the_extra_and_reprlearn_never_imports_ray(
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == ("ClusterError --engine ray needs Ray: pip install 'reprlearn[ray]'. Received: ray "
                                    "is not installed")
+
+
+def test_an_index_task_on_a_node_without_the_data_names_the_node_and_file(local_ray, tmp_path):
+    from reprlearn.cluster.files import ray_map
+    from reprlearn.data.files import _stat_and_check
+
+    (tmp_path / "here.png").write_bytes(b"")
+    with pytest.raises(ClusterError, match=rf"node \S+ cannot read {tmp_path / 'gone.jpg'} \(No such file"):
+        ray_map(_stat_and_check, [(str(tmp_path), ["here.png"]), (str(tmp_path), ["gone.jpg"])])
+    assert ray_map(_stat_and_check, [(str(tmp_path), ["here.png"])]) == [[(0, (tmp_path / "here.png").stat()
+                                                                          .st_mtime_ns, "zero bytes")]]
+
+
+def test_progress_is_one_line_a_minute_off_a_terminal_and_says_rate_and_eta(monkeypatch):
+    import io
+
+    import reprlearn.cluster.engine as engine
+
+    clock = [100.0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    progress = engine.Progress(1000, "embedding", stream, done=100)
+    clock[0] += 30
+    progress.advance(300)
+    assert stream.getvalue() == ""   # half a minute: nothing yet
+    clock[0] += 30
+    progress.advance(300)
+    assert stream.getvalue() == "embedding: 700/1,000 files, 10 files/s, ETA 30 s\n"
+    clock[0] += 30
+    progress.advance(300)
+    progress.finish()
+    assert stream.getvalue().splitlines()[-1] == "embedding: 1,000/1,000 files, 10 files/s, ETA 0 s"
