@@ -265,8 +265,9 @@ def _index(args) -> int:
         class_names += [name for name in data.class_names if name not in class_names]
         labels = np.asarray([class_names.index(name) for name in data.class_names])[data.labels]
         gallery.class_names = class_names
-        run.enrol(gallery, data, labels, data.names)
+        failed = run.enrol(gallery, data, labels, data.names)
         gallery.save(out)
+        _warn_undecoded(failed)
         print(f"Added {len(gallery) - before} items to {out}: {len(gallery)} items of {len(class_names)} classes")
         return 0
     if args.engine == "ray":
@@ -288,13 +289,14 @@ def _index(args) -> int:
                    "index": args.index_type}
     elif args.uri or args.index_type != "FLAT":
         raise ConfigError(f"--uri and --index-type are for --backend milvus. Received: --backend {args.backend}")
-    gallery = run.gallery(data, data.labels, data.names, backend=args.backend, class_names=data.class_names,
-                          **options)
+    gallery = run.gallery([], [], backend=args.backend, class_names=data.class_names, **options)  # checks it is new
+    failed = run.enrol(gallery, data, data.labels, data.names)
     gallery.threshold = run.rejection_threshold(args.far)
     gallery.save(out)
     print(f"Enrolled {len(gallery)} items of {len(set(data.labels.tolist()))} classes → {args.out}; "
           f"rejection threshold {gallery.threshold:.4f} ({run.metric}) for FAR {args.far:g}, fit on {run.path}'s "
           "validation split")
+    _warn_undecoded(failed)
     return 0
 
 

@@ -239,3 +239,23 @@ def test_progress_is_one_line_a_minute_off_a_terminal_and_says_rate_and_eta(monk
     progress.advance(300)
     progress.finish()
     assert stream.getvalue().splitlines()[-1] == "embedding: 1,000/1,000 files, 10 files/s, ETA 0 s"
+
+
+def test_one_process_leaves_out_and_names_a_file_that_does_not_decode(digits_run, photos, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from reprlearn.index import Gallery
+
+    for out in ("e.npz", "e.parquet"):
+        assert main(["embed", str(digits_run), "--data", f"folder:{photos}", "--out", str(tmp_path / out)]) == 0
+        captured = capsys.readouterr()
+        assert captured.out.startswith("40 embeddings of dimension 16")
+        assert "1 files did not decode and were left out: class_01/undecodable.jpg" in captured.err
+    with np.load(tmp_path / "e.npz") as arrays:
+        assert arrays["embeddings"].shape == (40, 16) and np.isfinite(arrays["embeddings"]).all()
+        assert "class_01/undecodable.jpg" not in arrays["names"].tolist() and len(arrays["labels"]) == 40
+        np.testing.assert_array_equal(arrays["names"], pq.read_table(tmp_path / "e.parquet")["name"].to_numpy())
+    assert main(["index", str(digits_run), "--data", f"folder:{photos}", "--out", str(tmp_path / "g")]) == 0
+    assert "left out: class_01/undecodable.jpg" in capsys.readouterr().err
+    gallery = Gallery.load(tmp_path / "g")
+    assert len(gallery) == 40 and "class_01/undecodable.jpg" not in gallery.ids.tolist()

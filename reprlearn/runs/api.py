@@ -208,14 +208,19 @@ class Run:
             keep = np.setdiff1d(np.arange(len(rows)), failed)
             yield rows[keep], part[keep]
 
-    def enrol(self, gallery: Gallery, images, labels, ids=None) -> None:
+    def enrol(self, gallery: Gallery, images, labels, ids=None) -> list[str]:
         """Embeds images as references (a two-tower run's reference tower) and adds them to `gallery` chunk by
-        chunk (`embed_chunks`). Ids default to running numbers from the gallery's size."""
+        chunk (`embed_chunks`). Ids default to running numbers from the gallery's size. Returns the ids of the
+        items left out because their file did not decode."""
         labels = np.asarray(labels)
         if ids is None:
             ids = [str(i) for i in range(len(gallery), len(gallery) + len(images))]
+        enrolled = []
         for rows, embeddings in self.embed_chunks(images, view="reference"):
             gallery.add(embeddings, labels[rows], [ids[i] for i in rows])
+            enrolled.append(rows)
+        left_out = np.setdiff1d(np.arange(len(images)), np.concatenate(enrolled) if enrolled else [])
+        return [str(ids[i]) for i in left_out]
 
     def rejection_threshold(self, far: float = 1e-3) -> float:
         """The open-set rejection distance for a false-accept rate `far`, fit on the validation split only.

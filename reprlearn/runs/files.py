@@ -53,7 +53,8 @@ def _write_npz(path: Path, dim: int, data, run, view: str) -> np.ndarray:
             kept = np.lib.format.open_memmap(arrays / "kept.npy", mode="w+", dtype=np.float32,
                                              shape=(len(written), dim))
             for start in range(0, len(written), 65_536):
-                kept[start:start + 65_536] = embeddings[start:start + 65_536]
+                stop = min(start + 65_536, len(written))
+                kept[start:stop] = embeddings[start:stop]
             kept.flush()
             del kept
             (arrays / "kept.npy").replace(arrays / "embeddings.npy")
