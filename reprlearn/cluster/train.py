@@ -6,9 +6,10 @@ its node's address and a free port; from those the driver writes every worker's 
 same processes `--workers N` starts on one host, so global-batch mining, the chief's run folder, the folder lock
 and resume are the ones tested there. The run folder and the data must be at the same path on every node.
 
-When a worker is lost (its process fails, or its node or actor dies), every worker is stopped and the job starts
-again, up to `restarts` times: the new workers resume from the last finished epoch's checkpoint, as running the
-same command again does.
+When a worker is lost (its process killed by a signal, or its node or actor gone), every worker is stopped and the
+job starts again, up to `restarts` times: the new workers resume from the last finished epoch's checkpoint, as
+running the same command again does. A worker that exits with an error (a bad config, unreadable data) stops the
+job at once.
 
 Example:
     train_workers(["configs/demo.yaml", "--out", "runs/demo"], workers=2, out=Path("runs/demo"), address=None)
@@ -28,6 +29,8 @@ from reprlearn.errors import ClusterError, ConfigError
 
 # Seconds between checks that every worker is still there.
 POLL = 1.0
+# Seconds to wait for the cluster to place every worker.
+PLACEMENT_TIMEOUT = 120.0
 # Lines of a failed non-chief worker's output shown.
 TAIL_LINES = 40
 
@@ -97,7 +100,9 @@ def train_workers(train_args: list[str], workers: int, out: Path, address: str |
         index, code, log = failure
         if log:
             print(log, file=sys.stderr)
-        again = attempt < restarts
+        # A lost worker (killed by a signal, its actor or node gone) is worth another start; a worker that exited
+        # with an error (a bad config, data it cannot read) would fail again.
+        again = attempt < restarts and (isinstance(code, str) or code < 0)
         print(f"reprlearn train: worker {index} {code if isinstance(code, str) else f'exited with code {code}'}; "
               f"the other workers were stopped. "
               + (f"Starting again from the last checkpoint in {out} ({attempt + 1} of {restarts} restarts)."
@@ -111,7 +116,13 @@ def _attempt(ray, actor, bundle: dict, command: list[str], workers: int):
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     group = ray.util.placement_group([bundle] * workers, strategy="SPREAD")
-    ray.get(group.ready())
+    try:
+        ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT)
+    except ray.exceptions.GetTimeoutError:
+        ray.util.remove_placement_group(group)
+        raise ClusterError(f"the cluster could not place {workers} workers ({bundle} each) within "
+                           f"{PLACEMENT_TIMEOUT:.0f} s: its resources are taken. Received: --workers={workers}") \
+            from None
     handles = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, i)).remote()
                for i in range(workers)]
     try:
