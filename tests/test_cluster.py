@@ -192,8 +192,14 @@ def test_ray_needs_files_a_folder_out_and_a_milvus_server(digits_run, digits_con
         code = main(["index", str(digits_run), "--data", f"folder:{photos}", "--out", str(tmp_path / "g"),
                      "--backend", backend, "--engine", "ray"])
         assert code == 2 and message in capsys.readouterr().err
-    code = main(["train", str(digits_config), "--engine", "ray"])
-    assert code == 2 and "--engine ray trains with --workers N" in capsys.readouterr().err
+    for args, message in (([], "--engine ray trains with --workers N (N >= 2) placed by Ray. Received: no --workers"),
+                          (["--workers", "1"], "--workers must be >= 2 (one process trains without it). Received: "
+                                               "--workers=1"),
+                          (["--workers", "2", "--restarts", "-1"], "--restarts must be >= 0. Received: --restarts=-1")):
+        code = main(["train", str(digits_config), "--engine", "ray", *args])
+        assert code == 2 and message in capsys.readouterr().err
+    code = main(["train", str(digits_config), "--restarts", "1"])
+    assert code == 2 and "--address and --restarts are for --engine ray" in capsys.readouterr().err
 
 
 def test_without_ray_the_engine_names_the_extra_and_reprlearn_never_imports_ray(tmp_path):
