@@ -66,10 +66,10 @@ def test_ray_embedding_shards_equal_the_one_process_file_and_a_stopped_job_resum
     run = load_run(digits_run)
     data = _load(run, photos)
     dim, failed_here = write_embeddings(tmp_path / "one.parquet", data, run)
-    summary = embed_files(digits_run, data, tmp_path / "shards", actors=2, batch=7)
+    summary = embed_files(digits_run, data, tmp_path / "shards", actors=1, batch=7)
     assert summary["failed"] == failed_here == ["class_01/undecodable.jpg"]
-    # shards of ceil(41 / (2 actors × 4)) = 6 files
-    assert summary["items"] == 41 and summary["written"] == 40 and summary["shards"] == 7
+    # shards of ceil(41 / (1 actor × 4)) = 11 files
+    assert summary["items"] == 41 and summary["written"] == 40 and summary["shards"] == 4
     one, shards = _rows(tmp_path / "one.parquet"), _rows(tmp_path / "shards")
     assert sorted(one) == sorted(shards) and len(one) == 40
     for name, (label, cls, vector) in one.items():
@@ -79,12 +79,12 @@ def test_ray_embedding_shards_equal_the_one_process_file_and_a_stopped_job_resum
     assert manifest["complete"] and manifest["items"] == 41 and manifest["failed"] == ["class_01/undecodable.jpg"]
 
     # Stopped half-way: two shards missing, one half-written (a hidden temporary), the job not complete.
-    kept = {k: (tmp_path / "shards" / shard_name(k)).stat().st_mtime_ns for k in (0, 2, 4, 5, 6)}
+    kept = {k: (tmp_path / "shards" / shard_name(k)).stat().st_mtime_ns for k in (0, 2)}
     for k in (1, 3):
         (tmp_path / "shards" / shard_name(k)).rename(tmp_path / "shards" / f".{shard_name(k)}.999.tmp")
     (tmp_path / "shards" / EMBED_MANIFEST).write_text(json.dumps({**manifest, "complete": False}))
-    again = embed_files(digits_run, data, tmp_path / "shards", actors=1)
-    assert again["resumed"] == 5 and again["failed"] == ["class_01/undecodable.jpg"]
+    again = embed_files(digits_run, data, tmp_path / "shards", actors=2)   # the job's shard size, not a new one
+    assert again["resumed"] == 2 and again["shards"] == 4 and again["failed"] == ["class_01/undecodable.jpg"]
     assert {k: (tmp_path / "shards" / shard_name(k)).stat().st_mtime_ns for k in kept} == kept  # not redone
     assert not list((tmp_path / "shards").glob(".*.tmp"))
     assert sorted(_rows(tmp_path / "shards")) == sorted(one)
