@@ -148,22 +148,22 @@ class Run:
         """`[N, d]` float32 embeddings of images (pixels 0-255) of the run's image shape; ValueError naming it.
         `view`: which tower embeds them (`"reference"`: what a gallery holds; one tower embeds both alike).
         A streamed file that does not decode gets a row of NaN (`embed_set` names them)."""
-        if isinstance(images, ImageSet):
-            return self.embed_set(images, batch_size, view)[0]
+        if isinstance(images, ImageSet):  # a backbone's activations per batch are an evaluation's peak memory
+            return self.embed_set(images, min(batch_size, SET_BATCH), view)[0]
         self._embeds()
         return embed(self.tower(view), self._checked(images, "images", view=view), batch_size)
 
     def embed_set(self, images: ImageSet, batch_size: int = SET_BATCH,
                   view: str = "query") -> tuple[np.ndarray, list[int]]:
-        """`(embeddings [N, d], failed)`: an ImageSet embedded in order; `failed` lists the items whose file did
-        not decode (their rows are NaN)."""
+        """`(embeddings [N, d], failed)`: an ImageSet embedded in order, `batch_size` images per model call;
+        `failed` lists the items whose file did not decode (their rows are NaN)."""
         self._embeds()
         tower = self.tower(view)
         expected = tuple(int(s) for s in tower.inputs[0].shape[1:])
         if images.image_shape != expected:
             raise DataError(f"images must be {expected} for this run's {self._which(view)}. Received: an image "
                             f"set of {images.image_shape}")
-        return embed_set(tower, images, min(batch_size, SET_BATCH))
+        return embed_set(tower, images, batch_size)
 
     def _embeds(self) -> None:
         if self.kind == "verifier":
