@@ -3,6 +3,7 @@ resume; refusals. The two-node cluster (`ray start` twice on this machine) is in
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -66,7 +67,9 @@ def test_ray_embedding_shards_equal_the_one_process_file_and_a_stopped_job_resum
     run = load_run(digits_run)
     data = _load(run, photos)
     dim, failed_here = write_embeddings(tmp_path / "one.parquet", data, run)
-    summary = embed_files(digits_run, data, tmp_path / "shards", actors=1, batch=7)
+    progress = io.StringIO()
+    summary = embed_files(digits_run, data, tmp_path / "shards", actors=1, batch=7, stream=progress)
+    assert progress.getvalue().splitlines()[-1].startswith("embedding on Ray (1 actor): 41/41 files, ")
     assert summary["failed"] == failed_here == ["class_01/undecodable.jpg"]
     # shards of ceil(41 / (1 actor × 4)) = 11 files
     assert summary["items"] == 41 and summary["written"] == 40 and summary["shards"] == 4

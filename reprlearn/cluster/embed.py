@@ -180,6 +180,11 @@ def _pool(ray, actors: int | None) -> tuple[int, dict]:
     return actors or max(1, nodes), {"num_cpus": 1}
 
 
+def _actors_phrase(count: int) -> str:
+    """The pool's size in words: 1 actor, 2 actors."""
+    return f"{count} actor{'' if count == 1 else 's'}"
+
+
 def _run_shards(ray, rows: list[dict], worker_args: tuple, actors: int, resources: dict, progress: Progress,
                 on_done) -> list[str]:
     """Streams the shard rows through the actor pool; `on_done(shard, written, failed names)` as each finishes.
@@ -258,7 +263,7 @@ def embed_files(run_dir, data, out: Path, view: str = "query", address: str | No
     finished = [k for k in range(count) if (out / shard_name(k)).is_file()]
     failed = [name for k in finished for name in _shard_failures(out / shard_name(k))]
     pending = [k for k in range(count) if k not in set(finished)]
-    progress = Progress(len(data), f"embedding on Ray ({actors} actors)", stream,
+    progress = Progress(len(data), f"embedding on Ray ({_actors_phrase(actors)})", stream,
                         done=sum(min(size, len(data) - k * size) for k in finished))
     if pending:
         failed += _run_shards(ray, _shard_rows(data, size, pending),
@@ -317,7 +322,7 @@ def index_files(run, data, out: Path, uri: str, collection: str, index: str = "F
         finished[str(shard)] = failed
         _write_json(out / INDEX_MANIFEST, manifest)
 
-    progress = Progress(len(data), f"enrolling on Ray ({actors} actors)", stream,
+    progress = Progress(len(data), f"enrolling on Ray ({_actors_phrase(actors)})", stream,
                         done=sum(min(size, len(data) - int(k) * size) for k in finished))
     if pending:
         _run_shards(ray, _shard_rows(data, size, pending),
