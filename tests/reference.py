@@ -457,3 +457,86 @@ def cross_view_recall(queries, references, query_labels, reference_labels, k, me
         scored += 1
         hits += sum(dist < min(true) for dist in d) < k
     return hits / scored
+
+
+def _unit(v):
+    v = np.asarray(v, np.float64)
+    norm = math.sqrt(float(v @ v))
+    return v / norm if norm > 0 else v
+
+
+def nt_xent_views(views_1, views_2, temperature, negatives=()):
+    """SimCLR's NT-Xent, one view at a time: −log(exp(s_i,twin/τ) / Σ_{k≠i} exp(s_ik/τ)), mean over the 2N views."""
+    every = [_unit(v) for v in list(views_1) + list(views_2)]
+    candidates = every + [_unit(v) for v in negatives]
+    n = len(views_1)
+    total = 0.0
+    for i, anchor in enumerate(every):
+        twin = (i + n) % (2 * n)
+        below = sum(math.exp(float(anchor @ c) / temperature) for k, c in enumerate(candidates) if k != i)
+        total += -math.log(math.exp(float(anchor @ every[twin]) / temperature) / below)
+    return total / (2 * n)
+
+
+def info_nce(queries, keys, queue, temperature):
+    """MoCo's InfoNCE, one query at a time, against every key of the batch and the queue; its own key positive."""
+    total = 0.0
+    candidates = [_unit(k) for k in keys] + [_unit(k) for k in queue]
+    for i, q in enumerate(queries):
+        q = _unit(q)
+        below = sum(math.exp(float(q @ c) / temperature) for c in candidates)
+        total += -math.log(math.exp(float(q @ candidates[i]) / temperature) / below)
+    return total / len(queries)
+
+
+def byol(targets, predictions):
+    return float(np.mean([2 - 2 * float(_unit(p) @ _unit(t)) for t, p in zip(targets, predictions)]))
+
+
+def simsiam(targets, predictions):
+    return float(np.mean([-float(_unit(p) @ _unit(t)) for t, p in zip(targets, predictions)]))
+
+
+def barlow_twins(z1, z2, weight, epsilon=1e-5):
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+    n, d = z1.shape
+    a = [(z1[:, j] - z1[:, j].mean()) / math.sqrt(z1[:, j].var() + epsilon) for j in range(d)]
+    b = [(z2[:, j] - z2[:, j].mean()) / math.sqrt(z2[:, j].var() + epsilon) for j in range(d)]
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(a[i][k] * b[j][k] for k in range(n)) / n
+            total += (1 - c) ** 2 if i == j else weight * c ** 2
+    return total
+
+
+def vicreg(z1, z2, lam=25.0, mu=25.0, nu=1.0, epsilon=1e-4):
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+    n, d = z1.shape
+
+    def variance(z):
+        return sum(max(0.0, 1 - math.sqrt(z[:, j].var(ddof=1) + epsilon)) for j in range(d)) / d
+
+    def covariance(z):
+        c = z - z.mean(axis=0)
+        return sum((float(c[:, i] @ c[:, j]) / (n - 1)) ** 2 for i in range(d) for j in range(d) if i != j) / d
+
+    invariance = sum((z1[k, j] - z2[k, j]) ** 2 for k in range(n) for j in range(d)) / (n * d)
+    return lam * invariance + mu * (variance(z1) + variance(z2)) + nu * (covariance(z1) + covariance(z2))
+
+
+def weighted_knn_accuracy(bank, bank_labels, queries, query_labels, k, temperature):
+    """InstDisc / MoCo's kNN monitor, one query at a time: the k most cosine-similar bank items vote
+    exp(s / T) for their class; accuracy of the top-voted class (ties: the lowest class id)."""
+    bank = [_unit(b) for b in bank]
+    right = 0
+    for q, label in zip(queries, query_labels):
+        q = _unit(q)
+        similarities = [float(q @ b) for b in bank]
+        order = sorted(range(len(bank)), key=lambda i: (-similarities[i], i))[:k]
+        votes = {}
+        for i in order:
+            votes[bank_labels[i]] = votes.get(bank_labels[i], 0.0) + math.exp(similarities[i] / temperature)
+        best = max(sorted(votes), key=lambda c: votes[c])
+        right += int(best == label)
+    return right / len(queries)

@@ -1,4 +1,5 @@
-"""Data augmentation for training batches: shifts, rotations, flips and contrast, keyed by (seed, step).
+"""Data augmentation for training batches, keyed by (seed, step): shifts, rotations, flips and contrast
+(`light`, `strong`), or a two-view recipe's first view (`simclr`, `byol`: `reprlearn.data.recipes`).
 
 Every draw is stateless, so batch `s` of a resumed run is augmented exactly as it would have been,
 and every transform keeps the image size (shifted-in borders are filled with 0).
@@ -14,9 +15,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from reprlearn.data.recipes import RECIPES, augment_view, recipe_views
 from reprlearn.errors import DataError
 
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "light", "strong", *RECIPES)
 # Datasets whose classes survive a left-right mirror (clothes do; digits do not).
 MIRROR_INVARIANT = {"fashion_mnist": True, "digits": False, "mnist": False}
 
@@ -62,8 +64,8 @@ def augment_batch(images, seed, level: str, flips: bool):
     Args:
         images: the batch.
         seed: a `[2]` int64 stateless seed (one per batch, e.g. `(run seed, step)`).
-        level: `"none"`, `"light"` (±7 % shifts, contrast ±10 %) or `"strong"` (±11 % shifts, ±10° rotations,
-            contrast ±30 %).
+        level: `"none"`, `"light"` (±7 % shifts, contrast ±10 %), `"strong"` (±11 % shifts, ±10° rotations,
+            contrast ±30 %), or a recipe of `reprlearn.data.recipes` (`"simclr"`, `"byol"`: its first view).
         flips: also mirror half the images left-right (only where the classes allow it).
 
     Returns:
@@ -71,6 +73,8 @@ def augment_batch(images, seed, level: str, flips: bool):
     """
     if check_augment(level) == "none":
         return images
+    if level in RECIPES:
+        return augment_view(images, seed, recipe_views(level, images.shape)[0], flips)
     augmentation = LEVELS[level]
     affine_seed, flip_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     images = _affine(images, affine_seed, augmentation)
@@ -90,6 +94,8 @@ def augment_image(image, seed, level: str, flips: bool):
     the whole-pixel shift is a pad and a slice, and every draw comes from one call: a few small ops per image."""
     if check_augment(level) == "none":
         return image
+    if level in RECIPES:
+        return augment_batch(image[None], seed, level, flips)[0]
     augmentation = LEVELS[level]
     if augmentation.rotation_degrees:
         return augment_batch(image[None], seed, level, flips)[0]

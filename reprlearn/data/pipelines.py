@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.data.augment import augment_batch, augment_image, check_augment
+from reprlearn.data.recipes import RECIPES, augment_view, recipe_views
 from reprlearn.data.decode import decode_contents
 from reprlearn.data.imageset import ImageSet, take_rows
 from reprlearn.errors import DataError
@@ -375,6 +376,49 @@ def view_batches(images, images_per_batch: int, views_per_image: int, seed: int 
                 tf.cast(tf.repeat(used, k), tf.int32))
 
     rows = tf.data.Dataset.counter(start_step).map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _decoded_rows(source, rows, 1, seed, False, bad_image_log).map(
+        views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def two_view_batches(images, batch_size: int, seed: int = 0, start_step: int = 0, recipe: str = "simclr",
+                     flips: bool = False, options: dict | None = None, bad_image_log: str | None = None,
+                     shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """Infinite batches of two augmented views of B distinct images, `(views_1, views_2)` float32 `[B, H, W, C]`
+    each, for label-free learning: row i of both is image i of the batch (its labels, if any, are not read).
+
+    View v of batch s is drawn with `recipe`'s view v (`reprlearn.data.recipes`; `options` set its ops one by
+    one) from a seed keyed by (seed, s, v), so a resumed run sees exactly the batches it would have.
+    `images`: an array or an `ImageSet` (a streamed file that fails to decode is replaced by another image).
+    `shard`: `(worker, workers)`: only this worker's rows of each global batch, the only ones it decodes.
+
+    Raises:
+        DataError: an unknown recipe, or more images per batch than `images` holds.
+    """
+    if recipe not in RECIPES:
+        raise DataError(f"two views are drawn with a recipe, one of {list(RECIPES)}. Received: augment={recipe!r}")
+    source = _pixels_of(images)
+    count, spares = len(source), _spares_for(source)
+    if not 1 <= batch_size <= count:
+        raise DataError(f"a batch of two views takes batch_size distinct images, in [1, {count}] (the images given). "
+                        f"Received: batch_size={batch_size}")
+    view_recipes = recipe_views(recipe, source.image_shape, options)
+
+    def draw(step):
+        step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        rows = tf.cast(tf.argsort(tf.random.stateless_uniform([count], step_seed))[:batch_size], tf.int64)[:, None]
+        if spares:  # stand-ins for an image that fails to decode: other images of the set
+            rows = tf.concat([rows, _uniform_int([batch_size, spares], count, tf.random.experimental.stateless_fold_in(
+                step_seed, 11))], axis=1)
+        return rows, step
+
+    def views(pictures, used, step):
+        step_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), 2)
+        return tuple(augment_view(pictures, tf.random.experimental.stateless_fold_in(step_seed, view), view_recipe,
+                                  flips) for view, view_recipe in enumerate(view_recipes))
+
+    rows = tf.data.Dataset.counter(start_step).map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard is not None:
+        rows = worker_rows(rows, *shard)
     return _decoded_rows(source, rows, 1, seed, False, bad_image_log).map(
         views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
