@@ -13,7 +13,9 @@ from typing import Sequence
 
 from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES, TWO_TOWER_LOSSES
 from reprlearn.config.schema import Config, SearchConfig
+from reprlearn.config.self_supervised import MEMORY_METHODS, METHOD_DEFAULTS
 from reprlearn.data.augment import AUGMENTATIONS
+from reprlearn.data.recipes import RECIPES, recipe_views
 from reprlearn.errors import ConfigError
 
 
@@ -105,6 +107,7 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"config: {cfg.loss.name} accepts loss.distance in {list(spec.distances)}. "
                           f"Received: loss.distance={cfg.loss.distance!r}")
     _check_search(cfg.search, cfg.model.kind == "two_tower")
+    _check_self_supervised(cfg)
     _check_verifier(cfg)
     _check_two_tower(cfg)
     if cfg.model.kind in ("autoencoder", "vae") and cfg.model.tower not in ("mlp", "conv"):
@@ -130,6 +133,57 @@ def check_config(cfg: Config) -> None:
     if cfg.loss.soft and not spec.soft:
         soft_losses = [name for name, s in LOSS_TRAITS.items() if s.soft]
         raise ConfigError(f"config: loss.soft applies to {soft_losses} only. Received: loss.name={cfg.loss.name!r}")
+
+
+def _check_self_supervised(cfg: Config) -> None:
+    """Two views need a two-view recipe; the SSL keys only with model.kind: self_supervised, in their ranges."""
+    model, data = cfg.model, cfg.data
+    if data.augment_options and data.augment not in RECIPES:
+        raise ConfigError(f"config: data.augment_options sets the ops of a recipe, one of {list(RECIPES)}. "
+                          f"Received: data.augment={data.augment!r}, data.augment_options={data.augment_options!r}")
+    if data.augment in RECIPES:
+        try:
+            recipe_views(data.augment, (224, 224, 3), data.augment_options)
+        except ConfigError as error:
+            raise ConfigError(f"config: {error}") from None
+    defaults = type(model)()
+    ssl_keys = {f"model.{key}": getattr(model, key) for key in ("method", "projector", "predictor", "temperature", "momentum")
+                if getattr(model, key) != getattr(defaults, key)}
+    if cfg.train.memory_size is not None:
+        ssl_keys["train.memory_size"] = cfg.train.memory_size
+    if model.kind != "self_supervised":
+        if ssl_keys:
+            raise ConfigError(f"config: {sorted(ssl_keys)} apply to model.kind: self_supervised. Received: "
+                              f"{ssl_keys}, model.kind={model.kind!r}")
+        return
+    if data.augment not in RECIPES:
+        raise ConfigError(f"config: self-supervised training compares two augmented views of each image; set "
+                          f"data.augment to one of {list(RECIPES)}. Received: data.augment={data.augment!r}")
+    if cfg.train.batch_size < 2:
+        raise ConfigError(f"config: a self-supervised batch needs at least 2 images (batch statistics and negatives). "
+                          f"Received: train.batch_size={cfg.train.batch_size}")
+    if cfg.train.memory_size is not None and cfg.train.memory_size < 0:
+        raise ConfigError(f"config: train.memory_size must be >= 0. Received: train.memory_size={cfg.train.memory_size}")
+    if model.momentum is not None and not 0.0 <= model.momentum < 1.0:
+        raise ConfigError(f"config: model.momentum must be in [0, 1). Received: model.momentum={model.momentum!r}")
+    for key in ("projector", "predictor"):
+        widths = getattr(model, key)
+        if widths is not None and any(int(w) < 1 for w in widths):
+            raise ConfigError(f"config: model.{key} lists layer widths >= 1. Received: model.{key}={widths!r}")
+    defaults = METHOD_DEFAULTS[model.method]
+    projector = defaults.projector if model.projector is None else model.projector
+    predictor = defaults.predictor if model.predictor is None else model.predictor
+    if not projector:
+        raise ConfigError("config: model.projector needs at least its output width. Received: model.projector=[]")
+    if model.method in ("byol", "simsiam") and not predictor:
+        raise ConfigError(f"config: {model.method} needs a predictor. Received: model.predictor=[]")
+    if predictor and predictor[-1] != projector[-1]:
+        raise ConfigError(f"config: the predictor's output width must equal the projector's ({projector[-1]}). "
+                          f"Received: model.predictor={list(predictor)}, model.projector={list(projector)}")
+    if cfg.train.memory_size and model.method not in MEMORY_METHODS:
+        raise ConfigError(f"config: train.memory_size queues negatives for {list(MEMORY_METHODS)}; "
+                          f"{model.method} compares no negatives. Received: train.memory_size="
+                          f"{cfg.train.memory_size}, model.method={model.method!r}")
 
 
 def _check_loss_options(cfg: Config) -> None:

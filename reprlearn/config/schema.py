@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 
 from reprlearn.config.losses import LOSS_TRAITS, PAIR_MINERS
+from reprlearn.config.self_supervised import METHODS as SSL_METHODS
 from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.data.decode import RESIZE_MODES
 from reprlearn.data.protocols import PROTOCOLS
@@ -29,6 +30,7 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 # Verifier designs (reprlearn.models.verifiers builds them).
 VERIFIERS = ("siamese_head", "two_channel")
+
 
 
 def choice(default, options: typing.Iterable):
@@ -53,9 +55,14 @@ class DataConfig:
     # > 0: validate on this many whole training classes held out from training (class-disjoint, like the
     # unseen-classes test) instead of a stratified share of every class.
     validation_classes: int = 0
-    # P×K training batches: none | light | strong (shifts, rotations, contrast; left-right flips only for data
-    # whose classes survive a mirror, see reprlearn.data.augment). Never applied to validation or test images.
+    # Training batches: none | light | strong (shifts, rotations, contrast; left-right flips only for data
+    # whose classes survive a mirror, see reprlearn.data.augment) | simclr | byol (random resized crop, flip, colour
+    # jitter, grey, blur, solarize: reprlearn.data.recipes; a P×K batch takes the recipe's first view).
+    # Never applied to validation or test images. model.kind: self_supervised needs simclr or byol.
     augment: str = choice("none", AUGMENTATIONS)
+    # simclr | byol only: the recipe's ops set one by one, e.g. {crop_scale: [0.2, 1.0], hue: 0.0,
+    # blur_probability: [1.0, 0.1]} (a two-item list of a number sets each view; see docs/self-supervised.md).
+    augment_options: dict = field(default_factory=dict)
     # P×K training batches: classes (K images of each of P classes) | views (K augmented views of each of P
     # images, labelled by image: self-supervised, the training labels are not used; needs data.augment).
     positives: str = choice("classes", ("classes", "views"))
@@ -85,7 +92,9 @@ class ModelConfig:
     # verifier: a pair model trained with binary cross-entropy on balanced pairs (loss.* unused), see model.verifier.
     # two_tower: a query tower and a reference tower trained on matched pairs of two views (street photo ↔ overhead
     # image, sketch ↔ photo), see model.share.
-    kind: str = choice("embedding", ("embedding", "autoencoder", "vae", "verifier", "two_tower"))
+    # self_supervised: the tower trained without labels on two augmented views of each image (model.method); the
+    # run keeps the tower alone, an ordinary embedding run for embed, index, export and model.init_from.
+    kind: str = choice("embedding", ("embedding", "autoencoder", "vae", "verifier", "two_tower", "self_supervised"))
     tower: str = choice("conv", ("mlp", "conv", "backbone"))
     embedding_dim: int = positive(64)
     l2_normalize: bool = True
@@ -146,6 +155,13 @@ class ModelConfig:
     polar_size: typing.Optional[list[int]] = None
     circular: bool = False
     circular_pooling: str = choice("fourier", ("avg", "max", "fourier"))
+    # self_supervised only: the method, its heads' widths (hidden..., output; null: the method's default, see
+    # docs/self-supervised.md; predictor [] for none), NT-Xent / InfoNCE τ and the EMA's m (null: the method's).
+    method: str = choice("simclr", SSL_METHODS)
+    projector: typing.Optional[list[int]] = None
+    predictor: typing.Optional[list[int]] = None
+    temperature: typing.Optional[float] = positive(None)
+    momentum: typing.Optional[float] = None
     # autoencoder / vae only.
     code_dim: int = positive(32)
     decoder: str = choice("unpool", ("unpool", "transpose", "upsample"))  # conv autoencoder
@@ -210,7 +226,11 @@ class TrainConfig:
     # cosine decays to 0 over epochs × steps_per_epoch
     lr_schedule: str = choice("constant", ("constant", "cosine"))
     jit_compile: bool = False
-    batch_size: int = positive(128)  # autoencoder / vae runs: uniformly drawn images per batch
+    # autoencoder / vae runs: uniformly drawn images per batch; self_supervised: distinct images (two views each).
+    batch_size: int = positive(128)
+    # self_supervised, simclr and moco: negatives kept from earlier batches (a FIFO of projections; null: the
+    # method's default, 4,096 for moco and none for simclr).
+    memory_size: typing.Optional[int] = None
     seed: int = 0
     # auto | one_device | mirrored | multi_worker (see reprlearn.training.strategies); batch sizes are global.
     strategy: str = choice("auto", STRATEGIES)

@@ -50,3 +50,25 @@ def per_replica_share(value: tf.Tensor) -> tf.Tensor:
     if replicas == 1:
         return value
     return value + tf.stop_gradient(value / replicas - value)
+
+
+def assign_on_every_replica(variables, values) -> None:
+    """Assigns `values[i]` to `variables[i]` from inside a training step, on one device or under `tf.distribute`.
+
+    The values must be equal on every replica (they are computed from mirrored weights and the global batch):
+    under a strategy the assignment goes through the cross-replica context, as an optimizer's update does, since
+    a mirrored variable refuses a plain `assign` in a replica context. Keras variables are assigned through their
+    backend variable.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        return
+
+    def merged(strategy, pairs):
+        for variable, value in pairs:
+            strategy.extended.update(getattr(variable, "value", variable), lambda v, x: v.assign(x), args=(value,),
+                                     group=False)
+
+    context.merge_call(merged, args=(list(zip(variables, values)),))

@@ -144,8 +144,6 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                   callbacks: list[keras.callbacks.Callback] | None = None,
                   strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains, evaluates and reports an embedding run in an opened run folder (see `reprlearn.training`)."""
-    from reprlearn.evaluation.report import write_report  # plotting stays out of the import path of library users
-
     # Model: a fresh tower, or the checkpoint of an interrupted run (weights and optimizer state),
     # made under the strategy; batches are global batches, split over the replicas by the loop.
     strategy = strategy or tf.distribute.get_strategy()
@@ -186,26 +184,37 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
     exported = embedding_model(cfg, tower_of(trained.model))  # the same layers and weights validation scored
     for layer in exported.layers:  # frozen for the transfer only: the saved tower is an ordinary, trainable one
         layer.trainable = True
+    if is_pair_loss(cfg):
+        trained.model.save(out / "pair_model.keras")
+    return report_embedding(cfg, out, splits, trained, exported, batch_size(cfg),
+                            head=tower_of(trained.model) if cfg.model.joint_layers else None,
+                            initialised=initialised)
+
+
+def report_embedding(cfg: Config, out: Path, splits: Splits, trained, exported: keras.Model, images_per_batch: int,
+                     head: keras.Model | None = None, initialised: dict | None = None, extra: dict | None = None) -> dict:
+    """Saves the tower a run exports, proves it reloads, evaluates it on the test protocol and writes the report:
+    the common end of every run that keeps one embedding tower (`trained`: the loop's `Trained`)."""
+    from reprlearn.evaluation.report import write_report  # plotting stays out of the import path of library users
 
     # Save the embedding model (uncompiled) and prove it reloads to identical embeddings; evaluate that file.
     tower = save_and_check_reload(capped(cfg, exported, splits.train), out / "model.keras", splits.test)
-    if is_pair_loss(cfg):
-        trained.model.save(out / "pair_model.keras")
     # A joint embedding serves classes the tower never saw; its head serves the ones it trained on. Both come
     # from one tower, so a joint run keeps the head too (HEAD_FILE; the SavedModel's `embed_head`).
-    head = (save_and_check_reload(tower_of(trained.model), out / HEAD_FILE, splits.test)
-            if cfg.model.joint_layers else None)
+    if head is not None:
+        head = save_and_check_reload(head, out / HEAD_FILE, splits.test)
 
     # Evaluate and report.
     evaluation = evaluate(cfg, tower, splits)
     if head is not None:
         evaluation["metrics"]["head"] = score_head(cfg, head, evaluation["test"])
-    report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, batch_size(cfg)),
+    report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, images_per_batch),
               "kept": trained.kept,
               "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
                         "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0,
                         **({"initialised_from": initialised} if initialised else {})},
               "metrics": evaluation["metrics"],
+              **(extra or {}),
               **files_report(splits, out)}
     write_report(report, out, splits, evaluation, cfg)
     return report

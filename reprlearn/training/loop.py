@@ -108,14 +108,28 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 SELECTION_METRIC = "val_map_at_r"
 VERIFIER_SELECTION_METRIC = "val_roc_auc"  # a verifier embeds nothing: its validation pairs' ROC AUC
 TWO_TOWER_SELECTION_METRIC = "val_recall_at_1"  # two towers: validation queries finding their reference first
+SELF_SUPERVISED_SELECTION_METRIC = "val_knn_accuracy"  # the weighted kNN monitor on validation images
+# Logged 1.0 by an epoch whose embedding has collapsed (self-supervised runs): never kept, whatever train.keep says.
+COLLAPSED = "val_collapsed"
 BEST_WEIGHTS = "best.weights.h5"
 
 
 def selection_metric(cfg: Config) -> str:
     """The validation score `train.keep: best` maximises: MAP@R, a verifier's ROC AUC on validation pairs, or two
     towers' Recall@1 on validation pairs."""
-    return {"verifier": VERIFIER_SELECTION_METRIC, "two_tower": TWO_TOWER_SELECTION_METRIC}.get(cfg.model.kind,
-                                                                                              SELECTION_METRIC)
+    return {"verifier": VERIFIER_SELECTION_METRIC, "two_tower": TWO_TOWER_SELECTION_METRIC,
+            "self_supervised": SELF_SUPERVISED_SELECTION_METRIC}.get(cfg.model.kind, SELECTION_METRIC)
+
+
+def _keeps_best(cfg: Config) -> bool:
+    """Whether the best epoch's weights are saved: `train.keep: best`, and always for a run that can collapse (its
+    last epoch may not be keepable)."""
+    return cfg.train.keep == "best" or cfg.model.kind == "self_supervised"
+
+
+def _score(epoch: dict, metric: str):
+    """An epoch's selection score, None for an epoch that did not log it or that collapsed."""
+    return None if epoch.get(COLLAPSED) else epoch.get(metric)
 
 
 class BestEpoch(keras.callbacks.Callback):
@@ -130,10 +144,10 @@ class BestEpoch(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.metric = directory, metric
         history = read_checkpoint_state(directory).get("history", [])
-        self.best = max((epoch[metric] for epoch in history if metric in epoch), default=None)
+        self.best = max((s for s in (_score(epoch, metric) for epoch in history) if s is not None), default=None)
 
     def on_epoch_end(self, epoch, logs=None):
-        score = (logs or {}).get(self.metric)
+        score = _score(logs or {}, self.metric)
         if score is None or (self.best is not None and score <= self.best):
             return
         self.best = float(score)
@@ -146,12 +160,20 @@ class BestEpoch(keras.callbacks.Callback):
 def kept_epoch(model: keras.Model, cfg: Config, out: Path, history: list[dict]) -> dict:
     """Loads the weights `train.keep` asks for and says which epoch they are from (1-based)."""
     metric = selection_metric(cfg)
-    scores = [epoch.get(metric) for epoch in history]
+    scores = [_score(epoch, metric) for epoch in history]
     best_file = out / CHECKPOINTS / BEST_WEIGHTS
-    if cfg.train.keep == "best" and best_file.exists() and any(s is not None for s in scores):
+    last_collapsed = bool(history) and bool(history[-1].get(COLLAPSED))
+    if (cfg.train.keep == "best" or last_collapsed) and best_file.exists() and any(s is not None for s in scores):
         model.load_weights(best_file)
         best = max(range(len(scores)), key=lambda i: -np.inf if scores[i] is None else scores[i])
-        return {"keep": "best", "epoch": best + 1, metric: scores[best]}
+        note = {"note": f"epoch {len(history)} collapsed: the best epoch before it is kept"} if (
+            last_collapsed and cfg.train.keep == "last") else {}
+        return {"keep": "best", "epoch": best + 1, metric: scores[best], **note}
+    if last_collapsed:
+        raise ConfigError(f"the embedding collapsed (every image maps to nearly one point; {COLLAPSED} in the "
+                          f"epoch logs) and no earlier epoch can be kept: lower train.learning_rate (now "
+                          f"{cfg.train.learning_rate:g}), raise train.batch_size or try another model.method, then "
+                          "train again with --force")
     note = {} if cfg.train.keep == "last" else {"note": f"no epoch logged {metric}: the last is kept"}
     return {"keep": "last", "epoch": len(history), **note}
 
@@ -202,7 +224,7 @@ def fit_resumable(model: keras.Model, dataset, cfg: Config, out: Path, epochs_do
     checkpoints = out / CHECKPOINTS
     chief = is_chief(strategy)
     keras_verbose, progress_callbacks = progress(verbose if chief else 0, cfg.train.epochs)
-    selection = [BestEpoch(checkpoints, selection_metric(cfg))] if cfg.train.keep == "best" else []
+    selection = [BestEpoch(checkpoints, selection_metric(cfg))] if _keeps_best(cfg) else []
     writers = [StopOnNonFiniteLoss(cfg), *([validation] if validation else []), *selection,
                EpochCheckpoint(checkpoints), keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
                *progress_callbacks, *(callbacks or [])]

@@ -31,6 +31,7 @@ from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
 from reprlearn.training.objectives import is_pair_loss
 from reprlearn.training.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
+from reprlearn.training.self_supervised import run_self_supervised
 from reprlearn.training.two_tower import run_two_tower
 from reprlearn.training.two_tower_objectives import check_two_tower_data
 from reprlearn.training.verifier import run_verifier
@@ -69,6 +70,8 @@ def images_per_step(cfg: Config) -> int:
     """The images one training step embeds (both images of each pair for pair models)."""
     if cfg.model.kind in ("autoencoder", "vae"):
         return cfg.train.batch_size
+    if cfg.model.kind == "self_supervised":
+        return 2 * cfg.train.batch_size
     if cfg.model.kind in ("verifier", "two_tower"):
         return 2 * cfg.train.pair_batch_size
     return (2 if is_pair_loss(cfg) else 1) * batch_size(cfg)
@@ -152,6 +155,15 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         kind, metric = ("pair" if is_pair_loss(cfg) else "embedding"), cfg.loss.distance
         check_global_batch(batch_size(cfg), None if is_pair_loss(cfg) else cfg.train.classes_per_batch,
                            strategy.num_replicas_in_sync)
+    elif cfg.model.kind == "self_supervised":
+        check_embedding_data(cfg, splits)
+        check_embedding_size(cfg, splits.train.image_shape, splits.train.streamed)
+        # The run keeps an ordinary embedding tower: every command downstream takes it as an embedding run.
+        kind, metric = "embedding", cfg.loss.distance
+        if cfg.train.batch_size > len(splits.train):
+            raise ConfigError(f"train.batch_size takes distinct training images and the training split holds "
+                              f"{len(splits.train)}. Received: train.batch_size={cfg.train.batch_size}")
+        check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     elif cfg.model.kind == "verifier":
         check_embedding_data(cfg, splits)
         kind, metric = "verifier", VERIFIER_SCORE
@@ -167,8 +179,8 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         check_evaluation_splits(splits)
         check_memory(cfg, splits.train.image_shape, images_per_step(cfg),
                      towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1, streamed=splits.train.streamed)
-    driver = {"embedding": run_embedding, "verifier": run_verifier, "two_tower": run_two_tower}.get(
-        cfg.model.kind, run_autoencoder)
+    driver = {"embedding": run_embedding, "verifier": run_verifier, "two_tower": run_two_tower,
+              "self_supervised": run_self_supervised}.get(cfg.model.kind, run_autoencoder)
     if not is_chief(strategy):  # only the chief writes the run folder
         out = wait_for_run(cfg, out_dir, splits, sets is not None)
         keras.utils.set_random_seed(cfg.train.seed)
