@@ -20,7 +20,7 @@ class MethodDefaults(NamedTuple):
 
 # Sources: SimCLR (Chen et al. 2020: 2-layer head, 128 out; τ 0.1 for small batches, as keras.io's example);
 # MoCo v2 (Chen et al. 2020: 2-layer head, 128 out, τ 0.2, m 0.99 for small data sets as lightly's CIFAR recipe,
-# the paper's 0.999 for ImageNet; a 4,096 queue); BYOL (Grill et al. 2020: 4096 → 256 heads, τ_base 0.996);
+# the paper's 0.999 for ImageNet; a 4,096 queue, cut to a quarter of the training images); BYOL (Grill et al. 2020: 4096 → 256 heads, τ_base 0.996);
 # SimSiam (Chen & He 2021: a 3-layer 2048 projector with BN on its output, a 512-wide predictor, as TF
 # Similarity's); Barlow Twins (Zbontar et al. 2021) and VICReg (Bardes et al. 2022): 3-layer expanders, here
 # 2,048 wide rather than the papers' 8,192 (a 134 M-parameter head is beyond a CPU run; set model.projector).

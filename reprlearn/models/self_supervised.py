@@ -35,18 +35,18 @@ from reprlearn.losses.self_supervised import (
     simsiam_loss,
     vicreg_loss,
 )
-from reprlearn.ops.replicas import assign_on_every_replica, global_batch
+from reprlearn.ops.replicas import assign_on_every_replica, global_rows
 
 
 def head(widths: Sequence[int], name: str, output_norm: bool = False) -> keras.Sequential:
     """An MLP head: Dense + BatchNorm + ReLU per hidden width, then a Dense to the last width (+ a BatchNorm)."""
     layers = []
     for width in widths[:-1]:
-        layers += [keras.layers.Dense(int(width), use_bias=False), keras.layers.BatchNormalization(),
+        layers += [keras.layers.Dense(int(width), use_bias=False), keras.layers.BatchNormalization(synchronized=True),
                    keras.layers.ReLU()]
     layers.append(keras.layers.Dense(int(widths[-1])))
     if output_norm:
-        layers.append(keras.layers.BatchNormalization())
+        layers.append(keras.layers.BatchNormalization(synchronized=True))
     return keras.Sequential(layers, name=name)
 
 
@@ -111,7 +111,11 @@ class SelfSupervisedModel(keras.Model):
             self.target_projector = head(self.projector_widths, "target_projector", defaults.projector_output_norm)
             self.target_projector.build((None, features))
             self.target_projector.set_weights(self.projector.get_weights())
-            self.target_tower.trainable = self.target_projector.trainable = False
+            # BYOL's target normalises with its batch's statistics (a Keras BatchNorm does so only while
+            # trainable: the target is left trainable and kept out of the optimizer's variables). MoCo's key encoder
+            # uses its moving statistics instead: batch statistics shared by a batch's keys would let queries find
+            # their key through them (MoCo's reason for shuffling BN across GPUs).
+            self.target_tower.trainable = self.target_projector.trainable = method == "byol"
         self.memory = None
         if self.memory_size:
             # MoCo's own start: random unit vectors, replaced batch by batch (newest first).
@@ -145,8 +149,9 @@ class SelfSupervisedModel(keras.Model):
         if self.method in MOMENTUM_METHODS:
             k1, k2 = self._target(views_1), self._target(views_2)
         method = self.method
-        every = [z1, z2, p1, p2] + ([k1, k2] if method in MOMENTUM_METHODS else [])
-        every = [global_batch(tf.zeros(tf.shape(t)[:1], tf.int32), tf.cast(t, tf.float32))[1] for t in every]
+        local = [z1, z2, p1, p2] + ([k1, k2] if method in MOMENTUM_METHODS else [])
+        widths = [int(t.shape[-1]) for t in local]
+        every = tf.split(global_rows(tf.concat([tf.cast(t, tf.float32) for t in local], axis=1)), widths, axis=1)
         z1, z2, p1, p2 = every[:4]
         memory = None if self.memory is None else tf.convert_to_tensor(self.memory)
         if method == "simclr":
@@ -172,9 +177,15 @@ class SelfSupervisedModel(keras.Model):
         progress = tf.minimum(tf.cast(self.optimizer.iterations, tf.float32) / self.total_steps, 1.0)
         return 1.0 - (1.0 - self.momentum) * (tf.cos(math.pi * progress) + 1.0) / 2.0
 
+    def online_variables(self) -> list:
+        """The variables the optimizer trains: the tower's and the heads' (never the momentum copies)."""
+        heads = [self.projector] + ([self.predictor] if self.predictor is not None else [])
+        return self.tower.trainable_variables + [v for part in heads for v in part.trainable_variables]
+
     def train_step(self, data):
         views_1, views_2 = data[:2] if isinstance(data, (tuple, list)) else data
-        trainable = self.trainable_variables
+        trainable = self.online_variables()
+        momentum = self.current_momentum()  # at this step, before the optimizer counts it
         with tf.GradientTape() as tape:
             loss, projections, enqueued = self._loss(views_1, views_2)
             # Every replica computes the global batch's loss; only its own slice carries gradient, and the
@@ -183,7 +194,6 @@ class SelfSupervisedModel(keras.Model):
         gradients = tape.gradient(scaled, trainable)
         self.optimizer.apply(gradients, trainable)
         if self.target_tower is not None:
-            momentum = self.current_momentum()
             online = self.tower.weights + self.projector.weights
             target = self.target_tower.weights + self.target_projector.weights
             assign_on_every_replica(target, [momentum * t + (1.0 - momentum) * tf.cast(o, t.dtype)

@@ -44,6 +44,21 @@ def global_batch(labels: tf.Tensor, embeddings: tf.Tensor) -> tuple[tf.Tensor, t
     return context.all_gather(labels, axis=0), every_embedding
 
 
+def global_rows(tensor: tf.Tensor) -> tf.Tensor:
+    """Every replica's rows of `tensor` `[n, ...]`, concatenated in replica order; only this replica's rows keep their
+    gradient (see `global_batch`). The rows of several tensors gathered together: concatenate them on the last axis
+    first, so a step runs one gather (collectives of one step run in the same order on every replica)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensor
+    local_size = tf.shape(tensor)[:1]
+    sizes = context.all_gather(local_size, axis=0)
+    with tf.control_dependencies([sizes]):
+        gathered = tf.stop_gradient(context.all_gather(tensor, axis=0))
+    start = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
+    return tf.concat([gathered[:start], tensor, gathered[start + local_size[0]:]], axis=0)
+
+
 def per_replica_share(value: tf.Tensor) -> tf.Tensor:
     """`value / R` with the gradient of `value`: summed over R replicas, the global loss and its gradient."""
     replicas = replica_count()

@@ -31,7 +31,7 @@ from reprlearn.training.autoencoder import CODE_METRIC, run_autoencoder
 from reprlearn.training.embedding import batch_size, check_embedding_data, run_embedding
 from reprlearn.training.objectives import is_pair_loss
 from reprlearn.training.strategies import check_global_batch, check_jit_compile, is_chief, make_strategy
-from reprlearn.training.self_supervised import run_self_supervised
+from reprlearn.training.self_supervised import check_self_supervised_data, run_self_supervised
 from reprlearn.training.two_tower import run_two_tower
 from reprlearn.training.two_tower_objectives import check_two_tower_data
 from reprlearn.training.verifier import run_verifier
@@ -160,9 +160,7 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         check_embedding_size(cfg, splits.train.image_shape, splits.train.streamed)
         # The run keeps an ordinary embedding tower: every command downstream takes it as an embedding run.
         kind, metric = "embedding", cfg.loss.distance
-        if cfg.train.batch_size > len(splits.train):
-            raise ConfigError(f"train.batch_size takes distinct training images and the training split holds "
-                              f"{len(splits.train)}. Received: train.batch_size={cfg.train.batch_size}")
+        check_self_supervised_data(cfg, splits)
         check_global_batch(cfg.train.batch_size, None, strategy.num_replicas_in_sync)
     elif cfg.model.kind == "verifier":
         check_embedding_data(cfg, splits)

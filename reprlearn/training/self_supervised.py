@@ -22,9 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from reprlearn.config import Config
+from reprlearn.config.self_supervised import METHOD_DEFAULTS
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.augment import MIRROR_INVARIANT
 from reprlearn.data.pipelines import two_view_batches
+from reprlearn.errors import ConfigError
 from reprlearn.losses.self_supervised import output_spread
 from reprlearn.metrics import retrieval_metrics, weighted_knn_accuracy
 from reprlearn.models import build_tower, initialise_from
@@ -39,6 +41,26 @@ from reprlearn.training.objectives import TOWER_NAME, make_optimizer
 KNN_NEIGHBOURS, KNN_TEMPERATURE, KNN_BANK = 200, 0.1, 10_000
 # An epoch has collapsed when its output spread is under this share of 1/√d.
 COLLAPSE_SHARE = 0.1
+
+
+def memory_size_for(cfg: Config, train_images: int) -> int:
+    """`train.memory_size`, or the method's default capped at a quarter of the training images: a queue longer
+    than the data set holds earlier keys of the very images it is asked to tell apart (false negatives)."""
+    if cfg.train.memory_size is not None:
+        return cfg.train.memory_size
+    return min(METHOD_DEFAULTS[cfg.model.method].memory_size, train_images // 4)
+
+
+def check_self_supervised_data(cfg: Config, splits: Splits) -> None:
+    """Errors that need the data, raised before a run folder is made."""
+    count = len(splits.train)
+    if cfg.train.batch_size > count:
+        raise ConfigError(f"train.batch_size takes distinct training images and the training split holds "
+                          f"{count}. Received: train.batch_size={cfg.train.batch_size}")
+    if cfg.train.memory_size is not None and cfg.train.memory_size >= count:
+        raise ConfigError(f"train.memory_size must be below the {count} training images: a longer queue holds "
+                          f"earlier keys of the very images it is asked to tell apart. Received: "
+                          f"train.memory_size={cfg.train.memory_size}")
 
 
 def linear_probe(train_embeddings, train_labels, test_embeddings, test_labels, seed: int = 0) -> float:
@@ -107,7 +129,7 @@ def run_self_supervised(cfg: Config, out: Path, splits: Splits, verbose: int = 1
             initialised.update(run=model_cfg.init_from,
                                layers=initialise_from(tower, load_run(model_cfg.init_from).model, False))
         model = SelfSupervisedModel(tower, model_cfg.method, model_cfg.projector, model_cfg.predictor,
-                                    model_cfg.temperature, model_cfg.momentum, cfg.train.memory_size,
+                                    model_cfg.temperature, model_cfg.momentum, memory_size_for(cfg, len(train)),
                                     cfg.train.epochs * cfg.train.steps_per_epoch, name="self_supervised")
         model.compile(optimizer=make_optimizer(cfg), jit_compile=cfg.train.jit_compile)
         return model
