@@ -459,7 +459,7 @@ def cross_view_recall(queries, references, query_labels, reference_labels, k, me
     return hits / scored
 
 
-def _unit(v):
+def _unit_vector(v):
     v = np.asarray(v, np.float64)
     norm = math.sqrt(float(v @ v))
     return v / norm if norm > 0 else v
@@ -467,8 +467,8 @@ def _unit(v):
 
 def nt_xent_views(views_1, views_2, temperature, negatives=()):
     """SimCLR's NT-Xent, one view at a time: −log(exp(s_i,twin/τ) / Σ_{k≠i} exp(s_ik/τ)), mean over the 2N views."""
-    every = [_unit(v) for v in list(views_1) + list(views_2)]
-    candidates = every + [_unit(v) for v in negatives]
+    every = [_unit_vector(v) for v in list(views_1) + list(views_2)]
+    candidates = every + [_unit_vector(v) for v in negatives]
     n = len(views_1)
     total = 0.0
     for i, anchor in enumerate(every):
@@ -481,20 +481,20 @@ def nt_xent_views(views_1, views_2, temperature, negatives=()):
 def info_nce(queries, keys, queue, temperature):
     """MoCo's InfoNCE, one query at a time, against every key of the batch and the queue; its own key positive."""
     total = 0.0
-    candidates = [_unit(k) for k in keys] + [_unit(k) for k in queue]
+    candidates = [_unit_vector(k) for k in keys] + [_unit_vector(k) for k in queue]
     for i, q in enumerate(queries):
-        q = _unit(q)
+        q = _unit_vector(q)
         below = sum(math.exp(float(q @ c) / temperature) for c in candidates)
         total += -math.log(math.exp(float(q @ candidates[i]) / temperature) / below)
     return total / len(queries)
 
 
 def byol(targets, predictions):
-    return float(np.mean([2 - 2 * float(_unit(p) @ _unit(t)) for t, p in zip(targets, predictions)]))
+    return float(np.mean([2 - 2 * float(_unit_vector(p) @ _unit_vector(t)) for t, p in zip(targets, predictions)]))
 
 
 def simsiam(targets, predictions):
-    return float(np.mean([-float(_unit(p) @ _unit(t)) for t, p in zip(targets, predictions)]))
+    return float(np.mean([-float(_unit_vector(p) @ _unit_vector(t)) for t, p in zip(targets, predictions)]))
 
 
 def barlow_twins(z1, z2, weight, epsilon=1e-5):
@@ -528,10 +528,10 @@ def vicreg(z1, z2, lam=25.0, mu=25.0, nu=1.0, epsilon=1e-4):
 def weighted_knn_accuracy(bank, bank_labels, queries, query_labels, k, temperature):
     """InstDisc / MoCo's kNN monitor, one query at a time: the k most cosine-similar bank items vote
     exp(s / T) for their class; accuracy of the top-voted class (ties: the lowest class id)."""
-    bank = [_unit(b) for b in bank]
+    bank = [_unit_vector(b) for b in bank]
     right = 0
     for q, label in zip(queries, query_labels):
-        q = _unit(q)
+        q = _unit_vector(q)
         similarities = [float(q @ b) for b in bank]
         order = sorted(range(len(bank)), key=lambda i: (-similarities[i], i))[:k]
         votes = {}
