@@ -46,6 +46,7 @@ def replica_steps() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"])
 def test_a_two_replica_step_equals_the_one_device_step(replica_steps, method):
     """Global-batch losses, synchronised BatchNorm in the heads, the EMA and the memory inside the step: two
@@ -67,14 +68,15 @@ def test_the_target_moves_by_the_momentum_and_the_memory_is_a_fifo():
         model.fit(tf.data.Dataset.from_tensors((images[0], images[1])), epochs=1, steps_per_epoch=1, verbose=0)
         momentum = 0.9 if method == "byol" else 0.99  # BYOL at step 0 of its cosine: its base
         online = [w.numpy() for w in model.tower.weights + model.projector.weights]
-        target = [w.numpy() for w in model.target_tower.weights + model.target_projector.weights]
-        for before, after, now in zip(target_before, target, online):
-            np.testing.assert_allclose(after, momentum * before + (1 - momentum) * now, atol=1e-6)
+        targets = model.target_tower.weights + model.target_projector.weights
+        # (BatchNorm's moving statistics also move with the target's own forward pass: not compared.)
+        for before, variable, now in zip(target_before, targets, online):
+            if "moving_" not in variable.path:
+                np.testing.assert_allclose(variable.numpy(), momentum * before + (1 - momentum) * now, atol=1e-6)
         if memory_before is not None:  # 16 new keys first, then the oldest 8 of the 24 kept
             memory = model.memory.numpy()
             np.testing.assert_allclose(memory[16:], memory_before[:8], atol=1e-7)
             np.testing.assert_allclose(np.linalg.norm(memory[:16], axis=1), 1.0, atol=1e-5)
-            keys = model.target_projector(model.target_tower(images[1], training=False), training=False).numpy()
             assert not np.allclose(memory[:16], memory_before[:16])
 
 
@@ -90,7 +92,9 @@ def _untrained_map_at_r(cfg, sets) -> float:
 BUDGETS = {"simclr": 60, "simsiam": 60, "vicreg": 60, "moco": 150, "barlow_twins": 200}
 
 
-@pytest.mark.parametrize("method", sorted(BUDGETS))
+# SimCLR in the fast set, the others (10-30 s each) in the slow one.
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[] if m == "simclr" else [pytest.mark.slow])
+                                    for m in sorted(BUDGETS)])
 def test_each_method_learns_shapes_that_raw_pixels_and_the_untrained_tower_do_not(tmp_path, method):
     sets = shape_sets(seed=len(method))
     cfg = ssl_config(method, BUDGETS[method])
@@ -133,6 +137,7 @@ def test_an_ssl_run_is_an_ordinary_embedding_run_in_a_fresh_process(ssl_run, tmp
     assert report["self_supervised"]["method"] == "simclr"
 
 
+@pytest.mark.slow
 def test_a_supervised_run_starts_from_the_ssl_tower(ssl_run, tmp_path):
     out, sets, _ = ssl_run
     cfg = config_from_dict({"data": {"name": "shapes"}, "model": {**TOWER, "init_from": str(out)},
@@ -144,6 +149,7 @@ def test_a_supervised_run_starts_from_the_ssl_tower(ssl_run, tmp_path):
     assert {"conv1", "conv2", "embedding_dense"} <= set(copied)
 
 
+@pytest.mark.slow
 def test_a_collapsed_epoch_is_never_kept(tmp_path, monkeypatch):
     sets = shape_sets(seed=2, per_class=40)
     # Every epoch collapsed: nothing can be kept, and the run says what to change.
@@ -168,6 +174,7 @@ class StopAfterFirstEpoch(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path):
     sets = shape_sets(seed=3, per_class=40)
     cfg = ssl_config("byol", 4, 2)
@@ -183,7 +190,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model": {"kind": "embedding", "method": "byol"}}, r"\['model.method'\] apply to model.kind: self_supervised"),
+    ({"model": {"kind": "embedding", "method": "byol"}}, r"'model.method'.* apply to model.kind: self_supervised"),
     ({"data": {"augment": "light"}}, "set data.augment to one of"),
     ({"data": {"augment": "none", "augment_options": {"hue": 0.0}}}, "data.augment_options sets the ops of a recipe"),
     ({"model": {"method": "vicreg"}, "train": {"memory_size": 10}}, "vicreg compares no negatives"),
@@ -199,7 +206,7 @@ def test_bad_self_supervised_configs_are_refused_naming_the_key(change, message)
 def test_data_checks_come_before_any_folder(tmp_path):
     sets = shape_sets(seed=4, per_class=10)
     for change, message in (({"train": {"batch_size": 64}}, "holds 32. Received: train.batch_size=64"),
-                            ({"train": {"memory_size": 32}, "model": {"method": "moco"}},
+                            ({"train": {"memory_size": 32, "batch_size": 16}, "model": {"method": "moco"}},
                              "below the 32 training images")):
         with pytest.raises(ConfigError, match=message):
             run_training(ssl_config(**change), tmp_path / "run", sets=sets, verbose=0)

@@ -177,14 +177,20 @@ class SelfSupervisedModel(keras.Model):
         progress = tf.minimum(tf.cast(self.optimizer.iterations, tf.float32) / self.total_steps, 1.0)
         return 1.0 - (1.0 - self.momentum) * (tf.cos(math.pi * progress) + 1.0) / 2.0
 
-    def online_variables(self) -> list:
-        """The variables the optimizer trains: the tower's and the heads' (never the momentum copies)."""
+    @property
+    def trainable_weights(self) -> list:
+        """What the optimizer trains: the tower's and the heads' weights, never the momentum copies (BYOL's target
+        is left trainable for its batch statistics, not for the optimizer; `weights` still holds it, so it saves)."""
         heads = [self.projector] + ([self.predictor] if self.predictor is not None else [])
-        return self.tower.trainable_variables + [v for part in heads for v in part.trainable_variables]
+        return [v for part in [self.tower, *heads] for v in part.trainable_weights]
+
+    @property
+    def trainable_variables(self) -> list:
+        return self.trainable_weights
 
     def train_step(self, data):
         views_1, views_2 = data[:2] if isinstance(data, (tuple, list)) else data
-        trainable = self.online_variables()
+        trainable = self.trainable_variables
         momentum = self.current_momentum()  # at this step, before the optimizer counts it
         with tf.GradientTape() as tape:
             loss, projections, enqueued = self._loss(views_1, views_2)

@@ -31,13 +31,6 @@ from reprlearn.training.progress import progress
 from reprlearn.training.strategies import dtype_policy, is_chief, is_multi_worker
 
 
-def optimised_variables(model: keras.Model) -> list:
-    """The variables a model's optimizer holds state for: `online_variables()` where a model keeps trainable
-    copies that its own step moves (a self-supervised target), else every trainable variable."""
-    online = getattr(model, "online_variables", None)
-    return online() if online is not None else model.trainable_variables
-
-
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights and optimizer) after every epoch, atomically.
 
@@ -202,7 +195,7 @@ def resume_or_build(out: Path, build, cfg: Config, strategy: tf.distribute.Strat
         if epochs_done:
             if verbose and is_chief(strategy):
                 print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
-            model.optimizer.build(optimised_variables(model))
+            model.optimizer.build(model.trainable_variables)
             model.load_weights(checkpoints / "last.keras")
     if is_multi_worker(strategy):
         _check_workers_agree(strategy, epochs_done)
@@ -352,7 +345,7 @@ def fit_custom_loop(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.d
             predictions = model(inputs, training=False)
             model.compute_loss(inputs, targets, predictions)
             model.compute_metrics(inputs, targets, predictions, sample_weight=None)
-        model.optimizer.build(optimised_variables(model))
+        model.optimizer.build(model.trainable_variables)
 
     @tf.function
     def train_steps(iterator):
