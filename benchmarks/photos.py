@@ -12,7 +12,10 @@ It writes its own synthetic photo folders (tests/photo_folder.py: coloured shape
    vs the same decoded images from memory (target ≥ 0.9×);
 4. peak resident memory of a whole training run (train, evaluate, report) in a fresh process for each size
    (target: growth < 200 MB from 10⁴ to 10⁵ files);
-5. formats: the input pipeline (decode + resize to 96 × 96, P×K 8 × 16) on the same photos stored 100% as JPEG,
+5. two-view recipes: two-view batches of 128 images at 96 × 96 (the self-supervised input) with the `simclr` and
+   `byol` recipes, in decoded images/s, beside the same pipeline with every op off (decode + resize alone;
+   target ≥ 0.7×);
+6. formats: the input pipeline (decode + resize to 96 × 96, P×K 8 × 16) on the same photos stored 100% as JPEG,
    100% as WebP (TensorFlow's decoder) and 100% as TIFF (Pillow inside the map), in images/s and as ratios to JPEG.
 Ratios are medians of alternating A/B repeats (this machine's speed is bimodal).
 """
@@ -88,6 +91,28 @@ def pipelines(folder: Path, side: int, repeats: int, images: int, augment: str) 
         a.append(rate(ours, images))
         b.append(rate(theirs, images))
     return a, b
+
+
+# Every op of a recipe off: the two-view pipeline decodes, resizes and copies, nothing more.
+NO_OPS = {"crop_scale": [1.0, 1.0], "flip_probability": 0.0, "jitter_probability": 0.0, "grey_probability": 0.0,
+          "blur_probability": 0.0, "solarize_probability": 0.0}
+
+
+def recipes(folder: Path, repeats: int, images: int) -> dict[str, list[float]]:
+    """Decoded images/s of two-view batches (128 images, 96 × 96) with each recipe and with no op, alternating."""
+    from reprlearn.data.loaders import Decoding, load_dataset
+    from reprlearn.data.pipelines import two_view_batches
+
+    imageset = load_dataset(f"folder:{folder}", decoding=Decoding((96, 96), 3, "stretch"))["all"]
+    datasets = {"decode + resize alone": two_view_batches(imageset, P * K, seed=0, recipe="simclr", flips=True,
+                                                          options=NO_OPS),
+                "simclr": two_view_batches(imageset, P * K, seed=0, recipe="simclr", flips=True),
+                "byol": two_view_batches(imageset, P * K, seed=0, recipe="byol", flips=True)}
+    rates = {name: [] for name in datasets}
+    for _ in range(repeats):
+        for name, dataset in datasets.items():
+            rates[name].append(rate(dataset, images))
+    return rates
 
 
 def format_folder(root: Path, source: Path, fmt: str, limit: int) -> Path:
@@ -186,7 +211,7 @@ def main():
     parser.add_argument("--images", type=int, default=4000, help="images per pipeline measurement")
     parser.add_argument("--steps", type=int, default=30, help="training steps per measurement")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["index", "pipeline", "training", "memory", "formats"])
+                        choices=["index", "pipeline", "training", "memory", "formats", "recipes"])
     parser.add_argument("--format-photos", type=int, default=3200, help="photos per folder in the formats table")
     args = parser.parse_args()
     root = Path(args.root)
@@ -220,6 +245,13 @@ def main():
               f"| streamed from the folder | {statistics.median(streamed):.0f} |\n"
               f"| the same decoded images from memory | {statistics.median(memory):.0f} |\n"
               f"| ratio | {statistics.median(ratios):.2f}× |", flush=True)
+    if "recipes" not in args.skip:
+        rates = recipes(small, args.repeats, args.images)
+        print("\n| two views of 128 images a batch, 96 × 96 | decoded images/s | ratio to decode + resize alone |\n"
+              "|---|---|---|")
+        for name, values in rates.items():
+            ratio = statistics.median(a / b for a, b in zip(values, rates["decode + resize alone"]))
+            print(f"| {name} | {statistics.median(values):,.0f} | {ratio:.2f}× |", flush=True)
     if "formats" not in args.skip:
         rates = formats(root, small, args.repeats, args.images, args.format_photos)
         print(f"\n| the same {args.format_photos:,} photos, 96 × 96, P×K 8×16 | images/s | ratio to JPEG |\n"

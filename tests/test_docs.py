@@ -57,6 +57,8 @@ NOT_RUN = {
     **{f"reprlearn {command} runs/crossview": "needs the two-tower run above and the user's folders; "
                                               "test_cross_view_serving.py runs each command on a digits twin"
        for command in ("index", "identify", "evaluate", "embed", "verify", "export")},
+    "reprlearn train configs/self_supervised.yaml": "SimCLR on Fashion-MNIST (minutes); test_self_supervised.py "
+                                                    "trains every method on generated shapes",
     "reprlearn tune tuner/crossview": "a search over the benchmark's pairs (minutes); test_cross_view_serving.py "
                                       "tunes a digits twin",
 }

@@ -64,9 +64,29 @@ def _markdown(report: dict, figures: dict[str, str]) -> str:
     lines += ["", "## Training", "",
               f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
               f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
+    lines += _self_supervised_lines(report)
     lines += _files_section(report)
     lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
     return "\n".join(lines) + "\n"
+
+
+def _self_supervised_lines(report: dict) -> list[str]:
+    """What a self-supervised run trained with, which epoch it kept and how that epoch scored on validation."""
+    ssl = report.get("self_supervised")
+    if not ssl:
+        return []
+    kept = report["kept"]
+    epoch = report["train"]["history"][kept["epoch"] - 1] if report["train"]["history"] else {}
+    scores = ", ".join(f"{name} {epoch[key]:.4f}" for key, name in (
+        ("val_knn_accuracy", "weighted kNN accuracy"), ("val_map_at_r", "MAP@R"),
+        ("val_output_spread", "output spread")) if key in epoch)
+    probe = ssl.get("linear_probe_accuracy")
+    return [f"Trained without labels: {ssl['method']} (projector {ssl['projector']}, predictor "
+            f"{ssl['predictor'] or 'none'}, memory {ssl['memory_size']}). Kept epoch {kept['epoch']} "
+            f"({kept['keep']}{'; ' + kept['note'] if kept.get('note') else ''})"
+            + (f", on validation images: {scores}" if scores else "") + "."
+            + (f" A linear probe fit on training images scores {probe:.4f} accuracy on the test images."
+               if probe is not None else ""), ""]
 
 
 def _add_history(figures: dict, report: dict, out: Path) -> None:
