@@ -540,3 +540,31 @@ def weighted_knn_accuracy(bank, bank_labels, queries, query_labels, k, temperatu
         best = max(sorted(votes), key=lambda c: votes[c])
         right += int(best == label)
     return right / len(queries)
+
+
+def multi_similarity_with_memory(batches, memory_size, alpha=2.0, beta=50.0, base=0.5):
+    """XBM over a sequence of `(labels, embeddings)` batches, as PML's CrossBatchMemory runs it: each batch enters a
+    ring of `memory_size` slots first, then each anchor of the batch is scored (Multi-Similarity, cosine) against
+    every filled slot but its own. Returns the loss of each batch."""
+    slots_embeddings, slots_labels, position, values = [None] * memory_size, [None] * memory_size, 0, []
+    for labels, embeddings in batches:
+        own = []
+        for label, embedding in zip(labels, embeddings):
+            slots_embeddings[position], slots_labels[position] = _unit_vector(embedding), label
+            own.append(position)
+            position = (position + 1) % memory_size
+        total = 0.0
+        for a, (label, embedding) in enumerate(zip(labels, embeddings)):
+            anchor = _unit_vector(embedding)
+            pos = neg = 0.0
+            for slot in range(memory_size):
+                if slots_embeddings[slot] is None or slot == own[a]:
+                    continue
+                similarity = float(anchor @ slots_embeddings[slot])
+                if slots_labels[slot] == label:
+                    pos += math.exp(alpha * (base - similarity))
+                else:
+                    neg += math.exp(beta * (similarity - base))
+            total += math.log(1 + pos) / alpha + math.log(1 + neg) / beta
+        values.append(total / len(labels))
+    return values

@@ -83,7 +83,7 @@ def assign_on_every_replica(variables, values) -> None:
 
     def merged(strategy, pairs):
         for variable, value in pairs:
-            strategy.extended.update(getattr(variable, "value", variable), lambda v, x: v.assign(x), args=(value,),
-                                     group=False)
+            backend_variable = variable if isinstance(variable, tf.Variable) else variable.value
+            strategy.extended.update(backend_variable, lambda v, x: v.assign(x), args=(value,), group=False)
 
     context.merge_call(merged, args=(list(zip(variables, values)),))
