@@ -18,7 +18,22 @@ def distance(name):
             "squared-L2": distances.LpDistance(normalize_embeddings=False, power=2)}[name]
 
 
+def run_memory(case):
+    """CrossBatchMemory over a sequence of batches: each batch's loss and gradient."""
+    loss = losses.CrossBatchMemory(getattr(losses, case["loss"])(distance=distance(case["distance"]), **case["args"]),
+                                   embedding_size=case["embedding_size"], memory_size=case["memory_size"])
+    out = []
+    for labels, embeddings in case["batches"]:
+        embeddings = torch.tensor(embeddings, dtype=torch.float64, requires_grad=True)
+        value = loss(embeddings, torch.tensor(labels))
+        value.backward()
+        out.append({"value": float(value), "gradient": embeddings.grad.tolist()})
+    return out
+
+
 def run(case):
+    if case["kind"] == "memory":
+        return run_memory(case)
     labels = torch.tensor(case["labels"])
     embeddings = torch.tensor(case["embeddings"], dtype=torch.float64, requires_grad=True)
     kind, args = case["kind"], case.get("args", {})

@@ -82,3 +82,75 @@ def test_config_round_trip():
     loss = CrossBatchMemory(NTXentLoss(temperature=0.2), embedding_size=4, memory_size=12, warmup_steps=3)
     again = keras.losses.deserialize(keras.losses.serialize(loss))
     assert (again.memory_size, again.warmup_steps, again.loss.temperature) == (12, 3, 0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, ours, args", [
+    ("MultiSimilarityLoss", lambda: MultiSimilarityLoss(), {}),
+    ("NTXentLoss", lambda: NTXentLoss(temperature=0.1), {"temperature": 0.1}),
+    ("CircleLoss", lambda: CircleLoss(), {}),
+])
+def test_equal_to_pml_cross_batch_memory_on_the_same_batches(name, ours, args):
+    """pytorch-metric-learning's CrossBatchMemory over five batches (the ring wraps): each batch's value and
+    gradient."""
+    from tests.test_pml_parity import pml
+    batches = [(labels.tolist(), (embeddings * 0.6).tolist()) for labels, embeddings in BATCHES]
+    theirs = pml([{"kind": "memory", "loss": name, "args": args, "distance": "cosine", "embedding_size": 4,
+                   "memory_size": 16, "batches": batches}])[0]
+    memory = CrossBatchMemory(ours(), embedding_size=4, memory_size=16)
+    for (labels, embeddings), expected in zip(batches, theirs):
+        variable = tf.Variable(np.asarray(embeddings, np.float32))
+        with tf.GradientTape() as tape:
+            value = memory(np.asarray(labels), variable)
+        assert float(value) == pytest.approx(expected["value"], rel=1e-4, abs=1e-6)
+        np.testing.assert_allclose(tape.gradient(value, variable).numpy(), expected["gradient"], rtol=1e-3,
+                                   atol=1e-5)
+
+
+XBM_CONFIG = {"data": {"name": "digits", "protocol": "seen-classes"},
+              "model": {"tower": "mlp", "hidden": [32], "embedding_dim": 16},
+              "loss": {"name": "multi_similarity"},
+              "train": {"epochs": 2, "steps_per_epoch": 6, "classes_per_batch": 4, "examples_per_class": 4,
+                        "memory_size": 64, "memory_warmup": 2},
+              "eval": {"verification_pairs": 300, "projection": "pca", "projection_points": 50,
+                       "projector_points": 20, "grid_queries": 2, "grid_neighbours": 3}}
+
+
+def test_a_run_with_a_memory_resumes_to_the_uninterrupted_run(tmp_path):
+    import keras
+
+    from reprlearn.config.io import config_from_dict
+    from reprlearn.runs import embed
+    from reprlearn.training import run_training
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    cfg = config_from_dict(XBM_CONFIG)
+    whole = run_training(cfg, tmp_path / "whole", verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "resumed", verbose=0, callbacks=[StopAfterFirstEpoch()])
+    assert (tmp_path / "resumed" / "checkpoints" / "loss_state.npz").is_file()
+    resumed = run_training(cfg, tmp_path / "resumed", verbose=0)
+    assert resumed["train"]["history"][-1]["loss"] == pytest.approx(whole["train"]["history"][-1]["loss"], rel=1e-5)
+    images = np.random.default_rng(0).uniform(0, 16, (4, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(embed(keras.models.load_model(tmp_path / "resumed" / "model.keras"), images),
+                               embed(keras.models.load_model(tmp_path / "whole" / "model.keras"), images), atol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"loss": {"name": "triplet_semihard"}}, r"train.memory_size keeps a cross-batch memory for an embedding run"),
+    ({"train": {"memory_size": 8}}, r"must hold a whole batch \(4 × 4 = 16\)"),
+    ({"train": {"memory_size": None, "memory_warmup": 3}}, "set train.memory_size"),
+    ({"loss": {"name": "multi_similarity", "reconstruction_weight": 0.5}}, "does not combine"),
+])
+def test_memory_configs_refused_naming_the_key(change, message):
+    from reprlearn.config.io import config_from_dict
+    from reprlearn.errors import ConfigError
+
+    raw = {section: dict(values) for section, values in XBM_CONFIG.items()}
+    for section, values in change.items():
+        raw[section].update(values)
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)

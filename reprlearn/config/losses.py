@@ -72,6 +72,8 @@ PAIR_MINERS = ("none", "multi_similarity")
 # The metric losses mined in P×K batches.
 IN_BATCH_LOSSES = tuple(name for name, traits in LOSS_TRAITS.items() if traits.batch == "pk" and not traits.classifier)
 # Every loss trained on P×K batches, classifier losses included (what `reprlearn tune` searches).
+# The P×K losses that score each anchor's row of pairs: these take a cross-batch memory (train.memory_size).
+MEMORY_LOSSES = tuple(name for name, traits in LOSS_TRAITS.items() if traits.batch == "pk" and traits.pairs)
 PK_LOSSES = tuple(name for name, traits in LOSS_TRAITS.items() if traits.batch == "pk")
 # What trains a two-tower model: the cross-view losses, and the in-batch metric losses over both views.
 TWO_TOWER_LOSSES = tuple(name for name, traits in LOSS_TRAITS.items() if traits.batch == "views") + IN_BATCH_LOSSES

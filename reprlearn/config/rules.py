@@ -11,7 +11,14 @@ import dataclasses
 import math
 from typing import Sequence
 
-from reprlearn.config.losses import IN_BATCH_LOSSES, LOSS_OPTIONS, LOSS_TRAITS, PK_LOSSES, TWO_TOWER_LOSSES
+from reprlearn.config.losses import (
+    IN_BATCH_LOSSES,
+    LOSS_OPTIONS,
+    LOSS_TRAITS,
+    MEMORY_LOSSES,
+    PK_LOSSES,
+    TWO_TOWER_LOSSES,
+)
 from reprlearn.config.schema import Config, SearchConfig
 from reprlearn.config.self_supervised import MEMORY_METHODS, METHOD_DEFAULTS
 from reprlearn.data.augment import AUGMENTATIONS
@@ -149,13 +156,16 @@ def _check_self_supervised(cfg: Config) -> None:
     defaults = type(model)()
     ssl_keys = {f"model.{key}": getattr(model, key) for key in ("method", "projector", "predictor", "temperature", "momentum")
                 if getattr(model, key) != getattr(defaults, key)}
-    if cfg.train.memory_size is not None:
-        ssl_keys["train.memory_size"] = cfg.train.memory_size
     if model.kind != "self_supervised":
+        _check_memory(cfg)
         if ssl_keys:
             raise ConfigError(f"config: {sorted(ssl_keys)} apply to model.kind: self_supervised. Received: "
                               f"{ssl_keys}, model.kind={model.kind!r}")
         return
+    if cfg.train.memory_warmup:
+        raise ConfigError(f"config: train.memory_warmup delays an embedding run's cross-batch memory; a "
+                          f"self-supervised memory starts at once. Received: train.memory_warmup="
+                          f"{cfg.train.memory_warmup}")
     if data.augment not in RECIPES:
         raise ConfigError(f"config: self-supervised training compares two augmented views of each image; set "
                           f"data.augment to one of {list(RECIPES)}. Received: data.augment={data.augment!r}")
@@ -184,6 +194,32 @@ def _check_self_supervised(cfg: Config) -> None:
         raise ConfigError(f"config: train.memory_size queues negatives for {list(MEMORY_METHODS)}; "
                           f"{model.method} compares no negatives. Received: train.memory_size="
                           f"{cfg.train.memory_size}, model.method={model.method!r}")
+
+
+def _check_memory(cfg: Config) -> None:
+    """A cross-batch memory on an embedding run: a pair loss on P×K batches, one loss term, a whole batch held."""
+    train = cfg.train
+    if train.memory_size is None:
+        if train.memory_warmup:
+            raise ConfigError(f"config: train.memory_warmup delays a cross-batch memory; set train.memory_size. "
+                              f"Received: train.memory_warmup={train.memory_warmup}")
+        return
+    batch = train.classes_per_batch * train.examples_per_class
+    if cfg.model.kind != "embedding" or cfg.loss.name not in MEMORY_LOSSES:
+        raise ConfigError(f"config: train.memory_size keeps a cross-batch memory for an embedding run with one of "
+                          f"{list(MEMORY_LOSSES)} (or negatives for model.kind: self_supervised). Received: "
+                          f"train.memory_size={train.memory_size}, model.kind={cfg.model.kind!r}, "
+                          f"loss.name={cfg.loss.name!r}")
+    if cfg.loss.reconstruction_weight > 0 or cfg.model.joint_layers:
+        raise ConfigError("config: train.memory_size scores the embedding alone; it does not combine with "
+                          "loss.reconstruction_weight or model.joint_layers. Received: train.memory_size="
+                          f"{train.memory_size}")
+    if train.memory_size < batch:
+        raise ConfigError(f"config: train.memory_size must hold a whole batch ({train.classes_per_batch} × "
+                          f"{train.examples_per_class} = {batch}). Received: train.memory_size={train.memory_size}")
+    if train.memory_warmup < 0:
+        raise ConfigError(f"config: train.memory_warmup must be >= 0. Received: train.memory_warmup="
+                          f"{train.memory_warmup}")
 
 
 def _check_loss_options(cfg: Config) -> None:

@@ -228,9 +228,12 @@ class TrainConfig:
     jit_compile: bool = False
     # autoencoder / vae runs: uniformly drawn images per batch; self_supervised: distinct images (two views each).
     batch_size: int = positive(128)
-    # self_supervised, simclr and moco: negatives kept from earlier batches (a FIFO of projections; null: the
-    # method's default, 4,096 for moco and none for simclr).
+    # Negatives beyond the batch. self_supervised (simclr, moco): a FIFO of earlier projections (null: the
+    # method's default, 4,096 for moco and none for simclr). embedding runs with a pair loss (contrastive,
+    # supervised_contrastive, multi_similarity, circle, ntxent): a cross-batch memory (XBM) of the last
+    # memory_size embeddings (the batch's own included), scored from train.memory_warmup steps on.
     memory_size: typing.Optional[int] = None
+    memory_warmup: int = 0
     seed: int = 0
     # auto | one_device | mirrored | multi_worker (see reprlearn.training.strategies); batch sizes are global.
     strategy: str = choice("auto", STRATEGIES)

@@ -31,6 +31,28 @@ from reprlearn.training.progress import progress
 from reprlearn.training.strategies import dtype_policy, is_chief, is_multi_worker
 
 
+LOSS_STATE = "loss_state.npz"
+
+
+def save_loss_state(model: keras.Model, directory: Path) -> None:
+    """Writes the state a model's loss keeps between steps (a cross-batch memory), atomically, beside the model."""
+    state = getattr(model.loss, "state", None)
+    if state is None:
+        return
+    tmp = directory / "loss_state.tmp.npz"
+    with open(tmp, "wb") as file:
+        np.savez(file, **state())
+    os.replace(tmp, directory / LOSS_STATE)
+
+
+def restore_loss_state(model: keras.Model, directory: Path) -> None:
+    """Puts back the state `save_loss_state` wrote, so a resumed run's loss continues where it stopped."""
+    restore = getattr(model.loss, "restore", None)
+    if restore is not None and (directory / LOSS_STATE).is_file():
+        with np.load(directory / LOSS_STATE) as state:
+            restore(dict(state))
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights and optimizer) after every epoch, atomically.
 
@@ -53,6 +75,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         tmp = self.directory / "last.tmp.keras"
         self.model.save(tmp)
         os.replace(tmp, self.directory / "last.keras")
+        save_loss_state(self.model, self.directory)
         state = read_checkpoint_state(self.directory)
         history = state.get("history", []) + [{k: float(v) for k, v in (logs or {}).items()}]
         write_json_atomic(self.directory / "state.json", {"epochs_done": epoch + 1, "history": history,
@@ -197,6 +220,7 @@ def resume_or_build(out: Path, build, cfg: Config, strategy: tf.distribute.Strat
                 print(f"Resuming from {checkpoints / 'last.keras'}: {epochs_done} of {cfg.train.epochs} epochs done.")
             model.optimizer.build(model.trainable_variables)
             model.load_weights(checkpoints / "last.keras")
+            restore_loss_state(model, checkpoints)
     if is_multi_worker(strategy):
         _check_workers_agree(strategy, epochs_done)
     return model, epochs_done

@@ -19,6 +19,7 @@ from reprlearn.data.pipelines import pk_batches, view_batches, worker_rows
 from reprlearn.errors import ConfigError
 from reprlearn.layers import CosineClassifier
 from reprlearn.losses import JointRepresentationSimilarity
+from reprlearn.losses.memory import CrossBatchMemory
 from reprlearn.losses.registry import config_loss
 from reprlearn.metrics import ActiveFraction, MeanNegativeDistance, MeanPositiveDistance, retrieval_metrics
 from reprlearn.models import dense_autoencoder, joint_embedding_model, siamese_pair_model
@@ -192,7 +193,8 @@ def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | 
     loss) or a `CosineClassifier` over `num_classes` training classes (classifier loss), JRD's packed layers
     (`loss.jrd_weight`), a reconstruction from the embedding (`loss.reconstruction_weight`).
 
-    In-batch losses also log the active fraction and the mean positive and negative distances;
+    With `train.memory_size` a pair loss scores the batch against a cross-batch memory (`CrossBatchMemory`).
+    In-batch losses also log the active fraction and the mean positive and negative distances (of the batch);
     classifier losses log their training accuracy. `copied_layers` (from `model.init_from`) train at
     `model.init_learning_rate_factor` of the learning rate.
     """
@@ -202,6 +204,9 @@ def compile_embedding_model(cfg: Config, tower: keras.Model, num_classes: int | 
             ActiveFraction(loss)]
     else:
         model, losses, weights, metrics = _pk_training_model(cfg, tower, loss, num_classes)
+        if cfg.train.memory_size:  # XBM: the batch against the last memory_size embeddings (the metrics: in-batch)
+            losses = CrossBatchMemory(losses, int(tower.output_shape[-1]), cfg.train.memory_size,
+                                      cfg.train.memory_warmup)
     model.compile(optimizer=make_optimizer(cfg, copied_layers), loss=losses, loss_weights=weights, metrics=metrics,
                   jit_compile=cfg.train.jit_compile)
     return model
