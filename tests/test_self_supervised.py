@@ -211,3 +211,49 @@ def test_data_checks_come_before_any_folder(tmp_path):
         with pytest.raises(ConfigError, match=message):
             run_training(ssl_config(**change), tmp_path / "run", sets=sets, verbose=0)
         assert not (tmp_path / "run").exists()
+
+
+def _flat_folder(root: Path, count: int = 48) -> Path:
+    """A folder of photos with no class folders (and a CSV of their paths without a label column)."""
+    from tests.photo_folder import make_photo_folder
+
+    make_photo_folder(root / "classes", classes=4, per_class=count // 4, seed=1)
+    flat = root / "flat"
+    flat.mkdir()
+    for i, path in enumerate(sorted(p for p in (root / "classes").rglob("*") if p.is_file())):
+        path.rename(flat / f"{i:03d}{path.suffix}")
+    (root / "paths.csv").write_text("path\n" + "".join(f"flat/{p.name}\n" for p in sorted(flat.iterdir())))
+    return flat
+
+
+UNLABELLED_RUN = {"data": {"image_size": [24, 24], "augment": "simclr"},
+                  "model": {"kind": "self_supervised", "tower": "conv", "filters": [8], "dense": 16,
+                            "embedding_dim": 8, "projector": [16, 8]},
+                  "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 8}, "eval": EVAL}
+
+
+@pytest.mark.parametrize("source", ["folder", pytest.param("csv", marks=pytest.mark.slow),
+                                    pytest.param("arrays", marks=pytest.mark.slow)])
+def test_images_without_labels_train_a_self_supervised_run_and_nothing_else(tmp_path, source):
+    from reprlearn.data import make_imageset
+
+    flat = _flat_folder(tmp_path)
+    raw = json.loads(json.dumps(UNLABELLED_RUN))
+    sets = None
+    if source == "arrays":
+        sets = {"all": make_imageset(shape_sets(seed=1, per_class=12)["train"].images, None)}
+        raw["data"].pop("image_size")
+    else:
+        raw["data"]["name"] = f"folder:{flat}" if source == "folder" else f"csv:{tmp_path / 'paths.csv'}"
+    report = run_training(config_from_dict(raw), tmp_path / "run", sets=sets, verbose=0)
+    assert report["unlabelled"] is True and report["metrics"] == {}
+    assert "val_output_spread" in report["train"]["history"][0] and "val_knn_accuracy" not in report["train"][
+        "history"][0]
+    assert "without labels" in (tmp_path / "run" / "report.md").read_text()
+    tower = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert tower.output_shape[-1] == 8
+    supervised = {**raw, "model": {"tower": "conv", "filters": [8], "dense": 16, "embedding_dim": 8},
+                  "data": {k: v for k, v in raw["data"].items() if k != "augment"}, "train": {"epochs": 1}}
+    with pytest.raises(Exception, match="has no labels.*model.kind: self_supervised"):
+        run_training(config_from_dict(supervised), tmp_path / "supervised", sets=sets, verbose=0)
+    assert not (tmp_path / "supervised").exists()

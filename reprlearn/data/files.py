@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reprlearn.data.imageset import UNLABELLED
 from reprlearn.errors import DataError, DatasetNotFoundError
 
 # What the pipelines read: TensorFlow's decoders (JPEG, PNG, GIF, BMP), and Pillow for WebP and TIFF.
@@ -298,7 +299,8 @@ def describe_problems(index: FileIndex) -> str:
 
 
 def index_folder(root: str | Path) -> FileIndex:
-    """A folder of class folders (`root/<class>/**/<image>`): every image below a class folder, recursively.
+    """A folder of class folders (`root/<class>/**/<image>`): every image below a class folder, recursively. A
+    folder with images and no class folder is a source without labels (its one class `UNLABELLED`).
 
     Hidden files and folders, and files that are not images by their suffix, are ignored (counted).
 
@@ -312,8 +314,15 @@ def index_folder(root: str | Path) -> FileIndex:
     class_dirs = sorted(entry.name for entry in os.scandir(root_path)
                         if entry.is_dir() and not entry.name.startswith("."))
     if not class_dirs:
-        raise DataError(f"image folder has no class sub-folders. Received: path={str(root)!r}")
-    listed, ignored = _listed(str(root_path), class_dirs)
+        # Images with no class folder: a source without labels (label-free training takes it; the others refuse).
+        names = sorted(entry.name for entry in os.scandir(root_path) if entry.is_file()
+                       and not entry.name.startswith("."))
+        listed = [(name, UNLABELLED) for name in names if _is_candidate(name)]
+        if not listed:
+            raise DataError(f"image folder has no class sub-folders and no images. Received: path={str(root)!r}")
+        ignored, class_dirs = len(names) - len(listed), [UNLABELLED]
+    else:
+        listed, ignored = _listed(str(root_path), class_dirs)
     chunks = [(str(root_path), [name for name, _ in listed[i:i + CHECK_CHUNK]])
               for i in range(0, len(listed), CHECK_CHUNK)]
     facts = [fact for part in _mapper(len(listed))(_stat_and_check, chunks) for fact in part]
@@ -334,8 +343,8 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...], needs: str) -> tupl
 
 
 def index_csv(csv_file: str | Path) -> FileIndex:
-    """A CSV of `path,label[,split]` rows (a header line naming those columns); relative paths resolve against
-    the CSV's folder. `split` is `train`, `validation` or `test`. Any path TensorFlow's file system reads
+    """A CSV of `path,label[,split]` rows (a header line naming those columns; without `label`, images without
+    labels for label-free training); relative paths resolve against the CSV's folder. `split` is `train`, `validation` or `test`. Any path TensorFlow's file system reads
     works (`gs://…` where it is configured); such paths are checked when decoded, not when indexed.
 
     Raises:
@@ -345,9 +354,10 @@ def index_csv(csv_file: str | Path) -> FileIndex:
     csv_path = Path(csv_file).expanduser()
     if not csv_path.is_file():
         raise DatasetNotFoundError(f"CSV file list not found. Received: path={str(csv_file)!r}")
-    rows, columns = read_csv_rows(csv_path, ("path", "label"),
+    rows, columns = read_csv_rows(csv_path, ("path",),
                                   "a CSV file list needs a header with the columns path,label (and optionally split)")
-    has_split = "split" in columns
+    has_split, has_label = "split" in columns, "label" in columns  # without labels: for label-free training
+    rows = rows if has_label else [{**row, "label": UNLABELLED} for row in rows]
     root = str(csv_path.parent.resolve())
     entries, missing, class_names = [], [], []
     for line, row in enumerate(rows, start=2):

@@ -191,6 +191,16 @@ def flat_pixels(images) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
+# The one class name of a source without labels (a folder without class folders, a CSV without a label column,
+# arrays given labels=None): only label-free training (model.kind: self_supervised) takes it.
+UNLABELLED = "(unlabelled)"
+
+
+def is_unlabelled(imageset: "ImageSet") -> bool:
+    """The set came without labels (its one class is `UNLABELLED`)."""
+    return list(imageset.class_names) == [UNLABELLED]
+
+
 def make_imageset(images, labels, class_names: list[str] | None = None, name: str = "dataset",
                   scale: str = "0-255", strict: bool = False) -> ImageSet:
     """Checks images and labels together and builds an ImageSet.
@@ -201,7 +211,7 @@ def make_imageset(images, labels, class_names: list[str] | None = None, name: st
 
     Args:
         images: `[N, H, W]` or `[N, H, W, C]`, integers or floats.
-        labels: `[N]` or `[N, 1]` class ids 0..C-1.
+        labels: `[N]` or `[N, 1]` class ids 0..C-1, or None: images without labels (for label-free training).
         class_names: one name per class id (default: the ids as strings).
         name: what the messages call the dataset.
         scale: `"0-255"` (pixels as the towers take them) or `"0-1"` (floats, multiplied by 255 here).
@@ -215,6 +225,8 @@ def make_imageset(images, labels, class_names: list[str] | None = None, name: st
     if scale == "0-1":
         images = check_images(np.asarray(images, np.float32) * 255.0, f"{name}.images")
     images = check_images(images, f"{name}.images", strict)
+    if labels is None:
+        labels, class_names = np.zeros(images.shape[0], np.int64), [UNLABELLED]
     labels = check_labels(labels, images.shape[0], f"{name}.labels")
     if class_names is None:
         class_names = [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reprlearn.data.imageset import ImageSet
+from reprlearn.data.imageset import ImageSet, is_unlabelled
 from reprlearn.errors import DataError, ReprlearnWarning
 
 PROTOCOLS = ("seen-classes", "unseen-classes")
@@ -102,7 +102,14 @@ def make_splits(sets: dict[str, ImageSet], protocol: str, train_classes: list[in
     else:
         train_side, test_side = sets["train"], sets["test"]
     all_classes = sorted(set(train_side.classes) | set(test_side.classes))
-    if len(all_classes) < 2:
+    if is_unlabelled(train_side):
+        # Images without labels: label-free training takes them (run_training refuses them to the other kinds); a
+        # stratified share of the one class is validation (the collapse guard watches it), another the test split.
+        if protocol != "seen-classes" or validation_classes:
+            raise DataError("the dataset has no labels, so it has no classes to hold out: use data.protocol: "
+                            f"seen-classes and data.validation_classes: 0. Received: data.protocol={protocol!r}, "
+                            f"data.validation_classes={validation_classes}")
+    elif len(all_classes) < 2:
         names = [str(train_side.class_names[c]) for c in all_classes]
         raise DataError(f"the dataset holds {len(all_classes)} usable class{'es' if len(all_classes) != 1 else ''} "
                         f"{names}{f' (left out, too few images: {left_out})' if left_out else ''}; retrieval needs "

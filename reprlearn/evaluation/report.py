@@ -89,6 +89,27 @@ def _self_supervised_lines(report: dict) -> list[str]:
                if probe is not None else ""), ""]
 
 
+def write_unscored_report(report: dict, out: Path) -> None:
+    """Writes the report of a run trained on images without labels: what it trained and kept, the training curves;
+    no retrieval or verification score (there is no class to score against)."""
+    figures = {}
+    _add_history(figures, report, out)
+    report["figures"] = figures
+    d, t = report["data"], report["train"]
+    lines = [f"# reprlearn run: {d['name']}, without labels", "",
+             f"{d['n_train']} training images ({d['n_val']} more for validation: the output spread, so that a "
+             "collapsed epoch is never kept) and no labels, so nothing is scored: embed, index or transfer the "
+             "tower, or evaluate it on labelled images with `reprlearn evaluate RUN --data SOURCE`.", "",
+             "## Training", "",
+             f"{t['epochs']} epochs × {t['steps_per_epoch']} steps, batch {t['batch_size']}; "
+             f"{t['seconds']} s of training, {t['examples_per_second']} examples/s.", ""]
+    lines += _self_supervised_lines(report)
+    lines += _files_section(report)
+    lines += [f"## {title}\n\n![{title}]({name})\n" for title, name in figures.items()]
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
 def _add_history(figures: dict, report: dict, out: Path) -> None:
     """The training curves, when there is a history."""
     if report["train"]["history"]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from reprlearn.config import Config
 from reprlearn.data import ImageSet, splits_for
+from reprlearn.data.imageset import is_unlabelled
 from reprlearn.data.cache import cache_decoded
 from reprlearn.data.pairs import pair_splits_for
 from reprlearn.errors import ConfigError, DataError
@@ -149,6 +150,11 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         check_global_batch(cfg.train.pair_batch_size, None, strategy.num_replicas_in_sync)
     else:
         splits = cached_splits(splits_for(cfg.data, sets), cfg.data.cache)
+        if is_unlabelled(splits.train) and cfg.model.kind != "self_supervised":
+            raise DataError(f"the data has no labels (a folder without class folders, a CSV without a label column, "
+                            f"arrays given labels=None); a {cfg.model.kind} run learns from classes. Train on it "
+                            f"without labels (model.kind: self_supervised), or add the labels. Received: "
+                            f"data.name={cfg.data.name!r}")
     if cfg.model.kind == "embedding":
         check_embedding_data(cfg, splits)
         check_embedding_size(cfg, splits.train.image_shape, splits.train.streamed)
@@ -174,7 +180,8 @@ def run_training(cfg: Config, out_dir: str | Path, sets: dict[str, ImageSet] | N
         check_memory(cfg, splits.train.query.image_shape, images_per_step(cfg), towers=2,
                      streamed=splits.train.streamed)
     else:
-        check_evaluation_splits(splits)
+        if not is_unlabelled(splits.train):  # without labels there is nothing to score, so nothing to check
+            check_evaluation_splits(splits)
         check_memory(cfg, splits.train.image_shape, images_per_step(cfg),
                      towers=2 if cfg.model.kind in ("autoencoder", "vae") else 1, streamed=splits.train.streamed)
     driver = {"embedding": run_embedding, "verifier": run_verifier, "two_tower": run_two_tower,

@@ -31,8 +31,9 @@ from reprlearn.losses.self_supervised import output_spread
 from reprlearn.metrics import retrieval_metrics, weighted_knn_accuracy
 from reprlearn.models import build_tower, initialise_from
 from reprlearn.models.self_supervised import SelfSupervisedModel
-from reprlearn.runs import embed, load_run
-from reprlearn.runs.record import BAD_IMAGE_LOG
+from reprlearn.data.imageset import is_unlabelled
+from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
+from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
 from reprlearn.training.embedding import report_embedding
 from reprlearn.training.loop import COLLAPSED, train_run
 from reprlearn.training.objectives import TOWER_NAME, make_optimizer
@@ -115,6 +116,20 @@ def knn_bank(train: ImageSet, seed: int) -> ImageSet:
     return train.subset(np.sort(np.random.default_rng(seed).choice(len(train), KNN_BANK, replace=False)))
 
 
+def report_unscored(cfg: Config, out: Path, splits: Splits, trained, tower: keras.Model, extra: dict) -> dict:
+    """Saves the tower of a run on images without labels, proves it reloads, and reports training alone."""
+    from reprlearn.evaluation.report import write_unscored_report  # plotting stays out of library users' imports
+
+    tower = save_and_check_reload(tower, out / "model.keras", splits.test)
+    report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, 2 * cfg.train.batch_size),
+              "kept": trained.kept,
+              "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
+                        "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0},
+              "metrics": {}, "unlabelled": True, **extra, **files_report(splits, out)}
+    write_unscored_report(report, out)
+    return report
+
+
 def run_self_supervised(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                         callbacks: list[keras.callbacks.Callback] | None = None,
                         strategy: tf.distribute.Strategy | None = None) -> dict:
@@ -157,6 +172,8 @@ def run_self_supervised(cfg: Config, out: Path, splits: Splits, verbose: int = 1
                                  "predictor": list(trained.model.predictor_widths),
                                  "temperature": trained.model.temperature, "momentum": trained.model.momentum,
                                  "memory_size": trained.model.memory_size}}
+    if is_unlabelled(train):  # nothing to score: the tower, proven to reload, and what training did
+        return report_unscored(cfg, out, splits, trained, tower, extra)
     if _labelled(bank) and _labelled(splits.test):
         extra["self_supervised"]["linear_probe_accuracy"] = linear_probe(
             embed(tower, bank), bank.labels, embed(tower, splits.test), splits.test.labels, cfg.data.seed)
