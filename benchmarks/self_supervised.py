@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg")
+from reprlearn.config.self_supervised import METHODS, PREDICTOR_METHODS  # noqa: E402
 TOWER = {"tower": "conv", "filters": [32, 64], "dense": 128, "embedding_dim": 64, "batch_norm": True}
 EVAL = {"verification_pairs": 2000, "projection": "pca", "projection_points": 200, "projector_points": 50,
         "grid_queries": 2, "grid_neighbours": 3}
@@ -47,7 +47,7 @@ def config_for(dataset: str, method: str, seed: int) -> dict:
     base = json.loads(json.dumps(BASES[dataset]))
     data = {**base["data"], "augment": "byol" if method == "byol" else "simclr", "seed": seed}
     model = {"kind": "self_supervised", "method": method, **TOWER, "projector": HEADS["projector"]}
-    if method in ("byol", "simsiam"):
+    if method in PREDICTOR_METHODS:
         model["predictor"] = HEADS["predictor"]
     if method == "byol":
         model["momentum"] = 0.99  # the paper's 0.996 is for 1,000-epoch runs; lightly's short recipes use 0.99

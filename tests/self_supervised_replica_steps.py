@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 from reprlearn.models import mlp_tower  # noqa: E402
 from reprlearn.models.self_supervised import SelfSupervisedModel  # noqa: E402
 
-SETTINGS = {"simclr": {"memory_size": 16}, "moco": {"memory_size": 16}, "byol": {"predictor": (8, 8)},
+SETTINGS = {"simclr": {"memory_size": 16}, "moco": {"memory_size": 16}, "moco_v3": {"predictor": (8, 8)},
+            "byol": {"predictor": (8, 8)},
             "simsiam": {"predictor": (8, 8)}, "barlow_twins": {}, "vicreg": {}}
 
 

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from reprlearn.config.io import config_from_dict
+from reprlearn.config.self_supervised import PREDICTOR_METHODS
 from reprlearn.errors import ConfigError
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.models import build_tower, mlp_tower
@@ -30,7 +31,7 @@ def ssl_config(method: str = "simclr", steps: int = 60, epochs: int = 3, **secti
     raw = {"data": {"name": "shapes", "augment": "byol" if method == "byol" else "simclr",
                     "validation_fraction": 0.2},
            "model": {"kind": "self_supervised", "method": method, **TOWER, "projector": [64, 32],
-                     **({"predictor": [64, 32]} if method in ("byol", "simsiam") else {})},
+                     **({"predictor": [64, 32]} if method in PREDICTOR_METHODS else {})},
            "train": {"epochs": epochs, "steps_per_epoch": steps, "batch_size": 64, "learning_rate": 0.003},
            "eval": EVAL}
     for section, values in sections.items():
@@ -47,7 +48,7 @@ def replica_steps() -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg"])
 def test_a_two_replica_step_equals_the_one_device_step(replica_steps, method):
     """Global-batch losses, synchronised BatchNorm in the heads, the EMA and the memory inside the step: two
     replicas move every weight (momentum copies and memory too) as one device does on the whole batch."""
@@ -89,7 +90,7 @@ def _untrained_map_at_r(cfg, sets) -> float:
 
 # Shapes at random places: raw pixels score about 0.14 MAP@R and the untrained conv tower about 0.2, so a method that
 # learns nothing (a zero loss leaves the untrained weights) fails the margin. BYOL needs the longest budget.
-BUDGETS = {"simclr": 60, "simsiam": 60, "vicreg": 60, "moco": 150, "barlow_twins": 200}
+BUDGETS = {"simclr": 60, "simsiam": 60, "vicreg": 60, "moco": 150, "moco_v3": 200, "barlow_twins": 200}
 
 
 # SimCLR in the fast set, the others (10-30 s each) in the slow one.

@@ -20,7 +20,7 @@ from reprlearn.config.losses import (
     TWO_TOWER_LOSSES,
 )
 from reprlearn.config.schema import Config, SearchConfig
-from reprlearn.config.self_supervised import MEMORY_METHODS, METHOD_DEFAULTS
+from reprlearn.config.self_supervised import MEMORY_METHODS, METHOD_DEFAULTS, PREDICTOR_METHODS
 from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.data.recipes import RECIPES, recipe_views
 from reprlearn.errors import ConfigError
@@ -154,7 +154,8 @@ def _check_self_supervised(cfg: Config) -> None:
         except ConfigError as error:
             raise ConfigError(f"config: {error}") from None
     defaults = type(model)()
-    ssl_keys = {f"model.{key}": getattr(model, key) for key in ("method", "projector", "predictor", "temperature", "momentum")
+    ssl_keys = {f"model.{key}": getattr(model, key)
+                for key in ("method", "projector", "predictor", "temperature", "momentum")
                 if getattr(model, key) != getattr(defaults, key)}
     if model.kind != "self_supervised":
         _check_memory(cfg)
@@ -173,7 +174,8 @@ def _check_self_supervised(cfg: Config) -> None:
         raise ConfigError(f"config: a self-supervised batch needs at least 2 images (batch statistics and negatives). "
                           f"Received: train.batch_size={cfg.train.batch_size}")
     if cfg.train.memory_size is not None and cfg.train.memory_size < 0:
-        raise ConfigError(f"config: train.memory_size must be >= 0. Received: train.memory_size={cfg.train.memory_size}")
+        raise ConfigError(f"config: train.memory_size must be >= 0. Received: "
+                          f"train.memory_size={cfg.train.memory_size}")
     if model.momentum is not None and not 0.0 <= model.momentum < 1.0:
         raise ConfigError(f"config: model.momentum must be in [0, 1). Received: model.momentum={model.momentum!r}")
     for key in ("projector", "predictor"):
@@ -185,7 +187,7 @@ def _check_self_supervised(cfg: Config) -> None:
     predictor = defaults.predictor if model.predictor is None else model.predictor
     if not projector:
         raise ConfigError("config: model.projector needs at least its output width. Received: model.projector=[]")
-    if model.method in ("byol", "simsiam") and not predictor:
+    if model.method in PREDICTOR_METHODS and not predictor:
         raise ConfigError(f"config: {model.method} needs a predictor. Received: model.predictor=[]")
     if predictor and predictor[-1] != projector[-1]:
         raise ConfigError(f"config: the predictor's output width must equal the projector's ({projector[-1]}). "

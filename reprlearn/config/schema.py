@@ -155,8 +155,9 @@ class ModelConfig:
     polar_size: typing.Optional[list[int]] = None
     circular: bool = False
     circular_pooling: str = choice("fourier", ("avg", "max", "fourier"))
-    # self_supervised only: the method, its heads' widths (hidden..., output; null: the method's default, see
-    # docs/self-supervised.md; predictor [] for none), NT-Xent / InfoNCE τ and the EMA's m (null: the method's).
+    # self_supervised only: the method (simclr, moco, moco_v3, byol, simsiam, barlow_twins, vicreg), its heads'
+    # widths (hidden..., output; null: the method's default, see docs/self-supervised.md; predictor [] for none),
+    # NT-Xent / InfoNCE τ and the EMA's m (null: the method's).
     method: str = choice("simclr", SSL_METHODS)
     projector: typing.Optional[list[int]] = None
     predictor: typing.Optional[list[int]] = None

@@ -20,18 +20,24 @@ class MethodDefaults(NamedTuple):
 
 # Sources: SimCLR (Chen et al. 2020: 2-layer head, 128 out; τ 0.1 for small batches, as keras.io's example);
 # MoCo v2 (Chen et al. 2020: 2-layer head, 128 out, τ 0.2, m 0.99 for small data sets as lightly's CIFAR recipe,
-# the paper's 0.999 for ImageNet; a 4,096 queue, cut to a quarter of the training images); BYOL (Grill et al. 2020: 4096 → 256 heads, τ_base 0.996);
+# the paper's 0.999 for ImageNet; a 4,096 queue, cut to a quarter of the training images); MoCo v3 (Chen, Xie
+# & He 2021: 4096 → 256 heads, a predictor on the query side, no queue, τ 0.2, m 0.99 → 1); BYOL (Grill et al.
+# 2020: 4096 → 256 heads, τ_base 0.996);
 # SimSiam (Chen & He 2021: a 3-layer 2048 projector with BN on its output, a 512-wide predictor, as TF
 # Similarity's); Barlow Twins (Zbontar et al. 2021) and VICReg (Bardes et al. 2022): 3-layer expanders, here
 # 2,048 wide rather than the papers' 8,192 (a 134 M-parameter head is beyond a CPU run; set model.projector).
 METHOD_DEFAULTS = {
     "simclr": MethodDefaults((2048, 128), (), 0.1, None, 0, False),
     "moco": MethodDefaults((2048, 128), (), 0.2, 0.99, 4096, False),
+    "moco_v3": MethodDefaults((4096, 256), (4096, 256), 0.2, 0.99, 0, False),
     "byol": MethodDefaults((4096, 256), (4096, 256), None, 0.996, 0, False),
     "simsiam": MethodDefaults((2048, 2048, 2048), (512, 2048), None, None, 0, True),
     "barlow_twins": MethodDefaults((2048, 2048, 2048), (), None, None, 0, False),
     "vicreg": MethodDefaults((2048, 2048, 2048), (), None, None, 0, False),
 }
 METHODS = tuple(METHOD_DEFAULTS)
-MOMENTUM_METHODS = ("moco", "byol")
+MOMENTUM_METHODS = ("moco", "moco_v3", "byol")
+PREDICTOR_METHODS = ("moco_v3", "byol", "simsiam")
+# The methods whose momentum rises to 1 by a cosine over the run (MoCo v2 keeps its m).
+COSINE_MOMENTUM_METHODS = ("moco_v3", "byol")
 MEMORY_METHODS = ("simclr", "moco")

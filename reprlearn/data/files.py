@@ -344,8 +344,9 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...], needs: str) -> tupl
 
 def index_csv(csv_file: str | Path) -> FileIndex:
     """A CSV of `path,label[,split]` rows (a header line naming those columns; without `label`, images without
-    labels for label-free training); relative paths resolve against the CSV's folder. `split` is `train`, `validation` or `test`. Any path TensorFlow's file system reads
-    works (`gs://…` where it is configured); such paths are checked when decoded, not when indexed.
+    labels for label-free training); relative paths resolve against the CSV's folder. `split` is `train`,
+    `validation` or `test`. Any path TensorFlow's file system reads works (`gs://…` where it is configured); such
+    paths are checked when decoded, not when indexed.
 
     Raises:
         DatasetNotFoundError: the CSV is not there.

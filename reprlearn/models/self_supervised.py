@@ -1,4 +1,4 @@
-"""Self-supervised training around any tower: SimCLR, MoCo v2, BYOL, SimSiam, Barlow Twins, VICReg.
+"""Self-supervised training around any tower: SimCLR, MoCo v2 and v3, BYOL, SimSiam, Barlow Twins, VICReg.
 
 The tower f is what a run keeps and exports; the projector g, the predictor q and the momentum (EMA) copies of f
 and g live only in this training model and are dropped at save, so an SSL run's `model.keras` is an ordinary
@@ -24,7 +24,14 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from reprlearn.config.self_supervised import MEMORY_METHODS, METHOD_DEFAULTS, METHODS, MOMENTUM_METHODS
+from reprlearn.config.self_supervised import (
+    COSINE_MOMENTUM_METHODS,
+    MEMORY_METHODS,
+    METHOD_DEFAULTS,
+    METHODS,
+    MOMENTUM_METHODS,
+    PREDICTOR_METHODS,
+)
 from reprlearn.errors import ConfigError
 from reprlearn.losses.self_supervised import (
     barlow_twins_loss,
@@ -89,7 +96,7 @@ class SelfSupervisedModel(keras.Model):
         self.total_steps = max(int(total_steps), 1)
         if not self.projector_widths:
             raise ConfigError("model.projector needs at least its output width. Received: model.projector=[]")
-        if method in ("byol", "simsiam") and not self.predictor_widths:
+        if method in PREDICTOR_METHODS and not self.predictor_widths:
             raise ConfigError(f"{method} needs a predictor. Received: model.predictor=[]")
         if self.predictor_widths and self.predictor_widths[-1] != self.projector_widths[-1]:
             raise ConfigError(f"the predictor's output width must equal the projector's "
@@ -111,11 +118,12 @@ class SelfSupervisedModel(keras.Model):
             self.target_projector = head(self.projector_widths, "target_projector", defaults.projector_output_norm)
             self.target_projector.build((None, features))
             self.target_projector.set_weights(self.projector.get_weights())
-            # BYOL's target normalises with its batch's statistics (a Keras BatchNorm does so only while
-            # trainable: the target is left trainable and kept out of the optimizer's variables). MoCo's key encoder
+            # BYOL's target and MoCo v3's key encoder normalise with their batch's statistics (a Keras BatchNorm
+            # does so only while trainable: they are left trainable and kept out of the optimizer's variables,
+            # and v3 scores keys within the batch, as its paper does). MoCo v2's key encoder
             # uses its moving statistics instead: batch statistics shared by a batch's keys would let queries find
             # their key through them (MoCo's reason for shuffling BN across GPUs).
-            self.target_tower.trainable = self.target_projector.trainable = method == "byol"
+            self.target_tower.trainable = self.target_projector.trainable = method in COSINE_MOMENTUM_METHODS
         self.memory = None
         if self.memory_size:
             # MoCo's own start: random unit vectors, replaced batch by batch (newest first).
@@ -161,6 +169,10 @@ class SelfSupervisedModel(keras.Model):
             loss = (info_nce_loss(p1, k2, memory, self.temperature) + info_nce_loss(p2, k1, memory,
                                                                                     self.temperature)) / 2
             return loss, z1, tf.concat([k1, k2], axis=0)
+        if method == "moco_v3":  # the predictor's queries against the other view's keys, in the batch; × 2τ
+            k1, k2 = every[4:]
+            loss = info_nce_loss(p1, k2, None, self.temperature) + info_nce_loss(p2, k1, None, self.temperature)
+            return 2.0 * self.temperature * loss, z1, None
         if method == "byol":
             k1, k2 = every[4:]
             return byol_loss(k2, p1) + byol_loss(k1, p2), z1, None
@@ -171,8 +183,9 @@ class SelfSupervisedModel(keras.Model):
         return vicreg_loss(z1, z2), z1, None
 
     def current_momentum(self) -> tf.Tensor:
-        """MoCo: m. BYOL: `1 − (1 − m_base)·(cos(π·k/K) + 1)/2` at step k of K (Grill et al. 2020)."""
-        if self.method != "byol":
+        """MoCo v2: m. BYOL and MoCo v3: `1 − (1 − m_base)·(cos(π·k/K) + 1)/2` at step k of K (Grill et al.
+        2020)."""
+        if self.method not in COSINE_MOMENTUM_METHODS:
             return tf.constant(self.momentum, tf.float32)
         progress = tf.minimum(tf.cast(self.optimizer.iterations, tf.float32) / self.total_steps, 1.0)
         return 1.0 - (1.0 - self.momentum) * (tf.cos(math.pi * progress) + 1.0) / 2.0

@@ -192,7 +192,8 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
 
 
 def report_embedding(cfg: Config, out: Path, splits: Splits, trained, exported: keras.Model, images_per_batch: int,
-                     head: keras.Model | None = None, initialised: dict | None = None, extra: dict | None = None) -> dict:
+                     head: keras.Model | None = None, initialised: dict | None = None,
+                     extra: dict | None = None) -> dict:
     """Saves the tower a run exports, proves it reloads, evaluates it on the test protocol and writes the report:
     the common end of every run that keeps one embedding tower (`trained`: the loop's `Trained`)."""
     from reprlearn.evaluation.report import write_report  # plotting stays out of the import path of library users

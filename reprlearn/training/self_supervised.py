@@ -1,4 +1,5 @@
-"""The self-supervised driver: config → two-view batches → tower + heads → method loss → fit → evaluate → report.
+"""The self-supervised driver: config → two-view batches → tower + heads → method loss → fit → evaluate →
+report.
 
 Read it top to bottom; `run_self_supervised` is the whole job. Training reads no label. Where the training side
 has labels, each epoch scores the tower on validation images (never test): the weighted kNN monitor (k = 200,
