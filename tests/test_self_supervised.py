@@ -258,3 +258,32 @@ def test_images_without_labels_train_a_self_supervised_run_and_nothing_else(tmp_
     with pytest.raises(Exception, match="has no labels.*model.kind: self_supervised"):
         run_training(config_from_dict(supervised), tmp_path / "supervised", sets=sets, verbose=0)
     assert not (tmp_path / "supervised").exists()
+
+
+def test_an_unlabelled_run_is_gated_on_each_image_finding_itself():
+    from reprlearn.export.run import _self_recall_score
+
+    embeddings = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    score = _self_recall_score(embeddings, "L2")
+    assert score.of([embeddings]) == 1.0
+    assert score.of([embeddings + 1e-3]) == 1.0
+    assert score.of([embeddings[::-1].copy()]) == 0.0
+    assert score.of([np.zeros_like(embeddings)]) == pytest.approx(1 / 30)  # every image ties: the first wins
+
+
+@pytest.mark.slow
+def test_an_unlabelled_run_exports_and_serves_in_a_fresh_process(tmp_path):
+    flat = _flat_folder(tmp_path)
+    raw = json.loads(json.dumps(UNLABELLED_RUN))
+    raw["data"]["name"] = f"folder:{flat}"
+    run_training(config_from_dict(raw), tmp_path / "run", verbose=0)
+    code = ("import sys, json\nfrom reprlearn.export import export_run\n"
+            "result = export_run(sys.argv[1], sys.argv[2], formats='saved_model,tflite', quantize='dynamic', "
+            "verbose=False)\nprint(json.dumps({k: v for k, v in result.items() if k.startswith('keras_')}))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path / "export")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"keras_self_recall_at_1": 1.0}
+    parity = json.loads(next((tmp_path / "export").rglob("parity.json")).read_text())
+    assert [row["self_recall_at_1"] for row in parity["formats"]] and all(
+        row["self_recall_at_1"] >= 0.97 for row in parity["formats"])

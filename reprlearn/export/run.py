@@ -29,6 +29,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from reprlearn.data.imageset import UNLABELLED
 from reprlearn.errors import ExportError
 from reprlearn.export.converters import QUANTIZATIONS, TFLiteEmbedder, convert_onnx, convert_tflite, onnx_embedder
 from reprlearn.export.savedmodel import write_saved_model
@@ -37,6 +38,7 @@ from reprlearn.layers import OrientationHistogram
 from reprlearn.layers.polar import WidthPooling
 from reprlearn.metrics import retrieval_metrics
 from reprlearn.metrics.cross_view import cross_view_metrics
+from reprlearn.ops.distances import cross_distance
 from reprlearn.runs import embed, load_run
 from reprlearn.runs.record import QUERY_FILE, REFERENCE_FILE
 
@@ -223,6 +225,16 @@ def parity_images(run) -> tuple[np.ndarray, np.ndarray]:
     return test.pixels(chosen), test.labels[chosen]
 
 
+def _self_recall_score(keras_embeddings: np.ndarray, metric: str) -> _Score:
+    """A run trained without labels is gated on self-Recall@1: the share of parity images whose embedding in the
+    format is nearest to the Keras model's embedding of the same image (1.0 for the Keras model itself)."""
+    def of(embeddings: list[np.ndarray]) -> float:
+        distances = cross_distance(embeddings[0], keras_embeddings, metric).numpy()
+        return float(np.mean(np.argmin(distances, axis=1) == np.arange(len(keras_embeddings))))
+
+    return _Score("self_recall_at_1", "self-Recall@1", of)
+
+
 def _towers_and_score(run) -> tuple[list[_Tower], _Score]:
     """What an export of `run` checks: its tower(s) on their parity images, and the score quantization is gated on
     (MAP@R of the test images; a two-tower run's Recall@1 of test queries against their distinct references)."""
@@ -230,7 +242,10 @@ def _towers_and_score(run) -> tuple[list[_Tower], _Score]:
     if run.kind != "two_tower":
         images, labels = parity_images(run)
         tower = keras.saving.load_model(run.path / "model.keras")
-        return [_Tower("model", "serving_default", tower, images, representative)], _Score(
+        towers = [_Tower("model", "serving_default", tower, images, representative)]
+        if list(run.class_names) == [UNLABELLED]:  # no classes to rank by: each image must still find itself
+            return towers, _self_recall_score(embed(tower, images), run.metric)
+        return towers, _Score(
             "map_at_r", "MAP@R", lambda e: retrieval_metrics(e[0], labels, run.metric, compute_nmi=False)["map_at_r"])
     test = run.split("test")
     pairs = test if test.query.decoded and test.reference.decoded else test.subset(_parity_rows(run, len(test)))
