@@ -173,3 +173,13 @@ def test_two_view_batches_draw_distinct_images_and_resume_exactly():
     assert len(set(rows)) == 20
     with pytest.raises(DataError, match="batch_size=51"):
         two_view_batches(images, 51)
+
+
+def test_a_streamed_file_gets_the_recipe_as_it_is_decoded():
+    """P×K batches from files augment each file as it is decoded (`augment_image`): the recipe's first view of
+    that one image, inside a traced function."""
+    from reprlearn.data.augment import augment_image
+
+    image = tf.constant(COLOUR[0])
+    traced = tf.function(lambda x: augment_image(x, SEED, "simclr", True))
+    np.testing.assert_allclose(traced(image), augment_batch(image[None], SEED, "simclr", True)[0], atol=1e-4)
