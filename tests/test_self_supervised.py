@@ -287,3 +287,14 @@ def test_an_unlabelled_run_exports_and_serves_in_a_fresh_process(tmp_path):
     parity = json.loads(next((tmp_path / "export").rglob("parity.json")).read_text())
     assert [row["self_recall_at_1"] for row in parity["formats"]] and all(
         row["self_recall_at_1"] >= 0.97 for row in parity["formats"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "byol", "vicreg"])
+def test_mixed_precision_trains_without_nan(tmp_path, method):
+    """float16 towers and heads, losses computed in float32, the loss scaled by the optimizer: finite losses and an
+    embedding that is kept (users of other SSL libraries report NaN here)."""
+    cfg = ssl_config(method, 15, 2, train={"mixed_precision": "mixed_float16"})
+    report = run_training(cfg, tmp_path, sets=shape_sets(seed=1, per_class=60), verbose=0)
+    assert all(np.isfinite(epoch["loss"]) for epoch in report["train"]["history"])
+    assert report["kept"]["epoch"] in (1, 2) and np.isfinite(report["metrics"]["test"]["map_at_r"])
