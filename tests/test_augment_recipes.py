@@ -64,19 +64,25 @@ def test_brightness_scales_each_image_by_one_factor_in_its_range():
         np.testing.assert_allclose(image_ratio[image > 1], factor, rtol=1e-3)
 
 
-def test_saturation_keeps_luminance_and_hue_keeps_value_and_saturation():
+def test_saturation_keeps_luminance_and_hue_turns_the_chroma_plane():
     dim = COLOUR * 0.5 + 40
     saturation = dataclasses.replace(NOTHING, jitter_probability=1.0, brightness=0.0, contrast=0.0, saturation=0.4,
                                      hue=0.0)
     out = augment_view(dim, SEED, saturation, flips=False)
     np.testing.assert_allclose(tf.image.rgb_to_grayscale(out), tf.image.rgb_to_grayscale(dim), atol=0.05)
+    # Hue turns the YIQ chroma plane: luminance (Y) and chroma magnitude kept, the angle turned by at most 0.1 turn.
     hue = dataclasses.replace(NOTHING, jitter_probability=1.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.1)
-    turned = augment_view(dim, SEED, hue, flips=False) / 255.0
-    before, after = tf.image.rgb_to_hsv(dim / 255.0), tf.image.rgb_to_hsv(turned)
-    np.testing.assert_allclose(after[..., 1:], before[..., 1:], atol=1e-3)
-    shift = (after[..., 0] - before[..., 0]).numpy() % 1.0
-    shift = np.minimum(shift, 1.0 - shift)
-    assert shift.max() <= 0.1 + 1e-3 and shift.max() > 1e-3
+    soft = COLOUR * 0.3 + 90  # little chroma: a turn stays inside [0, 255], nothing clips
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    before = soft @ to_yiq.T
+    after = augment_view(soft, SEED, hue, flips=False).numpy() @ to_yiq.T
+    np.testing.assert_allclose(after[..., 0], before[..., 0], atol=1e-2)
+    np.testing.assert_allclose(np.hypot(after[..., 1], after[..., 2]), np.hypot(before[..., 1], before[..., 2]),
+                               atol=1e-2)
+    turn = (np.angle(after[..., 1] + 1j * after[..., 2]) - np.angle(before[..., 1] + 1j * before[..., 2]))
+    turn = np.abs((turn + np.pi) % (2 * np.pi) - np.pi) / (2 * np.pi)
+    per_image = np.median(turn.reshape(len(soft), -1), axis=1)
+    assert per_image.max() <= 0.1 + 1e-3 and per_image.max() > 1e-3
 
 
 def test_contrast_blends_with_the_mean_luminance():
