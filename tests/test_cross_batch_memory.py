@@ -116,6 +116,7 @@ XBM_CONFIG = {"data": {"name": "digits", "protocol": "seen-classes"},
                        "projector_points": 20, "grid_queries": 2, "grid_neighbours": 3}}
 
 
+@pytest.mark.slow
 def test_a_run_with_a_memory_resumes_to_the_uninterrupted_run(tmp_path):
     import keras
 

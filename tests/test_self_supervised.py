@@ -233,8 +233,8 @@ UNLABELLED_RUN = {"data": {"image_size": [24, 24], "augment": "simclr"},
                   "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 8}, "eval": EVAL}
 
 
-@pytest.mark.parametrize("source", ["folder", pytest.param("csv", marks=pytest.mark.slow),
-                                    pytest.param("arrays", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["folder", "csv", "arrays"])
 def test_images_without_labels_train_a_self_supervised_run_and_nothing_else(tmp_path, source):
     from reprlearn.data import make_imageset
 
