@@ -26,13 +26,13 @@ from reprlearn.config import Config
 from reprlearn.config.self_supervised import METHOD_DEFAULTS
 from reprlearn.data import ImageSet, Splits
 from reprlearn.data.augment import MIRROR_INVARIANT
+from reprlearn.data.imageset import is_unlabelled
 from reprlearn.data.pipelines import two_view_batches
 from reprlearn.errors import ConfigError
 from reprlearn.losses.self_supervised import output_spread
 from reprlearn.metrics import retrieval_metrics, weighted_knn_accuracy
 from reprlearn.models import build_tower, initialise_from
 from reprlearn.models.self_supervised import SelfSupervisedModel
-from reprlearn.data.imageset import is_unlabelled
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
 from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
 from reprlearn.training.embedding import report_embedding
