@@ -20,7 +20,7 @@ from reprlearn.config.losses import (
     TWO_TOWER_LOSSES,
 )
 from reprlearn.config.schema import Config, SearchConfig
-from reprlearn.config.self_supervised import MEMORY_METHODS, METHOD_DEFAULTS, PREDICTOR_METHODS
+from reprlearn.config.self_supervised import method_settings
 from reprlearn.data.augment import AUGMENTATIONS
 from reprlearn.data.recipes import RECIPES, recipe_views
 from reprlearn.errors import ConfigError
@@ -176,26 +176,14 @@ def _check_self_supervised(cfg: Config) -> None:
     if cfg.train.memory_size is not None and cfg.train.memory_size < 0:
         raise ConfigError(f"config: train.memory_size must be >= 0. Received: "
                           f"train.memory_size={cfg.train.memory_size}")
-    if model.momentum is not None and not 0.0 <= model.momentum < 1.0:
-        raise ConfigError(f"config: model.momentum must be in [0, 1). Received: model.momentum={model.momentum!r}")
     for key in ("projector", "predictor"):
         widths = getattr(model, key)
         if widths is not None and any(int(w) < 1 for w in widths):
             raise ConfigError(f"config: model.{key} lists layer widths >= 1. Received: model.{key}={widths!r}")
-    defaults = METHOD_DEFAULTS[model.method]
-    projector = defaults.projector if model.projector is None else model.projector
-    predictor = defaults.predictor if model.predictor is None else model.predictor
-    if not projector:
-        raise ConfigError("config: model.projector needs at least its output width. Received: model.projector=[]")
-    if model.method in PREDICTOR_METHODS and not predictor:
-        raise ConfigError(f"config: {model.method} needs a predictor. Received: model.predictor=[]")
-    if predictor and predictor[-1] != projector[-1]:
-        raise ConfigError(f"config: the predictor's output width must equal the projector's ({projector[-1]}). "
-                          f"Received: model.predictor={list(predictor)}, model.projector={list(projector)}")
-    if cfg.train.memory_size and model.method not in MEMORY_METHODS:
-        raise ConfigError(f"config: train.memory_size queues negatives for {list(MEMORY_METHODS)}; "
-                          f"{model.method} compares no negatives. Received: train.memory_size="
-                          f"{cfg.train.memory_size}, model.method={model.method!r}")
+    try:
+        method_settings(model.method, model.projector, model.predictor, cfg.train.memory_size, model.momentum)
+    except ConfigError as error:
+        raise ConfigError(f"config: {error}") from None
 
 
 def _check_memory(cfg: Config) -> None:

@@ -6,7 +6,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
+
+from reprlearn.errors import ConfigError
 
 
 class MethodDefaults(NamedTuple):
@@ -41,3 +43,34 @@ PREDICTOR_METHODS = ("moco_v3", "byol", "simsiam")
 # The methods whose momentum rises to 1 by a cosine over the run (MoCo v2 keeps its m).
 COSINE_MOMENTUM_METHODS = ("moco_v3", "byol")
 MEMORY_METHODS = ("simclr", "moco")
+
+
+def method_settings(method: str, projector: Sequence[int] | None = None, predictor: Sequence[int] | None = None,
+                    memory_size: int | None = None, momentum: float | None = None):
+    """`(projector, predictor, memory_size)` of `method` with the given values over its defaults, checked: what the
+    config rules and the model builder both refuse.
+
+    Raises:
+        ConfigError: an unknown method, a projector without widths, a method that needs a predictor without one, a
+            predictor whose output is not the projector's width, a memory for a method without negatives, or a
+            momentum outside [0, 1).
+    """
+    if method not in METHOD_DEFAULTS:
+        raise ConfigError(f"model.method must be one of {list(METHODS)}. Received: model.method={method!r}")
+    defaults = METHOD_DEFAULTS[method]
+    projector = tuple(int(v) for v in (defaults.projector if projector is None else projector))
+    predictor = tuple(int(v) for v in (defaults.predictor if predictor is None else predictor))
+    memory_size = int(defaults.memory_size if memory_size is None else memory_size)
+    if not projector:
+        raise ConfigError("model.projector needs at least its output width. Received: model.projector=[]")
+    if method in PREDICTOR_METHODS and not predictor:
+        raise ConfigError(f"{method} needs a predictor. Received: model.predictor=[]")
+    if predictor and predictor[-1] != projector[-1]:
+        raise ConfigError(f"the predictor's output width must equal the projector's ({projector[-1]}). "
+                          f"Received: model.predictor={list(predictor)}, model.projector={list(projector)}")
+    if memory_size and method not in MEMORY_METHODS:
+        raise ConfigError(f"train.memory_size queues negatives for {list(MEMORY_METHODS)}; {method} compares no "
+                          f"negatives. Received: train.memory_size={memory_size}, model.method={method!r}")
+    if momentum is not None and not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"model.momentum must be in [0, 1). Received: model.momentum={momentum!r}")
+    return projector, predictor, memory_size

@@ -26,13 +26,10 @@ import tensorflow as tf
 
 from reprlearn.config.self_supervised import (
     COSINE_MOMENTUM_METHODS,
-    MEMORY_METHODS,
     METHOD_DEFAULTS,
-    METHODS,
     MOMENTUM_METHODS,
-    PREDICTOR_METHODS,
+    method_settings,
 )
-from reprlearn.errors import ConfigError
 from reprlearn.losses.self_supervised import (
     barlow_twins_loss,
     byol_loss,
@@ -72,7 +69,7 @@ class SelfSupervisedModel(keras.Model):
 
     Args:
         tower: the network kept (any reprlearn tower; its output is the embedding f(x)).
-        method: one of `METHODS`.
+        method: one of `reprlearn.config.self_supervised.METHODS`.
         projector, predictor: head widths (hidden..., output); None takes the method's default, `()` no predictor.
         temperature: NT-Xent / InfoNCE τ (None: the method's default).
         momentum: the EMA's m for the target (BYOL: its base) or key encoder (MoCo) (None: the default).
@@ -84,28 +81,13 @@ class SelfSupervisedModel(keras.Model):
                  predictor: Sequence[int] | None = None, temperature: float | None = None,
                  momentum: float | None = None, memory_size: int | None = None, total_steps: int = 1, **kwargs):
         super().__init__(**kwargs)
-        if method not in METHOD_DEFAULTS:
-            raise ConfigError(f"method must be one of {list(METHODS)}. Received: method={method!r}")
+        self.projector_widths, self.predictor_widths, self.memory_size = method_settings(
+            method, projector, predictor, memory_size, momentum)
         defaults = METHOD_DEFAULTS[method]
         self.tower, self.method = tower, method
-        self.projector_widths = tuple(int(v) for v in (defaults.projector if projector is None else projector))
-        self.predictor_widths = tuple(int(v) for v in (defaults.predictor if predictor is None else predictor))
         self.temperature = float(temperature if temperature is not None else (defaults.temperature or 0.1))
         self.momentum = float(momentum if momentum is not None else (defaults.momentum or 0.0))
-        self.memory_size = int(defaults.memory_size if memory_size is None else memory_size)
         self.total_steps = max(int(total_steps), 1)
-        if not self.projector_widths:
-            raise ConfigError("model.projector needs at least its output width. Received: model.projector=[]")
-        if method in PREDICTOR_METHODS and not self.predictor_widths:
-            raise ConfigError(f"{method} needs a predictor. Received: model.predictor=[]")
-        if self.predictor_widths and self.predictor_widths[-1] != self.projector_widths[-1]:
-            raise ConfigError(f"the predictor's output width must equal the projector's "
-                              f"({self.projector_widths[-1]}). Received: model.predictor={list(self.predictor_widths)}")
-        if self.memory_size and method not in MEMORY_METHODS:
-            raise ConfigError(f"train.memory_size queues negatives for {list(MEMORY_METHODS)}. "
-                              f"Received: train.memory_size={self.memory_size}, method={method!r}")
-        if method in MOMENTUM_METHODS and not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"the momentum must be in [0, 1). Received: model.momentum={self.momentum}")
         self.projector = head(self.projector_widths, "projector", defaults.projector_output_norm)
         self.predictor = head(self.predictor_widths, "predictor") if self.predictor_widths else None
         features = int(tower.output_shape[-1])
