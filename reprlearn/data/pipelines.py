@@ -335,6 +335,16 @@ def worker_rows(dataset: tf.data.Dataset, worker: int, workers: int) -> tf.data.
     return dataset.map(rows)
 
 
+def _distinct_rows(draw_seed, step_seed, count: int, size: int, spares: int):
+    """`[size, 1 + spares]` int64: `size` distinct items of `count` drawn with `draw_seed`, each followed by `spares`
+    other items of the set (stand-ins for an image that fails to decode), drawn from `step_seed`."""
+    rows = tf.cast(tf.argsort(tf.random.stateless_uniform([count], draw_seed))[:size], tf.int64)[:, None]
+    if spares:
+        rows = tf.concat([rows, _uniform_int([size, spares], count, tf.random.experimental.stateless_fold_in(
+            step_seed, 11))], axis=1)
+    return rows
+
+
 def view_batches(images, images_per_batch: int, views_per_image: int, seed: int = 0, start_step: int = 0,
                  augment: str = "light", flips: bool = False, bad_image_log: str | None = None) -> tf.data.Dataset:
     """Infinite batches of K augmented views of each of P distinct images, labelled by image: `(images float32
@@ -364,11 +374,7 @@ def view_batches(images, images_per_batch: int, views_per_image: int, seed: int 
     def draw(step):
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
         draw_seed = tf.random.experimental.stateless_split(step_seed, 2)[0]
-        rows = tf.cast(tf.argsort(tf.random.stateless_uniform([count], draw_seed))[:p], tf.int64)[:, None]  # distinct
-        if spares:  # stand-ins for an image that fails to decode: other images of the set
-            rows = tf.concat([rows, _uniform_int([p, spares], count, tf.random.experimental.stateless_fold_in(
-                step_seed, 11))], axis=1)
-        return rows, step
+        return _distinct_rows(draw_seed, step_seed, count, p, spares), step
 
     def views(pictures, used, step):
         augment_seed = tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), step]), 2)[1]
@@ -405,11 +411,7 @@ def two_view_batches(images, batch_size: int, seed: int = 0, start_step: int = 0
 
     def draw(step):
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
-        rows = tf.cast(tf.argsort(tf.random.stateless_uniform([count], step_seed))[:batch_size], tf.int64)[:, None]
-        if spares:  # stand-ins for an image that fails to decode: other images of the set
-            rows = tf.concat([rows, _uniform_int([batch_size, spares], count, tf.random.experimental.stateless_fold_in(
-                step_seed, 11))], axis=1)
-        return rows, step
+        return _distinct_rows(step_seed, step_seed, count, batch_size, spares), step
 
     def views(pictures, used, step):
         step_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), 2)
