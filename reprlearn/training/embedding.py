@@ -191,6 +191,13 @@ def run_embedding(cfg: Config, out: Path, splits: Splits, verbose: int = 1,
                             initialised=initialised)
 
 
+def model_record(cfg: Config, tower: keras.Model, initialised: dict | None = None) -> dict:
+    """The report's `model` section of a run that keeps one tower (saved and proven to reload identically)."""
+    return {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
+            "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0,
+            **({"initialised_from": initialised} if initialised else {})}
+
+
 def report_embedding(cfg: Config, out: Path, splits: Splits, trained, exported: keras.Model, images_per_batch: int,
                      head: keras.Model | None = None, initialised: dict | None = None,
                      extra: dict | None = None) -> dict:
@@ -211,9 +218,7 @@ def report_embedding(cfg: Config, out: Path, splits: Splits, trained, exported: 
         evaluation["metrics"]["head"] = score_head(cfg, head, evaluation["test"])
     report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, images_per_batch),
               "kept": trained.kept,
-              "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
-                        "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0,
-                        **({"initialised_from": initialised} if initialised else {})},
+              "model": model_record(cfg, tower, initialised),
               "metrics": evaluation["metrics"],
               **(extra or {}),
               **files_report(splits, out)}

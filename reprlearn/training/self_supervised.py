@@ -35,7 +35,7 @@ from reprlearn.models import build_tower, initialise_from
 from reprlearn.models.self_supervised import SelfSupervisedModel
 from reprlearn.runs import embed, load_run, run_summary, save_and_check_reload
 from reprlearn.runs.record import BAD_IMAGE_LOG, files_report
-from reprlearn.training.embedding import report_embedding
+from reprlearn.training.embedding import model_record, report_embedding
 from reprlearn.training.loop import COLLAPSED, train_run
 from reprlearn.training.objectives import TOWER_NAME, make_optimizer
 
@@ -124,8 +124,7 @@ def report_unscored(cfg: Config, out: Path, splits: Splits, trained, tower: kera
     tower = save_and_check_reload(tower, out / "model.keras", splits.test)
     report = {**run_summary(cfg, out, trained.epochs_done, trained.seconds, trained.history, 2 * cfg.train.batch_size),
               "kept": trained.kept,
-              "model": {"tower": cfg.model.tower, "embedding_dim": int(tower.output_shape[-1]),
-                        "parameters": int(tower.count_params()), "reload_max_abs_diff": 0.0},
+              "model": model_record(cfg, tower),
               "metrics": {}, "unlabelled": True, **extra, **files_report(splits, out)}
     write_unscored_report(report, out)
     return report
